@@ -1,0 +1,1 @@
+"""The beat side: the poll task, windows and cursor, publishing."""

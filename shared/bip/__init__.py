@@ -1,0 +1,1 @@
+"""用友BIP open API: discovery, the shared token, the requestor and the other-outbound-record models."""

@@ -1,0 +1,38 @@
+"""Beijing time on the wire, whatever the host's time zone (invariant 5)."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+WIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
+ZERO_DATETIME = "0000-00-00 00:00:00"
+
+
+def now_beijing() -> datetime:
+    return datetime.now(BEIJING)
+
+
+def to_beijing(value: datetime) -> datetime:
+    """Aware datetime in Beijing time; a naive one is taken to be Beijing time already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=BEIJING)
+    return value.astimezone(BEIJING)
+
+
+def format_wire(value: datetime) -> str:
+    return to_beijing(value).strftime(WIRE_FORMAT)
+
+
+def parse_wire(text: str) -> datetime | None:
+    """`yyyy-MM-dd HH:mm:ss` Beijing time; WDT's zero date and empty strings mean "no value"."""
+    text = (text or "").strip()
+    if not text or text.startswith("0000-00-00"):
+        return None
+    if len(text) == 10:
+        text += " 00:00:00"
+    return datetime.strptime(text, WIRE_FORMAT).replace(tzinfo=BEIJING)
+
+
+def beijing_date(value: datetime) -> date:
+    return to_beijing(value).date()

@@ -1,0 +1,1 @@
+"""The worker side: the sync task, the transform (mapping), dead letters."""
