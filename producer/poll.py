@@ -1,0 +1,186 @@
+"""One poll: read WDT window by window, publish one message per new stockout, then move the cursor.
+
+The cursor is committed only when a whole slice has been published (`close_slice`): a poll that
+dies half-way re-reads that slice next time, and the Redis state makes the re-read publish nothing
+that was already queued or done.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+
+from shared.errors import Action, StockoutSyncError, resolve
+from shared.state import StateStore, stockout_key
+from shared.timeutil import format_wire, now_beijing, parse_wire
+
+log = logging.getLogger("stockout_sync.producer")
+
+Publish = Callable[[dict, str], None]
+POLL_LOCK_TTL_S = 300.0
+SLICE_ATTEMPTS = 4
+
+
+class PollSummary(BaseModel):
+    """What one poll did; Flower shows it as the task's result and `status` reads the last one."""
+
+    started_at: str = ""
+    window_start: str = ""
+    window_end: str = ""
+    slices: int = 0
+    pages: int = 0
+    fetched: int = 0
+    published: int = 0
+    already_done: int = 0
+    already_queued: int = 0
+    filtered_out: int = 0
+    cursor: str = ""
+    skipped: str = ""
+    duration_s: float = 0.0
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"poll skipped: {self.skipped}"
+        return (
+            f"poll {self.window_start} → {self.window_end}: fetched {self.fetched}, published {self.published}, "
+            f"already done {self.already_done}, already queued {self.already_queued}, "
+            f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s)"
+        )
+
+
+def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary) -> None:
+    """Filter, look up the whole page's state in one round trip, publish the new ones, mark them queued."""
+    eligible: list[tuple[str, dict]] = []
+    for raw in stockouts:
+        summary.fetched += 1
+        ok, reason = mapping.passes_filters(raw)
+        if not ok:
+            summary.filtered_out += 1
+            log.debug("filtered out %s: %s", raw.get("stockout_id"), reason)
+            continue
+        eligible.append((stockout_key(raw), raw))
+    states = store.states([key for key, _ in eligible])
+    published: list[str] = []
+    for key, raw in eligible:
+        state = states.get(key)
+        if state is not None and state.startswith("d|"):
+            summary.already_done += 1
+        elif state is not None or key in published:
+            summary.already_queued += 1
+        else:
+            publish(raw, key)
+            published.append(key)
+    # Marked only after the messages left: a crash in between republishes (harmless, the worker
+    # de-duplicates); marking first could strand a stockout as "queued" with no message.
+    store.mark_queued(published)
+    summary.published += len(published)
+
+
+def slices_for(start: datetime, end: datetime, slice_days: float, slice_range) -> list[tuple[datetime, datetime]]:
+    if end <= start:
+        return []
+    return slice_range(start, end, timedelta(days=slice_days))
+
+
+def read_slice(
+    wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep
+) -> int:
+    """Publish every page of one slice, re-reading the slice on a transient error.
+
+    A re-read publishes nothing twice (the state says queued). Returns the number of pages read.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        pages = 0
+        try:
+            for page in wdt.iter_pages(start, end):
+                on_page(page.stockouts)
+                pages += 1
+            return pages
+        except StockoutSyncError as err:
+            decision = resolve(err, attempt, base_s=settings.retry_backoff_base_s, max_s=min(30.0, settings.retry_backoff_max_s))
+            if decision.action is Action.FAIL or attempt >= SLICE_ATTEMPTS:
+                raise
+            log.warning(
+                "WDT slice %s → %s failed (%s, code %s); reading it again in %.1f s",
+                format_wire(start), format_wire(end), type(err).__name__, err.code, decision.delay_s,
+            )
+            sleep(decision.delay_s)
+
+
+def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSummary:
+    """The beat's poll: one at a time (Redis lock), from the cursor minus the lookback to now minus the settle delay."""
+    settings, store = rt.settings, rt.store
+    started = time.monotonic()
+    now = now or now_beijing()
+    summary = PollSummary(started_at=format_wire(now))
+    token = uuid.uuid4().hex
+    if not store.acquire_poll_lock(token, POLL_LOCK_TTL_S):
+        summary.skipped = "another poll is running"
+        log.info(summary.line())
+        return summary
+    try:
+        since = store.cursor() or initial_since(settings, now)
+        start = since - timedelta(seconds=settings.lookback_s)
+        end = now - timedelta(seconds=settings.settle_s)
+        summary.window_start, summary.window_end = format_wire(start), format_wire(end)
+        mapping = rt.mapping
+
+        def on_page(stockouts: list[dict]) -> None:
+            publish_page(stockouts, store=store, mapping=mapping, publish=publish, summary=summary)
+            summary.pages += 1
+            if not store.renew_poll_lock(token, POLL_LOCK_TTL_S):
+                raise RuntimeError("the poll lock expired while paging; stopping so two polls never overlap")
+
+        from shared.wdt.client import slice_range
+
+        for s, e in slices_for(start, end, settings.slice_days, slice_range):
+            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings)
+            store.advance_cursor(e)  # close_slice: every page of [s, e] is published
+            summary.slices += 1
+        summary.cursor = format_wire(store.cursor() or since)
+    finally:
+        store.release_poll_lock(token)
+        summary.duration_s = round(time.monotonic() - started, 3)
+    store.save_poll_summary(summary.model_dump())
+    log.info(summary.line())
+    return summary
+
+
+def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progress=None, on_slice=None) -> PollSummary:
+    """Publish a past range. Shares the de-duplication with the beat's polls, so it is safe beside
+    them, but takes no poll lock and never moves the cursor."""
+    from shared.wdt.client import slice_range
+
+    started = time.monotonic()
+    summary = PollSummary(started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until))
+    mapping = rt.mapping
+
+    def on_page(stockouts: list[dict]) -> None:
+        publish_page(stockouts, store=rt.store, mapping=mapping, publish=publish, summary=summary)
+        summary.pages += 1
+        if on_progress:
+            on_progress(summary)
+
+    for s, e in slices_for(since, until, rt.settings.slice_days, slice_range):
+        read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings)
+        summary.slices += 1
+        if on_slice:
+            on_slice(e)
+    summary.duration_s = round(time.monotonic() - started, 3)
+    log.info("backfill: " + summary.line())
+    return summary
+
+
+def initial_since(settings, now: datetime) -> datetime:
+    if settings.initial_since:
+        parsed = parse_wire(settings.initial_since)
+        if parsed is None:
+            raise ValueError(f"INITIAL_SINCE={settings.initial_since!r} is not 'yyyy-MM-dd HH:mm:ss'")
+        return parsed
+    return now - timedelta(days=1)

@@ -1,0 +1,98 @@
+"""The one Celery app and all of its configuration.
+
+Queues: `stockouts` (one message per stockout, consumed by `stockout-sync worker`), `producer` (the
+poll, consumed by the process `stockout-sync beat` runs so a poll never waits behind thousands of
+saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do list).
+"""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from shared.settings import Settings, get_settings
+
+POLL_TASK = "stockout_sync.poll"
+SYNC_TASK = "stockout_sync.sync_stockout"
+STOCKOUT_QUEUE = "stockouts"
+PRODUCER_QUEUE = "producer"
+DEAD_LETTER_QUEUE = "dead_letter"
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Longer than any task can run or wait for its retry (Settings checks it): a message
+            # unacked for this long is handed to another worker, so it must mean "its worker died".
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # One prefix for the broker's keys and ours, so one Redis can host several tenants.
+            "global_keyprefix": f"{settings.redis_prefix}:",
+        },
+        # JSON only: pickle would let anyone who can write to Redis run code in the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Results live in Flower (from events) and in our own Redis state, not in a backend.
+        "task_ignore_result": True,
+        # Ack after the task ran: a worker killed mid-save leaves the message to be redelivered.
+        # Safe because sync_stockout is idempotent (done mark + lock + resubmitCheckKey).
+        "task_acks_late": True,
+        # A worker process that dies (SIGKILL, OOM) puts its message back at once instead of
+        # acking it as failed.
+        "task_reject_on_worker_lost": True,
+        # One message per process at a time: a crash strands at most one, and slow saves do not
+        # hold back messages other processes could run.
+        "worker_prefetch_multiplier": 1,
+        # A hung HTTP call can never keep a message past the visibility timeout.
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(1, settings.task_time_limit_s - 10),
+        "task_queues": [
+            Queue(STOCKOUT_QUEUE, Exchange(STOCKOUT_QUEUE), routing_key=STOCKOUT_QUEUE),
+            Queue(PRODUCER_QUEUE, Exchange(PRODUCER_QUEUE), routing_key=PRODUCER_QUEUE),
+            Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_QUEUE), routing_key=DEAD_LETTER_QUEUE),
+        ],
+        "task_default_queue": STOCKOUT_QUEUE,
+        "task_routes": {
+            POLL_TASK: {"queue": PRODUCER_QUEUE},
+            SYNC_TASK: {"queue": STOCKOUT_QUEUE},
+        },
+        "task_create_missing_queues": False,
+        # Flower is fed by events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": {
+            "poll-wdt": {
+                "task": POLL_TASK,
+                "schedule": settings.poll_interval_s,
+                # A beat that fires while the producer is busy must not pile up polls.
+                "options": {"expires": max(1.0, settings.poll_interval_s)},
+            }
+        },
+        "timezone": "Asia/Shanghai",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        "include": ["producer.tasks", "worker.tasks"],
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("stockout_sync")
+    celery.config_from_object(celery_config(settings))
+    return celery
+
+
+app = create_app()
+
+
+from celery.signals import setup_logging  # noqa: E402
+
+
+@setup_logging.connect
+def _configure_logging(**_kwargs) -> None:
+    # Connected, so Celery leaves logging to us: one format and the secret scrubber everywhere.
+    from shared.logs import configure_logging
+
+    configure_logging(get_settings())

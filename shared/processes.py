@@ -1,0 +1,74 @@
+"""Starting and stopping the service's own processes (worker, beat) — for the demo, the tests and the
+benchmarks, which all run the real thing rather than an imitation of it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+
+def service_env(**overrides: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()}
+    env.update({k.upper(): str(v) for k, v in overrides.items()})
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shared.cli", *args]
+
+
+def start(args: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    # Own process group, so stopping it also stops its pool children.
+    return subprocess.Popen(_cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_worker(env: dict[str, str], *, concurrency: int | None = None, pool: str | None = None,
+                 hostname: str = "stockouts@%h", log_path: Path | None = None) -> subprocess.Popen:
+    args = ["worker", f"--hostname={hostname}"]
+    if concurrency:
+        args.append(f"--concurrency={concurrency}")
+    if pool:
+        args.append(f"--pool={pool}")
+    return start(args, env, log_path)
+
+
+def start_beat(env: dict[str, str], *, schedule_file: Path, log_path: Path | None = None) -> subprocess.Popen:
+    return start(["beat", f"--schedule-file={schedule_file}"], env, log_path)
+
+
+def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Ask the whole process group to stop; kill it if it will not."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0, proc=None) -> None:
+    """Until a worker has declared its queue binding in the broker (it is then consuming)."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    key = f"{prefix}:_kombu.binding.{queue}"
+    try:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before consuming {queue}")
+            if client.exists(key):
+                return
+            time.sleep(0.2)
+    finally:
+        client.close()
+    raise TimeoutError(f"no consumer on {queue} after {timeout} s")

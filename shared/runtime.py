@@ -1,0 +1,93 @@
+"""The long-lived objects of one process: Redis, state, both clients, the mapping.
+
+Built lazily and once per process (after a prefork fork, never before), so each worker process has
+its own connection pools and the mapping file is parsed once, then re-read only when it changes —
+which is what makes "fix the mapping, requeue the dead letters" work without a restart.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from functools import cached_property
+from pathlib import Path
+
+import redis
+
+from shared.settings import Settings, get_settings
+from shared.state import StateStore
+
+
+class MappingCache:
+    """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second)."""
+
+    def __init__(self, path: Path, check_every_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._mapping = None
+        self._mtime: float | None = None
+        self._checked = 0.0
+
+    def get(self):
+        from worker.mapping import load_mapping
+
+        now = time.monotonic()
+        with self._lock:
+            if self._mapping is None or now - self._checked >= self.check_every_s:
+                self._checked = now
+                mtime = self.path.stat().st_mtime if self.path.exists() else None
+                if self._mapping is None or mtime != self._mtime:
+                    self._mapping = load_mapping(self.path)
+                    self._mtime = mtime
+            return self._mapping
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mappings = MappingCache(settings.mapping_file)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_connect_timeout=self.settings.http_connect_timeout_s,
+            socket_timeout=30,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def store(self) -> StateStore:
+        return StateStore(self.redis, self.settings.redis_prefix, self.settings.state_ttl_days * 86400)
+
+    @cached_property
+    def wdt(self):
+        from shared.wdt.client import WdtClient
+
+        return WdtClient.from_settings(self.settings, self.redis)
+
+    @cached_property
+    def bip(self):
+        from shared.bip.client import BipClient
+
+        return BipClient.from_settings(self.settings, self.redis)
+
+    @property
+    def mapping(self):
+        return self.mappings.get()
+
+
+_runtime: Runtime | None = None
+_pid: int | None = None
+_guard = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's Runtime; a forked child builds its own instead of sharing the parent's sockets."""
+    global _runtime, _pid
+    with _guard:
+        if _runtime is None or _pid != os.getpid():
+            _runtime = Runtime(get_settings())
+            _pid = os.getpid()
+        return _runtime

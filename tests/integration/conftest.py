@@ -1,0 +1,88 @@
+"""Integration fixtures: the sandbox over HTTP, the service configured against it, real worker processes."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.processes import start_beat, start_worker, stop, wait_for_consumer
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@pytest.fixture
+def sandbox():
+    from sandbox import Sandbox, SandboxConfig
+
+    sb = Sandbox(SandboxConfig()).start()
+    yield sb
+    sb.stop()
+
+
+def reset_service_caches() -> None:
+    """Make this process read the environment again: settings, Celery config, per-process runtime."""
+    import shared.runtime
+    from shared.celery_app import app, celery_config
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    app.conf.update(celery_config(get_settings()))
+    shared.runtime._runtime = None
+
+
+@pytest.fixture
+def service(sandbox, redis_url, monkeypatch):
+    """The service's environment pointing at the sandbox, in this process and for the processes it starts."""
+    from shared.demo import sandbox_env
+
+    env = sandbox_env(sandbox, redis_url=redis_url, prefix=os.environ["REDIS_PREFIX"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_service_caches()
+    yield env
+    monkeypatch.undo()
+    reset_service_caches()
+
+
+class Processes:
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.procs = []
+
+    def worker(self, *, concurrency: int = 4, pool: str | None = None, name: str = "w1", env: dict | None = None):
+        proc = start_worker({**self.env, **(env or {})}, concurrency=concurrency, pool=pool,
+                            hostname=f"{name}@%h", log_path=self.logdir / f"{name}.log")
+        self.procs.append(proc)
+        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "stockouts", proc=proc)
+        return proc
+
+    def beat(self, name: str = "beat"):
+        proc = start_beat(self.env, schedule_file=self.logdir / f"{name}.schedule", log_path=self.logdir / f"{name}.log")
+        self.procs.append(proc)
+        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "producer", proc=proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logdir.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
+@pytest.fixture
+def processes(service, tmp_path):
+    procs = Processes(service, tmp_path)
+    yield procs
+    procs.stop_all()

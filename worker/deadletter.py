@@ -1,0 +1,200 @@
+"""Dead letters: a failed stockout kept whole with the reason in words, and the moves an operator makes.
+
+A dead letter is two things (after Kafka Connect's dead-letter queue and its error headers):
+1. a copy of the message on the `dead_letter` queue, which no worker consumes, so its length shows
+   in Flower (`/api/queues/length`) and in `redis-cli LLEN {prefix}:dead_letter`;
+2. a record `{prefix}:dlq:{stockout_id}` (JSON) with the error context, indexed by last failure
+   time in the sorted set `{prefix}:dlq:index`.
+
+The record is the source of truth. Requeue and purge claim it in one Lua script (so two operators
+running requeue at once never send one letter twice) and remove its copy from the queue in the same
+script; a requeue first parks the record under `{prefix}:dlq:requeuing:{id}` and deletes it only
+after the new message left, so a requeue killed half-way loses nothing: the next requeue finds it.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.celery_app import DEAD_LETTER_QUEUE
+from shared.errors import StockoutSyncError
+from shared.timeutil import format_wire, now_beijing
+
+Stage = Literal["fetch", "transform", "save", "internal"]
+
+
+class DeadLetter(BaseModel):
+    stockout_id: str
+    order_no: str = ""
+    stage: Stage
+    error_class: str
+    message: str
+    api: str = ""
+    code: str = ""
+    api_message: str = ""
+    http_status: int | None = None
+    attempts: int = 1
+    first_failed_at: str
+    last_failed_at: str
+    task_id: str = ""
+    message_id: str = ""
+    worker_host: str = ""
+    mapping_fingerprint: str = ""
+    stockout: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        code = f" [{self.api} {self.code}]" if self.code else ""
+        return f"{self.stage}: {self.error_class}{code}: {self.message}"
+
+
+# KEYS: record, index, queue list, parking key. ARGV: stockout id, "requeue"|"purge".
+# Removes every copy of the letter from the queue (matched on the task id in the message headers).
+_CLAIM = """
+local rec = redis.call('GET', KEYS[1])
+if not rec then return false end
+local letter = cjson.decode(rec)
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+for _, item in ipairs(items) do
+  local ok, msg = pcall(cjson.decode, item)
+  if ok and msg['headers'] and msg['headers']['id'] == letter['message_id'] then
+    redis.call('LREM', KEYS[3], 0, item)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == 'requeue' then redis.call('SET', KEYS[4], rec) end
+return rec
+"""
+
+
+class DeadLetterStore:
+    def __init__(self, client, prefix: str) -> None:
+        self.r = client
+        self.p = prefix
+        self._claim = client.register_script(_CLAIM)
+
+    def _key(self, sid: str) -> str:
+        return f"{self.p}:dlq:{sid}"
+
+    @property
+    def index_key(self) -> str:
+        return f"{self.p}:dlq:index"
+
+    @property
+    def queue_key(self) -> str:
+        return f"{self.p}:{DEAD_LETTER_QUEUE}"
+
+    def put(self, letter: DeadLetter) -> DeadLetter:
+        """Store or update a letter; a stockout that fails again keeps its first failure time."""
+        previous = self.get(letter.stockout_id)
+        if previous is not None:
+            letter = letter.model_copy(update={"first_failed_at": previous.first_failed_at})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._key(letter.stockout_id), letter.model_dump_json())
+        pipe.zadd(self.index_key, {letter.stockout_id: now_beijing().timestamp()})
+        pipe.execute()
+        return letter
+
+    def get(self, sid: str) -> DeadLetter | None:
+        value = self.r.get(self._key(sid))
+        return DeadLetter.model_validate_json(value) if value else None
+
+    def ids(self) -> list[str]:
+        return [v.decode() for v in self.r.zrange(self.index_key, 0, -1)]
+
+    def all(self) -> list[DeadLetter]:
+        ids = self.ids()
+        if not ids:
+            return []
+        values = self.r.mget([self._key(i) for i in ids])
+        return [DeadLetter.model_validate_json(v) for v in values if v]
+
+    def parked(self) -> list[DeadLetter]:
+        """Letters whose requeue was interrupted after the claim and before the new message left."""
+        keys = list(self.r.scan_iter(match=f"{self.p}:dlq:requeuing:*", count=500))
+        values = self.r.mget(keys) if keys else []
+        return [DeadLetter.model_validate_json(v) for v in values if v]
+
+    def queue_length(self) -> int:
+        return int(self.r.llen(self.queue_key))
+
+    def claim(self, sid: str, action: Literal["requeue", "purge"]) -> DeadLetter | None:
+        rec = self._claim(
+            keys=[self._key(sid), self.index_key, self.queue_key, f"{self.p}:dlq:requeuing:{sid}"],
+            args=[sid, action],
+        )
+        return DeadLetter.model_validate_json(rec) if rec else None
+
+    def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any]) -> list[str]:
+        """Send each letter's original stockout back to `stockouts`; it goes through the current mapping."""
+        done: list[str] = []
+        for letter in self.parked():  # finish what an interrupted requeue started
+            publish(letter.stockout, letter.stockout_id)
+            self.r.delete(f"{self.p}:dlq:requeuing:{letter.stockout_id}")
+            done.append(letter.stockout_id)
+        for sid in ids:
+            letter = self.claim(sid, "requeue")
+            if letter is None:
+                continue  # gone: requeued or purged by someone else meanwhile
+            publish(letter.stockout, letter.stockout_id)
+            self.r.delete(f"{self.p}:dlq:requeuing:{sid}")
+            done.append(sid)
+        return done
+
+    def purge(self, ids: Iterable[str]) -> list[str]:
+        return [sid for sid in ids if self.claim(sid, "purge") is not None]
+
+
+def stage_of(error: BaseException) -> Stage:
+    from shared.errors import MappingError
+
+    if isinstance(error, MappingError):
+        return "transform"
+    if isinstance(error, StockoutSyncError):
+        return "save" if error.api == "bip" else "fetch"
+    return "internal"
+
+
+def make_letter(
+    raw: dict, sid: str, error: BaseException, *, attempts: int, task_id: str, message_id: str, mapping_fingerprint: str
+) -> DeadLetter:
+    now = format_wire(now_beijing())
+    fields = error.to_dict() if isinstance(error, StockoutSyncError) else {}
+    order_no = raw.get("order_no", "") if isinstance(raw, dict) else ""
+    return DeadLetter(
+        stockout_id=sid,
+        order_no=order_no if isinstance(order_no, str) else str(order_no),
+        stage=stage_of(error),
+        error_class=type(error).__name__,
+        message=str(error) or type(error).__name__,
+        api=fields.get("api", ""),
+        code=fields.get("code", ""),
+        api_message=fields.get("api_message", ""),
+        http_status=fields.get("http_status"),
+        attempts=attempts,
+        first_failed_at=now,
+        last_failed_at=now,
+        task_id=task_id,
+        message_id=message_id,
+        worker_host=socket.gethostname(),
+        mapping_fingerprint=mapping_fingerprint,
+        stockout=raw if isinstance(raw, dict) else {"_raw": raw},
+    )
+
+
+def matches(letter: DeadLetter, *, reason: str | None = None, code: str | None = None) -> bool:
+    if reason and reason.lower() not in letter.reason.lower():
+        return False
+    if code and code != letter.code:
+        return False
+    return True
+
+
+def as_json(letters: list[DeadLetter]) -> str:
+    return json.dumps([json.loads(l.model_dump_json()) for l in letters], ensure_ascii=False, indent=2)
+

@@ -1,0 +1,74 @@
+"""Sync one stockout: the plain function behind the worker's task.
+
+skip if done → lock the stockout_id → validate and transform with the current mapping → save with
+the resubmitCheckKey derived from the stockout_id → mark done. Every step is safe to repeat, which is
+what lets the task use late acks: a redelivered message either finds the done mark or saves with the
+same key, and BIP answers with the record it already has.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import redis
+from pydantic import BaseModel
+
+from shared.state import stockout_key
+
+log = logging.getLogger("stockout_sync.worker")
+
+LOCK_MARGIN_S = 30
+
+
+class Deferred(Exception):
+    """Another task holds this stockout's lock; run again when it may have finished."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"stockout locked by another task for {wait_s:.1f} s more")
+        self.wait_s = wait_s
+
+
+class Outcome(BaseModel):
+    stockout_id: str
+    order_no: str = ""
+    outcome: Literal["saved", "replayed", "already_done"]
+    bip_id: str = ""
+    bip_code: str = ""
+    duration_s: float = 0.0
+
+
+def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
+    from worker.transform import to_bip, validate_stockout
+
+    started = time.monotonic()
+    sid = stockout_key(raw)
+    order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
+    store = rt.store
+    done = store.done(sid)
+    if done is not None:
+        return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
+    wait = store.acquire(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)
+    if wait:
+        raise Deferred(wait)
+    try:
+        # The done mark is read again under the lock: the holder we waited for may have saved it.
+        done = store.done(sid)
+        if done is not None:
+            return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
+        record = to_bip(validate_stockout(raw), rt.mapping)
+        result = rt.bip.save(record)
+        store.mark_done(sid, result.id, result.code)
+        return Outcome(
+            stockout_id=sid,
+            order_no=order_no,
+            outcome="replayed" if result.replayed else "saved",
+            bip_id=result.id,
+            bip_code=result.code,
+            duration_s=round(time.monotonic() - started, 4),
+        )
+    finally:
+        try:
+            store.release(sid, task_id)
+        except redis.RedisError:
+            pass  # the lock expires by itself
