@@ -1,0 +1,100 @@
+"""The main job end to end: real Redis, real worker processes, the sandbox over HTTP, no mocks."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from producer.poll import poll_once
+from shared.messages import publish_stockout
+from shared.runtime import runtime
+from shared.timeutil import now_beijing
+from tests.integration.conftest import reset_service_caches, wait_until
+from worker.deadletter import DeadLetterStore
+
+pytestmark = pytest.mark.integration
+
+
+def eligible_ids(stockouts):
+    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+
+
+def saved_by_stockout(sandbox) -> Counter:
+    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
+
+
+def settled(sandbox, expected: set[str], letters: DeadLetterStore):
+    saved = set(saved_by_stockout(sandbox))
+    dead = set(letters.ids())
+    return expected <= saved | dead
+
+
+def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox, processes, redis_client, monkeypatch):
+    # a lookback long enough that the second poll re-reads the whole first window
+    monkeypatch.setenv("LOOKBACK_S", str(4 * 3600))
+    reset_service_caches()
+    now = now_beijing()
+    stockouts = sandbox.generate(80, bad=3, start=now - timedelta(hours=3), end=now - timedelta(minutes=5))
+    expected = eligible_ids(stockouts)
+    bad = set(sandbox.bad_ids)
+    assert bad <= expected and len(bad) == 3
+    processes.worker(concurrency=4)
+    letters = DeadLetterStore(redis_client, "t")
+
+    first = poll_once(runtime(), publish_stockout)
+    assert first.published == len(expected)
+    assert first.filtered_out == first.fetched - len(expected)
+    wait_until(lambda: settled(sandbox, expected, letters), 60, message="every stockout saved or dead-lettered")
+
+    saved = saved_by_stockout(sandbox)
+    # an unknown material is refused by BIP itself; the other two never leave the worker
+    assert set(saved) == expected - bad
+    assert max(saved.values()) == 1, "a stockout was saved twice"
+    assert sandbox.counters()["duplicate_stockouts"] == 0
+    assert set(letters.ids()) == bad
+    for letter in letters.all():
+        assert letter.stockout["stockout_id"] == letter.stockout_id, "the original stockout is kept whole"
+        reason = sandbox.bad_reasons[letter.stockout_id]
+        if "warehouse" in reason:
+            assert "WH-XX99" in letter.message and letter.stage == "transform"
+        elif "material" in reason:
+            assert "SKU-GHOST" in letter.message and letter.stage == "save" and letter.code == "999"
+        else:
+            assert "details_list" in letter.message and letter.stage == "transform"
+
+    # the fields BIP got for one good stockout
+    one = next(s for s in stockouts if s["stockout_id"] in saved and s["warehouse_no"] == "WH-BJ02")
+    record = next(r["data"] for r in sandbox.records() if r["data"]["defines!define1"] == one["stockout_id"])
+    assert record["warehouse"] == "BJ02" and record["org"] == "ORG-NORTH" and record["bustype"] == "A10001"
+    assert record["vouchdate"] == one["consign_time"][:10]
+    assert [line["product"] for line in record["othOutRecords"]] == [d["spec_no"] for d in one["details_list"]]
+
+    # the lookback re-reads the same window: nothing is published again
+    second = poll_once(runtime(), publish_stockout)
+    assert second.fetched >= len(expected)
+    assert second.published == 0
+    assert second.already_done == len(expected) - len(bad)
+
+    # a stockout that appears after the first poll is saved by the next one
+    late = sandbox.generate(5, start=now_beijing() - timedelta(minutes=1), end=now_beijing() - timedelta(seconds=1))
+    late_ids = eligible_ids(late)
+    third = poll_once(runtime(), publish_stockout)
+    assert third.published == len(late_ids)
+    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), 30, message="late stockouts saved")
+    assert max(saved_by_stockout(sandbox).values()) == 1
+
+
+def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_client, monkeypatch):
+    now = now_beijing()
+    stockouts = sandbox.generate(30, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
+    expected = eligible_ids(stockouts)
+    processes.env["POLL_INTERVAL_S"] = "1"
+    processes.worker(concurrency=2)
+    processes.beat()
+    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), 60, message="beat-driven sync")
+    store = runtime().store
+    assert store.cursor() is not None and store.cursor() > now - timedelta(minutes=1)
+    summary = store.last_poll_summary()
+    assert summary is not None and not summary["skipped"]
+    assert max(saved_by_stockout(sandbox).values()) == 1
