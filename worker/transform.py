@@ -1,0 +1,347 @@
+"""One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file.
+
+Pure functions: no I/O, no clock, no Redis. The same stockout and mapping always give the same
+payload, which is what lets a retry, a redelivery or a requeue send the very same record again.
+
+Everything the mapping cannot express raises `TransformError` (a `MappingError`: permanent, never
+retried). Its message is read by an operator in the dead-letter queue, so it says which WDT field
+(with its line index), which value, and which mapping entry is missing. What only BIP can know (a
+material code it has never heard of, a closed period) is left to BIP to refuse.
+
+The full field table is docs/field-table.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.bip.models import OthOutRecord, OthOutRecordLine
+from shared.errors import MappingError
+from shared.timeutil import beijing_date
+from shared.wdt.models import Stockout, StockoutDetail
+from worker.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
+
+# BIP's text limits are not published. Identifiers longer than this are refused, never cut: a cut
+# code would point at a different (or no) record. Free text is cut to MAX_TEXT_LEN instead, because
+# losing the end of a remark is better than losing the record.
+MAX_IDENTIFIER_LEN = MAX_CODE_LEN
+MAX_TEXT_LEN = 255
+
+RESUBMIT_KEY_MAX = 32
+_READABLE_PREFIX = "wdtso-"
+_HASH_SALT = "stockout-sync:wdt-stockout:"
+_READABLE_ID = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+class TransformError(MappingError):
+    """A stockout the mapping cannot turn into a BIP record.
+
+    `field` is the WDT field as a dotted path (`details_list[2].goods_count`), `value` its value as
+    text, `mapping_entry` the mapping key that would have to change ("" when the data is at fault).
+    They survive pickling (StockoutSyncError keeps `__dict__`) and appear in `to_dict()`.
+    """
+
+    def __init__(self, message: str, *, field: str = "", value: Any = None, mapping_entry: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = None if value is None else str(value)
+        self.mapping_entry = mapping_entry
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data.update(field=self.field, value=self.value, mapping_entry=self.mapping_entry)
+        return data
+
+
+# -- the idempotency key --------------------------------------------------------------------------
+
+def resubmit_key(stockout_id: str) -> str:
+    """BIP's resubmitCheckKey for a stockout: at most 32 characters, a function of the id alone.
+
+    Readable form `wdtso-<id>` when the id is short ASCII (≤ 26 characters of [A-Za-z0-9_.]);
+    otherwise the MD5 hex (32 lower-case hex characters) of a fixed salt + the id.
+
+    Injective: two readable keys differ because their ids differ; a readable key always contains
+    `wdtso-` ('w', 's', '-' are not hex digits) so it can never equal a hashed key, which is hex only;
+    two hashed keys would need an MD5 collision between two WDT ids, which ids written by an ERP do
+    not produce (no adversary chooses them). Never include the attempt, the time or the worker: the
+    whole point is that every retry, redelivery and requeue sends the same key.
+    """
+    if not isinstance(stockout_id, str) or not stockout_id:
+        raise ValueError(f"stockout_id must be a non-empty string, got {stockout_id!r}")
+    readable = _READABLE_PREFIX + stockout_id
+    if len(readable) <= RESUBMIT_KEY_MAX and _READABLE_ID.match(stockout_id):
+        return readable
+    return hashlib.md5((_HASH_SALT + stockout_id).encode("utf-8")).hexdigest()
+
+
+# -- validation of the raw dict -------------------------------------------------------------------
+
+def validate_stockout(raw: Any) -> Stockout:
+    """The raw WDT dict as a `Stockout`; a `TransformError` listing every bad field otherwise."""
+    if not isinstance(raw, dict):
+        raise TransformError(
+            f"invalid stockout from WDT: expected a JSON object, got {type(raw).__name__} {_show(raw)}",
+            field="(stockout)",
+            value=_show(raw),
+        )
+    try:
+        return Stockout.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+        first = exc.errors()[0]
+        ident = raw.get("stockout_id")
+        readable = isinstance(ident, (str, int)) and not isinstance(ident, bool) and str(ident).strip()
+        who = f"stockout {str(ident)!r}" if readable else "stockout"
+        raise TransformError(
+            f"invalid {who} from WDT: " + "; ".join(text for _, text in problems),
+            field=problems[0][0],
+            value=_show(first.get("input")),
+        ) from None
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out or "(stockout)"
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    path = _path(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    value = err.get("input")
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    if kind == "missing":
+        return path, f"{path}: missing"
+    if kind in ("string_too_short", "too_short") and isinstance(value, str):
+        return path, f"{path}: empty"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return path, f"{path}: expected a JSON object, got {_show(value)}"
+    if kind == "string_pattern_mismatch":
+        return path, f"{path}: must not be blank or contain spaces, got {_show(value)}"
+    if kind == "string_too_long":
+        return path, f"{path}: longer than {err.get('ctx', {}).get('max_length', '?')} characters, got {_show(value)}"
+    if "got" in message or (isinstance(value, str) and repr(value) in message):
+        return path, f"{path}: {message}"  # our own validators already quote the value
+    return path, f"{path}: {message}, got {_show(value)}"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    # the type is worth saying for containers: "list ['2']" reads better than "['2']"
+    text = f"{type(value).__name__} {value!r}" if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- the transform --------------------------------------------------------------------------------
+
+def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
+    """The BIP record for one validated stockout, or a `TransformError` saying what is missing."""
+    where = mapping.source
+    _check_filters(stockout, mapping)
+
+    if not stockout.warehouse_no.strip():
+        raise TransformError(
+            "warehouse_no is empty: the stockout names no warehouse", field="warehouse_no", value=""
+        )
+    entry = mapping.warehouses.get(stockout.warehouse_no)
+    if entry is None:
+        known = ", ".join(list(mapping.warehouses)[:10])
+        raise TransformError(
+            f"warehouse_no {stockout.warehouse_no!r} has no entry in [warehouses] of {where} "
+            f"(add [warehouses.\"{stockout.warehouse_no}\"]; mapped: {known})",
+            field="warehouse_no",
+            value=stockout.warehouse_no,
+            mapping_entry=f'warehouses."{stockout.warehouse_no}"',
+        )
+
+    if not stockout.details_list:
+        raise TransformError(
+            "details_list is empty: a stockout without lines cannot become a BIP record",
+            field="details_list",
+            value="[]",
+        )
+
+    code = None
+    if mapping.document.send_code:
+        code = _identifier(stockout.order_no, "order_no", required=True, why="[document].send_code = true")
+
+    fields = dict(
+        row_status="Insert",
+        org=entry.org or mapping.header.org,
+        accountOrg=entry.accountOrg or mapping.header.accountOrg,
+        bustype=mapping.header.bustype,
+        warehouse=entry.warehouse,
+        vouchdate=_vouchdate(stockout, mapping),
+        resubmitCheckKey=resubmit_key(stockout.stockout_id),
+        code=code,
+        memo=_memo(stockout, mapping),
+        srcBillType=mapping.header.srcBillType,
+        # define1 ties the BIP record back to its stockout: reconcile and the sandbox look it up.
+        define1=_identifier(stockout.stockout_id, "stockout_id", required=True),
+        othOutRecords=[_line(i, d, stockout, mapping) for i, d in enumerate(stockout.details_list)],
+    )
+    try:
+        return OthOutRecord(**fields)
+    except ValidationError as exc:  # a gap between our checks and BIP's model: still permanent
+        detail = "; ".join(_describe(e)[1] for e in exc.errors())
+        raise TransformError(f"the BIP record would be invalid: {detail}", field="(record)") from None
+
+
+def preview(raw: Any, mapping: Mapping) -> dict[str, Any]:
+    """The BIP save payload's `data` for a raw WDT stockout (what the `preview` command prints)."""
+    return to_bip(validate_stockout(raw), mapping).wire()
+
+
+def _check_filters(stockout: Stockout, mapping: Mapping) -> None:
+    # The producer filters already; this catches what it let through because it could not read it
+    # (an empty status) and a dead letter requeued after the filters were narrowed.
+    checks = [("status", stockout.status, mapping.filters.statuses, "statuses")]
+    if mapping.filters.order_types:
+        checks.append(("order_type", stockout.order_type, mapping.filters.order_types, "order_types"))
+    for name, value, allowed, key in checks:
+        text = value.strip()
+        normal = str(int(text)) if text.isdigit() else text
+        if normal in allowed:
+            continue
+        shown = normal or "(empty)"
+        raise TransformError(
+            f"{name} {shown} not in [{', '.join(allowed)}] ([filters].{key} in {mapping.source}): "
+            "this stockout is not one to sync",
+            field=name,
+            value=value,
+            mapping_entry=f"filters.{key}",
+        )
+
+
+def _vouchdate(stockout: Stockout, mapping: Mapping) -> str:
+    # No fallback from consign_time to modified: a shipped stockout without a ship time is damaged
+    # data, and dating the record by its last edit would put it in the wrong period silently.
+    name = mapping.document.vouchdate_from
+    value = getattr(stockout, name)
+    if value is None:
+        shown = "'0000-00-00 00:00:00'" if name in stockout.model_fields_set else "missing"
+        raise TransformError(
+            f"{name} is {shown}: status {stockout.status or '(empty)'} stockout has no {name} "
+            f"for the BIP vouchdate ([document].vouchdate_from = \"{name}\" in {mapping.source})",
+            field=name,
+            value=shown.strip("'"),
+            mapping_entry="document.vouchdate_from",
+        )
+    return beijing_date(value).isoformat()
+
+
+def _memo(stockout: Stockout, mapping: Mapping) -> str | None:
+    template = mapping.header.memo if mapping.header.memo is not None else DEFAULT_MEMO
+    values = {name: str(getattr(stockout, name, "") or "").strip() for name in MEMO_FIELDS}
+    return _text(template.format_map(values))
+
+
+def _line(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> OthOutRecordLine:
+    at = f"details_list[{i}]"
+    material = mapping.material
+    source_code = str(getattr(d, material.field) or "").strip()
+    if not source_code:
+        raise TransformError(
+            f"{at}.{material.field} is empty: no material code for BIP ([material].field = "
+            f"\"{material.field}\" in {mapping.source})",
+            field=f"{at}.{material.field}",
+            value="",
+            mapping_entry="material.field",
+        )
+    product = material.codes.get(source_code, source_code)
+    _identifier(product, f"{at}.{material.field}", required=True)
+
+    sku = None
+    if material.sku_field:
+        sku = _identifier(str(getattr(d, material.sku_field) or "").strip(), f"{at}.{material.sku_field}") or None
+
+    _check_batches(at, d)
+    return OthOutRecordLine(
+        row_status="Insert",
+        product=product,
+        productsku=sku,
+        product_cName=_text(d.goods_name),
+        qty=_qty(at, d.goods_count),
+        unit=_unit(at, d.goods_unit, mapping),
+        batchno=_identifier(d.batch_no.strip(), f"{at}.batch_no") or None,
+        invaliddate=beijing_date(d.expire_date).isoformat() if d.expire_date else None,
+        memo=_text(d.remark),
+        upcode=_identifier(stockout.order_no.strip(), "order_no") or None,
+        sourceautoid=_identifier(d.rec_id.strip(), f"{at}.rec_id") or None,
+    )
+
+
+def _check_batches(at: str, d: StockoutDetail) -> None:
+    # One BIP line carries one batch. A WDT line picked from several batches (seen in its
+    # position_list) would put its whole quantity on one batch in BIP: refuse rather than misstate.
+    batches = sorted({p.batch_no.strip() for p in d.position_list if p.batch_no.strip()})
+    if len(batches) > 1:
+        raise TransformError(
+            f"{at}.position_list ships {len(batches)} batches ({', '.join(batches[:5])}) on one line; "
+            "one BIP line carries one batch, and splitting a WDT line is not supported",
+            field=f"{at}.position_list",
+            value=", ".join(batches),
+        )
+
+
+def _qty(at: str, value: Decimal | None) -> Decimal:
+    if value is None:
+        raise TransformError(f"{at}.goods_count is missing or empty: a line needs a quantity", field=f"{at}.goods_count", value="")
+    if value <= 0:
+        raise TransformError(
+            f"{at}.goods_count is {value}: a quantity must be greater than zero",
+            field=f"{at}.goods_count",
+            value=value,
+        )
+    return value
+
+
+def _unit(at: str, goods_unit: str, mapping: Mapping) -> str:
+    units = mapping.units
+    name = goods_unit.strip()
+    if not name:
+        if units.default is None:
+            raise TransformError(
+                f"{at}.goods_unit is empty and [units] has no default in {mapping.source}",
+                field=f"{at}.goods_unit",
+                value="",
+                mapping_entry="units.default",
+            )
+        return units.default
+    if name in units.codes:
+        return units.codes[name]
+    if units.unmapped == "default" and units.default is not None:
+        return units.default
+    hint = "and [units] has no default" if units.default is None else '(units.unmapped = "error")'
+    raise TransformError(
+        f"{at}.goods_unit {name!r} has no entry in [units.codes] of {mapping.source} {hint}; "
+        f'add "{name}" = "<BIP unit code>"',
+        field=f"{at}.goods_unit",
+        value=name,
+        mapping_entry=f'units.codes."{name}"',
+    )
+
+
+def _identifier(value: str, field: str, *, required: bool = False, why: str = "") -> str:
+    if required and not value:
+        reason = f" but {why} needs it" if why else ""
+        raise TransformError(f"{field} is empty{reason}", field=field, value="")
+    if len(value) > MAX_IDENTIFIER_LEN:
+        raise TransformError(
+            f"{field} is {len(value)} characters, longer than the {MAX_IDENTIFIER_LEN} allowed for an "
+            f"identifier (identifiers are never cut): {value[:40]!r}…",
+            field=field,
+            value=value,
+        )
+    return value
+
+
+def _text(value: str) -> str | None:
+    value = (value or "").strip()
+    return value[:MAX_TEXT_LEN] if value else None
