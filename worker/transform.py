@@ -8,7 +8,7 @@ retried). Its message is read by an operator in the dead-letter queue, so it say
 (with its line index), which value, and which mapping entry is missing. What only BIP can know (a
 material code it has never heard of, a closed period) is left to BIP to refuse.
 
-The full field table is docs/field-table.md.
+The full field table is in README.md ("The field table: WDT → BIP").
 """
 from __future__ import annotations
 
