@@ -29,17 +29,8 @@ DEADLINE_S = 100
 
 def sandbox_env(sb, *, redis_url: str, prefix: str, **extra: object) -> dict[str, str]:
     """The service's configuration pointing at a sandbox: what a user would put in `.env`."""
-    c = sb.config
     return service_env(
-        wdt_qimen_url=sb.wdt_url,
-        wdt_app_key=c.wdt_app_key,
-        wdt_app_secret=c.wdt_app_secret,
-        wdt_sid=c.wdt_sid,
-        wdt_target_app_key=c.wdt_target_app_key,
-        bip_tenant_id=c.bip_tenant_id,
-        bip_app_key=c.bip_app_key,
-        bip_app_secret=c.bip_app_secret,
-        bip_discovery_url=sb.bip_discovery_url,
+        **sb.env(),
         redis_url=redis_url,
         redis_prefix=prefix,
         mapping_file=DEMO_MAPPING,

@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+import kombu.pools
 import pytest
 
 from shared.processes import start_beat, start_worker, stop, wait_for_consumer
@@ -37,6 +38,11 @@ def reset_service_caches() -> None:
 
     get_settings.cache_clear()
     app.conf.update(celery_config(get_settings()))
+    # kombu remembers per connection which queues it declared; after a FLUSHDB those bindings are
+    # gone, so fresh connections must declare them again or messages would go nowhere.
+    kombu.pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
     shared.runtime._runtime = None
 
 

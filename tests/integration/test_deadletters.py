@@ -1,0 +1,178 @@
+"""Dead letters an operator can see, understand and requeue: retries, routing, the `dlq` commands."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+import redis
+
+from producer.poll import poll_once
+from shared.messages import publish_dead_letter, publish_stockout
+from shared.runtime import runtime
+from shared.timeutil import now_beijing
+from tests.integration.conftest import reset_service_caches, wait_until
+from worker.deadletter import DeadLetter, DeadLetterStore
+
+pytestmark = pytest.mark.integration
+
+
+def saved(sandbox) -> Counter:
+    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
+
+
+def cli(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def recent(sandbox, count, **kw):
+    now = now_beijing()
+    return sandbox.generate(count, start=now - timedelta(hours=1), end=now - timedelta(minutes=1), **kw)
+
+
+def only_eligible(stockouts):
+    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+
+
+def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it_once(
+    sandbox, processes, redis_client, tmp_path, monkeypatch
+):
+    mapping = tmp_path / "mapping.toml"
+    shutil.copy(processes.env["MAPPING_FILE"], mapping)
+    processes.env["MAPPING_FILE"] = str(mapping)
+    monkeypatch.setenv("MAPPING_FILE", str(mapping))
+    reset_service_caches()
+
+    stockouts = recent(sandbox, 20)
+    poison = dict(next(s for s in stockouts if s["status"] in ("95", "110")))
+    poison["warehouse_no"] = "WH-NEW9"  # a warehouse the mapping does not know yet
+    sandbox.add_stockouts([poison])
+    expected = only_eligible(stockouts)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), 60, message="sync")
+
+    letter = letters.get(poison["stockout_id"])
+    assert letter.attempts == 1, "a permanent error is not retried"
+    assert letter.stage == "transform" and "WH-NEW9" in letter.message and "warehouses" in letter.message
+    assert letter.stockout == poison, "the original stockout is kept whole"
+    assert letters.queue_length() == 1
+
+    # readable by a person, parseable by a program
+    listing = cli(processes.env, "dlq", "list")
+    assert listing.returncode == 0 and poison["stockout_id"] in listing.stdout and "WH-NEW9" in listing.stdout
+    as_json = json.loads(cli(processes.env, "dlq", "list", "--json").stdout)
+    assert [l["stockout_id"] for l in as_json] == [poison["stockout_id"]]
+    shown = cli(processes.env, "dlq", "show", poison["stockout_id"], "--json")
+    assert DeadLetter.model_validate_json(shown.stdout).stockout["warehouse_no"] == "WH-NEW9"
+    assert cli(processes.env, "dlq", "show", "no-such-id").returncode == 1
+
+    # the repair path: fix the mapping, requeue; the running worker picks the new mapping up
+    mapping.write_text(mapping.read_text() + '\n[warehouses."WH-NEW9"]\nwarehouse = "SH01"\n')
+    requeued = cli(processes.env, "dlq", "requeue", poison["stockout_id"])
+    assert requeued.returncode == 0, requeued.stderr
+    wait_until(lambda: poison["stockout_id"] in saved(sandbox), 30, message="requeued stockout saved")
+    assert saved(sandbox)[poison["stockout_id"]] == 1
+    assert letters.ids() == [] and letters.queue_length() == 0
+    # requeueing it again is a no-op, and a new poll does not publish it again
+    assert "requeued 0" in cli(processes.env, "dlq", "requeue", "--all").stdout
+    assert poll_once(runtime(), publish_stockout).published == 0
+
+
+def test_transient_faults_are_retried_and_each_stockout_is_saved_exactly_once(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 40)
+    expected = only_eligible(stockouts)
+    sandbox.set_faults(bip={"http_502": 0.2, "code_310504": 0.15, "rate_limit": 0.15})
+    processes.env["MAX_ATTEMPTS"] = "12"
+    processes.worker(concurrency=4)
+    poll_once(runtime(), publish_stockout)
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: set(saved(sandbox)) == expected, 90, message="all saved despite faults")
+    faults = sandbox.counters()["faults"]
+    assert faults.get("bip.http_502") and faults.get("bip.code_310504") and faults.get("bip.rate_limit")
+    assert max(saved(sandbox).values()) == 1
+    assert letters.ids() == []
+
+
+def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 3)
+    expected = only_eligible(stockouts)
+    sandbox.set_faults(bip={"http_502": 1.0})
+    processes.env["MAX_ATTEMPTS"] = "3"
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: set(letters.ids()) == expected, 60, message="dead letters")
+    for letter in letters.all():
+        assert letter.attempts == 3 and letter.stage == "save"
+        assert letter.error_class == "APIConnectionError" and letter.http_status == 502
+        assert letter.first_failed_at <= letter.last_failed_at
+    assert letters.queue_length() == len(expected)
+    assert not sandbox.records()
+
+    # the outage ends: requeue --all saves every one exactly once
+    sandbox.set_faults()
+    assert cli(processes.env, "dlq", "requeue", "--all").returncode == 0
+    wait_until(lambda: set(saved(sandbox)) == expected, 30, message="requeued saved")
+    assert max(saved(sandbox).values()) == 1
+
+
+def _letters(redis_client, n):
+    store = DeadLetterStore(redis_client, "t")
+    for i in range(n):
+        raw = {"stockout_id": f"90{i}", "order_no": f"CK90{i}"}
+        letter = DeadLetter(stockout_id=raw["stockout_id"], stage="transform", error_class="MappingError",
+                            message="m", first_failed_at="x", last_failed_at="x", message_id=f"dlq-{i}", stockout=raw)
+        store.put(letter)
+        publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
+    return store
+
+
+def test_two_requeues_at_once_send_each_letter_once(service, redis_client):
+    store = _letters(redis_client, 30)
+    assert store.queue_length() == 30
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def publish(raw, key):
+        with lock:
+            sent.append(key)
+        publish_stockout(raw, key)
+
+    threads = [threading.Thread(target=lambda: DeadLetterStore(redis.Redis.from_url(service["REDIS_URL"]), "t")
+                                .requeue(store.ids(), publish)) for _ in range(2)]
+    ids_before = store.ids()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(sent) == sorted(ids_before)
+    assert redis_client.llen("t:stockouts") == 30
+    assert store.queue_length() == 0 and store.ids() == []
+
+
+def test_a_requeue_killed_half_way_loses_nothing(service, redis_client):
+    store = _letters(redis_client, 2)
+    # the claim happened, then the process died before publishing
+    assert store.claim("900", "requeue") is not None
+    assert store.get("900") is None and store.queue_length() == 1
+    sent = []
+    store.requeue(["901"], lambda raw, key: sent.append(key))
+    assert sorted(sent) == ["900", "901"]
+    assert store.parked() == []
+
+
+def test_purge_asks_for_confirmation(service, redis_client):
+    store = _letters(redis_client, 2)
+    env = dict(service)
+    refused = subprocess.run([sys.executable, "-m", "shared.cli", "dlq", "purge", "--all"], env=env,
+                             input="n\n", capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and len(store.ids()) == 2
+    done = cli(env, "dlq", "purge", "900", "--yes")
+    assert done.returncode == 0 and store.ids() == ["901"] and store.queue_length() == 1
