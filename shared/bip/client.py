@@ -1,0 +1,233 @@
+"""The 用友BIP requestor: other outbound record save and list (protocol: docs/apis.md).
+
+It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
+"data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
+the one exception is an invalid token (310036/310001), renewed once and the call repeated once
+inside the client, because that is a property of the session, not of the request.
+
+De-duplication, as far as the client is concerned: the worker sends a `resubmitCheckKey` derived
+from the stockout, so BIP replays the first result for an hour and answers "duplicate submission"
+(100004/10004) after that — both are success here. If the tenant numbers documents by hand and a
+save is refused because the `code` already exists, the record with that code *is* ours (the code
+comes from the stockout too), so it is looked up and returned as a replay: the third layer.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import redis as redis_lib
+import requests
+
+from shared.bip.models import OthOutRecord, SaveResult
+from shared.bip.token import API, RATE_LIMIT_CODES, TRANSIENT_CODES, GatewayResolver, TokenProvider
+from shared.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitError,
+    StockoutSyncError,
+    TokenExpiredError,
+)
+from shared.http import make_session, request_json
+from shared.ratelimit import RateLimiter
+
+log = logging.getLogger("stockout_sync.bip")
+
+SAVE_PATH = "/yonbip/scm/othoutrecord/single/save"
+LIST_PATH = "/yonbip/scm/othoutrecord/list"
+
+SUCCESS_CODES = {"200", "00000"}
+TOKEN_CODES = {"310036", "310001"}
+REPLAY_CODES = {"100004", "10004"}
+AUTH_CODES = {"310037", "10018"}
+PARAMETER_CODES = {"310008", "310015", "310023"}
+_DUPLICATE_CODE_WORDS = ("已存在", "重复")
+_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|seconds?|秒)", re.I)
+
+
+class BipClient:
+    def __init__(
+        self,
+        settings,
+        redis: redis_lib.Redis,
+        *,
+        session: requests.Session | None = None,
+        limiter: RateLimiter | None = None,
+        tokens: TokenProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.session = session or make_session(settings)
+        self.limiter = limiter
+        self.tokens = tokens or TokenProvider(
+            settings, redis, self.session, resolver=GatewayResolver(settings, redis, self.session)
+        )
+
+    @classmethod
+    def from_settings(cls, settings, redis: redis_lib.Redis, *, session: requests.Session | None = None) -> "BipClient":
+        limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix)
+        return cls(settings, redis, session=session, limiter=limiter)
+
+    def __repr__(self) -> str:
+        return f"BipClient(tenant={self.settings.bip_tenant_id!r}, app_key={self.settings.bip_app_key!r})"
+
+    # the requestor ------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> dict[str, Any]:
+        """One gateway call; the whole envelope of a reply whose code is not an error.
+
+        Replies with a "duplicate submission" code are returned too (the caller decides)."""
+        token = self.tokens.get()
+        body = self._send(method, path, token, json=json, params=params)
+        if _code(body) in TOKEN_CODES:
+            # the token died before its time (revoked, or another app session replaced it)
+            self.tokens.invalidate(token)
+            token = self.tokens.get()
+            body = self._send(method, path, token, json=json, params=params)
+            if _code(body) in TOKEN_CODES:
+                raise TokenExpiredError(
+                    f"bip {method} {path}: token refused again right after renewal (code={_code(body)})",
+                    api=API,
+                    code=_code(body),
+                    api_message=self._scrub(_message(body), token),
+                )
+        code = _code(body)
+        if code in SUCCESS_CODES or code in REPLAY_CODES:
+            return body
+        raise self._error(method, path, body, token)
+
+    def _send(self, method: str, path: str, token: str, *, json: Any, params: dict | None) -> dict[str, Any]:
+        if self.limiter is not None:
+            self.limiter.acquire()
+        url = self.tokens.endpoints().gateway_url + path
+        query = dict(params or {})
+        query["access_token"] = token
+        reply = request_json(self.session, method, url, api=API, params=query, json=json)
+        if not isinstance(reply.data, dict):
+            raise APIConnectionError(
+                f"bip {method} {path}: reply is {type(reply.data).__name__}, not an object",
+                api=API,
+                http_status=reply.status,
+            )
+        if reply.status >= 400 and _code(reply.data) in SUCCESS_CODES | {""}:
+            raise InvalidRequestError(f"bip {method} {path}: HTTP {reply.status}", api=API, http_status=reply.status)
+        return reply.data
+
+    def _scrub(self, text: str, token: str | None) -> str:
+        if token:
+            text = text.replace(token, "***")
+        secret = self.settings.bip_app_secret.get_secret_value()
+        return text.replace(secret, "***") if secret else text
+
+    def _error(self, method: str, path: str, body: dict[str, Any], token: str | None) -> StockoutSyncError:
+        code, message = _code(body), self._scrub(_message(body), token)
+        common = {"api": API, "code": code, "api_message": message}
+        said = f"bip {method} {path}: code={code or '-'} {message}".rstrip()
+        if code in TRANSIENT_CODES:
+            return APIConnectionError(f"{said} (retry with the same resubmitCheckKey)", should_retry=True, **common)
+        if code in RATE_LIMIT_CODES:
+            match = _SECONDS.search(message)
+            retry_after = float(match.group(1)) if match else 1.0
+            return RateLimitError(said, retry_after=retry_after, **common)
+        if code in AUTH_CODES:
+            return AuthenticationError(
+                f"{said} — configuration error: check BIP_APP_KEY / BIP_APP_SECRET and the API grants of the app",
+                **common,
+            )
+        if code in TOKEN_CODES:
+            return TokenExpiredError(said, **common)
+        # 310008/310015/310023 parameters, 999 business validation (BIP's words name the field and
+        # value), 1002 not found, and any code we do not know: refused content, not retried
+        return InvalidRequestError(said, **common)
+
+    # other outbound records ---------------------------------------------------------------------
+
+    def save(self, record: OthOutRecord) -> SaveResult:
+        try:
+            body = self.request("POST", SAVE_PATH, json={"data": record.wire()})
+        except InvalidRequestError as exc:
+            if exc.code == "999" and record.code and any(w in exc.api_message for w in _DUPLICATE_CODE_WORDS):
+                found = self.find_by_code(record.code)
+                if found:
+                    log.info("bip save: code %s already exists, taken as an earlier save of ours", record.code)
+                    return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True)
+            raise
+        code = _code(body)
+        if code in REPLAY_CODES:
+            return self._replayed(record)
+        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
+
+    def _replayed(self, record: OthOutRecord) -> SaveResult:
+        # the gateway only says "saved before"; fill in the id when the code lets us find it
+        if record.code:
+            try:
+                found = self.find_by_code(record.code)
+            except StockoutSyncError as exc:
+                log.warning("bip save replayed; looking up code %s failed: %s", record.code, exc.message)
+                found = []
+            if found:
+                return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
+        return SaveResult(code=record.code or "", replayed=True)
+
+    def find_by_code(self, code: str) -> list[dict[str, Any]]:
+        """Records whose document code is exactly `code` (the list API may match loosely)."""
+        page = self._list_page(1, 100, code=code)
+        return [r for r in page[0] if _str(r.get("code")) == code]
+
+    def find(self, simple_vos: list[dict[str, Any]], page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every record matching `simple_vos` (BIP's filter triples), page by page."""
+        page_index, read = 1, 0
+        limit: int | None = None
+        previous: list[str] | None = None
+        while True:
+            records, total = self._list_page(page_index, page_size, simpleVOs=simple_vos)
+            ids = [_str(r.get("id")) for r in records]
+            if records and ids == previous:
+                raise APIConnectionError(
+                    f"bip {LIST_PATH}: page {page_index} repeats page {page_index - 1} (pageIndex ignored?)", api=API
+                )
+            previous = ids
+            yield from records
+            read += len(records)
+            if total is not None:
+                limit = -(-total // page_size) if page_size else 0
+            if not records or len(records) < page_size or (total is not None and read >= total):
+                return
+            page_index += 1
+            if limit is not None and page_index > limit + 1:
+                raise APIConnectionError(
+                    f"bip {LIST_PATH}: page {page_index} past recordCount={total}", api=API
+                )
+
+    def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
+        body = {"pageIndex": page_index, "pageSize": page_size, **query}
+        reply = self.request("POST", LIST_PATH, json=body)
+        data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        records = data.get("recordList") or []
+        if not isinstance(records, list):
+            raise APIConnectionError(f"bip {LIST_PATH}: recordList is not a list", api=API)
+        total = data.get("recordCount")
+        try:
+            total = None if total in (None, "") else int(total)
+        except (TypeError, ValueError):
+            total = None
+        return [r for r in records if isinstance(r, dict)], total
+
+
+def _code(body: Any) -> str:
+    if isinstance(body, dict):
+        value = body.get("code")
+        return "" if value is None else str(value).strip()
+    return ""
+
+
+def _message(body: dict[str, Any]) -> str:
+    return str(body.get("message") or body.get("msg") or "")
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)

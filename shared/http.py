@@ -1,0 +1,152 @@
+"""One pooled HTTP session per process, and the one place where `requests` failures become typed errors.
+
+Retries are decided by `errors.resolve`, never here: urllib3's automatic retries are switched off so
+that a POST is never silently sent twice and every failed attempt is visible to the caller.
+
+Secrets travel in query strings (BIP `access_token`, the token request's `signature`), and both
+`requests` and urllib3 put the full URL into their exception texts. So nothing from an exception
+reaches a message before `safe_url`/`scrub_urls` have cut the query string off, and the original
+exception is not chained (a chained cause would print the URL in any traceback).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared.errors import APIConnectionError, InvalidRequestError, RateLimitError
+
+USER_AGENT = "stockout-sync/0.1"
+POOL_MAXSIZE = 32
+DEFAULT_TIMEOUT = (5.0, 30.0)
+
+# a URL query string inside free text: everything from "?" up to whitespace or a quote/bracket
+_QUERY_IN_TEXT = re.compile(r"\?[^\s'\")\]>]*")
+
+
+class TimeoutSession(requests.Session):
+    """A Session that applies a default `(connect, read)` timeout to every request.
+
+    `requests` has no session-wide timeout and waits forever without one; a hung gateway would pin
+    a worker process until the Celery hard time limit kills it.
+    """
+
+    def __init__(self, timeout: tuple[float, float]) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method, url, **kwargs):  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, **kwargs)
+
+
+def make_session(settings) -> requests.Session:
+    session = TimeoutSession((settings.http_connect_timeout_s, settings.http_read_timeout_s))
+    # total=0/read=False: urllib3 must not resend a request on its own (a resent save is a second
+    # save attempt the task never knew about); redirects stay with requests.
+    adapter = HTTPAdapter(
+        pool_connections=4,
+        pool_maxsize=POOL_MAXSIZE,
+        max_retries=Retry(total=0, connect=0, read=False, redirect=False, status=0, raise_on_status=False),
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.verify = True
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def safe_url(url: str) -> str:
+    """scheme://host/path only: the query string may hold a token or a signature."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def scrub_urls(text: str) -> str:
+    return _QUERY_IN_TEXT.sub("?…", text)
+
+
+@dataclass(frozen=True)
+class JsonResponse:
+    status: int
+    data: Any
+    url: str  # already made safe: no query string
+
+
+def request_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    api: str,
+    **kwargs: Any,
+) -> JsonResponse:
+    """Send one request and return the decoded JSON body.
+
+    Raises APIConnectionError (should_retry=True) on network errors, timeouts, HTTP ≥ 500, 408 and
+    bodies that are not JSON; RateLimitError on HTTP 429; InvalidRequestError on any other 4xx
+    without a JSON body. A 4xx *with* a JSON body is returned: both APIs put their own error code
+    in it, and the client's envelope parser knows better what it means.
+    """
+    where = safe_url(url)
+    if kwargs.get("timeout") is None and not isinstance(session, TimeoutSession):
+        kwargs["timeout"] = DEFAULT_TIMEOUT  # a caller's plain Session must not wait forever either
+    try:
+        response = session.request(method, url, **kwargs)
+    except requests.Timeout as exc:
+        raise APIConnectionError(
+            f"{api} {method} {where}: timed out ({type(exc).__name__})", api=api, should_retry=True
+        ) from None
+    except requests.RequestException as exc:
+        raise APIConnectionError(
+            f"{api} {method} {where}: {type(exc).__name__}: {scrub_urls(str(exc))}",
+            api=api,
+            should_retry=True,
+        ) from None
+
+    status = response.status_code
+    if status >= 500 or status == 408:
+        raise APIConnectionError(
+            f"{api} {method} {where}: HTTP {status}", api=api, http_status=status, should_retry=True
+        )
+    if status == 429:
+        raise RateLimitError(
+            f"{api} {method} {where}: HTTP 429 too many requests",
+            api=api,
+            http_status=status,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
+    try:
+        data = response.json()
+    except (ValueError, json.JSONDecodeError):
+        if status >= 400:
+            raise InvalidRequestError(
+                f"{api} {method} {where}: HTTP {status}", api=api, http_status=status
+            ) from None
+        raise APIConnectionError(
+            f"{api} {method} {where}: HTTP {status} with a body that is not JSON",
+            api=api,
+            http_status=status,
+            should_retry=True,
+        ) from None
+    return JsonResponse(status=status, data=data, url=where)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

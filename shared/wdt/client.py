@@ -1,0 +1,294 @@
+"""The 旺店通 requestor: `wdt.stockout.order.query` through the Qimen gateway (protocol: docs/apis.md).
+
+It owns signing, the envelope and the mapping of every failure to a typed error; it never sleeps
+and retries by itself (that is `errors.resolve`'s decision, made by the caller). It waits only for
+the shared rate limiter, so all workers on all machines together stay under WDT's quota.
+
+How pages are ordered so that a stockout modified while we page is never missed: see
+`shared.wdt.paging` (0, last … 1, 0).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from shared.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitError,
+    StockoutSyncError,
+)
+from shared.http import make_session, request_json
+from shared.ratelimit import RateLimiter
+from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
+from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
+from shared.wdt.sign import top_md5_sign
+
+log = logging.getLogger("stockout_sync.wdt")
+
+METHOD = "wdt.stockout.order.query"
+API = "wdt"
+DEFAULT_PAGE_SIZE = 40
+
+# TOP/Qimen gateway codes (doc 101617) and WDT's own
+_RATE_LIMIT_CODES = {"7", "1012"}
+_AUTH_CODES = {"11", "12", "25", "26", "27", "28", "29"}
+_CLOCK_CODES = {"31"}  # invalid timestamp: our clock or the gateway's, often transient
+_ARGUMENT_CODES = {"40", "41"}
+_REMOTE_CODES = {"10", "15"}  # service unavailable / remote service error
+_AUTH_SUBCODE = re.compile(r"signature|app-?key|appkey|permission|secret|isv\.invalid-app", re.I)
+_LIMIT_SUBCODE = re.compile(r"call-limited|accesscontrol\.limited|too-frequent|frequency", re.I)
+_BAN_SECONDS = re.compile(r"(\d+)\s*(?:more\s+seconds|seconds?|秒)", re.I)
+
+__all__ = ["WdtClient", "WdtPage", "slice_range"]
+
+
+class WdtClient:
+    def __init__(
+        self,
+        settings,
+        *,
+        session: requests.Session | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session = session or make_session(settings)
+        self.limiter = limiter
+        self.url = settings.wdt_qimen_url
+
+    @classmethod
+    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> "WdtClient":
+        limiter = None
+        if redis is not None:
+            limiter = RateLimiter(
+                redis, "wdt", settings.wdt_rate_per_minute / 60.0, burst=1, prefix=settings.redis_prefix
+            )
+        return cls(settings, session=session, limiter=limiter)
+
+    def __repr__(self) -> str:
+        return f"WdtClient(url={self.url!r}, app_key={self.settings.wdt_app_key!r}, sid={self.settings.wdt_sid!r})"
+
+    # the requestor ------------------------------------------------------------------------------
+
+    def _system_params(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "method": METHOD,
+            "app_key": s.wdt_app_key,
+            "target_app_key": s.wdt_target_app_key,
+            "sid": s.wdt_sid,
+            # Beijing time from an aware clock: the host's TZ never enters (invariant 5)
+            "timestamp": format_wire(now_beijing()),
+            "format": "json",
+            "v": "2.0",
+            "sign_method": "md5",
+        }
+
+    def signed_params(self, business: dict[str, Any]) -> dict[str, str]:
+        params = self._system_params()
+        for key, value in business.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, datetime):
+                value = format_wire(value)
+            value = str(value)
+            if value != "":  # the signature skips empty values; the form must match it
+                params[key] = value
+        params["sign"] = top_md5_sign(params, self.settings.wdt_app_secret.get_secret_value())
+        return params
+
+    def request(self, business: dict[str, Any]) -> dict[str, Any]:
+        """One signed call; the body of a successful reply (the object inside `response`)."""
+        if self.limiter is not None:
+            self.limiter.acquire()
+        params = self.signed_params(business)
+        reply = request_json(self.session, "POST", self.url, api=API, data=params)
+        body = self._unwrap(reply.data, reply.url)
+        failure = self._failure(body)
+        if failure is not None:
+            raise self._error(failure, reply.url, reply.status)
+        if reply.status >= 400:
+            raise InvalidRequestError(f"wdt {METHOD}: HTTP {reply.status}", api=API, http_status=reply.status)
+        return body
+
+    @staticmethod
+    def _unwrap(data: Any, where: str) -> dict[str, Any]:
+        if isinstance(data, dict):
+            for key in ("response", "error_response"):
+                inner = data.get(key)
+                if isinstance(inner, dict):
+                    return inner
+            return data
+        raise APIConnectionError(
+            f"wdt {METHOD} {where}: reply is {type(data).__name__}, not an object", api=API, should_retry=True
+        )
+
+    @staticmethod
+    def _failure(body: dict[str, Any]) -> dict[str, str] | None:
+        def nonzero(value: Any) -> bool:
+            return value not in (None, "", 0, "0")
+
+        code = next((body[k] for k in ("code", "errorcode") if nonzero(body.get(k))), None)
+        if code is None and str(body.get("flag", "")).lower() != "failure":
+            return None
+        return {
+            "code": "" if code is None else str(code),
+            "message": str(body.get("message") or body.get("msg") or ""),
+            "sub_code": str(body.get("sub_code") or ""),
+            "sub_message": str(body.get("sub_message") or body.get("sub_msg") or ""),
+        }
+
+    def _scrub(self, text: str) -> str:
+        secret = self.settings.wdt_app_secret.get_secret_value()
+        return text.replace(secret, "***") if secret else text
+
+    def _error(self, f: dict[str, str], where: str, status: int) -> StockoutSyncError:
+        code, sub_code = f["code"], f["sub_code"]
+        api_message = self._scrub(" / ".join(m for m in (f["message"], f["sub_code"], f["sub_message"]) if m))
+        common = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
+        said = f"wdt {METHOD} {where}: code={code or '-'}{' sub_code=' + sub_code if sub_code else ''} {api_message}"
+
+        if code in _RATE_LIMIT_CODES or _LIMIT_SUBCODE.search(sub_code):
+            match = _BAN_SECONDS.search(f["message"] + " " + f["sub_message"])
+            retry_after = float(match.group(1)) if match else max(10.0, 60.0 / self.settings.wdt_rate_per_minute)
+            return RateLimitError(f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common)
+        if code in _AUTH_CODES or _AUTH_SUBCODE.search(sub_code):
+            return AuthenticationError(
+                f"{said} — configuration error: check WDT_APP_KEY / WDT_APP_SECRET / WDT_SID / WDT_TARGET_APP_KEY",
+                **common,
+            )
+        if sub_code.endswith((":sid", ":app_key", ":target_app_key")):
+            return AuthenticationError(f"{said} — configuration error: check WDT_SID / WDT_APP_KEY", **common)
+        if code in _CLOCK_CODES or "timestamp" in sub_code.lower():
+            return APIConnectionError(f"{said} (timestamp refused: check the host clock)", should_retry=True, **common)
+        if code in _ARGUMENT_CODES or sub_code.startswith(("isv.missing", "isv.invalid")):
+            return InvalidRequestError(said, **common)
+        if code in _REMOTE_CODES or sub_code.startswith("isp."):
+            return APIConnectionError(said, should_retry=True, **common)
+        return InvalidRequestError(said, **common)
+
+    # queries ------------------------------------------------------------------------------------
+
+    def _page_size(self, page_size: int | None) -> int:
+        size = self.settings.wdt_page_size if page_size is None else page_size
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 100:
+            raise InvalidRequestError(f"wdt page_size must be 1–100, got {size!r}", api=API)
+        return size
+
+    @staticmethod
+    def _check_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+        start, end = to_beijing(start), to_beijing(end)
+        if start > end:
+            raise InvalidRequestError(
+                f"wdt window start {format_wire(start)} is after end {format_wire(end)}", api=API
+            )
+        if end.replace(microsecond=0) - start.replace(microsecond=0) > MAX_WINDOW:
+            raise InvalidRequestError(
+                f"wdt window {format_wire(start)} – {format_wire(end)} spans more than 30 days", api=API
+            )
+        return start, end
+
+    def query_page(
+        self,
+        start: datetime,
+        end: datetime,
+        page_no: int,
+        page_size: int | None = None,
+        **filters: Any,
+    ) -> WdtPage:
+        start, end = self._check_window(start, end)
+        size = self._page_size(page_size)
+        if page_no < 0:
+            raise InvalidRequestError(f"wdt page_no must be ≥ 0, got {page_no}", api=API)
+        business = {"start_time": start, "end_time": end, "page_no": page_no, "page_size": size, **filters}
+        return self._page(self.request(business), page_no, size)
+
+    @staticmethod
+    def _page(body: dict[str, Any], page_no: int, size: int) -> WdtPage:
+        total = body.get("total_count")
+        try:
+            total_count = None if total in (None, "") else int(str(total).strip())
+        except ValueError:
+            raise APIConnectionError(f"wdt {METHOD}: total_count {total!r} is not a number", api=API) from None
+        records = body.get("stockout_list")
+        if records in (None, ""):
+            records = []
+        if not isinstance(records, list):
+            raise APIConnectionError(
+                f"wdt {METHOD}: stockout_list is {type(records).__name__}, not a list", api=API
+            )
+        return WdtPage(page_no=page_no, page_size=size, total_count=total_count, stockouts=records)
+
+    def iter_pages(
+        self, start: datetime, end: datetime, page_size: int | None = None, **filters: Any
+    ) -> Iterator[WdtPage]:
+        """Every page of one window, one at a time, in the order that cannot miss a stockout moved by
+        an edit (paging.py). Records an earlier page already yielded are dropped from later pages
+        (counted in `page.rereads`), so each stockout_id comes out once per call."""
+        start, end = self._check_window(start, end)
+        size = self._page_size(page_size)
+        paginator = WdtPaginator(size)
+        seen: set[str] = set()  # ids only: the window itself is never held
+        while not paginator.finished:
+            page = self.query_page(start, end, paginator.next_page_no, size, **filters)
+            paginator.advance(page)
+            fresh: list[dict[str, Any]] = []
+            for record in page.stockouts:
+                sid = record.get("stockout_id") if isinstance(record, dict) else None
+                if sid not in (None, ""):
+                    if str(sid) in seen:
+                        continue
+                    seen.add(str(sid))
+                fresh.append(record)
+            rereads = len(page.stockouts) - len(fresh)
+            yield page.model_copy(update={"stockouts": fresh, "rereads": rereads})
+
+    def iter_stockouts(self, start: datetime, end: datetime, **filters: Any) -> Iterator[dict[str, Any]]:
+        for page in self.iter_pages(start, end, **filters):
+            yield from page.stockouts
+
+    def get_by_no(
+        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The stockout with this number, or None.
+
+        Looking up one order needs no window (so an order of any age is found); a gateway that
+        insists on one (`40` missing start_time) is asked again for the last 30 days.
+        """
+        if start is None and end is None:
+            try:
+                body = self.request({"stockout_no": stockout_no, "page_no": 0, "page_size": 100})
+                return self._match(self._page(body, 0, 100), stockout_no)
+            except InvalidRequestError as exc:
+                if exc.code != "40":
+                    raise
+        end = end or now_beijing()
+        start = start or (to_beijing(end) - MAX_WINDOW)
+        return self._match(self.query_page(start, end, 0, 100, stockout_no=stockout_no), stockout_no)
+
+    @staticmethod
+    def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:
+        for record in page.stockouts:
+            # match on our side too: a gateway that ignored the filter must not hand back another order
+            if isinstance(record, dict) and stockout_no in (str(record.get("order_no", "")), str(record.get("stockout_no", ""))):
+                return record
+        return None
+
+    slice_range = staticmethod(slice_range)
+
+
+def modified_of(record: dict[str, Any]) -> datetime | None:
+    """A raw record's last-modified time, for the producer's cursor."""
+    try:
+        return parse_wire(str(record.get("modified") or ""))
+    except ValueError:
+        return None
+
