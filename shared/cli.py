@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.settings import get_settings
@@ -16,7 +17,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     sys.exit(code)
 
 
@@ -205,7 +206,8 @@ def dlq_list(reason, code, as_json) -> None:
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
     for l in letters:
-        table.add_row(l.stockout_id, l.order_no, l.stage, f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}", str(l.attempts), l.last_failed_at)
+        reason = f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
+        table.add_row(escape(l.stockout_id), escape(l.order_no), l.stage, escape(reason), str(l.attempts), l.last_failed_at)
     console.print(table)
 
 
@@ -221,7 +223,7 @@ def dlq_show(stockout_id, as_json) -> None:
         return
     table = Table(show_header=False, title=f"dead letter {stockout_id}")
     for key, value in letter.model_dump(exclude={"stockout"}).items():
-        table.add_row(key, "" if value is None else str(value))
+        table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)
     console.print("[bold]stockout as WDT sent it[/bold]")
     console.print_json(json.dumps(letter.stockout, ensure_ascii=False))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -86,6 +87,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
                     late = sb.generate(LATE_ARRIVALS, start=now_beijing() - timedelta(seconds=30), end=now_beijing() - timedelta(seconds=5))
                     eligible |= {s["stockout_id"] for s in late if s["status"] in ("95", "110")}
                     progress.update(task, total=len(eligible))
+                    progress.console.print(f"{len(late)} new stockouts appeared in WDT; the next beat polls them")
                     late_added = True
                 time.sleep(0.5)
         return summarize(sb, r, prefix, eligible, console, time.monotonic() - started)
@@ -117,7 +119,7 @@ def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed:
     table.add_row("lost (must be 0)", str(len(lost)))
     console.print(table)
     for reason, count in Counter(f"{l.stage}: {l.message}" for l in letters).most_common(8):
-        console.print(f"  {count} × {reason}")
+        console.print(f"  {count} × {escape(reason)}")
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")
     return 0 if ok else 1
