@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from shared import metrics
 from shared.errors import APIConnectionError, InvalidRequestError, RateLimitError
 
 USER_AGENT = "stockout-sync/0.1"
@@ -40,11 +42,28 @@ class TimeoutSession(requests.Session):
     def __init__(self, timeout: tuple[float, float]) -> None:
         super().__init__()
         self.timeout = timeout
+        self._environment: dict[tuple, dict[str, Any]] = {}
 
     def request(self, method, url, **kwargs):  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
         return super().request(method, url, **kwargs)
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        # requests scans the whole environment (proxy variables, no_proxy, CA bundle) on every call,
+        # about a fifth of a save's CPU. A process's environment does not change while it runs, so
+        # the answer is kept per scheme and host (what no_proxy matching depends on).
+        if proxies or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert)
+        try:
+            merged = self._environment.get(key)
+        except TypeError:  # an unhashable cert (a list): not worth keeping
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if merged is None:
+            merged = self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return {**merged, "proxies": dict(merged["proxies"])}
 
 
 def make_session(settings) -> requests.Session:
@@ -104,13 +123,20 @@ def request_json(
     where = safe_url(url)
     if kwargs.get("timeout") is None and not isinstance(session, TimeoutSession):
         kwargs["timeout"] = DEFAULT_TIMEOUT  # a caller's plain Session must not wait forever either
+    started = time.monotonic()
+
+    def observe(code: str) -> None:
+        metrics.observe_api_call(api, url, kwargs.get("data"), time.monotonic() - started, code)
+
     try:
         response = session.request(method, url, **kwargs)
     except requests.Timeout as exc:
+        observe("timeout")
         raise APIConnectionError(
             f"{api} {method} {where}: timed out ({type(exc).__name__})", api=api, should_retry=True
         ) from None
     except requests.RequestException as exc:
+        observe("connection_error")
         raise APIConnectionError(
             f"{api} {method} {where}: {type(exc).__name__}: {scrub_urls(str(exc))}",
             api=api,
@@ -118,6 +144,8 @@ def request_json(
         ) from None
 
     status = response.status_code
+    if status >= 500 or status == 408 or status == 429:
+        observe(f"http_{status}")
     if status >= 500 or status == 408:
         raise APIConnectionError(
             f"{api} {method} {where}: HTTP {status}", api=api, http_status=status, should_retry=True
@@ -132,6 +160,7 @@ def request_json(
     try:
         data = response.json()
     except (ValueError, json.JSONDecodeError):
+        observe(f"http_{status}" if status >= 400 else "not_json")
         if status >= 400:
             raise InvalidRequestError(
                 f"{api} {method} {where}: HTTP {status}", api=api, http_status=status
@@ -142,6 +171,7 @@ def request_json(
             http_status=status,
             should_retry=True,
         ) from None
+    observe(metrics.answer_code(api, status, data))
     return JsonResponse(status=status, data=data, url=where)
 
 

@@ -1,7 +1,39 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy."""
+"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy.
+
+Why messages go through the default (nameless) exchange straight to the queue's list: with the
+named direct exchange kombu reads the exchange's bindings from Redis (SMEMBERS) before every single
+publish, and a message could route nowhere if the bindings were lost (a FLUSHDB, a restore). The
+worker consumes the same `{prefix}:stockouts` list either way, and a redelivered message goes back
+to the queue its delivery info names.
+
+Why `declare=[]`: declaring the queue only writes its bindings, which this routing never reads;
+kombu would otherwise copy and check the queue entity on every publish.
+
+Why messages are built here rather than by kombu's publish: that path costs ~0.5 ms of Python per
+message (and a new Redis client object per command), which caps the producer far below what WDT's
+pages can deliver. Here Celery's own message (`create_task_message`: the same headers, properties
+and body) becomes the Redis entry kombu's Redis transport would write, and a page (`many`) goes out
+in one LPUSH. tests/integration/test_messages.py holds both paths to the same message. With
+`task_send_sent_event` on, messages go through kombu after all: the task-sent events are its to send.
+"""
 from __future__ import annotations
 
+import base64
+import time
+from collections.abc import Iterable
+
+import orjson
+import redis
+from celery import signals
+from celery.utils import uuid
+from celery.utils.nodenames import anon_nodename
+from kombu.entity import maybe_delivery_mode
+from kombu.utils.json import dumps as json_dumps
+
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, app
+
+# kombu's Redis transport: message bodies are base64 text inside the JSON entry
+_BODY_ENCODING = "base64"
 
 
 def message_label(raw: dict, key: str) -> str:
@@ -10,18 +42,143 @@ def message_label(raw: dict, key: str) -> str:
     return repr({"stockout_id": key, "order_no": order_no})
 
 
-def publish_stockout(raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
-    result = app.send_task(
-        SYNC_TASK,
-        kwargs={"stockout": raw},
-        queue=queue,
-        routing_key=queue,
-        exchange=queue,
-        task_id=task_id,
-        kwargsrepr=message_label(raw, key),
-        argsrepr="()",
-    )
-    return result.id
+class Publisher:
+    """`publish(raw, key)` sends one message now; `publish.many(items)` sends a page of them in one
+    Redis command. Either way every message has left when the call returns."""
+
+    def __init__(self) -> None:
+        self._client: tuple[str, redis.Redis] | None = None
+
+    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
+        if app.conf.task_send_sent_event:
+            with app.producer_or_acquire() as producer:
+                return self._send(producer, raw, key, queue, task_id)
+        page = _Page(queue)
+        task_id = page.add(raw, key, task_id)
+        self._push(queue, page.entries)
+        page.published()
+        return task_id
+
+    @staticmethod
+    def _send(producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+        """kombu's own publish, which also sends the task-sent event."""
+        task_id = task_id or uuid()
+        message = app.amqp.create_task_message(
+            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            create_sent_event=app.conf.task_send_sent_event, **_lineage(),
+        )
+        app.amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
+        return task_id
+
+    def many(self, items: Iterable[tuple[dict, str]], *, queue: str = STOCKOUT_QUEUE) -> list[str]:
+        items = list(items)
+        if not items:
+            return []
+        if app.conf.task_send_sent_event:
+            # A task-sent event each is kombu's to publish; still one round trip for the page.
+            with app.producer_or_acquire() as producer, producer.batch(max_size=4 * len(items)):
+                return [self._send(producer, raw, key, queue, None) for raw, key in items]
+        page = _Page(queue)
+        ids = [page.add(raw, key) for raw, key in items]
+        self._push(queue, page.entries)
+        page.published()
+        return ids
+
+    def _broker(self) -> redis.Redis:
+        url = app.conf.broker_url
+        if self._client is None or self._client[0] != url:
+            options = dict(app.conf.broker_use_ssl or {}) if url.startswith("rediss://") else {}
+            transport = app.conf.broker_transport_options or {}
+            client = redis.Redis.from_url(
+                url, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
+                health_check_interval=30, **options,
+            )
+            self._client = (url, client)
+        return self._client[1]
+
+    def _push(self, queue: str, entries: list[bytes]) -> None:
+        """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
+        prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix", "")
+        policy = app.conf.task_publish_retry_policy or {}
+        retries = policy.get("max_retries", 3) if app.conf.task_publish_retry else 0
+        wait = policy.get("interval_start", 0)
+        for attempt in range(retries + 1):
+            try:
+                # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
+                self._broker().lpush(f"{prefix}{queue}", *entries)
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt >= retries:
+                    raise
+                time.sleep(wait)
+                wait = min(wait + policy.get("interval_step", 0.2), policy.get("interval_max", 1))
+
+
+class _Page:
+    """The Redis entries of one page, as kombu's Redis transport writes them: Celery's own message
+    (`create_task_message`), its body as base64 JSON, inside a JSON envelope."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.entries: list[bytes] = []
+        self.sent: list[tuple] = []
+        self.origin = anon_nodename()  # what Celery would look up again for every message
+        self.fixed = {
+            "delivery_mode": maybe_delivery_mode(app.conf.task_default_delivery_mode),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": _BODY_ENCODING,
+        }
+        self.before = signals.before_task_publish.receivers
+        self.after = signals.after_task_publish.receivers
+        self.retry_policy = app.conf.task_publish_retry_policy
+
+    def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
+        task_id = task_id or uuid()
+        headers, properties, body, _ = app.amqp.create_task_message(
+            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            origin=self.origin, **_lineage(),
+        )
+        if self.before:
+            signals.before_task_publish.send(
+                sender=SYNC_TASK, body=body, exchange="", routing_key=self.queue, declare=[], headers=headers,
+                properties=properties, retry_policy=self.retry_policy,
+            )
+        if self.after:
+            self.sent.append((body, headers))
+        properties.update(self.fixed, delivery_tag=uuid())
+        self.entries.append(_json({
+            "body": base64.b64encode(_json(body)).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        }))
+        return task_id
+
+    def published(self) -> None:
+        for body, headers in self.sent:
+            signals.after_task_publish.send(sender=SYNC_TASK, body=body, headers=headers, exchange="",
+                                            routing_key=self.queue)
+
+
+def _lineage() -> dict:
+    """A message published from inside a task (a dead letter) names that task, as send_task does."""
+    parent = app.current_worker_task
+    if not parent:
+        return {}
+    return {"root_id": parent.request.root_id or parent.request.id, "parent_id": parent.request.id}
+
+
+def _json(value) -> bytes:
+    # orjson: a twelfth of the stdlib's time for a stockout, and the producer writes thousands a second
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # what orjson will not write (an int beyond 64 bits…): as kombu would
+        return json_dumps(value).encode("utf-8")
+
+
+publish_stockout = Publisher()
 
 
 def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:

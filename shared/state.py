@@ -2,27 +2,46 @@
 
 Key layout (every key starts with REDIS_PREFIX, default `sos`; the broker's own keys share it):
 
-| key                      | value                         | lives                     |
-|--------------------------|-------------------------------|---------------------------|
-| `{p}:so:{stockout_id}`   | `q` (queued) or `d|id|code`   | STATE_TTL_DAYS            |
-| `{p}:lock:{stockout_id}` | task id of the worker on it   | task time limit + margin  |
-| `{p}:cursor`             | Beijing time the next poll reads from (minus lookback) | forever |
-| `{p}:poll:lock`          | token of the running poll     | renewed per page          |
-| `{p}:poll:last`          | JSON summary of the last poll | forever                   |
+| key                       | value                                              | lives                     |
+|---------------------------|----------------------------------------------------|---------------------------|
+| `{p}:mark:{id // 100}`    | hash: field `{id % 100}` → `q` (queued) or `d|id|code` | STATE_TTL_DAYS after the bucket's last write |
+| `{p}:mark:x{crc32 % 2¹⁶}` | the same for ids that are not plain numbers; field = the whole id | as above |
+| `{p}:lock:{stockout_id}`  | task id of the worker on it                        | task time limit + margin  |
+| `{p}:cursor`              | Beijing time the next poll reads from (minus lookback) | forever               |
+| `{p}:poll:lock`           | token of the running poll                          | renewed per page          |
+| `{p}:poll:last`           | JSON summary of the last poll                      | forever                   |
 
 `done` is the first de-duplication layer (BIP's resubmitCheckKey and the document code are the
 others). `queued` only saves publishing a message twice; the worker never trusts it.
+
+Why buckets: a mark is kept for every stockout for weeks, so its cost is what the state costs. A
+string key per stockout costs ~180 bytes of Redis memory (key object, dict entry, expiry entry,
+value); a field in a small hash ~50, because a hash of at most `hash-max-listpack-entries` (default
+128) fields of at most `hash-max-listpack-value` (64) bytes is one flat listpack, and WDT's numeric
+stockout ids put neighbours in one bucket. 100 fields per bucket stays under that default with room
+to spare (a longer value only turns its bucket into a plain hash: more memory, same behaviour).
+
+How marks expire: the TTL belongs to the bucket, and every write of a mark (queued or done) resets
+the whole bucket's TTL to STATE_TTL_DAYS. So a mark lives at least STATE_TTL_DAYS after its own
+last write — which is what must outlive LOOKBACK_S (Settings checks it) — and at most as long after
+the last write of any mark in its bucket. Ids are handed out in order, so a bucket fills within
+hours and then expires as one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis
 
 from shared.timeutil import format_wire, parse_wire
+
+BUCKET = 100
+_HASHED_BUCKETS = 1 << 16
+_MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stays exact
 
 # Take the lock when it is free, or when the same task already holds it: a message redelivered
 # after its worker process died carries the same task id, and must not wait for the dead one.
@@ -33,6 +52,29 @@ if (not cur) or cur == ARGV[1] then
   return 0
 end
 return redis.call('PTTL', KEYS[1])
+"""
+
+# The worker's first step in one round trip: the done mark, else the lock. Reading the mark and
+# taking the lock in one script is what makes a second look at the mark after locking unnecessary.
+# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field. Returns {mark or false, pttl}.
+_CLAIM = """
+local mark = redis.call('HGET', KEYS[2], ARGV[3])
+if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0} end
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {false, 0}
+end
+return {false, redis.call('PTTL', KEYS[1])}
+"""
+
+# The worker's last step in one round trip: the done mark (and its bucket's TTL), then the lock goes.
+# KEYS: lock, mark bucket. ARGV: owner, mark field, mark, ttl s.
+_FINISH = """
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 _RELEASE = """
@@ -53,6 +95,19 @@ class Done:
     bip_code: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What `claim` found: the stockout done already, or the lock taken (wait 0), or the seconds
+    until another task's lock expires."""
+
+    done: Done | None
+    wait_s: float
+
+    @property
+    def acquired(self) -> bool:
+        return self.done is None and self.wait_s == 0
+
+
 def stockout_key(raw: dict) -> str:
     """The de-duplication key of a raw WDT stockout: its stockout_id, or, for a record that has
     none (it will be dead-lettered), a stable hash of its content so it is dead-lettered once."""
@@ -69,48 +124,95 @@ class StateStore:
         self.p = prefix
         self.ttl_s = ttl_s
         self._acquire = client.register_script(_ACQUIRE)
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
 
     # -- per stockout ----------------------------------------------------------------------
-    def _so(self, sid: str) -> str:
-        return f"{self.p}:so:{sid}"
+    def mark_slot(self, sid: str) -> tuple[str, str]:
+        """(bucket key, field) of a stockout's mark."""
+        if sid.isascii() and sid.isdigit() and len(sid) <= _MAX_NUMERIC_LEN and (sid[0] != "0" or sid == "0"):
+            n = int(sid)
+            return f"{self.p}:mark:{n // BUCKET}", str(n % BUCKET)
+        # Not a canonical number ("noid-…", leading zeros): spread by hash, the field keeps the
+        # whole id so two ids never share one.
+        return f"{self.p}:mark:x{zlib.crc32(sid.encode('utf-8')) % _HASHED_BUCKETS}", sid
 
     def states(self, ids: list[str]) -> dict[str, str | None]:
         """One round trip for a whole page: each id's raw state (`q`, `d|…` or None)."""
         if not ids:
             return {}
-        values = self.r.mget([self._so(i) for i in ids])
-        return {i: (v.decode() if v is not None else None) for i, v in zip(ids, values)}
+        by_bucket: dict[str, list[tuple[str, str]]] = {}
+        for i in ids:
+            bucket, field = self.mark_slot(i)
+            by_bucket.setdefault(bucket, []).append((i, field))
+        pipe = self.r.pipeline(transaction=False)
+        for bucket, members in by_bucket.items():
+            pipe.hmget(bucket, [field for _, field in members])
+        found: dict[str, str | None] = {}
+        for members, values in zip(by_bucket.values(), pipe.execute()):
+            for (i, _), v in zip(members, values):
+                found[i] = v.decode() if v is not None else None
+        return {i: found[i] for i in ids}
 
     def mark_queued(self, ids: list[str]) -> None:
-        """After publishing: NX so a `done` that a fast worker already wrote is never overwritten."""
+        """After publishing: HSETNX so a `done` that a fast worker already wrote is never overwritten."""
         if not ids:
             return
-        pipe = self.r.pipeline(transaction=False)
+        # MULTI: a bucket is never left without its TTL by a connection lost half-way.
+        pipe = self.r.pipeline(transaction=True)
+        buckets = set()
         for i in ids:
-            pipe.set(self._so(i), "q", ex=self.ttl_s, nx=True)
+            bucket, field = self.mark_slot(i)
+            pipe.hsetnx(bucket, field, "q")
+            buckets.add(bucket)
+        for bucket in buckets:
+            pipe.expire(bucket, self.ttl_s)
         pipe.execute()
 
     def done(self, sid: str) -> Done | None:
-        value = self.r.get(self._so(sid))
+        bucket, field = self.mark_slot(sid)
+        value = self.r.hget(bucket, field)
         return parse_done(value.decode() if value is not None else None)
 
     def mark_done(self, sid: str, bip_id: str, bip_code: str) -> None:
-        self.r.set(self._so(sid), f"d|{bip_id}|{bip_code}", ex=self.ttl_s)
+        bucket, field = self.mark_slot(sid)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(bucket, field, f"d|{bip_id}|{bip_code}")
+        pipe.expire(bucket, self.ttl_s)
+        pipe.execute()
 
     def forget(self, sid: str) -> None:
         """Drop a `queued` mark whose message never left (publishing failed)."""
-        self.r.delete(self._so(sid))
+        bucket, field = self.mark_slot(sid)
+        self.r.hdel(bucket, field)
 
     # -- per-stockout work lock --------------------------------------------------------------
+    def _lock(self, sid: str) -> str:
+        return f"{self.p}:lock:{sid}"
+
     def acquire(self, sid: str, owner: str, ttl_s: float) -> float:
         """0 when `owner` now holds the lock, else the seconds until the holder's lock expires."""
-        pttl = int(self._acquire(keys=[f"{self.p}:lock:{sid}"], args=[owner, int(ttl_s * 1000)]))
+        pttl = int(self._acquire(keys=[self._lock(sid)], args=[owner, int(ttl_s * 1000)]))
         return 0.0 if pttl == 0 else max(pttl, 1) / 1000
 
+    def claim(self, sid: str, owner: str, ttl_s: float) -> Claim:
+        """`done(sid)`, and when it is not done `acquire(...)`, atomically and in one round trip."""
+        bucket, field = self.mark_slot(sid)
+        mark, pttl = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
+        if mark:
+            return Claim(parse_done(mark.decode() if isinstance(mark, bytes) else mark), 0.0)
+        pttl = int(pttl)
+        return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000)
+
     def release(self, sid: str, owner: str) -> None:
-        self._release(keys=[f"{self.p}:lock:{sid}"], args=[owner])
+        self._release(keys=[self._lock(sid)], args=[owner])
+
+    def finish(self, sid: str, owner: str, bip_id: str, bip_code: str) -> None:
+        """`mark_done` then `release`, atomically and in one round trip."""
+        bucket, field = self.mark_slot(sid)
+        self._finish(keys=[self._lock(sid), bucket], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s])
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:

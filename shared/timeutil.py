@@ -1,12 +1,14 @@
 """Beijing time on the wire, whatever the host's time zone (invariant 5)."""
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 WIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
 ZERO_DATETIME = "0000-00-00 00:00:00"
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\Z", re.ASCII)
 
 
 def now_beijing() -> datetime:
@@ -31,6 +33,10 @@ def parse_wire(text: str) -> datetime | None:
         return None
     if len(text) == 10:
         text += " 00:00:00"
+    if _CANONICAL.match(text):
+        # A stockout carries a dozen of these; strptime is ~20x slower than reading the digits.
+        return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+                        int(text[17:19]), tzinfo=BEIJING)
     return datetime.strptime(text, WIRE_FORMAT).replace(tzinfo=BEIJING)
 
 

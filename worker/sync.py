@@ -45,30 +45,28 @@ def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
     sid = stockout_key(raw)
     order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
     store = rt.store
-    done = store.done(sid)
+    # The done mark and the lock in one atomic step: a holder we had to wait for may have saved it.
+    claim = store.claim(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)
+    done = claim.done
     if done is not None:
         return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
-    wait = store.acquire(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)
-    if wait:
-        raise Deferred(wait)
+    if not claim.acquired:
+        raise Deferred(claim.wait_s)
     try:
-        # The done mark is read again under the lock: the holder we waited for may have saved it.
-        done = store.done(sid)
-        if done is not None:
-            return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
         record = to_bip(validate_stockout(raw), rt.mapping)
         result = rt.bip.save(record)
-        store.mark_done(sid, result.id, result.code)
-        return Outcome(
-            stockout_id=sid,
-            order_no=order_no,
-            outcome="replayed" if result.replayed else "saved",
-            bip_id=result.id,
-            bip_code=result.code,
-            duration_s=round(time.monotonic() - started, 4),
-        )
-    finally:
+        store.finish(sid, task_id, result.id, result.code)  # the done mark, then the lock goes
+    except BaseException:
         try:
             store.release(sid, task_id)
         except redis.RedisError:
             pass  # the lock expires by itself
+        raise
+    return Outcome(
+        stockout_id=sid,
+        order_no=order_no,
+        outcome="replayed" if result.replayed else "saved",
+        bip_id=result.id,
+        bip_code=result.code,
+        duration_s=round(time.monotonic() - started, 4),
+    )

@@ -18,7 +18,49 @@ def test_queued_never_overwrites_done_and_states_come_in_one_call(redis_client):
     assert store.states(["1", "2", "3"]) == {"1": "d|1900000000000000001|QTCK-1", "2": "q", "3": None}
     assert store.done("1").bip_id == "1900000000000000001"
     assert store.done("2") is None
-    assert 0 < redis_client.ttl("t:so:2") <= 3600
+    assert 0 < redis_client.ttl(store.mark_slot("2")[0]) <= 3600
+
+
+def test_marks_share_small_listpack_buckets_whose_ttl_every_write_renews(redis_client):
+    store = make(redis_client, ttl=3600)
+    assert store.mark_slot("1000123") == ("t:mark:10001", "23")
+    # not canonical numbers: hashed buckets, and the field keeps the whole id
+    for odd in ("0123", "noid-abc", "12a", "１２"):
+        bucket, field = store.mark_slot(odd)
+        assert bucket.startswith("t:mark:x") and field == odd
+    assert store.mark_slot("0123") != store.mark_slot("123")
+    ids = [str(1_000_000 + i) for i in range(100)]
+    store.mark_queued(ids)
+    for i in ids[:50]:
+        store.mark_done(i, "2000000000000000001", "QTCK20261129000001")
+    bucket = store.mark_slot(ids[0])[0]
+    assert redis_client.object("encoding", bucket) == b"listpack"
+    redis_client.expire(bucket, 10)
+    store.mark_done(ids[99], "2000000000000000002", "QTCK20261129000002")
+    assert redis_client.ttl(bucket) > 3000
+    assert store.states(ids[49:51] + ["0123"]) == {
+        ids[49]: "d|2000000000000000001|QTCK20261129000001", ids[50]: "q", "0123": None,
+    }
+    store.forget(ids[50])
+    assert store.states([ids[50]]) == {ids[50]: None}
+
+
+def test_claim_reads_the_done_mark_or_takes_the_lock_and_finish_marks_then_releases(redis_client):
+    store = make(redis_client)
+    first = store.claim("42", "task-a", 5)
+    assert first.acquired and first.done is None
+    other = store.claim("42", "task-b", 5)
+    assert not other.acquired and other.done is None and 0 < other.wait_s <= 5
+    store.finish("42", "task-a", "1900000000000000042", "QTCK-42")
+    assert not redis_client.exists("t:lock:42")
+    again = store.claim("42", "task-b", 5)
+    assert again.done == store.done("42") and again.done.bip_code == "QTCK-42" and not again.acquired
+    assert not redis_client.exists("t:lock:42")  # a done stockout is never locked
+    # finish by a task that lost its lock still records the save, and leaves the new holder's lock
+    assert store.claim("43", "task-b", 5).acquired
+    store.finish("43", "task-a", "1900000000000000043", "")
+    assert store.done("43").bip_id == "1900000000000000043"
+    assert redis_client.get("t:lock:43") == b"task-b"
 
 
 def test_lock_is_exclusive_but_the_same_task_may_take_it_back(redis_client):

@@ -1,0 +1,94 @@
+"""A WDT data set the size of a backfill, served by the sandbox's gateway without holding it.
+
+Why: the sandbox keeps every stockout as a dict (100,000 of them are gigabytes and take a minute to
+generate) and answers each page by scanning the whole store and encoding it, so past ~10,000
+stockouts the sandbox, not the producer, sets the pace. Here stockout `i` is computed when a page
+asks for it: one of a few real generated stockouts (pre-encoded JSON) with its own id, order
+number and modified time. The gateway in front is the sandbox's own (signature, timestamp, rate
+limit, parameter checks); only the page body is built differently.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sandbox import Sandbox
+from sandbox.data import generate_stockouts
+from sandbox.faults import Reply
+from sandbox.server import WDT_PATH
+from sandbox.wdt import WdtApi, WdtError, failure, parse_query
+from shared.timeutil import format_wire, to_beijing
+
+_ID, _NO, _MOD = "@@sid@@", "@@no@@", "@@mod@@"
+FIRST_ID = 50_000_001
+
+
+class VirtualFeed:
+    """`count` stockouts with ids FIRST_ID…, `per_second` of them per second of `modified` from `start`."""
+
+    def __init__(self, count: int, start: datetime, *, per_second: int = 10, templates: int = 40) -> None:
+        self.count = count
+        self.start = to_beijing(start).replace(microsecond=0)
+        self.per_second = per_second
+        sample = generate_stockouts(templates * 3, first_id=1, seed=7, start=self.start, end=self.start).stockouts
+        fetched = [s for s in sample if s["status"] in ("95", "110")][:templates]
+        self._templates = [_template(s) for s in fetched]
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=(self.count - 1) // self.per_second)
+
+    def _index(self, moment: datetime) -> int:
+        return int((to_beijing(moment) - self.start).total_seconds()) * self.per_second
+
+    def page(self, start: datetime, end: datetime, page_no: int, page_size: int) -> tuple[int, list[str]]:
+        lo = max(0, self._index(start))
+        hi = min(self.count, self._index(end) + self.per_second)
+        total = max(0, hi - lo)
+        first = lo + page_no * page_size
+        items = []
+        for i in range(first, min(hi, first + page_size)):
+            sid = str(FIRST_ID + i)
+            modified = format_wire(self.start + timedelta(seconds=i // self.per_second))
+            items.append(
+                self._templates[i % len(self._templates)].replace(_ID, sid).replace(_NO, f"CK{sid}").replace(_MOD, modified)
+            )
+        return total, items
+
+
+def _template(raw: dict) -> str:
+    raw = {**raw, "stockout_id": _ID, "order_no": _NO, "modified": _MOD}
+    raw["details_list"] = [{**d, "stockout_id": _ID} for d in raw.get("details_list", [])]
+    return json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
+
+
+class VirtualWdtApi(WdtApi):
+    def __init__(self, base: WdtApi, feed: VirtualFeed) -> None:
+        super().__init__(base.config, base.counters, base.faults, base.limit)
+        self.feed = feed
+
+    def _answer(self, params: dict[str, str]) -> Reply:
+        try:
+            self._check_system(params)
+            if not self.limit.allow():
+                return self._too_frequent()
+            query = parse_query(params)
+        except WdtError as e:
+            self.counters.inc("wdt_errors")
+            return failure(e.code, e.message, e.sub_code, e.sub_message)
+        if query.exact or not {"95", "110"} <= query.statuses or query.start is None or query.end is None:
+            return failure("41", "Invalid arguments", "isv.invalid-parameter", "the virtual feed serves windows only")
+        total, items = self.feed.page(query.start, query.end, query.page_no, query.page_size)
+        head = '{"response":{"flag":"success","errorcode":0,"message":""'
+        if query.page_no == 0 or self.config.wdt_total_count_every_page:
+            head += f',"total_count":"{total}"'
+        body = head + ',"stockout_list":[' + ",".join(items) + "]}}"
+        return Reply(200, body.encode("utf-8"))
+
+
+def serve_feed(sb: Sandbox, feed: VirtualFeed) -> None:
+    """Put `feed` behind the sandbox's WDT gateway (its BIP side is untouched)."""
+    sb.wdt = VirtualWdtApi(sb.wdt, feed)
+    for method in ("GET", "POST"):
+        sb._routes[(method, WDT_PATH)] = sb.wdt.handle
+
