@@ -42,6 +42,30 @@ def _parse_time(value: str, name: str):
     return parsed
 
 
+def _json_lines_only() -> list[str]:
+    """With LOG_FORMAT=json: keep the process's output one JSON object per line.
+
+    Celery writes its banner and its shutdown notices straight to stdout, around logging, while the
+    logs go to stderr. So in JSON mode the banner is switched off (`--quiet`, returned for Celery's
+    argv) and stdout goes to /dev/null: the service itself never prints, it logs."""
+    if get_settings().log_format != "json":
+        return []
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush()
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return ["--quiet"]
+
+
+def _start_metrics(port: int | None) -> None:
+    from shared import metrics_exporter
+
+    try:
+        metrics_exporter.start(get_settings(), port)
+    except OSError as err:  # the port is taken: say which, rather than run without metrics
+        _fail(f"metrics port {port or get_settings().metrics_port}: {err}")
+
+
 @click.group()
 def main() -> None:
     """Move every 旺店通 stockout into 用友BIP as an other outbound record."""
@@ -60,14 +84,17 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="processes or threads (WORKER_CONCURRENCY)")
 @click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
 @click.option("--hostname", default="stockouts@%h")
-def worker(concurrency, pool, hostname) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
+def worker(concurrency, pool, hostname, metrics_port) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
     _check_mapping()
+    _start_metrics(metrics_port)
     from shared.celery_app import STOCKOUT_QUEUE, app
 
     s = get_settings()
     app.worker_main(
         [
+            *_json_lines_only(),
             "worker",
             "-Q", STOCKOUT_QUEUE,
             f"--pool={pool or s.worker_pool}",
@@ -80,15 +107,18 @@ def worker(concurrency, pool, hostname) -> None:
 
 @main.command()
 @click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
-def beat(schedule_file) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
+def beat(schedule_file, metrics_port) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
     _check_mapping()
+    _start_metrics(metrics_port)
     from shared.celery_app import PRODUCER_QUEUE, app
 
     s = get_settings()
     schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}")
     app.worker_main(
         [
+            *_json_lines_only(),
             "worker", "--beat",
             "-Q", PRODUCER_QUEUE,
             "--concurrency=1",
@@ -267,6 +297,9 @@ def flower(port, address, insecure) -> None:
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
         _fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
+    # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
+    # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
+    app.conf.broker_transport = None
     # The credentials stay in the environment, where Flower reads them, never on the command line.
     app.start(["flower", f"--port={port}", f"--address={address}"])
 
@@ -292,6 +325,179 @@ def demo(stockouts, bad) -> None:
     from shared.demo import run_demo
 
     sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))
+
+
+# -- operating it: status, reconcile ----------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
+@click.option("--timeout", default=1.0, type=float, show_default=True, help="seconds to wait for the workers to answer")
+@click.option("--health", type=click.Choice(["worker", "beat"]), default=None,
+              help="check only this host's worker or beat process (a container health check)")
+def status(as_json, timeout, health) -> None:
+    """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker)."""
+    import redis
+
+    from shared import status as report_status
+    from shared.runtime import runtime
+
+    from shared.redis_conn import reachable
+
+    rt = runtime()
+    # a quick ping first: the service's own client retries a lost connection for many seconds
+    if not reachable(rt.settings.redis_url, timeout=max(timeout, 1.0)):
+        _fail("Redis does not answer at REDIS_URL")
+    try:
+        if health:
+            found = report_status.health(rt, health, timeout_s=timeout)
+            for problem in found:
+                err_console.print(f"[red]unhealthy:[/red] {escape(problem)}")
+            if not found:
+                console.print(f"{health}: healthy")
+            sys.exit(1 if found else 0)
+        report = report_status.gather(rt, timeout_s=timeout)
+    except redis.RedisError as err:
+        _fail(f"Redis: {type(err).__name__}: {err}")
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        _print_status(report)
+    sys.exit(1 if report.problems else 0)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172800, "h", 3600)):
+        if abs(value) < limit:
+            return f"{value / size:.0f} {unit}"
+    return f"{value / 86400:.1f} d"
+
+
+def _print_status(report) -> None:
+    from producer.poll import PollSummary
+
+    table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    if report.cursor:
+        table.add_row("cursor", f"{report.cursor} (lag {_seconds(report.lag_s)}; attention over {_seconds(report.max_lag_s)})")
+    else:
+        table.add_row("cursor", "not set: no poll has completed")
+    if report.last_poll:
+        line = PollSummary.model_validate(report.last_poll).line()
+        table.add_row("last poll", f"{report.last_poll.get('started_at', '')} ({_seconds(report.last_poll_age_s)} ago): {escape(line)}")
+    else:
+        table.add_row("last poll", "none")
+    table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
+    table.add_row("in flight", f"{report.in_flight} (delivered to a worker, not yet acknowledged)")
+    table.add_row("synced", f"{report.synced} (stockouts marked done by the workers)")
+    table.add_row("dead letters", str(report.dead_letters))
+    for group in report.dead_letters_by_reason:
+        table.add_row("", f"{group.count} × {escape(group.reason)} — e.g. {escape(group.example)}")
+    token = report.bip_token
+    if token.expires_at:
+        renew = f"; shared copy renewed in {_seconds(token.renew_in_s)}" if token.renew_in_s is not None else ""
+        table.add_row("BIP token", f"expires {token.expires_at} (in {_seconds(token.expires_in_s)}{renew})")
+    else:
+        table.add_row("BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)")
+    for limiter in report.rate_limits:
+        state = "free now" if limiter.free_now else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
+    if report.workers is None:
+        table.add_row("workers", "could not ask (broker unreachable?)")
+    else:
+        alive = ", ".join(f"{escape(w.hostname)} ({', '.join(w.queues)})" for w in report.workers)
+        table.add_row("workers", alive or "none answered")
+    console.print(table)
+    if report.problems:
+        console.print("[bold red]needs attention:[/bold red]")
+        for problem in report.problems:
+            console.print(f"  • {escape(problem)}")
+    else:
+        console.print("[green]all good[/green]")
+
+
+@main.command()
+@click.option("--since", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]' (WDT modification time)")
+@click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
+@click.option("--requeue-missing", is_flag=True, help="publish the stockouts missing in BIP again (not dead letters)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
+def reconcile(since, until, requeue_missing, as_json) -> None:
+    """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
+    _check_mapping()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from shared.errors import StockoutSyncError
+    from shared.messages import publish_stockout
+    from shared.reconcile import Reconcile
+    from shared.runtime import runtime
+
+    start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
+    if end <= start:
+        _fail("--until must be after --since")
+    job = Reconcile(runtime())
+    total_s = (end - start).total_seconds()
+    try:
+        with Progress(
+            TextColumn("[bold]reconcile"), BarColumn(),
+            TextColumn("{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+        ) as progress:
+            bar = progress.add_task("reconcile", total=total_s, pages=0, fetched=0, mismatches=0)
+            report = job.run(
+                start, end,
+                on_page=lambda r: progress.update(bar, pages=r.pages, fetched=r.fetched, mismatches=r.mismatches),
+                on_slice=lambda slice_end: progress.update(bar, completed=(slice_end - start).total_seconds()),
+            )
+        if requeue_missing:
+            job.requeue_missing(report, publish_stockout)
+    except StockoutSyncError as err:
+        _fail(str(err))
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        _print_reconcile(report, requeue_missing)
+    sys.exit(1 if report.mismatches else 0)
+
+
+RECONCILE_ROWS = 50
+
+
+def _print_reconcile(report, requeued: bool) -> None:
+    console.print(
+        f"reconcile {report.since} → {report.until}: {report.fetched} read from WDT, {report.eligible} to sync, "
+        f"{report.in_bip} in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
+        f"{len(report.changed)} changed in WDT since synced ({report.pages} pages, {report.duration_s:.1f} s)"
+    )
+
+    def show(title, columns, rows) -> None:
+        if not rows:
+            return
+        table = Table(title=f"{title}: {len(rows)}")
+        for n, column in enumerate(columns):  # ids and times whole, the words wrap
+            table.add_column(column, no_wrap=n < len(columns) - 1, overflow="fold")
+        for row in rows[:RECONCILE_ROWS]:
+            table.add_row(*(escape(str(v)) for v in row))
+        console.print(table)
+        if len(rows) > RECONCILE_ROWS:
+            console.print(f"… and {len(rows) - RECONCILE_ROWS} more (--json lists all)")
+
+    show("missing in BIP", ("stockout_id", "order_no", "modified", "here", "BIP id once"),
+         [(m.stockout_id, m.order_no, m.modified, m.state, m.bip_id) for m in report.missing])
+    show("present twice in BIP", ("stockout_id", "order_no", "BIP records"),
+         [(d.stockout_id, d.order_no, ", ".join(f"{r.id} ({r.code})" for r in d.records)) for d in report.duplicated])
+    show("changed in WDT since synced", ("stockout_id", "order_no", "modified", "BIP written", "why"),
+         [(c.stockout_id, c.order_no, c.modified, c.bip_written, c.why) for c in report.changed])
+    dead = sum(1 for m in report.missing if m.state == "dead_letter")
+    if requeued:
+        console.print(f"requeued {len(report.requeued)}: {' '.join(report.requeued)}")
+        if any(m.state == "done" for m in report.missing):
+            console.print("note: BIP remembers each resubmitCheckKey; a record deleted in BIP may be answered as "
+                          "already saved and stay missing — run reconcile again to see")
+    if dead:
+        console.print(f"{dead} of the missing are dead letters: `stockout-sync dlq list`, then `dlq requeue`")
+    if report.unmarked:
+        console.print(f"{report.unmarked} in BIP without a done mark here (harmless: a redelivery finds them saved)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ import re
 import sys
 from datetime import datetime, timezone
 
+# The event fields a log call may pass with `extra=`: JSON lines carry them as keys, text lines as
+# `key=value` after the message. Listed, not discovered, so a library's own extras (Celery passes
+# whole task contexts) never reach a line unscrubbed.
+EVENT_FIELDS = (
+    "stockout_id", "order_no", "task_id", "stage", "attempt", "outcome", "duration_s",
+    "bip_id", "bip_code", "error", "code", "retry_in_s",
+    "window_start", "window_end", "fetched", "published", "cursor",
+)
+
 _QUERY_SECRET = re.compile(r"(?i)\b(access_token|signature|sign|app_secret|appSecret|password)=([^&\s'\"]+)")
 
 
@@ -40,11 +49,19 @@ class ScrubFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.scrub(record.exc_text)
         record.exc_info = None if record.exc_text else record.exc_info
+        for field in EVENT_FIELDS:
+            value = getattr(record, field, None)
+            if isinstance(value, str):
+                setattr(record, field, self.scrub(value))
         return True
 
 
+def event_fields(record: logging.LogRecord) -> dict:
+    return {f: getattr(record, f) for f in EVENT_FIELDS if getattr(record, f, None) not in (None, "")}
+
+
 class JsonFormatter(logging.Formatter):
-    FIELDS = ("stockout_id", "order_no", "task_id", "stage", "attempt", "outcome", "duration_s")
+    FIELDS = EVENT_FIELDS
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -53,12 +70,29 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for field in self.FIELDS:
-            if hasattr(record, field):
-                doc[field] = getattr(record, field)
+        doc.update(event_fields(record))
         if record.exc_text:
             doc["exception"] = record.exc_text
         return json.dumps(doc, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines: the message, then the event's fields as `key=value` (greppable, one line)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = event_fields(record)
+        if not fields:
+            return line
+        return line + "  " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+
+
+def _text_value(value) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
 def configure_logging(settings, *, stream=None) -> None:
@@ -66,10 +100,17 @@ def configure_logging(settings, *, stream=None) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     handler.addFilter(ScrubFilter(Scrubber(settings.secret_values())))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Warnings too (Celery's SecurityWarning, deprecations): through the handler, so a JSON log
+    # stays one object per line.
+    logging.captureWarnings(True)
+    # billiard (the prefork pool) reports a child's death, an OOM kill say, on a logger of its own
+    # that does not propagate; without a handler it would reach stderr as a bare line.
+    logging.getLogger("multiprocessing").handlers[:] = [handler]
+    logging.lastResort = handler
     root.setLevel(settings.log_level.upper())
     # urllib3 logs full URLs (with access_token) at DEBUG; keep it quiet whatever the level.
     logging.getLogger("urllib3").setLevel(logging.WARNING)

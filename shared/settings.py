@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Redis and Celery
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sos"
+    redis_ca_certs: str = Field("", description="CA bundle to verify a rediss:// server; empty = the system's")
     # Longer than any task can run: a message unacked for this long is handed to another worker.
     broker_visibility_timeout_s: int = 3600
     task_time_limit_s: int = 300
@@ -53,6 +54,8 @@ class Settings(BaseSettings):
     settle_s: int = Field(60, ge=0, description="stay this far behind now: WDT may still be writing")
     initial_since: str = Field("", description="Beijing time the first poll starts from; empty = now − 1 day")
     slice_days: float = Field(1.0, gt=0, le=30)
+    # Renewed after every page; a poll that dies blocks the next one for at most this long.
+    poll_lock_ttl_s: float = Field(120.0, gt=0)
     state_ttl_days: int = Field(60, ge=1, description="how long done/queued marks live; must outlive the lookback")
 
     # Retries
@@ -63,6 +66,11 @@ class Settings(BaseSettings):
     mapping_file: Path = Path("mapping.toml")
     log_format: str = "text"
     log_level: str = "INFO"
+
+    # Operating it
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics of worker and beat; 0 = off")
+    metrics_address: str = "0.0.0.0"
+    status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -75,6 +83,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S, "
                 "or Redis hands a running or waiting task to a second worker"
+            )
+        if self.http_connect_timeout_s + self.http_read_timeout_s >= 0.8 * self.task_time_limit_s:
+            raise ValueError(
+                "HTTP_CONNECT_TIMEOUT_S + HTTP_READ_TIMEOUT_S must stay well under TASK_TIME_LIMIT_S, "
+                "so a hung call ends in a retry, never in the hard time limit"
             )
         return self
 

@@ -1,0 +1,156 @@
+"""Prometheus counters and histograms of the producer, the worker and both API clients.
+
+Everything here only counts; exposing the numbers is `shared.metrics_exporter`'s job. Without an
+exporter (the `poll`, `backfill` and `reconcile` commands, the tests' own process) the counters
+live in memory and cost next to nothing.
+
+Labels stay bounded: API codes, exception class names, stages and fixed endpoint names — never a
+stockout id, an order number or a URL with its query string.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_P = "stockout_sync"
+# Not prometheus_client's default registry: Flower imports the tasks, hence this module, and would
+# otherwise list these counters, all zero, beside its own. The exporter reads the processes' files.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# -- producer (beat side) -----------------------------------------------------------------------
+FETCHED = Counter(f"{_P}_fetched", "Stockouts read from WDT by polls and backfills", registry=REGISTRY)
+PUBLISHED = Counter(f"{_P}_published", "Stockout messages published to the stockouts queue", registry=REGISTRY)
+NOT_PUBLISHED = Counter(  # reason: filtered, already_done, already_queued
+    f"{_P}_not_published", "Stockouts read but not published, by reason", ["reason"], registry=REGISTRY
+)
+POLLS = Counter(f"{_P}_polls", "Polls by outcome: ok, skipped, failed", ["outcome"], registry=REGISTRY)
+POLL_SECONDS = Histogram(
+    f"{_P}_poll_duration_seconds", "Duration of one poll", registry=REGISTRY,
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)
+
+# -- worker -------------------------------------------------------------------------------------
+SAVED = Counter(  # outcome: saved, replayed
+    f"{_P}_saved", "Stockouts marked done after BIP answered, by outcome", ["outcome"], registry=REGISTRY
+)
+ALREADY_DONE = Counter(
+    f"{_P}_already_done", "Messages for stockouts that were already done (duplicates stopped)", registry=REGISTRY
+)
+RETRIED = Counter(f"{_P}_retried", "Failed attempts that will be retried", ["stage", "error"], registry=REGISTRY)
+DEAD_LETTERED = Counter(
+    f"{_P}_dead_lettered", "Stockouts sent to the dead-letter queue", ["stage", "error"], registry=REGISTRY
+)
+TASK_SECONDS = Histogram(
+    f"{_P}_task_duration_seconds", "One attempt of the sync task, by outcome", ["outcome"], registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# -- both API clients ---------------------------------------------------------------------------
+API_CALLS = Counter(
+    f"{_P}_api_requests", "HTTP calls to WDT and BIP, by endpoint and answer code", ["api", "endpoint", "code"],
+    registry=REGISTRY,
+)
+API_SECONDS = Histogram(
+    f"{_P}_api_request_duration_seconds", "Latency of HTTP calls to WDT and BIP", ["api", "endpoint"],
+    registry=REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RATE_LIMIT_WAIT = Histogram(
+    f"{_P}_rate_limit_wait_seconds", "Time spent waiting for the shared rate limiter before a call", ["limiter"],
+    registry=REGISTRY, buckets=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+_SUCCESS_CODES = {"bip": {"200", "00000"}, "wdt": {"", "0"}}
+
+
+def count_page(before, after) -> None:
+    """What one page of a poll or backfill added to its summary (two PollSummary snapshots)."""
+    FETCHED.inc(after.fetched - before.fetched)
+    PUBLISHED.inc(after.published - before.published)
+    for reason in ("filtered_out", "already_done", "already_queued"):
+        delta = getattr(after, reason) - getattr(before, reason)
+        if delta:
+            NOT_PUBLISHED.labels(reason.replace("_out", "")).inc(delta)
+
+
+def observe_poll(outcome: str, duration_s: float) -> None:
+    POLLS.labels(outcome).inc()
+    if outcome != "skipped":
+        POLL_SECONDS.observe(duration_s)
+
+
+def observe_task(outcome: str, duration_s: float, *, stage: str = "", error: str = "") -> None:
+    TASK_SECONDS.labels(outcome).observe(duration_s)
+    if outcome in ("saved", "replayed"):
+        SAVED.labels(outcome).inc()
+    elif outcome == "already_done":
+        ALREADY_DONE.inc()
+    elif outcome == "retry":
+        RETRIED.labels(stage, error).inc()
+    elif outcome == "dead_letter":
+        DEAD_LETTERED.labels(stage, error).inc()
+
+
+def observe_api_call(api: str, url: str, form: Any, duration_s: float, code: str) -> None:
+    endpoint = endpoint_of(url, form)
+    API_CALLS.labels(api, endpoint, code).inc()
+    API_SECONDS.labels(api, endpoint).observe(duration_s)
+
+
+def endpoint_of(url: str, form: Any) -> str:
+    # Every WDT method shares one gateway path; the method names the endpoint.
+    if isinstance(form, dict) and form.get("method"):
+        return str(form["method"])
+    return urlsplit(url).path or "/"
+
+
+def answer_code(api: str, status: int, data: Any) -> str:
+    """`ok`, or the code the remote system answered with (BIP `code`, WDT `code`/`sub_code`)."""
+    body = data
+    if isinstance(data, dict):
+        for key in ("response", "error_response"):
+            if isinstance(data.get(key), dict):
+                body = data[key]
+                break
+    code = ""
+    if isinstance(body, dict):
+        for key in ("code", "errorcode"):
+            value = body.get(key)
+            if value not in (None, "", 0, "0"):
+                code = str(value).strip()
+                break
+        if not code and str(body.get("flag", "")).lower() == "failure":
+            code = str(body.get("sub_code") or "failure")
+    if not code or code in _SUCCESS_CODES.get(api, set()):
+        return "ok" if status < 400 else f"http_{status}"
+    return code
+
+
+def observe_rate_limit_wait(limiter: str, waited_s: float) -> None:
+    RATE_LIMIT_WAIT.labels(limiter).observe(waited_s)
+
+
+def instrument_rate_limiter() -> None:
+    """Time every wait for the shared rate limiter.
+
+    Wrapped from here rather than written into `shared.ratelimit`, which stays free of metrics (it
+    is owned and tested on its own); a line `observe_rate_limit_wait(self.name, wait)` in
+    `RateLimiter.acquire` would replace this.
+    """
+    import functools
+
+    from shared.ratelimit import RateLimiter
+
+    original = RateLimiter.acquire
+    if getattr(original, "_observed", False):
+        return
+
+    @functools.wraps(original)
+    def acquire(self, *args, **kwargs):
+        waited = original(self, *args, **kwargs)
+        observe_rate_limit_wait(self.name, waited)
+        return waited
+
+    acquire._observed = True  # type: ignore[attr-defined]
+    RateLimiter.acquire = acquire  # type: ignore[method-assign]

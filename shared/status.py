@@ -1,0 +1,234 @@
+"""`stockout-sync status`: what an operator on call needs to know, read from Redis and the workers.
+
+Every number is one cheap read (a GET, an LLEN, an HLEN, one broadcast to the workers), so the
+command can run every few seconds as a health check; nothing here scans the keyspace, whose
+millions of done marks would make a SCAN slow and costly for the Redis everyone shares.
+
+`problems` lists what needs attention; the command exits non-zero when it is not empty.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
+from shared.stats import saved as saved_count
+from shared.timeutil import format_wire, now_beijing, parse_wire
+
+# kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+QUEUES = (STOCKOUT_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
+Role = Literal["worker", "beat"]
+
+
+class Worker(BaseModel):
+    hostname: str
+    queues: list[str]
+
+
+class DeadLetterGroup(BaseModel):
+    reason: str
+    count: int
+    example: str
+
+
+class TokenState(BaseModel):
+    cached: bool
+    expires_at: str | None = None  # Beijing time BIP's token expires
+    expires_in_s: float | None = None
+    renew_in_s: float | None = None  # the shared copy is renewed this long before expiry
+
+
+class LimiterState(BaseModel):
+    name: str
+    rate_per_s: float
+    booked_ahead_s: float  # slots already promised to waiting callers
+    next_slot_in_s: float  # how long a call made now would wait
+    free_now: bool
+
+
+class Status(BaseModel):
+    now: str
+    cursor: str | None = None
+    lag_s: float | None = None
+    max_lag_s: int
+    last_poll: dict | None = None
+    last_poll_age_s: float | None = None
+    queues: dict[str, int] = Field(default_factory=dict)
+    in_flight: int = 0
+    synced: int = 0
+    dead_letters: int = 0
+    dead_letters_by_reason: list[DeadLetterGroup] = Field(default_factory=list)
+    bip_token: TokenState
+    rate_limits: list[LimiterState] = Field(default_factory=list)
+    workers: list[Worker] | None = None  # None: the broadcast itself failed
+    problems: list[str] = Field(default_factory=list)
+
+
+def gather(rt, *, timeout_s: float = 1.0) -> Status:
+    s, r, p = rt.settings, rt.redis, rt.settings.redis_prefix
+    now = now_beijing()
+    status = Status(now=format_wire(now), max_lag_s=s.status_max_lag_s, bip_token=token_state(r, p))
+    _cursor(status, rt.store, now)
+    status.queues = queue_depths(r, p)
+    status.in_flight = int(r.hlen(f"{p}:unacked"))
+    status.synced = saved_count(r, p)
+    _dead_letters(status, rt)
+    status.rate_limits = limiter_states(rt)
+    status.workers = workers(timeout_s)
+    status.problems = problems(status)
+    return status
+
+
+def _cursor(status: Status, store, now: datetime) -> None:
+    cursor = store.cursor()
+    if cursor is not None:
+        status.cursor = format_wire(cursor)
+        status.lag_s = round((now - cursor).total_seconds(), 1)
+    status.last_poll = store.last_poll_summary()
+    started = _parse((status.last_poll or {}).get("started_at"))
+    if started is not None:
+        status.last_poll_age_s = round((now - started).total_seconds(), 1)
+
+
+def _parse(text) -> datetime | None:
+    try:
+        return parse_wire(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def queue_depths(r, prefix: str) -> dict[str, int]:
+    pipe = r.pipeline(transaction=False)
+    for queue in QUEUES:
+        for suffix in _PRIORITY_SUFFIXES:
+            pipe.llen(f"{prefix}:{queue}{suffix}")
+    lengths = pipe.execute()
+    n = len(_PRIORITY_SUFFIXES)
+    return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(QUEUES)}
+
+
+def _dead_letters(status: Status, rt) -> None:
+    from worker.deadletter import DeadLetterStore
+
+    letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
+    status.dead_letters = len(letters)
+    groups: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for letter in letters:
+        # the kind of failure, not its particular value: one line per thing to fix
+        code = f" [{letter.api} {letter.code}]" if letter.code else ""
+        key = f"{letter.stage}: {letter.error_class}{code}"
+        groups[key] += 1
+        examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
+    status.dead_letters_by_reason = [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
+
+
+def token_state(r, prefix: str) -> TokenState:
+    # the layout TokenProvider writes: JSON with expires_at (epoch s), TTL = its renewal time
+    pipe = r.pipeline(transaction=False)
+    pipe.get(f"{prefix}:bip:token")
+    pipe.pttl(f"{prefix}:bip:token")
+    raw, pttl = pipe.execute()
+    if not raw:
+        return TokenState(cached=False)
+    try:
+        expires_at = float(json.loads(raw)["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return TokenState(cached=True)
+    now = now_beijing()
+    expiry = datetime.fromtimestamp(expires_at, now.tzinfo)
+    return TokenState(
+        cached=True,
+        expires_at=format_wire(expiry),
+        expires_in_s=round((expiry - now).total_seconds(), 1),
+        renew_in_s=round(pttl / 1000, 1) if pttl and pttl > 0 else None,
+    )
+
+
+def limiter_states(rt) -> list[LimiterState]:
+    from shared.ratelimit import RateLimiter
+
+    s, r = rt.settings, rt.redis
+    limiters = [
+        RateLimiter(r, "wdt", s.wdt_rate_per_minute / 60.0, prefix=s.redis_prefix),
+        RateLimiter(r, "bip", s.bip_rate_per_second, prefix=s.redis_prefix),
+    ]
+    # The GCRA state is one number, the "theoretical arrival time" in µs of Redis's clock: how far
+    # it lies ahead of Redis's now is the time already promised to callers (shared.ratelimit).
+    pipe = r.pipeline(transaction=False)
+    pipe.time()
+    for limiter in limiters:
+        pipe.get(limiter.key)
+    (seconds, micros), *tats = pipe.execute()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    rows = []
+    for limiter, tat in zip(limiters, tats):
+        interval_us = 1_000_000 / limiter.rate_per_s
+        booked_us = max(0, int(float(tat)) - now_us) if tat else 0
+        wait_us = max(0.0, booked_us + interval_us - interval_us * limiter.burst)
+        rows.append(LimiterState(
+            name=limiter.name,
+            rate_per_s=round(limiter.rate_per_s, 4),
+            booked_ahead_s=round(booked_us / 1e6, 3),
+            next_slot_in_s=round(wait_us / 1e6, 3),
+            free_now=wait_us == 0,
+        ))
+    return rows
+
+
+def workers(timeout_s: float) -> list[Worker] | None:
+    """Every Celery process that answers within the timeout, with the queues it consumes."""
+    from shared.celery_app import app
+
+    try:
+        replies = app.control.inspect(timeout=timeout_s).active_queues()
+    except Exception:  # broker unreachable: reported as "cannot tell", not as "no workers"
+        return None
+    return sorted(
+        (Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or [])) for host, queues in (replies or {}).items()),
+        key=lambda w: w.hostname,
+    )
+
+
+def problems(status: Status) -> list[str]:
+    found = []
+    if status.workers is None:
+        found.append("the workers could not be asked (broker unreachable?)")
+    else:
+        if not any(STOCKOUT_QUEUE in w.queues for w in status.workers):
+            found.append(f"no worker is consuming the {STOCKOUT_QUEUE} queue")
+        if not any(PRODUCER_QUEUE in w.queues for w in status.workers):
+            found.append(f"no beat/producer is consuming the {PRODUCER_QUEUE} queue: nothing polls WDT")
+    if status.lag_s is None:
+        found.append("no poll has completed yet: the cursor is not set")
+    elif status.lag_s > status.max_lag_s:
+        found.append(f"the cursor lags {status.lag_s:.0f} s behind now (more than STATUS_MAX_LAG_S={status.max_lag_s})")
+    if status.dead_letters:
+        found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
+    return found
+
+
+# -- health checks of one container ------------------------------------------------------------
+def health(rt, role: Role, *, timeout_s: float = 2.0, hostname: str | None = None) -> list[str]:
+    """Problems of the worker or beat process on this host only, for a container's health check:
+    dead letters or another machine's trouble must not mark this process unhealthy."""
+    hostname = hostname or socket.gethostname()
+    queue = STOCKOUT_QUEUE if role == "worker" else PRODUCER_QUEUE
+    found = []
+    answered = workers(timeout_s)
+    if answered is None:
+        found.append("the broker could not be reached")
+    elif not any(w.hostname.endswith(f"@{hostname}") and queue in w.queues for w in answered):
+        found.append(f"no process on {hostname} is consuming the {queue} queue")
+    if role == "beat":
+        now = now_beijing()
+        cursor = rt.store.cursor()
+        if cursor is not None and (now - cursor).total_seconds() > rt.settings.status_max_lag_s:
+            found.append(f"the cursor lags {(now - cursor).total_seconds():.0f} s behind now")
+    return found

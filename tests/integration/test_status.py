@@ -1,0 +1,116 @@
+"""`stockout-sync status`: what it shows and when it asks for attention (its exit code)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from shared.messages import publish_dead_letter, publish_stockout
+from shared.ratelimit import RateLimiter
+from shared.runtime import runtime
+from shared.timeutil import now_beijing
+from tests.integration.conftest import wait_until
+from worker.deadletter import DeadLetter, DeadLetterStore
+
+pytestmark = pytest.mark.integration
+
+
+def cli(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def cli_all(env, *argvs) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen([sys.executable, "-m", "shared.cli", *argv], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for argv in argvs]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def status_json(env, *args) -> tuple[int, dict]:
+    done = cli(env, "status", "--json", *args)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_healthy_pipeline_is_all_good(sandbox, processes):
+    now = now_beijing()
+    stockouts = sandbox.generate(20, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
+    eligible = {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+    processes.env["POLL_INTERVAL_S"] = "1"
+    processes.worker(concurrency=2)
+    processes.beat()
+    wait_until(lambda: len(sandbox.records()) == len(eligible), 60, message="sync")
+    wait_until(lambda: runtime().store.last_poll_summary(), 10, message="a poll summary")
+
+    # four commands at once: each mostly waits for the workers' answers
+    runs = cli_all(processes.env, ["status", "--json"], ["status"], ["status", "--health", "worker"],
+                   ["status", "--health", "beat"])
+    code, report = runs[0].returncode, json.loads(runs[0].stdout)
+    assert code == 0, report["problems"]
+    assert report["problems"] == []
+    assert 0 <= report["lag_s"] < 30 and report["cursor"]
+    assert report["last_poll"]["fetched"] >= 0 and report["last_poll_age_s"] < 30
+    assert report["queues"] == {"stockouts": 0, "dead_letter": 0, "producer": 0}
+    assert report["in_flight"] == 0
+    assert report["synced"] == len(eligible)
+    assert report["dead_letters"] == 0 and report["dead_letters_by_reason"] == []
+    assert report["bip_token"]["cached"] and 6000 < report["bip_token"]["expires_in_s"] <= 7200
+    assert report["bip_token"]["renew_in_s"] < report["bip_token"]["expires_in_s"]
+    assert {r["name"] for r in report["rate_limits"]} == {"wdt", "bip"}
+    queues = {w["hostname"].split("@")[0]: w["queues"] for w in report["workers"]}
+    assert queues["w1"] == ["stockouts"] and queues["producer"] == ["producer"]
+    assert not any(v in json.dumps(report) for k, v in sandbox.env().items() if "SECRET" in k)
+
+    text = runs[1]
+    assert text.returncode == 0
+    for words in ("cursor", "last poll", "stockouts 0", "BIP token", "rate limit bip", "w1@", "all good"):
+        assert words in text.stdout, text.stdout
+    assert re.search(rf"synced\s+│ {len(eligible)} ", text.stdout), text.stdout
+    for role, health in zip(("worker", "beat"), runs[2:]):
+        assert health.returncode == 0 and f"{role}: healthy" in health.stdout, health.stdout + health.stderr
+
+
+def test_lag_dead_letters_and_no_worker_need_attention(service, redis_client):
+    store = runtime().store
+    store.advance_cursor(now_beijing() - timedelta(hours=2))
+    letters = DeadLetterStore(redis_client, "t")
+    for i, (stage, error, api, code) in enumerate([("transform", "TransformError", "", ""),
+                                                   ("transform", "TransformError", "", ""),
+                                                   ("save", "InvalidRequestError", "bip", "999")]):
+        raw = {"stockout_id": f"80{i}", "order_no": f"CK80{i}"}
+        letters.put(DeadLetter(stockout_id=raw["stockout_id"], order_no=raw["order_no"], stage=stage, error_class=error,
+                               api=api, code=code, message=f"reason {i}", first_failed_at="x", last_failed_at="x",
+                               message_id=f"dlq-{i}", stockout=raw))
+        publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
+    for i in range(4):
+        publish_stockout({"stockout_id": f"70{i}"}, f"70{i}")
+    # a call booked 100 s ahead on a slow limiter: no headroom left
+    RateLimiter(redis_client, "bip", 0.01, prefix="t").acquire()
+    env = {**service, "BIP_RATE_PER_SECOND": "0.01"}
+
+    code, report = status_json(env, "--timeout", "0.5")
+    assert code == 1
+    assert report["lag_s"] > 7000 and report["queues"] == {"stockouts": 4, "dead_letter": 3, "producer": 0}
+    assert report["workers"] == [] and report["synced"] == 0 and report["bip_token"] == {
+        "cached": False, "expires_at": None, "expires_in_s": None, "renew_in_s": None}
+    assert [(g["reason"], g["count"]) for g in report["dead_letters_by_reason"]] == [
+        ("transform: TransformError", 2), ("save: InvalidRequestError [bip 999]", 1)]
+    bip = next(r for r in report["rate_limits"] if r["name"] == "bip")
+    assert not bip["free_now"] and 90 < bip["next_slot_in_s"] <= 100
+    problems = " | ".join(report["problems"])
+    for words in ("no worker is consuming the stockouts queue", "nothing polls WDT", "lags", "3 dead letter(s)"):
+        assert words in problems
+
+    text = cli(env, "status", "--timeout", "0.5")
+    assert text.returncode == 1 and "needs attention" in text.stdout and "2 × transform: TransformError" in text.stdout
+    health = cli(env, "status", "--health", "worker", "--timeout", "0.5")
+    assert health.returncode == 1 and "no process on" in health.stderr
+
+
+def test_status_without_redis_says_so(service):
+    down = cli({**service, "REDIS_URL": "redis://127.0.0.1:1/0"}, "status")
+    assert down.returncode == 2 and "Redis" in down.stderr

@@ -1,0 +1,48 @@
+"""What the sync task reports about each attempt: one log line with the event's fields, and metrics.
+
+One place builds both, so the line an operator greps for and the counter a dashboard plots can not
+tell different stories. The fields (`extra=`) are the ones `shared.logs` prints: JSON keys with
+LOG_FORMAT=json, `key=value` after the message otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from shared import metrics
+from shared.state import stockout_key
+
+log = logging.getLogger("stockout_sync.worker")
+
+
+def task_event(
+    level: int,
+    message: str,
+    *,
+    stockout: dict,
+    task_id: str,
+    attempt: int,
+    started: float,
+    outcome: str,
+    stage: str,
+    error: BaseException | None = None,
+    **fields,
+) -> None:
+    duration_s = round(time.monotonic() - started, 4)
+    error_name = type(error).__name__ if error is not None else ""
+    metrics.observe_task(outcome, duration_s, stage=stage, error=error_name)
+    order_no = stockout.get("order_no", "") if isinstance(stockout, dict) else ""
+    extra = {
+        "stockout_id": stockout_key(stockout),
+        "order_no": str(order_no),
+        "task_id": task_id,
+        "stage": stage,
+        "attempt": attempt,
+        "outcome": outcome,
+        "duration_s": duration_s,
+        **fields,
+    }
+    if error is not None:
+        extra["error"] = error_name
+        extra.setdefault("code", getattr(error, "code", "") or "")
+    log.log(level, message, extra=extra)
