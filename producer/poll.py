@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
+from shared import metrics
 from shared.errors import Action, StockoutSyncError, resolve
 from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
@@ -21,8 +22,8 @@ from shared.timeutil import format_wire, now_beijing, parse_wire
 log = logging.getLogger("stockout_sync.producer")
 
 Publish = Callable[[dict, str], None]
-POLL_LOCK_TTL_S = 300.0
-SLICE_ATTEMPTS = 4
+PAGE_ATTEMPTS = 5
+_LOGGED = {"window_start", "window_end", "fetched", "published", "cursor", "duration_s"}
 
 
 class PollSummary(BaseModel):
@@ -54,6 +55,7 @@ class PollSummary(BaseModel):
 
 def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary) -> None:
     """Filter, look up the whole page's state in one round trip, publish the new ones, mark them queued."""
+    before = summary.model_copy()
     eligible: list[tuple[str, dict]] = []
     for raw in stockouts:
         summary.fetched += 1
@@ -64,20 +66,26 @@ def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publi
             continue
         eligible.append((stockout_key(raw), raw))
     states = store.states([key for key, _ in eligible])
-    published: list[str] = []
+    new: dict[str, dict] = {}
     for key, raw in eligible:
         state = states.get(key)
         if state is not None and state.startswith("d|"):
             summary.already_done += 1
-        elif state is not None or key in published:
+        elif state is not None or key in new:
             summary.already_queued += 1
         else:
+            new[key] = raw
+    many = getattr(publish, "many", None)
+    if many is not None:
+        many([(raw, key) for key, raw in new.items()])  # the page in one round trip
+    else:
+        for key, raw in new.items():
             publish(raw, key)
-            published.append(key)
     # Marked only after the messages left: a crash in between republishes (harmless, the worker
     # de-duplicates); marking first could strand a stockout as "queued" with no message.
-    store.mark_queued(published)
-    summary.published += len(published)
+    store.mark_queued(list(new))
+    summary.published += len(new)
+    metrics.count_page(before, summary)
 
 
 def slices_for(start: datetime, end: datetime, slice_days: float, slice_range) -> list[tuple[datetime, datetime]]:
@@ -87,30 +95,38 @@ def slices_for(start: datetime, end: datetime, slice_days: float, slice_range) -
 
 
 def read_slice(
-    wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep
+    wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep,
+    keepalive: Callable[[], None] = lambda: None,
 ) -> int:
-    """Publish every page of one slice, re-reading the slice on a transient error.
+    """Publish every page of one slice; a page that fails is asked again on its own.
 
-    A re-read publishes nothing twice (the state says queued). Returns the number of pages read.
+    When a page still fails after its attempts the slice fails, and the caller leaves the cursor
+    where it was. Returns the number of pages read.
     """
-    attempt = 0
-    while True:
-        attempt += 1
-        pages = 0
-        try:
-            for page in wdt.iter_pages(start, end):
-                on_page(page.stockouts)
-                pages += 1
-            return pages
-        except StockoutSyncError as err:
-            decision = resolve(err, attempt, base_s=settings.retry_backoff_base_s, max_s=min(30.0, settings.retry_backoff_max_s))
-            if decision.action is Action.FAIL or attempt >= SLICE_ATTEMPTS:
-                raise
-            log.warning(
-                "WDT slice %s → %s failed (%s, code %s); reading it again in %.1f s",
-                format_wire(start), format_wire(end), type(err).__name__, err.code, decision.delay_s,
-            )
-            sleep(decision.delay_s)
+
+    def fetch(call):
+        attempt = 0
+        while True:
+            attempt += 1
+            keepalive()
+            try:
+                return call()
+            except StockoutSyncError as err:
+                decision = resolve(err, attempt, base_s=settings.retry_backoff_base_s,
+                                   max_s=min(30.0, settings.retry_backoff_max_s))
+                if decision.action is Action.FAIL or attempt >= PAGE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "WDT page of %s → %s failed (%s, code %s); asking again in %.1f s",
+                    format_wire(start), format_wire(end), type(err).__name__, err.code, decision.delay_s,
+                )
+                sleep(decision.delay_s)
+
+    pages = 0
+    for page in wdt.iter_pages(start, end, fetch=fetch):
+        on_page(page.stockouts)
+        pages += 1
+    return pages
 
 
 def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSummary:
@@ -120,9 +136,10 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
     now = now or now_beijing()
     summary = PollSummary(started_at=format_wire(now))
     token = uuid.uuid4().hex
-    if not store.acquire_poll_lock(token, POLL_LOCK_TTL_S):
+    if not store.acquire_poll_lock(token, settings.poll_lock_ttl_s):
         summary.skipped = "another poll is running"
-        log.info(summary.line())
+        metrics.observe_poll("skipped", 0.0)
+        log.info(summary.line(), extra={"stage": "poll", "outcome": "skipped"})
         return summary
     try:
         since = store.cursor() or initial_since(settings, now)
@@ -131,24 +148,31 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
         summary.window_start, summary.window_end = format_wire(start), format_wire(end)
         mapping = rt.mapping
 
+        def keepalive() -> None:
+            if not store.renew_poll_lock(token, settings.poll_lock_ttl_s):
+                raise RuntimeError("the poll lock expired while paging; stopping so two polls never overlap")
+
         def on_page(stockouts: list[dict]) -> None:
             publish_page(stockouts, store=store, mapping=mapping, publish=publish, summary=summary)
             summary.pages += 1
-            if not store.renew_poll_lock(token, POLL_LOCK_TTL_S):
-                raise RuntimeError("the poll lock expired while paging; stopping so two polls never overlap")
+            keepalive()
 
         from shared.wdt.client import slice_range
 
         for s, e in slices_for(start, end, settings.slice_days, slice_range):
-            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings)
+            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive)
             store.advance_cursor(e)  # close_slice: every page of [s, e] is published
             summary.slices += 1
         summary.cursor = format_wire(store.cursor() or since)
+    except BaseException:
+        metrics.observe_poll("failed", time.monotonic() - started)
+        raise
     finally:
         store.release_poll_lock(token)
         summary.duration_s = round(time.monotonic() - started, 3)
     store.save_poll_summary(summary.model_dump())
-    log.info(summary.line())
+    metrics.observe_poll("ok", summary.duration_s)
+    log.info(summary.line(), extra={"stage": "poll", "outcome": "ok", **summary.model_dump(include=_LOGGED)})
     return summary
 
 

@@ -100,7 +100,8 @@ class WdtApi:
         entries = [_entry(raw) for raw in stockouts]
         with self._lock:
             for modified, raw in entries:
-                self._stockouts[raw["stockout_id"]] = (modified, raw)
+                # a record with an empty id is still served, stored under its order_no
+                self._stockouts[raw["stockout_id"].strip() or f"~{raw['order_no']}"] = (modified, raw)
             self._ordered = None
         return len(entries)
 
@@ -254,8 +255,10 @@ def _entry(raw: dict[str, Any]) -> tuple[datetime, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ValueError(f"a stockout must be an object, got {type(raw).__name__}")
     sid = raw.get("stockout_id")
-    if not isinstance(sid, str) or not sid.strip():
-        raise ValueError(f"a stockout needs a non-empty string stockout_id, got {sid!r}")
+    if not isinstance(sid, str):
+        raise ValueError(f"a stockout needs a string stockout_id, got {sid!r}")
+    if not sid.strip() and not raw.get("order_no"):
+        raise ValueError("a stockout with an empty stockout_id (a broken record, as WDT could send) needs an order_no")
     raw = copy.deepcopy(raw)
     if not raw.get("modified"):
         raw["modified"] = format_wire(now_beijing())

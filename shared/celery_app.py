@@ -6,9 +6,12 @@ saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do
 """
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 from kombu import Exchange, Queue
 
+from shared.broker import TRANSPORT
 from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
@@ -21,6 +24,8 @@ DEAD_LETTER_QUEUE = "dead_letter"
 def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": TRANSPORT,
+        "broker_use_ssl": broker_tls(settings),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             # Longer than any task can run or wait for its retry (Settings checks it): a message
@@ -28,6 +33,12 @@ def celery_config(settings: Settings) -> dict:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             # One prefix for the broker's keys and ours, so one Redis can host several tenants.
             "global_keyprefix": f"{settings.redis_prefix}:",
+            # Running workers sweep for messages whose worker died a few times per visibility
+            # timeout (kombu's default is every ~100 s), so a lost worker's messages come back
+            # soon after the timeout rather than after the next worker restart.
+            "unacked_restore_interval": max(1, min(60, settings.broker_visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": settings.http_connect_timeout_s,
         },
         # JSON only: pickle would let anyone who can write to Redis run code in the worker.
         "task_serializer": "json",
@@ -47,7 +58,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         # A hung HTTP call can never keep a message past the visibility timeout.
         "task_time_limit": settings.task_time_limit_s,
-        "task_soft_time_limit": max(1, settings.task_time_limit_s - 10),
+        # The soft limit raises inside the task, which then retries or dead-letters; only the hard
+        # limit after it kills the process, and a killed task's message is acked by Celery.
+        "task_soft_time_limit": soft_time_limit(settings),
         "task_queues": [
             Queue(STOCKOUT_QUEUE, Exchange(STOCKOUT_QUEUE), routing_key=STOCKOUT_QUEUE),
             Queue(PRODUCER_QUEUE, Exchange(PRODUCER_QUEUE), routing_key=PRODUCER_QUEUE),
@@ -59,9 +72,14 @@ def celery_config(settings: Settings) -> dict:
             SYNC_TASK: {"queue": STOCKOUT_QUEUE},
         },
         "task_create_missing_queues": False,
-        # Flower is fed by events.
+        # Publishing (a retry, a dead letter, the poll's messages) waits out a Redis restart of a
+        # few seconds: when a retry cannot be published Celery drops the message it came from.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.1, "interval_step": 0.25, "interval_max": 1.0},
+        # Flower is fed by the workers' events and shows a task from the moment a worker receives
+        # it; a task-sent event as well would be a second publish for every message.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "beat_schedule": {
             "poll-wdt": {
                 "task": POLL_TASK,
@@ -75,6 +93,17 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "include": ["producer.tasks", "worker.tasks"],
     }
+
+
+def broker_tls(settings: Settings) -> dict | None:
+    """rediss:// with the certificate verified (kombu alone would fall back to not verifying it)."""
+    if not settings.redis_url.startswith("rediss://"):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, **({"ssl_ca_certs": settings.redis_ca_certs} if settings.redis_ca_certs else {})}
+
+
+def soft_time_limit(settings: Settings) -> float:
+    return settings.task_time_limit_s - max(1.0, min(10.0, settings.task_time_limit_s * 0.2))
 
 
 def create_app(settings: Settings | None = None) -> Celery:

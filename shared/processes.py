@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import redis
+from shared.redis_conn import connect
 
 
 def service_env(**overrides: object) -> dict[str, str]:
@@ -57,9 +57,10 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIG
         pass
 
 
-def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0, proc=None) -> None:
+def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0, proc=None,
+                      ca_certs: str = "") -> None:
     """Until a worker has declared its queue binding in the broker (it is then consuming)."""
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url, ca_certs)
     deadline = time.monotonic() + timeout
     key = f"{prefix}:_kombu.binding.{queue}"
     try:

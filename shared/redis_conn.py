@@ -9,6 +9,17 @@ from pathlib import Path
 import redis
 
 
+def tls_options(url: str, ca_certs: str = "") -> dict:
+    """rediss:// verifies the server's certificate, against `ca_certs` when given (a private CA)."""
+    if not url.startswith("rediss://"):
+        return {}
+    return {"ssl_cert_reqs": "required", **({"ssl_ca_certs": ca_certs} if ca_certs else {})}
+
+
+def connect(url: str, ca_certs: str = "", **options) -> redis.Redis:
+    return redis.Redis.from_url(url, **tls_options(url, ca_certs), **options)
+
+
 def reachable(url: str, timeout: float = 1.0) -> bool:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)

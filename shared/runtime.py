@@ -13,7 +13,10 @@ from functools import cached_property
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
+from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
 
@@ -50,12 +53,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis_url,
-            socket_connect_timeout=self.settings.http_connect_timeout_s,
-            socket_timeout=30,
-            health_check_interval=30,
-        )
+        return redis_client(self.settings)
 
     @cached_property
     def store(self) -> StateStore:
@@ -78,6 +76,22 @@ class Runtime:
         return self.mappings.get()
 
 
+def redis_client(settings: Settings) -> redis.Redis:
+    """Our own Redis connection. It rides out a Redis restart of a few seconds by retrying (the
+    commands we send are idempotent: SET, GET, scripts that compare before they write) rather than
+    failing the stockout's attempt; the budget stays well under the task's soft time limit."""
+    return connect(
+        settings.redis_url,
+        settings.redis_ca_certs,
+        socket_connect_timeout=settings.http_connect_timeout_s,
+        socket_timeout=30,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=REDIS_RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+REDIS_RETRIES = 12  # about 8 s of waiting at most
 _runtime: Runtime | None = None
 _pid: int | None = None
 _guard = threading.Lock()

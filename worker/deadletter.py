@@ -8,8 +8,9 @@ A dead letter is two things (after Kafka Connect's dead-letter queue and its err
 
 The record is the source of truth. Requeue and purge claim it in one Lua script (so two operators
 running requeue at once never send one letter twice) and remove its copy from the queue in the same
-script; a requeue first parks the record under `{prefix}:dlq:requeuing:{id}` and deletes it only
-after the new message left, so a requeue killed half-way loses nothing: the next requeue finds it.
+script; a requeue first parks the record under `{prefix}:dlq:requeuing:{id}`, with a lease
+`{prefix}:dlq:lease:{id}`, and deletes it only after the new message left. A requeue killed
+half-way loses nothing: once its lease has run out, the next requeue takes the parked letter over.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from shared.errors import StockoutSyncError
 from shared.timeutil import format_wire, now_beijing
 
 Stage = Literal["fetch", "transform", "save", "internal"]
+LEASE_S = 60  # longer than publishing one message can take
 
 
 class DeadLetter(BaseModel):
@@ -52,7 +54,7 @@ class DeadLetter(BaseModel):
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
 
 
-# KEYS: record, index, queue list, parking key. ARGV: stockout id, "requeue"|"purge".
+# KEYS: record, index, queue list, parking key, lease key. ARGV: stockout id, "requeue"|"purge", lease s.
 # Removes every copy of the letter from the queue (matched on the task id in the message headers).
 _CLAIM = """
 local rec = redis.call('GET', KEYS[1])
@@ -67,8 +69,16 @@ for _, item in ipairs(items) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == 'requeue' then redis.call('SET', KEYS[4], rec) end
+if ARGV[2] == 'requeue' then
+  redis.call('SET', KEYS[4], rec)
+  redis.call('SET', KEYS[5], '1', 'EX', ARGV[3])
+end
 return rec
+"""
+
+_LEASE = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
 """
 
 
@@ -77,6 +87,7 @@ class DeadLetterStore:
         self.r = client
         self.p = prefix
         self._claim = client.register_script(_CLAIM)
+        self._lease = client.register_script(_LEASE)
 
     def _key(self, sid: str) -> str:
         return f"{self.p}:dlq:{sid}"
@@ -120,13 +131,21 @@ class DeadLetterStore:
         values = self.r.mget(keys) if keys else []
         return [DeadLetter.model_validate_json(v) for v in values if v]
 
+    def _take_over(self, sid: str) -> bool:
+        """The lease on a parked letter: only one requeue may finish it, only once the one that
+        parked it has had its time, and never after it was finished (checked in the same step)."""
+        return bool(self._lease(keys=[f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}"], args=[LEASE_S]))
+
+    def _unpark(self, sid: str) -> None:
+        self.r.delete(f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}")
+
     def queue_length(self) -> int:
         return int(self.r.llen(self.queue_key))
 
     def claim(self, sid: str, action: Literal["requeue", "purge"]) -> DeadLetter | None:
         rec = self._claim(
-            keys=[self._key(sid), self.index_key, self.queue_key, f"{self.p}:dlq:requeuing:{sid}"],
-            args=[sid, action],
+            keys=[self._key(sid), self.index_key, self.queue_key, f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}"],
+            args=[sid, action, LEASE_S],
         )
         return DeadLetter.model_validate_json(rec) if rec else None
 
@@ -134,15 +153,16 @@ class DeadLetterStore:
         """Send each letter's original stockout back to `stockouts`; it goes through the current mapping."""
         done: list[str] = []
         for letter in self.parked():  # finish what an interrupted requeue started
-            publish(letter.stockout, letter.stockout_id)
-            self.r.delete(f"{self.p}:dlq:requeuing:{letter.stockout_id}")
-            done.append(letter.stockout_id)
+            if self._take_over(letter.stockout_id):
+                publish(letter.stockout, letter.stockout_id)
+                self._unpark(letter.stockout_id)
+                done.append(letter.stockout_id)
         for sid in ids:
             letter = self.claim(sid, "requeue")
             if letter is None:
                 continue  # gone: requeued or purged by someone else meanwhile
             publish(letter.stockout, letter.stockout_id)
-            self.r.delete(f"{self.p}:dlq:requeuing:{sid}")
+            self._unpark(sid)
             done.append(sid)
         return done
 
@@ -161,17 +181,25 @@ def stage_of(error: BaseException) -> Stage:
 
 
 def make_letter(
-    raw: dict, sid: str, error: BaseException, *, attempts: int, task_id: str, message_id: str, mapping_fingerprint: str
+    raw: dict, sid: str, error: BaseException, *, attempts: int, task_id: str, message_id: str, mapping_fingerprint: str,
+    mapping=None,
 ) -> DeadLetter:
     now = format_wire(now_beijing())
     fields = error.to_dict() if isinstance(error, StockoutSyncError) else {}
+    message = str(error) or type(error).__name__
+    if mapping is not None and fields.get("api") == "bip" and fields.get("api_message"):
+        from worker.transform import locate_rejection
+
+        where = locate_rejection(fields["api_message"], raw, mapping)
+        if where:
+            message = f"{message} (in the stockout: {where})"
     order_no = raw.get("order_no", "") if isinstance(raw, dict) else ""
     return DeadLetter(
         stockout_id=sid,
         order_no=order_no if isinstance(order_no, str) else str(order_no),
         stage=stage_of(error),
         error_class=type(error).__name__,
-        message=str(error) or type(error).__name__,
+        message=message,
         api=fields.get("api", ""),
         code=fields.get("code", ""),
         api_message=fields.get("api_message", ""),

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
 from shared.errors import Action, APIConnectionError, StockoutSyncError, resolve
 from shared.messages import publish_dead_letter
 from shared.runtime import runtime
 from shared.state import stockout_key
-from worker.deadletter import DeadLetterStore, make_letter
+from shared.stats import count_saved
+from worker.deadletter import DeadLetterStore, make_letter, stage_of
+from worker.events import task_event
 from worker.sync import Deferred, sync_one
 
 log = logging.getLogger("stockout_sync.worker")
@@ -31,38 +34,67 @@ def classify(error: BaseException) -> BaseException:
 def sync_stockout(self, stockout: dict) -> dict:
     rt = runtime()
     attempt = self.request.retries + 1
+    started = time.monotonic()
+    about = {"stockout": stockout, "task_id": self.request.id, "attempt": attempt, "started": started}
+    # The raises below happen outside the except blocks on purpose: an implicitly chained
+    # exception drags every frame of the original traceback through the pool's result pipe.
+    failure: BaseException | None = None
     try:
         outcome = sync_one(stockout, rt, task_id=self.request.id)
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
-        raise self.retry(countdown=deferred.wait_s + 1)
+        failure = deferred
     except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
-        error = classify(raw_error)
-        decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
-        sid = stockout_key(stockout)
-        if decision.action is not Action.FAIL and attempt < rt.settings.max_attempts:
-            log.warning(
-                "stockout %s attempt %d failed (%s: %s); retry in %.1f s",
-                sid, attempt, type(error).__name__, error, decision.delay_s,
-            )
-            raise self.retry(countdown=decision.delay_s, exc=error)
+        failure = raw_error
+    if failure is None:
+        if outcome.outcome != "already_done":
+            count_saved(rt.redis, rt.settings.redis_prefix)
+        task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
+                   stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id, bip_code=outcome.bip_code)
+        return outcome.model_dump()
+    if isinstance(failure, Deferred):
+        task_event(logging.INFO, f"stockout {stockout_key(stockout)} is being worked on by another task; later",
+                   **about, outcome="deferred", stage="dedup", retry_in_s=failure.wait_s + 1)
+        raise retry_or_requeue(self, countdown=failure.wait_s + 1)
+
+    error = classify(failure)
+    decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
+    sid = stockout_key(stockout)
+    if decision.action is not Action.FAIL and attempt < rt.settings.max_attempts:
+        task_event(logging.WARNING, f"stockout {sid} attempt {attempt} failed ({type(error).__name__}: {error}); "
+                   f"retry in {decision.delay_s:.1f} s", **about, outcome="retry", stage=stage_of(error), error=error,
+                   retry_in_s=round(decision.delay_s, 3))
+        raise retry_or_requeue(self, countdown=decision.delay_s, exc=error)
+    try:
         dead_letter(rt, stockout, sid, error, attempts=attempt, task_id=self.request.id)
-        log.error("stockout %s dead-lettered after %d attempt(s): %s", sid, attempt, error)
-        if error is raw_error:
-            raise
-        raise error from None
-    log.info("stockout %s %s (BIP id %s, code %s)", outcome.stockout_id, outcome.outcome, outcome.bip_id, outcome.bip_code)
-    return outcome.model_dump()
+    except Exception as dl_error:
+        # No record, so the message must not be acked: back on the queue, it is tried again.
+        log.error("stockout %s could not be dead-lettered (%s); requeued", sid, type(dl_error).__name__)
+        raise Reject(f"dead-lettering failed: {type(dl_error).__name__}", requeue=True) from None
+    task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
+               outcome="dead_letter", stage=stage_of(error), error=error)
+    raise error
+
+
+def retry_or_requeue(task, **options) -> BaseException:
+    """`task.retry`, except that a retry which cannot be published (broker down) puts the message
+    back instead of dropping it: Celery's own answer to that is Reject(requeue=False), a loss."""
+    try:
+        return task.retry(throw=False, **options)
+    except Reject as rejected:
+        return Reject(rejected.reason, requeue=True)
 
 
 def dead_letter(rt, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
     try:
-        fingerprint = rt.mapping.fingerprint()
+        mapping = rt.mapping
+        fingerprint = mapping.fingerprint()
     except Exception:  # a broken mapping file must not stop the letter from being written
-        fingerprint = ""
+        mapping, fingerprint = None, ""
     message_id = f"dlq-{uuid.uuid4()}"
     letter = make_letter(
-        stockout, sid, error, attempts=attempts, task_id=task_id, message_id=message_id, mapping_fingerprint=fingerprint
+        stockout, sid, error, attempts=attempts, task_id=task_id, message_id=message_id,
+        mapping_fingerprint=fingerprint, mapping=mapping,
     )
     # Record first, then the queue copy: a crash between them leaves a record `requeue` can act on.
     DeadLetterStore(rt.redis, rt.settings.redis_prefix).put(letter)

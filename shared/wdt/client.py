@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -228,17 +228,23 @@ class WdtClient:
         return WdtPage(page_no=page_no, page_size=size, total_count=total_count, stockouts=records)
 
     def iter_pages(
-        self, start: datetime, end: datetime, page_size: int | None = None, **filters: Any
+        self, start: datetime, end: datetime, page_size: int | None = None, *,
+        fetch: Callable[[Callable[[], WdtPage]], WdtPage] | None = None, **filters: Any,
     ) -> Iterator[WdtPage]:
         """Every page of one window, one at a time, in the order that cannot miss a stockout moved by
         an edit (paging.py). Records an earlier page already yielded are dropped from later pages
-        (counted in `page.rereads`), so each stockout_id comes out once per call."""
+        (counted in `page.rereads`), so each stockout_id comes out once per call.
+
+        `fetch` runs each page's request; the caller passes one that retries, so a failed page is
+        asked again on its own instead of the whole window from the start."""
         start, end = self._check_window(start, end)
         size = self._page_size(page_size)
         paginator = WdtPaginator(size)
         seen: set[str] = set()  # ids only: the window itself is never held
         while not paginator.finished:
-            page = self.query_page(start, end, paginator.next_page_no, size, **filters)
+            page_no = paginator.next_page_no
+            call = lambda: self.query_page(start, end, page_no, size, **filters)  # noqa: E731
+            page = fetch(call) if fetch else call()
             paginator.advance(page)
             fresh: list[dict[str, Any]] = []
             for record in page.stockouts:

@@ -52,11 +52,16 @@ def service(sandbox, redis_url, monkeypatch):
     from shared.demo import sandbox_env
 
     env = sandbox_env(sandbox, redis_url=redis_url, prefix=os.environ["REDIS_PREFIX"])
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    reset_service_caches()
+    use_env(monkeypatch, env)
     yield env
     monkeypatch.undo()
+    reset_service_caches()
+
+
+def use_env(monkeypatch, env: dict[str, str]) -> None:
+    """Point this process's service (settings, Celery app, runtime) at `env`."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     reset_service_caches()
 
 
@@ -70,13 +75,15 @@ class Processes:
         proc = start_worker({**self.env, **(env or {})}, concurrency=concurrency, pool=pool,
                             hostname=f"{name}@%h", log_path=self.logdir / f"{name}.log")
         self.procs.append(proc)
-        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "stockouts", proc=proc)
+        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "stockouts", proc=proc,
+                          ca_certs=self.env.get("REDIS_CA_CERTS", ""))
         return proc
 
     def beat(self, name: str = "beat"):
         proc = start_beat(self.env, schedule_file=self.logdir / f"{name}.schedule", log_path=self.logdir / f"{name}.log")
         self.procs.append(proc)
-        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "producer", proc=proc)
+        wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "producer", proc=proc,
+                          ca_certs=self.env.get("REDIS_CA_CERTS", ""))
         return proc
 
     def logs(self) -> str:
@@ -92,3 +99,18 @@ def processes(service, tmp_path):
     procs = Processes(service, tmp_path)
     yield procs
     procs.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability table (README's "Reliability"), from the fault tests that ran."""
+    from tests.integration.faults import RESULTS
+
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("| fault | stockouts | saved | duplicates | lost | dead-lettered | BIP replays |")
+    write("|---|---:|---:|---:|---:|---:|---:|")
+    for r in RESULTS:
+        write(f"| {r['fault']} | {r['stockouts']} | {r['saved']} | {r['duplicates']} | {r['lost']} | "
+              f"{r['dead_lettered']} | {r['replays']} |")

@@ -1,0 +1,224 @@
+"""The invariants under faults: things break for real (processes killed, Redis restarted, the APIs
+failing) and the test counts what reached BIP. Nothing lost, nothing duplicated."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from producer.poll import poll_once
+from shared.errors import StockoutSyncError
+from shared.messages import publish_stockout
+from shared.processes import stop
+from shared.runtime import runtime
+from tests.integration.conftest import Processes, use_env, wait_until
+from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
+from worker.deadletter import DeadLetterStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Short redelivery for the crash tests: visibility timeout > time limit + longest backoff (Settings checks it).
+FAST_REDELIVERY = {"BROKER_VISIBILITY_TIMEOUT_S": "15", "TASK_TIME_LIMIT_S": "10", "RETRY_BACKOFF_MAX_S": "2"}
+
+
+def letters_of(client) -> DeadLetterStore:
+    return DeadLetterStore(client, "t")
+
+
+def assert_exactly_once(row: dict) -> None:
+    assert row["lost"] == 0, row
+    assert row["duplicates"] == 0, row
+    assert row["saved"] + row["dead_lettered"] == row["stockouts"], row
+
+
+def settle(sandbox, expected: set[str], letters: DeadLetterStore, timeout: float) -> None:
+    wait_until(lambda: expected <= set(saved(sandbox)) | set(letters.ids()), timeout,
+               message=f"{len(expected)} stockouts saved or dead-lettered")
+
+
+def test_pool_process_killed_mid_save(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 150)
+    expected = eligible(stockouts)
+    sandbox.set_faults(bip={"latency_ms": 250})
+    processes.env.update(FAST_REDELIVERY)
+    worker = processes.worker(concurrency=4)
+    poll_once(runtime(), publish_stockout)
+    killed = 0
+    for threshold in (10, 40, 70):
+        wait_until(lambda: len(sandbox.records()) >= threshold, 60, message=f"{threshold} saves")
+        for pid in children(worker.pid)[:2]:
+            os.kill(pid, signal.SIGKILL)  # mid-save: every pool process is inside a 250 ms save
+            killed += 1
+    assert killed >= 4
+    settle(sandbox, expected, letters_of(redis_client), 120)
+    assert_exactly_once(outcome("pool process SIGKILLed mid-save (×%d)" % killed, sandbox, expected, letters_of(redis_client)))
+    assert letters_of(redis_client).ids() == []
+
+
+def test_whole_worker_killed_and_restarted(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 120)
+    expected = eligible(stockouts)
+    sandbox.set_faults(bip={"latency_ms": 250})
+    processes.env.update(FAST_REDELIVERY)
+    worker = processes.worker(concurrency=4, name="first")
+    poll_once(runtime(), publish_stockout)
+    wait_until(lambda: len(sandbox.records()) >= 20, 60, message="20 saves")
+    stop(worker, sig=signal.SIGKILL, timeout=1)  # the main process and its pool, without warning
+    in_limbo = len(expected) - len(saved(sandbox))
+    assert in_limbo > 0
+    processes.worker(concurrency=4, name="second")
+    settle(sandbox, expected, letters_of(redis_client), 120)
+    assert_exactly_once(outcome("whole worker SIGKILLed, restarted", sandbox, expected, letters_of(redis_client)))
+
+
+def test_redis_restarted_mid_run_with_aof(sandbox, service, tmp_path, monkeypatch):
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**service, "REDIS_URL": server.url, **FAST_REDELIVERY}
+    use_env(monkeypatch, env)
+    procs = Processes(env, tmp_path)
+    try:
+        stockouts = recent(sandbox, 120)
+        expected = eligible(stockouts)
+        sandbox.set_faults(bip={"latency_ms": 200})
+        procs.worker(concurrency=4)
+        poll_once(runtime(), publish_stockout)
+        wait_until(lambda: len(sandbox.records()) >= 20, 60, message="20 saves")
+        server.kill()
+        time.sleep(2)
+        server.start()  # same port, same AOF: the queue, the unacked messages and the marks come back
+        client = redis.Redis.from_url(server.url)
+        settle(sandbox, expected, letters_of(client), 150)
+        row = outcome("Redis SIGKILLed and restarted (AOF)", sandbox, expected, letters_of(client))
+        assert_exactly_once(row)
+        assert row["dead_lettered"] == 0, procs.logs()[-3000:]
+    finally:
+        procs.stop_all()
+        server.stop()
+
+
+def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_client):
+    stockouts = recent(sandbox, 600)
+    expected = eligible(stockouts)
+    sandbox.set_faults(wdt={"latency_ms": 300})
+    env = {**service, "WDT_PAGE_SIZE": "20", "POLL_LOCK_TTL_S": "3"}
+    poll = subprocess.Popen([sys.executable, "-m", "shared.cli", "poll"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_until(lambda: redis_client.llen("t:stockouts") >= 60, 60, message="some pages published")
+    os.killpg(poll.pid, signal.SIGKILL)
+    poll.wait()
+    published = redis_client.llen("t:stockouts")
+    assert 0 < published < len(expected)
+    assert redis_client.get("t:cursor") is None, "the cursor moved past pages that were never published"
+
+    sandbox.set_faults()
+    time.sleep(3)  # the dead poll's lock expires
+    processes.worker(concurrency=4)
+    summary = poll_once(runtime(), publish_stockout)
+    assert summary.published == len(expected) - published, "the next poll publishes exactly the rest"
+    settle(sandbox, expected, letters_of(redis_client), 90)
+    assert_exactly_once(outcome("poll SIGKILLed half-way through a window", sandbox, expected, letters_of(redis_client)))
+
+
+def test_two_polls_at_once_publish_each_stockout_once(sandbox, service, redis_client):
+    stockouts = recent(sandbox, 300)
+    expected = eligible(stockouts)
+    sandbox.set_faults(wdt={"latency_ms": 100})
+    env = {**service, "WDT_PAGE_SIZE": "50"}
+    polls = [subprocess.Popen([sys.executable, "-m", "shared.cli", "poll"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in polls]
+    assert sum("another poll is running" in out for out in outputs) == 1, outputs
+    assert redis_client.llen("t:stockouts") == len(expected)
+    # and a third, after both: nothing new
+    assert poll_once(runtime(), publish_stockout).published == 0
+    assert redis_client.llen("t:stockouts") == len(expected)
+
+
+def test_two_beats_over_the_same_window(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 200)
+    expected = eligible(stockouts)
+    sandbox.set_faults(wdt={"latency_ms": 50})
+    processes.env["POLL_INTERVAL_S"] = "1"
+    processes.beat("beat-a")
+    processes.beat("beat-b")
+    wait_until(lambda: redis_client.llen("t:stockouts") >= len(expected), 60, message="published")
+    time.sleep(3)  # several more beats from both
+    assert redis_client.llen("t:stockouts") == len(expected)
+    processes.worker(concurrency=4)
+    settle(sandbox, expected, letters_of(redis_client), 60)
+    assert_exactly_once(outcome("two beats polling the same window", sandbox, expected, letters_of(redis_client)))
+
+
+def test_bip_faults_at_twenty_percent_and_a_revoked_token(sandbox, processes, redis_client):
+    stockouts = recent(sandbox, 200)
+    expected = eligible(stockouts)
+    sandbox.set_faults(bip={"http_502": 0.05, "code_310504": 0.05, "rate_limit": 0.05, "slow_stored": 0.05, "slow_s": 4})
+    processes.env.update({"MAX_ATTEMPTS": "10", "HTTP_READ_TIMEOUT_S": "2"})
+    processes.worker(concurrency=8)
+    poll_once(runtime(), publish_stockout)
+    wait_until(lambda: len(sandbox.records()) >= 40, 60, message="40 saves")
+    sandbox.revoke_tokens()
+    settle(sandbox, expected, letters_of(redis_client), 150)
+    row = outcome("BIP 20 % faults (502, 310504, rate limit, slow-but-stored) + token revoked", sandbox, expected,
+                  letters_of(redis_client))
+    assert_exactly_once(row)
+    assert row["dead_lettered"] == 0
+    counters = sandbox.counters()
+    assert counters["faults"].get("bip.slow_stored"), "no slow-but-stored reply was injected"
+    assert counters["bip_replays"] + counters["bip_duplicates_blocked"] >= 1, "a stored-but-timed-out save must replay"
+    assert counters["bip_token_rejections"] >= 1 and counters["bip_tokens_issued"] >= 2
+    assert counters["duplicate_stockouts"] == 0
+
+
+def test_wdt_faults_are_retried_and_the_cursor_waits(sandbox, service, processes, redis_client, monkeypatch):
+    # one slice (a failed poll must leave the cursor untouched); small pages, so more calls meet faults
+    use_env(monkeypatch, {"SLICE_DAYS": "2", "WDT_PAGE_SIZE": "40"})
+    stockouts = recent(sandbox, 300)
+    expected = eligible(stockouts)
+
+    # a WDT that fails every call: the poll retries its slice, gives up, and the cursor stays
+    sandbox.set_faults(wdt={"http_500": 1.0})
+    with pytest.raises(StockoutSyncError):
+        poll_once(runtime(), publish_stockout)
+    assert redis_client.get("t:cursor") is None
+    assert sandbox.counters()["faults"]["wdt.http_500"] == 5, "the first page, tried five times"
+
+    # a WDT that fails nearly half its calls in every way it can: pages are asked again until a poll completes
+    sandbox.set_faults(wdt={"http_500": 0.15, "rate_limit": 0.15, "malformed_json": 0.15, "slow": 0.1, "slow_s": 4})
+    for _ in range(20):
+        try:
+            summary = poll_once(runtime(), publish_stockout)
+            break
+        except StockoutSyncError:
+            assert redis_client.get("t:cursor") is None
+    else:
+        pytest.fail("no poll completed in 20 tries")
+    assert redis_client.get("t:cursor") is not None
+    faults = sandbox.counters()["faults"]
+    assert faults.get("wdt.rate_limit") or faults.get("wdt.malformed_json") or faults.get("wdt.slow")
+    sandbox.set_faults()
+    processes.worker(concurrency=4)
+    settle(sandbox, expected, letters_of(redis_client), 60)
+    assert summary.published + summary.already_queued >= len(expected)
+    assert_exactly_once(outcome("WDT faults (5xx, 1012, malformed JSON, timeouts)", sandbox, expected, letters_of(redis_client)))
+
+
+def test_stockout_modified_after_sync_is_not_saved_again(sandbox, processes, redis_client, monkeypatch):
+    stockouts = recent(sandbox, 30)
+    expected = eligible(stockouts)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    settle(sandbox, expected, letters_of(redis_client), 60)
+    for sid in list(expected)[:10]:
+        sandbox.modify(sid)  # edited in WDT: now at the end of the window, inside the lookback
+    again = poll_once(runtime(), publish_stockout)
+    assert again.fetched >= 10 and again.published == 0 and again.already_done >= 10
+    time.sleep(1)
+    assert_exactly_once(outcome("stockouts modified in WDT after sync", sandbox, expected, letters_of(redis_client)))
