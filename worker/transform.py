@@ -184,13 +184,42 @@ def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
         srcBillType=mapping.header.srcBillType,
         # define1 ties the BIP record back to its stockout: reconcile and the sandbox look it up.
         define1=_identifier(stockout.stockout_id, "stockout_id", required=True),
-        othOutRecords=[_line(i, d, stockout, mapping) for i, d in enumerate(stockout.details_list)],
+        othOutRecords=[line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)],
     )
     try:
         return OthOutRecord(**fields)
     except ValidationError as exc:  # a gap between our checks and BIP's model: still permanent
         detail = "; ".join(_describe(e)[1] for e in exc.errors())
         raise TransformError(f"the BIP record would be invalid: {detail}", field="(record)") from None
+
+
+def locate_rejection(api_message: str, raw: Any, mapping: Mapping) -> str:
+    """Where the values BIP names in a refusal (`物料[SKU-GHOST]不存在`) came from in the stockout,
+    so the dead letter names the WDT field to fix: "SKU-GHOST = details_list[1].spec_no"."""
+    try:
+        stockout = validate_stockout(raw)
+    except TransformError:
+        return ""
+    named = re.findall(r"\[([^\[\]]+)\]", api_message or "")
+    if not named:
+        return ""
+    sources: dict[str, str] = {}
+    for i, d in enumerate(stockout.details_list):
+        code = str(getattr(d, mapping.material.field) or "").strip()
+        sources.setdefault(mapping.material.codes.get(code, code), f"details_list[{i}].{mapping.material.field}")
+        unit = mapping.units.codes.get(d.goods_unit.strip(), d.goods_unit.strip())
+        sources.setdefault(unit, f"details_list[{i}].goods_unit")
+        if d.batch_no.strip():
+            sources.setdefault(d.batch_no.strip(), f"details_list[{i}].batch_no")
+    entry = mapping.warehouses.get(stockout.warehouse_no)
+    if entry is not None:
+        sources.setdefault(entry.warehouse, f'warehouse_no via [warehouses."{stockout.warehouse_no}"]')
+        for name in ("org", "accountOrg"):
+            value = getattr(entry, name) or getattr(mapping.header, name)
+            sources.setdefault(value, f'[warehouses."{stockout.warehouse_no}"].{name} or [header].{name}')
+    sources.setdefault(mapping.header.bustype, "[header].bustype")
+    found = [f"{value} = {sources[value]}" for value in named if value in sources]
+    return "; ".join(found)
 
 
 def preview(raw: Any, mapping: Mapping) -> dict[str, Any]:
@@ -242,7 +271,9 @@ def _memo(stockout: Stockout, mapping: Mapping) -> str | None:
     return _text(template.format_map(values))
 
 
-def _line(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> OthOutRecordLine:
+def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> list[OthOutRecordLine]:
+    """One BIP line per batch: a WDT line picked from several batches (its position_list says how
+    much of each) becomes several BIP lines, since one BIP line carries one batch."""
     at = f"details_list[{i}]"
     material = mapping.material
     source_code = str(getattr(d, material.field) or "").strip()
@@ -261,33 +292,49 @@ def _line(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> Ot
     if material.sku_field:
         sku = _identifier(str(getattr(d, material.sku_field) or "").strip(), f"{at}.{material.sku_field}") or None
 
-    _check_batches(at, d)
-    return OthOutRecordLine(
+    common = dict(
         row_status="Insert",
         product=product,
         productsku=sku,
         product_cName=_text(d.goods_name),
-        qty=_qty(at, d.goods_count),
         unit=_unit(at, d.goods_unit, mapping),
-        batchno=_identifier(d.batch_no.strip(), f"{at}.batch_no") or None,
-        invaliddate=beijing_date(d.expire_date).isoformat() if d.expire_date else None,
         memo=_text(d.remark),
         upcode=_identifier(stockout.order_no.strip(), "order_no") or None,
         sourceautoid=_identifier(d.rec_id.strip(), f"{at}.rec_id") or None,
     )
-
-
-def _check_batches(at: str, d: StockoutDetail) -> None:
-    # One BIP line carries one batch. A WDT line picked from several batches (seen in its
-    # position_list) would put its whole quantity on one batch in BIP: refuse rather than misstate.
-    batches = sorted({p.batch_no.strip() for p in d.position_list if p.batch_no.strip()})
-    if len(batches) > 1:
-        raise TransformError(
-            f"{at}.position_list ships {len(batches)} batches ({', '.join(batches[:5])}) on one line; "
-            "one BIP line carries one batch, and splitting a WDT line is not supported",
-            field=f"{at}.position_list",
-            value=", ".join(batches),
+    qty = _qty(at, d.goods_count)
+    return [
+        OthOutRecordLine(
+            **common,
+            qty=batch_qty,
+            batchno=_identifier(batch, f"{at}.batch_no") or None,
+            invaliddate=beijing_date(expiry).isoformat() if expiry else None,
         )
+        for batch, batch_qty, expiry in _batches(at, d, qty)
+    ]
+
+
+def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decimal, object]]:
+    """(batch, quantity, expiry) for each batch the line ships; the line's own when it has one."""
+    picked: dict[str, Decimal] = {}
+    expiry: dict[str, object] = {}
+    for p in d.position_list:
+        batch = p.batch_no.strip()
+        if batch:
+            picked[batch] = picked.get(batch, Decimal(0)) + (p.position_goods_count or Decimal(0))
+            expiry.setdefault(batch, p.expire_date)
+    if len(picked) <= 1:
+        return [(d.batch_no.strip(), qty, d.expire_date)]
+    total = sum(picked.values())
+    if total != qty or any(v <= 0 for v in picked.values()):
+        shown = ", ".join(f"{b}: {v}" for b, v in picked.items())
+        raise TransformError(
+            f"{at}.position_list ships batches {shown}, which do not add up to goods_count {qty}: "
+            "the quantity of each batch is unknown",
+            field=f"{at}.position_list",
+            value=shown,
+        )
+    return [(batch, batch_qty, expiry[batch] or d.expire_date) for batch, batch_qty in picked.items()]
 
 
 def _qty(at: str, value: Decimal | None) -> Decimal:

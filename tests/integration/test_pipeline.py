@@ -60,6 +60,7 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
             assert "WH-XX99" in letter.message and letter.stage == "transform"
         elif "material" in reason:
             assert "SKU-GHOST" in letter.message and letter.stage == "save" and letter.code == "999"
+            assert "SKU-GHOST = details_list[" in letter.message and ".spec_no" in letter.message
         else:
             assert "details_list" in letter.message and letter.stage == "transform"
 

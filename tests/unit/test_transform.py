@@ -366,9 +366,10 @@ BAD_INPUTS = [
      ["details_list[0].goods_unit '套' has no entry in [units.codes] of mapping.toml"]),
     ("cancelled", _set("status", "5"), "status", ["status 5 not in [95, 110]", "[filters].statuses"]),
     ("no status", _set("status", ""), "status", ["status (empty) not in [95, 110]"]),
-    ("two batches on one line", _set("details_list.0.position_list", [
-        {"batch_no": "B1", "position_goods_count": "1"}, {"batch_no": "B2", "position_goods_count": "2"}]),
-     "details_list[0].position_list", ["details_list[0].position_list ships 2 batches (B1, B2)"]),
+    ("batches that do not add up", _set("details_list.0.position_list", [
+        {"batch_no": "B1", "position_goods_count": "1"}, {"batch_no": "B2", "position_goods_count": "1"}]),
+     "details_list[0].position_list", ["details_list[0].position_list ships batches B1: 1, B2: 1",
+                                       "goods_count 3"]),
 ]
 
 
@@ -504,3 +505,17 @@ def test_resubmit_key_stable_short_and_distinct():
 def test_resubmit_key_refuses_no_id(bad):
     with pytest.raises(ValueError):
         resubmit_key(bad)
+
+
+def test_a_line_picked_from_two_batches_becomes_two_bip_lines(demo):
+    raw = wdt_stockout()
+    raw["details_list"][0]["goods_count"] = "3.0000"
+    raw["details_list"][0]["position_list"] = [
+        {"batch_no": "B1", "position_goods_count": "1.0000", "expire_date": "2027-01-31 00:00:00"},
+        {"batch_no": "B2", "position_goods_count": "2.0000", "expire_date": "2027-03-31 00:00:00"},
+    ]
+    lines = preview(raw, demo)["othOutRecords"]
+    first = [l for l in lines if l["sourceautoid"] == raw["details_list"][0]["rec_id"]]
+    assert [(l["batchno"], l["qty"], l["invaliddate"]) for l in first] == [
+        ("B1", "1.0000", "2027-01-31"), ("B2", "2.0000", "2027-03-31")]
+    assert len(lines) == len(raw["details_list"]) + 1
