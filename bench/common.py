@@ -16,7 +16,7 @@ from typing import Callable
 
 import redis
 
-from shared.processes import start_beat, start_worker, stop, wait_for_consumer
+from shared.processes import delete_prefix, start_beat, start_worker, stop, wait_for_consumer, wait_until
 from shared.redis_conn import free_port, resolve_redis_url
 from shared.timeutil import format_wire
 
@@ -74,18 +74,6 @@ class Context:
             delete_prefix(self.redis_url, p)
         if self._embedded is not None:
             self._embedded.close()
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=2000))
-        for i in range(0, len(keys), 1000):
-            client.unlink(*keys[i : i + 1000])
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
 
 
 def service_env(sb, *, redis_url: str, prefix: str, **settings: object) -> dict[str, str]:
@@ -211,16 +199,6 @@ class Sampler:
         return (v2 - v1) / (t2 - t1)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, every: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 class PrivateRedis:
     """A redis-server of our own, with default configuration, for figures that read server-wide
     numbers (INFO memory) that other users of a shared server would disturb."""
@@ -238,7 +216,7 @@ class PrivateRedis:
         )
         client = redis.Redis.from_url(self.url)
         try:
-            wait_until(lambda: _ping(client), 10, what="private redis-server")
+            wait_until(lambda: _ping(client), 10, interval=0.05, message="private redis-server")
             self.version = client.info("server")["redis_version"]
         finally:
             client.close()

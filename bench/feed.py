@@ -16,7 +16,7 @@ from sandbox import Sandbox
 from sandbox.data import generate_stockouts
 from sandbox.faults import Reply
 from sandbox.server import WDT_PATH
-from sandbox.wdt import WdtApi, WdtError, failure, parse_query
+from sandbox.wdt import WdtApi, failure
 from shared.timeutil import format_wire, to_beijing
 
 _ID, _NO, _MOD = "@@sid@@", "@@no@@", "@@mod@@"
@@ -67,15 +67,7 @@ class VirtualWdtApi(WdtApi):
         super().__init__(base.config, base.counters, base.faults, base.limit)
         self.feed = feed
 
-    def _answer(self, params: dict[str, str]) -> Reply:
-        try:
-            self._check_system(params)
-            if not self.limit.allow():
-                return self._too_frequent()
-            query = parse_query(params)
-        except WdtError as e:
-            self.counters.inc("wdt_errors")
-            return failure(e.code, e.message, e.sub_code, e.sub_message)
+    def _reply(self, query) -> Reply:
         if query.exact or not {"95", "110"} <= query.statuses or query.start is None or query.end is None:
             return failure("41", "Invalid arguments", "isv.invalid-parameter", "the virtual feed serves windows only")
         total, items = self.feed.page(query.start, query.end, query.page_no, query.page_size)

@@ -49,7 +49,7 @@ def run(ctx: Context) -> list[Row]:
                     added[s["stockout_id"]] = time.monotonic()
                     modified[s["stockout_id"]] = s["modified"]
             time.sleep(ARRIVAL_EVERY_S)
-        wait_until(lambda: set(added) <= set(seen), 30, what="every stockout saved")
+        wait_until(lambda: set(added) <= set(seen), 30, interval=0.05, message="every stockout saved")
         records = {r["data"].get("defines!define1"): r for r in sb.records()}
     finally:
         stop.set()

@@ -43,12 +43,12 @@ def run(ctx: Context) -> list[Row]:
         generate(sb, WARM_UP, EARLIER)
         procs.worker(env)
         warm = fill(env, EARLIER)["published"]
-        wait_until(lambda: drained(warm), 120, every=0.2, what="the warm-up")
+        wait_until(lambda: drained(warm), 120, interval=0.2, message="the warm-up")
         time.sleep(1)
         before = r.info("memory")
         generate(sb, N)
         n = fill(env)["published"]
-        wait_until(lambda: drained(warm + n), 240, every=0.2, what=f"{n} saves")
+        wait_until(lambda: drained(warm + n), 240, interval=0.2, message=f"{n} saves")
         time.sleep(1)  # the last acks
         after = r.info("memory")
         per = (after["used_memory"] - before["used_memory"]) / n

@@ -53,7 +53,7 @@ def drain(ctx: Context, sb, env: dict[str, str], name: str, n: int, *, workers: 
                 rss = max(rss, sum(tree_rss_mb(p.pid) for p in started))
                 return saved.last >= n and r.llen(queue) == 0
 
-            wait_until(finished, timeout, every=0.2, what=f"{n} saves ({name})")
+            wait_until(finished, timeout, interval=0.2, message=f"{n} saves ({name})")
         seconds = left.samples[-1][0] - left.samples[0][0]
         return Drain(n, left.rate(n), saved.rate(n), seconds, rss, sb.counters())
     finally:
@@ -90,7 +90,7 @@ def noop_drain(ctx: Context, env: dict[str, str], name: str, items: list[dict], 
                     raise RuntimeError(f"no-op worker exited with {proc.returncode}; see {procs.log('noop')}")
                 return r.llen(queue) == 0 and r.hlen(unacked) == 0
 
-            wait_until(finished, timeout, every=0.2, what=f"{n} no-op tasks")
+            wait_until(finished, timeout, interval=0.2, message=f"{n} no-op tasks")
         seconds = left.samples[-1][0] - left.samples[0][0]
         return Drain(n, left.rate(n), 0.0, seconds, rss, {})
     finally:

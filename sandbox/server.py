@@ -55,7 +55,21 @@ class SandboxConfig(BaseModel):
 TimeArg = datetime | str | None
 
 
-class Sandbox:
+class _Addresses:
+    """Where the service should point, given the sandbox's base `url`."""
+
+    url: str
+
+    @property
+    def wdt_url(self) -> str:
+        return f"{self.url}{WDT_PATH}"
+
+    @property
+    def bip_discovery_url(self) -> str:
+        return f"{self.url}{DISCOVERY_PATH}"
+
+
+class Sandbox(_Addresses):
     """Both remote APIs on one loopback port. Start it, point the clients at `env()`, drive it."""
 
     def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
@@ -118,13 +132,6 @@ class Sandbox:
             host = "127.0.0.1"
         return f"http://{host}:{port}"
 
-    @property
-    def wdt_url(self) -> str:
-        return f"{self.url}{WDT_PATH}"
-
-    @property
-    def bip_discovery_url(self) -> str:
-        return f"{self.url}{DISCOVERY_PATH}"
 
     def env(self) -> dict[str, str]:
         """The service's environment for this sandbox (its credentials are fakes, not secrets)."""
@@ -429,7 +436,7 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
 # the same controls from another process
 
 
-class SandboxControl:
+class SandboxControl(_Addresses):
     """Drive a running sandbox over HTTP: the Sandbox's test API for the demo and the bench."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
@@ -437,13 +444,6 @@ class SandboxControl:
         self.timeout = timeout
         self._session = requests.Session()
 
-    @property
-    def wdt_url(self) -> str:
-        return f"{self.url}{WDT_PATH}"
-
-    @property
-    def bip_discovery_url(self) -> str:
-        return f"{self.url}{DISCOVERY_PATH}"
 
     def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
         response = self._session.request(method, f"{self.url}{CONTROL_PREFIX}{name}", json=body,

@@ -146,6 +146,10 @@ class WdtApi:
         except WdtError as e:
             self.counters.inc("wdt_errors")
             return failure(e.code, e.message, e.sub_code, e.sub_message)
+        return self._reply(query)
+
+    def _reply(self, query) -> Reply:
+        """The page a checked, signed query asks for (a benchmark's virtual feed replaces this)."""
         return json_reply(self._page(query))
 
     def _too_frequent(self) -> Reply:

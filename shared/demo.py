@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.processes import service_env, start_beat, start_worker, stop, wait_for_consumer
+from shared.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
 from shared.redis_conn import resolve_redis_url
 from shared.timeutil import format_wire, now_beijing
 
@@ -94,7 +94,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
     finally:
         for proc in procs:
             stop(proc)
-        cleanup(url, prefix)
+        delete_prefix(url, prefix)
         sb.stop()
         if embedded is not None:
             embedded.close()
@@ -123,15 +123,3 @@ def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed:
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")
     return 0 if ok else 1
-
-
-def cleanup(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()

@@ -73,3 +73,28 @@ def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float
     finally:
         client.close()
     raise TimeoutError(f"no consumer on {queue} after {timeout} s")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+    """Poll `predicate` until it returns something true (which is returned) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {message}")
+
+
+def delete_prefix(url: str, prefix: str, ca_certs: str = "") -> None:
+    """Remove every key under `prefix:` (a demo's or a benchmark's own), without blocking Redis."""
+    client = connect(url, ca_certs)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=2000))
+        for i in range(0, len(keys), 1000):
+            client.unlink(*keys[i : i + 1000])
+    except Exception:  # cleaning up is best effort: never hide the run's own result
+        pass
+    finally:
+        client.close()
+

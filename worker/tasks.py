@@ -9,7 +9,7 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
-from shared.errors import Action, APIConnectionError, StockoutSyncError, resolve
+from shared.errors import Action, APIConnectionError, resolve
 from shared.messages import publish_dead_letter
 from shared.runtime import runtime
 from shared.state import stockout_key

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import kombu.pools
 import pytest
 
 from shared.processes import start_beat, start_worker, stop, wait_for_consumer
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from producer.poll import poll_once
 from shared.celery_app import SYNC_TASK, app
 from shared.messages import publish_stockout
+from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.state import stockout_key
-from tests.integration.conftest import wait_until
 from tests.integration.faults import eligible, outcome, recent, saved
 from worker.deadletter import DeadLetterStore
 

@@ -14,9 +14,10 @@ import redis
 
 from producer.poll import poll_once
 from shared.messages import publish_dead_letter, publish_stockout
+from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from tests.integration.conftest import reset_service_caches, wait_until
+from tests.integration.conftest import reset_service_caches
 from worker.deadletter import DeadLetter, DeadLetterStore
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,9 +14,9 @@ import redis
 from producer.poll import poll_once
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.processes import stop
+from shared.processes import stop, wait_until
 from shared.runtime import runtime
-from tests.integration.conftest import Processes, use_env, wait_until
+from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
 from worker.deadletter import DeadLetterStore
 

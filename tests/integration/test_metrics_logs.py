@@ -10,11 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer.poll import poll_once
 from shared.messages import publish_stockout
-from shared.processes import stop
+from shared.processes import stop, wait_until
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from tests.integration.conftest import wait_until
 from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration

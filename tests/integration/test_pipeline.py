@@ -8,9 +8,10 @@ import pytest
 
 from producer.poll import poll_once
 from shared.messages import publish_stockout
+from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from tests.integration.conftest import reset_service_caches, wait_until
+from tests.integration.conftest import reset_service_caches
 from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration

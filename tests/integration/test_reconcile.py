@@ -12,9 +12,9 @@ import pytest
 
 from producer.poll import poll_once
 from shared.messages import publish_stockout
+from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
-from tests.integration.conftest import wait_until
 from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from producer.poll import poll_once
 from sandbox import Sandbox, SandboxConfig
 from shared.demo import sandbox_env
 from shared.messages import publish_stockout
-from shared.processes import stop
+from shared.processes import stop, wait_until
 from shared.redis_conn import connect, free_port
 from shared.runtime import runtime
-from tests.integration.conftest import Processes, use_env, wait_until
+from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, recent, saved
 from worker.deadletter import DeadLetterStore
 

@@ -11,9 +11,9 @@ import pytest
 
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.ratelimit import RateLimiter
+from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from tests.integration.conftest import wait_until
 from worker.deadletter import DeadLetter, DeadLetterStore
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from requests.adapters import BaseAdapter
+from tests.unit.fake_http import FakeAdapter
 
 from shared.bip.client import BipClient
 from shared.bip.models import OthOutRecord, SaveResult
@@ -36,7 +36,7 @@ SAVE = "/yonbip/scm/othoutrecord/single/save"
 LIST = "/yonbip/scm/othoutrecord/list"
 
 
-class FakeBip(BaseAdapter):
+class FakeBip(FakeAdapter):
     """A programmable BIP: `replies[path]` is a list of (status, body) or exceptions, consumed in
     order (the last one repeats); the token endpoint issues tok-1, tok-2, …"""
 
@@ -49,7 +49,7 @@ class FakeBip(BaseAdapter):
         self.token_reply = None
         self._lock = threading.Lock()
 
-    def send(self, request, **kwargs):
+    def answer(self, request, **kwargs):
         with self._lock:
             self.sent.append(request)
             path = urlsplit(request.url).path
@@ -63,20 +63,7 @@ class FakeBip(BaseAdapter):
             else:
                 queue = self.replies.get(path) or [(404, b"not found")]
                 out = queue.pop(0) if len(queue) > 1 else queue[0]
-        if callable(out):
-            out = out(request)
-        if isinstance(out, BaseException):
-            raise out
-        status, body = out
-        response = requests.Response()
-        response.status_code = status
-        response._content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
-        response.url = request.url
-        response.request = request
-        return response
-
-    def close(self):
-        pass
+        return out(request) if callable(out) else out
 
     def calls(self, path: str) -> list[requests.PreparedRequest]:
         return [r for r in self.sent if urlsplit(r.url).path == path]

@@ -1,15 +1,13 @@
 """Both signatures against their published vectors, and how the clients put them on the wire."""
 from __future__ import annotations
 
-import json
 import time
 import types
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
 import requests
-from requests.adapters import BaseAdapter
+from tests.unit.fake_http import FakeAdapter
 
 from shared.bip import token as token_mod
 from shared.bip.sign import self_app_signature
@@ -20,23 +18,15 @@ from shared.wdt.client import WdtClient
 from shared.wdt.sign import top_md5_sign
 
 
-class Capture(BaseAdapter):
+class Capture(FakeAdapter):
     def __init__(self, body: dict) -> None:
         super().__init__()
         self.body = body
         self.sent: list[requests.PreparedRequest] = []
 
-    def send(self, request, **kwargs):
+    def answer(self, request, **kwargs):
         self.sent.append(request)
-        response = requests.Response()
-        response.status_code = 200
-        response._content = json.dumps(self.body).encode()
-        response.url = request.url
-        response.request = request
-        return response
-
-    def close(self):
-        pass
+        return 200, self.body
 
 
 def settings(**overrides) -> Settings:

@@ -2,13 +2,12 @@
 replies come from a requests adapter stub."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl
 
 import pytest
 import requests
-from requests.adapters import BaseAdapter
+from tests.unit.fake_http import FakeAdapter
 
 from shared.errors import (
     APIConnectionError,
@@ -30,7 +29,7 @@ T0 = datetime(2024, 5, 1, 0, 0, 0, tzinfo=BEIJING)
 T1 = datetime(2024, 5, 2, 0, 0, 0, tzinfo=BEIJING)
 
 
-class Stub(BaseAdapter):
+class Stub(FakeAdapter):
     """Answers with `handler(form_params, request)` → (status, body) or an exception to raise."""
 
     def __init__(self, handler) -> None:
@@ -39,23 +38,11 @@ class Stub(BaseAdapter):
         self.calls: list[dict] = []
         self.kwargs: list[dict] = []
 
-    def send(self, request, **kwargs):
+    def answer(self, request, **kwargs):
         form = dict(parse_qsl(request.body or "", keep_blank_values=True)) if isinstance(request.body, str) else {}
         self.calls.append(form)
         self.kwargs.append(kwargs)
-        out = self.handler(form, request)
-        if isinstance(out, BaseException):
-            raise out
-        status, body = out
-        response = requests.Response()
-        response.status_code = status
-        response._content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
-        response.url = request.url
-        response.request = request
-        return response
-
-    def close(self):
-        pass
+        return self.handler(form, request)
 
 
 def make_settings(**overrides) -> Settings:
