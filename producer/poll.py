@@ -94,9 +94,22 @@ def slices_for(start: datetime, end: datetime, slice_days: float, slice_range) -
     return slice_range(start, end, timedelta(days=slice_days))
 
 
+# What WDT returns when the query names no status (已发货, 已完成).
+WDT_DEFAULT_STATUSES = frozenset({"95", "110"})
+
+
+def status_queries(mapping) -> list[dict]:
+    """The queries that fetch every status the mapping syncs: WDT's default when that covers them,
+    else one query per status (a mapping that adds 113 异常发货 would otherwise never see one)."""
+    wanted = set(mapping.filters.statuses) if mapping is not None else set()
+    if wanted <= WDT_DEFAULT_STATUSES:
+        return [{}]
+    return [{"status": status} for status in sorted(wanted, key=int)]
+
+
 def read_slice(
     wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep,
-    keepalive: Callable[[], None] = lambda: None,
+    keepalive: Callable[[], None] = lambda: None, mapping=None,
 ) -> int:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
@@ -123,9 +136,10 @@ def read_slice(
                 sleep(decision.delay_s)
 
     pages = 0
-    for page in wdt.iter_pages(start, end, fetch=fetch):
-        on_page(page.stockouts)
-        pages += 1
+    for query in status_queries(mapping):
+        for page in wdt.iter_pages(start, end, fetch=fetch, **query):
+            on_page(page.stockouts)
+            pages += 1
     return pages
 
 
@@ -160,7 +174,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
         from shared.wdt.client import slice_range
 
         for s, e in slices_for(start, end, settings.slice_days, slice_range):
-            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive)
+            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping)
             store.advance_cursor(e)  # close_slice: every page of [s, e] is published
             summary.slices += 1
         summary.cursor = format_wire(store.cursor() or since)
@@ -192,7 +206,7 @@ def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progr
             on_progress(summary)
 
     for s, e in slices_for(since, until, rt.settings.slice_days, slice_range):
-        read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings)
+        read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings, mapping=mapping)
         summary.slices += 1
         if on_slice:
             on_slice(e)

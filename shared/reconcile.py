@@ -110,7 +110,7 @@ class Reconcile:
                 on_page(report)
 
         for s, e in slices_for(since, until, self.rt.settings.slice_days, slice_range):
-            read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep)
+            read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep, mapping=mapping)
             if on_slice:
                 on_slice(e)
         report.duration_s = round(time.monotonic() - started, 3)

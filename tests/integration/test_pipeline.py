@@ -100,3 +100,22 @@ def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_c
     summary = store.last_poll_summary()
     assert summary is not None and not summary["skipped"]
     assert max(saved_by_stockout(sandbox).values()) == 1
+
+
+def test_a_mapping_that_syncs_more_than_wdts_default_statuses_gets_them(sandbox, service, redis_client, tmp_path, monkeypatch):
+    from producer.poll import status_queries
+
+    mapping = tmp_path / "mapping.toml"
+    text = open(service["MAPPING_FILE"], encoding="utf-8").read().replace("statuses = [95, 110]", "statuses = [95, 110, 113]")
+    mapping.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("MAPPING_FILE", str(mapping))
+    reset_service_caches()
+    assert status_queries(runtime().mapping) == [{"status": "95"}, {"status": "110"}, {"status": "113"}]
+    assert status_queries(None) == [{}]
+    now = now_beijing()
+    stockouts = sandbox.generate(200, start=now - timedelta(hours=3), end=now - timedelta(minutes=5))
+    wanted = {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110", "113")}
+    assert any(s["status"] == "113" for s in stockouts)
+    summary = poll_once(runtime(), publish_stockout)
+    assert summary.published == len(wanted), "113 异常发货 is not in WDT's default; it must be asked for"
+    assert redis_client.llen("t:stockouts") == len(wanted)
