@@ -18,6 +18,7 @@ from shared import metrics
 from shared.errors import Action, StockoutSyncError, resolve
 from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.wdt.paging import slice_range
 
 log = logging.getLogger("stockout_sync.producer")
 
@@ -88,7 +89,7 @@ def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publi
     metrics.count_page(before, summary)
 
 
-def slices_for(start: datetime, end: datetime, slice_days: float, slice_range) -> list[tuple[datetime, datetime]]:
+def slices_for(start: datetime, end: datetime, slice_days: float) -> list[tuple[datetime, datetime]]:
     if end <= start:
         return []
     return slice_range(start, end, timedelta(days=slice_days))
@@ -171,9 +172,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
             summary.pages += 1
             keepalive()
 
-        from shared.wdt.client import slice_range
-
-        for s, e in slices_for(start, end, settings.slice_days, slice_range):
+        for s, e in slices_for(start, end, settings.slice_days):
             read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping)
             store.advance_cursor(e)  # close_slice: every page of [s, e] is published
             summary.slices += 1
@@ -193,8 +192,6 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
 def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progress=None, on_slice=None) -> PollSummary:
     """Publish a past range. Shares the de-duplication with the beat's polls, so it is safe beside
     them, but takes no poll lock and never moves the cursor."""
-    from shared.wdt.client import slice_range
-
     started = time.monotonic()
     summary = PollSummary(started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until))
     mapping = rt.mapping
@@ -205,7 +202,7 @@ def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progr
         if on_progress:
             on_progress(summary)
 
-    for s, e in slices_for(since, until, rt.settings.slice_days, slice_range):
+    for s, e in slices_for(since, until, rt.settings.slice_days):
         read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings, mapping=mapping)
         summary.slices += 1
         if on_slice:

@@ -30,6 +30,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
+from shared.redis_conn import connect
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, app
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
@@ -87,11 +88,11 @@ class Publisher:
     def _broker(self) -> redis.Redis:
         url = app.conf.broker_url
         if self._client is None or self._client[0] != url:
-            options = dict(app.conf.broker_use_ssl or {}) if url.startswith("rediss://") else {}
+            ca_certs = (app.conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
             transport = app.conf.broker_transport_options or {}
-            client = redis.Redis.from_url(
-                url, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
-                health_check_interval=30, **options,
+            client = connect(
+                url, ca_certs, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
+                health_check_interval=30,
             )
             self._client = (url, client)
         return self._client[1]

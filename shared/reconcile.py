@@ -95,7 +95,6 @@ class Reconcile:
         on_slice: Callable[[datetime], None] | None = None,
     ) -> Report:
         from producer.poll import read_slice, slices_for
-        from shared.wdt.client import slice_range
         from worker.deadletter import DeadLetterStore
 
         started = time.monotonic()
@@ -109,7 +108,7 @@ class Reconcile:
             if on_page:
                 on_page(report)
 
-        for s, e in slices_for(since, until, self.rt.settings.slice_days, slice_range):
+        for s, e in slices_for(since, until, self.rt.settings.slice_days):
             read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep, mapping=mapping)
             if on_slice:
                 on_slice(e)

@@ -37,25 +37,17 @@ from datetime import datetime
 
 import redis
 
+from shared.stats import saved_key
 from shared.timeutil import format_wire, parse_wire
 
 BUCKET = 100
 _HASHED_BUCKETS = 1 << 16
 _MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stays exact
 
-# Take the lock when it is free, or when the same task already holds it: a message redelivered
-# after its worker process died carries the same task id, and must not wait for the dead one.
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 0
-end
-return redis.call('PTTL', KEYS[1])
-"""
-
 # The worker's first step in one round trip: the done mark, else the lock. Reading the mark and
 # taking the lock in one script is what makes a second look at the mark after locking unnecessary.
+# The lock is also taken when the same task already holds it: a message redelivered after its
+# worker process died carries the same task id, and must not wait for the dead one.
 # KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field. Returns {mark or false, pttl}.
 _CLAIM = """
 local mark = redis.call('HGET', KEYS[2], ARGV[3])
@@ -68,9 +60,12 @@ end
 return {false, redis.call('PTTL', KEYS[1])}
 """
 
-# The worker's last step in one round trip: the done mark (and its bucket's TTL), then the lock goes.
-# KEYS: lock, mark bucket. ARGV: owner, mark field, mark, ttl s.
+# The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
+# counter `status` reads (only when the stockout was not done already), then the lock goes.
+# KEYS: lock, mark bucket, counter. ARGV: owner, mark field, mark, ttl s.
 _FINISH = """
+local before = redis.call('HGET', KEYS[2], ARGV[2])
+if not (before and string.sub(before, 1, 2) == 'd|') then redis.call('INCR', KEYS[3]) end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -123,7 +118,6 @@ class StateStore:
         self.r = client
         self.p = prefix
         self.ttl_s = ttl_s
-        self._acquire = client.register_script(_ACQUIRE)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
@@ -192,13 +186,9 @@ class StateStore:
     def _lock(self, sid: str) -> str:
         return f"{self.p}:lock:{sid}"
 
-    def acquire(self, sid: str, owner: str, ttl_s: float) -> float:
-        """0 when `owner` now holds the lock, else the seconds until the holder's lock expires."""
-        pttl = int(self._acquire(keys=[self._lock(sid)], args=[owner, int(ttl_s * 1000)]))
-        return 0.0 if pttl == 0 else max(pttl, 1) / 1000
-
     def claim(self, sid: str, owner: str, ttl_s: float) -> Claim:
-        """`done(sid)`, and when it is not done `acquire(...)`, atomically and in one round trip."""
+        """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
+        holder's lock expires), atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
         mark, pttl = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
         if mark:
@@ -210,9 +200,9 @@ class StateStore:
         self._release(keys=[self._lock(sid)], args=[owner])
 
     def finish(self, sid: str, owner: str, bip_id: str, bip_code: str) -> None:
-        """`mark_done` then `release`, atomically and in one round trip."""
+        """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
-        self._finish(keys=[self._lock(sid), bucket], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s])
+        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s])
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:

@@ -1,9 +1,9 @@
-"""Running totals kept in Redis for `stockout-sync status`: one INCR per event, one GET to read.
+"""Running totals kept in Redis for `stockout-sync status`: one GET to read.
 
 Why not count the done marks: there are millions of them and counting means a SCAN of the whole
-keyspace. The total is approximate by design: a worker that dies between marking a stockout done
-and counting it leaves it uncounted, and a stockout saved again after a reconcile cleared its mark
-is counted twice.
+keyspace. The worker's `StateStore.finish` increments the counter in the same script that writes
+the done mark, so a save is counted exactly when it is marked done; a stockout saved again after a
+reconcile cleared its mark is counted twice.
 """
 from __future__ import annotations
 
@@ -12,13 +12,6 @@ import redis
 
 def saved_key(prefix: str) -> str:
     return f"{prefix}:stats:saved"
-
-
-def count_saved(client: redis.Redis, prefix: str) -> None:
-    try:
-        client.incr(saved_key(prefix))
-    except redis.RedisError:
-        pass  # a missed count must never fail the save it counts
 
 
 def saved(client: redis.Redis, prefix: str) -> int:

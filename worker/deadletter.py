@@ -92,6 +92,12 @@ class DeadLetterStore:
     def _key(self, sid: str) -> str:
         return f"{self.p}:dlq:{sid}"
 
+    def _parked_key(self, sid: str) -> str:
+        return f"{self.p}:dlq:requeuing:{sid}"
+
+    def _lease_key(self, sid: str) -> str:
+        return f"{self.p}:dlq:lease:{sid}"
+
     @property
     def index_key(self) -> str:
         return f"{self.p}:dlq:index"
@@ -134,17 +140,17 @@ class DeadLetterStore:
     def _take_over(self, sid: str) -> bool:
         """The lease on a parked letter: only one requeue may finish it, only once the one that
         parked it has had its time, and never after it was finished (checked in the same step)."""
-        return bool(self._lease(keys=[f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}"], args=[LEASE_S]))
+        return bool(self._lease(keys=[self._parked_key(sid), self._lease_key(sid)], args=[LEASE_S]))
 
     def _unpark(self, sid: str) -> None:
-        self.r.delete(f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}")
+        self.r.delete(self._parked_key(sid), self._lease_key(sid))
 
     def queue_length(self) -> int:
         return int(self.r.llen(self.queue_key))
 
     def claim(self, sid: str, action: Literal["requeue", "purge"]) -> DeadLetter | None:
         rec = self._claim(
-            keys=[self._key(sid), self.index_key, self.queue_key, f"{self.p}:dlq:requeuing:{sid}", f"{self.p}:dlq:lease:{sid}"],
+            keys=[self._key(sid), self.index_key, self.queue_key, self._parked_key(sid), self._lease_key(sid)],
             args=[sid, action, LEASE_S],
         )
         return DeadLetter.model_validate_json(rec) if rec else None

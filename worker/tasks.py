@@ -13,7 +13,6 @@ from shared.errors import Action, APIConnectionError, resolve
 from shared.messages import publish_dead_letter
 from shared.runtime import runtime
 from shared.state import stockout_key
-from shared.stats import count_saved
 from worker.deadletter import DeadLetterStore, make_letter, stage_of
 from worker.events import task_event
 from worker.sync import Deferred, sync_one
@@ -47,8 +46,6 @@ def sync_stockout(self, stockout: dict) -> dict:
     except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
         failure = raw_error
     if failure is None:
-        if outcome.outcome != "already_done":
-            count_saved(rt.redis, rt.settings.redis_prefix)
         task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
                    stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id, bip_code=outcome.bip_code)
         return outcome.model_dump()

@@ -257,10 +257,6 @@ class WdtClient:
             rereads = len(page.stockouts) - len(fresh)
             yield page.model_copy(update={"stockouts": fresh, "rereads": rereads})
 
-    def iter_stockouts(self, start: datetime, end: datetime, **filters: Any) -> Iterator[dict[str, Any]]:
-        for page in self.iter_pages(start, end, **filters):
-            yield from page.stockouts
-
     def get_by_no(
         self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None
     ) -> dict[str, Any] | None:

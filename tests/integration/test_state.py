@@ -66,15 +66,28 @@ def test_claim_reads_the_done_mark_or_takes_the_lock_and_finish_marks_then_relea
 
 def test_lock_is_exclusive_but_the_same_task_may_take_it_back(redis_client):
     store = make(redis_client)
-    assert store.acquire("7", "task-a", 5) == 0
-    wait = store.acquire("7", "task-b", 5)
+    assert store.claim("7", "task-a", 5).wait_s == 0
+    wait = store.claim("7", "task-b", 5).wait_s
     assert 0 < wait <= 5
     # a redelivered message keeps its task id: it must not wait for its own dead predecessor
-    assert store.acquire("7", "task-a", 5) == 0
+    assert store.claim("7", "task-a", 5).wait_s == 0
     store.release("7", "task-b")  # not the owner: no effect
-    assert store.acquire("7", "task-b", 5) > 0
+    assert store.claim("7", "task-b", 5).wait_s > 0
     store.release("7", "task-a")
-    assert store.acquire("7", "task-b", 5) == 0
+    assert store.claim("7", "task-b", 5).wait_s == 0
+
+
+def test_finish_counts_a_stockout_once(redis_client):
+    from shared.stats import saved
+
+    store = make(redis_client)
+    assert store.claim("8", "task-a", 5).acquired
+    store.finish("8", "task-a", "1900000000000000008", "C8")
+    # a task whose lock ran out finishing the same stockout late: recorded, not counted again
+    store.finish("8", "task-b", "1900000000000000008", "C8")
+    store.claim("9", "task-a", 5)
+    store.finish("9", "task-a", "1900000000000000009", "C9")
+    assert saved(redis_client, "t") == 2
 
 
 def test_cursor_only_moves_forward(redis_client):
