@@ -8,6 +8,7 @@ status 1 when a figure misses its target.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,11 +36,9 @@ def machine(redis_url: str) -> dict:
     import redis
 
     model = ""
-    try:
+    with contextlib.suppress(OSError):
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "")
-    except OSError:
-        pass
     client = redis.Redis.from_url(redis_url)
     try:
         redis_version = client.info("server")["redis_version"]

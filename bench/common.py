@@ -10,13 +10,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import redis
 
-from shared.processes import delete_prefix, start_beat, start_worker, stop, wait_for_consumer, wait_until
+from ops.processes import delete_prefix, start_beat, start_worker, stop, wait_for_consumer, wait_until
 from shared.redis_conn import free_port, resolve_redis_url
 from shared.timeutil import format_wire
 
@@ -55,7 +55,7 @@ class Context:
     _embedded: object = None
 
     @classmethod
-    def create(cls) -> "Context":
+    def create(cls) -> Context:
         url, embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         ctx = cls(url, Path(tempfile.mkdtemp(prefix="stockout-sync-bench-")))
         ctx._embedded = embedded
@@ -78,7 +78,7 @@ class Context:
 
 def service_env(sb, *, redis_url: str, prefix: str, **settings: object) -> dict[str, str]:
     """The service's environment against `sb`: production defaults unless a figure says otherwise."""
-    from shared.demo import sandbox_env
+    from ops.demo import sandbox_env
 
     defaults = {"log_level": "INFO", "log_format": "text"}
     return sandbox_env(sb, redis_url=redis_url, prefix=prefix, **{**defaults, **settings})
@@ -172,7 +172,7 @@ class Sampler:
             self.samples.append((time.monotonic(), self.read()))
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

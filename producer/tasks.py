@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from producer.poll import poll_once
-from shared.messages import publish_stockout
 from shared.celery_app import POLL_TASK, app
+from shared.messages import publish_stockout
 from shared.runtime import runtime
 
 

@@ -7,6 +7,7 @@ saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do
 from __future__ import annotations
 
 import ssl
+from functools import lru_cache
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -113,7 +114,17 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = create_app()
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    """This process's app, made on first use: importing this module reads no settings."""
+    return create_app()
+
+
+def __getattr__(name: str) -> Celery:
+    # `from shared.celery_app import app` in the task modules: they are only imported where an app is wanted.
+    if name == "app":
+        return get_app()
+    raise AttributeError(name)
 
 
 from celery.signals import setup_logging  # noqa: E402

@@ -30,8 +30,8 @@ from celery.utils.nodenames import anon_nodename
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
+from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
 from shared.redis_conn import connect
-from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, app
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
 _BODY_ENCODING = "base64"
@@ -51,8 +51,8 @@ class Publisher:
         self._client: tuple[str, redis.Redis] | None = None
 
     def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
-        if app.conf.task_send_sent_event:
-            with app.producer_or_acquire() as producer:
+        if get_app().conf.task_send_sent_event:
+            with get_app().producer_or_acquire() as producer:
                 return self._send(producer, raw, key, queue, task_id)
         page = _Page(queue)
         task_id = page.add(raw, key, task_id)
@@ -64,20 +64,20 @@ class Publisher:
     def _send(producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
-        message = app.amqp.create_task_message(
+        message = get_app().amqp.create_task_message(
             task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
-            create_sent_event=app.conf.task_send_sent_event, **_lineage(),
+            create_sent_event=get_app().conf.task_send_sent_event, **_lineage(),
         )
-        app.amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
+        get_app().amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
         return task_id
 
     def many(self, items: Iterable[tuple[dict, str]], *, queue: str = STOCKOUT_QUEUE) -> list[str]:
         items = list(items)
         if not items:
             return []
-        if app.conf.task_send_sent_event:
+        if get_app().conf.task_send_sent_event:
             # A task-sent event each is kombu's to publish; still one round trip for the page.
-            with app.producer_or_acquire() as producer, producer.batch(max_size=4 * len(items)):
+            with get_app().producer_or_acquire() as producer, producer.batch(max_size=4 * len(items)):
                 return [self._send(producer, raw, key, queue, None) for raw, key in items]
         page = _Page(queue)
         ids = [page.add(raw, key) for raw, key in items]
@@ -86,10 +86,10 @@ class Publisher:
         return ids
 
     def _broker(self) -> redis.Redis:
-        url = app.conf.broker_url
+        url = get_app().conf.broker_url
         if self._client is None or self._client[0] != url:
-            ca_certs = (app.conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
-            transport = app.conf.broker_transport_options or {}
+            ca_certs = (get_app().conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
+            transport = get_app().conf.broker_transport_options or {}
             client = connect(
                 url, ca_certs, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
                 health_check_interval=30,
@@ -99,9 +99,9 @@ class Publisher:
 
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
-        prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix", "")
-        policy = app.conf.task_publish_retry_policy or {}
-        retries = policy.get("max_retries", 3) if app.conf.task_publish_retry else 0
+        prefix = (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
+        policy = get_app().conf.task_publish_retry_policy or {}
+        retries = policy.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
         wait = policy.get("interval_start", 0)
         for attempt in range(retries + 1):
             try:
@@ -125,18 +125,18 @@ class _Page:
         self.sent: list[tuple] = []
         self.origin = anon_nodename()  # what Celery would look up again for every message
         self.fixed = {
-            "delivery_mode": maybe_delivery_mode(app.conf.task_default_delivery_mode),
+            "delivery_mode": maybe_delivery_mode(get_app().conf.task_default_delivery_mode),
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": _BODY_ENCODING,
         }
         self.before = signals.before_task_publish.receivers
         self.after = signals.after_task_publish.receivers
-        self.retry_policy = app.conf.task_publish_retry_policy
+        self.retry_policy = get_app().conf.task_publish_retry_policy
 
     def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
         task_id = task_id or uuid()
-        headers, properties, body, _ = app.amqp.create_task_message(
+        headers, properties, body, _ = get_app().amqp.create_task_message(
             task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
             origin=self.origin, **_lineage(),
         )
@@ -165,7 +165,7 @@ class _Page:
 
 def _lineage() -> dict:
     """A message published from inside a task (a dead letter) names that task, as send_task does."""
-    parent = app.current_worker_task
+    parent = get_app().current_worker_task
     if not parent:
         return {}
     return {"root_id": parent.request.root_id or parent.request.id, "parent_id": parent.request.id}

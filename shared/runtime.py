@@ -16,9 +16,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared.bip.client import BipClient
+from shared.mapping import Mapping, load_mapping
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
+from shared.wdt.client import WdtClient
 
 
 class MappingCache:
@@ -28,13 +31,11 @@ class MappingCache:
         self.path = Path(path)
         self.check_every_s = check_every_s
         self._lock = threading.Lock()
-        self._mapping = None
+        self._mapping: Mapping | None = None
         self._mtime: float | None = None
         self._checked = 0.0
 
-    def get(self):
-        from worker.mapping import load_mapping
-
+    def get(self) -> Mapping:
         now = time.monotonic()
         with self._lock:
             if self._mapping is None or now - self._checked >= self.check_every_s:
@@ -60,19 +61,15 @@ class Runtime:
         return StateStore(self.redis, self.settings.redis_prefix, self.settings.state_ttl_days * 86400)
 
     @cached_property
-    def wdt(self):
-        from shared.wdt.client import WdtClient
-
+    def wdt(self) -> WdtClient:
         return WdtClient.from_settings(self.settings, self.redis)
 
     @cached_property
-    def bip(self):
-        from shared.bip.client import BipClient
-
+    def bip(self) -> BipClient:
         return BipClient.from_settings(self.settings, self.redis)
 
     @property
-    def mapping(self):
+    def mapping(self) -> Mapping:
         return self.mappings.get()
 
 

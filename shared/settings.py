@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.lookback_s >= self.state_ttl_days * 86400:
             raise ValueError(
                 f"STATE_TTL_DAYS={self.state_ttl_days} must outlive LOOKBACK_S={self.lookback_s}, "

@@ -145,8 +145,8 @@ class StateStore:
         for bucket, members in by_bucket.items():
             pipe.hmget(bucket, [field for _, field in members])
         found: dict[str, str | None] = {}
-        for members, values in zip(by_bucket.values(), pipe.execute()):
-            for (i, _), v in zip(members, values):
+        for members, values in zip(by_bucket.values(), pipe.execute(), strict=False):
+            for (i, _), v in zip(members, values, strict=False):
                 found[i] = v.decode() if v is not None else None
         return {i: found[i] for i in ids}
 
@@ -235,5 +235,5 @@ class StateStore:
 def parse_done(value: str | None) -> Done | None:
     if not value or not value.startswith("d|"):
         return None
-    _, bip_id, bip_code = (value.split("|", 2) + ["", ""])[:3]
+    _, bip_id, bip_code = ([*value.split("|", 2), "", ""])[:3]
     return Done(bip_id, bip_code)

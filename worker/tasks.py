@@ -9,12 +9,13 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
+from shared.deadletters import DeadLetterStore
 from shared.errors import Action, APIConnectionError, resolve
 from shared.messages import publish_dead_letter
 from shared.runtime import runtime
 from shared.state import stockout_key
-from worker.deadletter import DeadLetterStore, make_letter, stage_of
 from worker.events import task_event
+from worker.letters import make_letter, stage_of
 from worker.sync import Deferred, sync_one
 
 log = logging.getLogger("stockout_sync.worker")

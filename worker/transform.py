@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
+from shared.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
 from shared.timeutil import beijing_date
 from shared.wdt.models import Stockout, StockoutDetail
-from worker.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
 
 # BIP's text limits are not published. Identifiers longer than this are refused, never cut: a cut
 # code would point at a different (or no) record. Free text is cut to MAX_TEXT_LEN instead, because
@@ -171,21 +171,21 @@ def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
     if mapping.document.send_code:
         code = _identifier(stockout.order_no, "order_no", required=True, why="[document].send_code = true")
 
-    fields = dict(
-        row_status="Insert",
-        org=entry.org or mapping.header.org,
-        accountOrg=entry.accountOrg or mapping.header.accountOrg,
-        bustype=mapping.header.bustype,
-        warehouse=entry.warehouse,
-        vouchdate=_vouchdate(stockout, mapping),
-        resubmitCheckKey=resubmit_key(stockout.stockout_id),
-        code=code,
-        memo=_memo(stockout, mapping),
-        srcBillType=mapping.header.srcBillType,
+    fields = {
+        "row_status": "Insert",
+        "org": entry.org or mapping.header.org,
+        "accountOrg": entry.accountOrg or mapping.header.accountOrg,
+        "bustype": mapping.header.bustype,
+        "warehouse": entry.warehouse,
+        "vouchdate": _vouchdate(stockout, mapping),
+        "resubmitCheckKey": resubmit_key(stockout.stockout_id),
+        "code": code,
+        "memo": _memo(stockout, mapping),
+        "srcBillType": mapping.header.srcBillType,
         # define1 ties the BIP record back to its stockout: reconcile and the sandbox look it up.
-        define1=_identifier(stockout.stockout_id, "stockout_id", required=True),
-        othOutRecords=[line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)],
-    )
+        "define1": _identifier(stockout.stockout_id, "stockout_id", required=True),
+        "othOutRecords": [line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)],
+    }
     try:
         return OthOutRecord(**fields)
     except ValidationError as exc:  # a gap between our checks and BIP's model: still permanent
@@ -292,16 +292,16 @@ def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> l
     if material.sku_field:
         sku = _identifier(str(getattr(d, material.sku_field) or "").strip(), f"{at}.{material.sku_field}") or None
 
-    common = dict(
-        row_status="Insert",
-        product=product,
-        productsku=sku,
-        product_cName=_text(d.goods_name),
-        unit=_unit(at, d.goods_unit, mapping),
-        memo=_text(d.remark),
-        upcode=_identifier(stockout.order_no.strip(), "order_no") or None,
-        sourceautoid=_identifier(d.rec_id.strip(), f"{at}.rec_id") or None,
-    )
+    common = {
+        "row_status": "Insert",
+        "product": product,
+        "productsku": sku,
+        "product_cName": _text(d.goods_name),
+        "unit": _unit(at, d.goods_unit, mapping),
+        "memo": _text(d.remark),
+        "upcode": _identifier(stockout.order_no.strip(), "order_no") or None,
+        "sourceautoid": _identifier(d.rec_id.strip(), f"{at}.rec_id") or None,
+    }
     qty = _qty(at, d.goods_count)
     return [
         OthOutRecordLine(

@@ -67,7 +67,7 @@ class BipClient:
         )
 
     @classmethod
-    def from_settings(cls, settings, redis: redis_lib.Redis, *, session: requests.Session | None = None) -> "BipClient":
+    def from_settings(cls, settings, redis: redis_lib.Redis, *, session: requests.Session | None = None) -> BipClient:
         limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix)
         return cls(settings, redis, session=session, limiter=limiter)
 

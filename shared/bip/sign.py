@@ -12,6 +12,6 @@ def self_app_signature(app_key: str, timestamp: str, app_secret: str) -> str:
     Returned raw: the HTTP library URL-encodes query parameters once, which is exactly the one
     encoding the gateway expects. Encoding it here as well would double-encode it.
     """
-    message = f"appKey{app_key}timestamp{timestamp}".encode("utf-8")
+    message = f"appKey{app_key}timestamp{timestamp}".encode()
     digest = hmac.new(app_secret.encode("utf-8"), message, hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")

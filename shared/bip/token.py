@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import redis as redis_lib
 import requests
 
+from shared.bip.sign import self_app_signature
 from shared.errors import APIConnectionError, AuthenticationError, RateLimitError, StockoutSyncError
 from shared.http import request_json
-from shared.bip.sign import self_app_signature
 
 log = logging.getLogger("stockout_sync.bip")
 

@@ -63,7 +63,7 @@ class WdtClient:
         self.url = settings.wdt_qimen_url
 
     @classmethod
-    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> "WdtClient":
+    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> WdtClient:
         limiter = None
         if redis is not None:
             limiter = RateLimiter(

@@ -113,7 +113,7 @@ class WdtPaginator:
                 self.total_count = max(0, int(total_count))
                 last = -(-self.total_count // self.page_size) - 1
                 if last >= 1:
-                    self._plan = list(range(last, 0, -1)) + [0]
+                    self._plan = [*list(range(last, 0, -1)), 0]
                     self._reread_zero_planned = True
             else:
                 self.mode = "forward"

@@ -11,4 +11,4 @@ def top_md5_sign(params: Mapping[str, object], secret: str) -> str:
     body = "".join(
         f"{k}{v}" for k, v in sorted(params.items()) if k != "sign" and v is not None and str(v) != ""
     )
-    return hashlib.md5(f"{secret}{body}{secret}".encode("utf-8")).hexdigest().upper()
+    return hashlib.md5(f"{secret}{body}{secret}".encode()).hexdigest().upper()

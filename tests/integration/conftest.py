@@ -7,7 +7,7 @@ from pathlib import Path
 import kombu.pools
 import pytest
 
-from shared.processes import start_beat, start_worker, stop, wait_for_consumer
+from ops.processes import start_beat, start_worker, stop, wait_for_consumer
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def reset_service_caches() -> None:
 @pytest.fixture
 def service(sandbox, redis_url, monkeypatch):
     """The service's environment pointing at the sandbox, in this process and for the processes it starts."""
-    from shared.demo import sandbox_env
+    from ops.demo import sandbox_env
 
     env = sandbox_env(sandbox, redis_url=redis_url, prefix=os.environ["REDIS_PREFIX"])
     use_env(monkeypatch, env)

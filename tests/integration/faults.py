@@ -12,9 +12,9 @@ from pathlib import Path
 
 import redis
 
+from shared.deadletters import DeadLetterStore
 from shared.redis_conn import connect, free_port
 from shared.timeutil import now_beijing
-from worker.deadletter import DeadLetterStore
 
 # Each fault test appends its row here; test_zz_report prints the table README shows.
 RESULTS: list[dict] = []
@@ -102,7 +102,7 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.ca), "--tls-key-file",
                 str(self.dir / "key.pem"), "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)]
         args = [self.binary, *port, "--bind", "127.0.0.1", "--dir", str(self.dir),

@@ -10,14 +10,14 @@ import uuid
 
 import pytest
 
+from ops.processes import wait_until
 from producer.poll import poll_once
 from shared.celery_app import SYNC_TASK, app
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.state import stockout_key
 from tests.integration.faults import eligible, outcome, recent, saved
-from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(env, *args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True,
                           timeout=120, **kw)
 
 

@@ -50,27 +50,27 @@ PREFIX = f"it{uuid.uuid4().hex[:8]}"
 
 def settings_for(sb, redis_url: str, **overrides) -> Settings:
     cfg = sb.config
-    base = dict(
-        _env_file=None,
-        wdt_qimen_url=sb.wdt_url,
-        wdt_app_key=cfg.wdt_app_key,
-        wdt_app_secret=cfg.wdt_app_secret,
-        wdt_sid=cfg.wdt_sid,
-        wdt_target_app_key=cfg.wdt_target_app_key,
-        wdt_page_size=40,
-        wdt_rate_per_minute=60000,
-        bip_tenant_id=cfg.bip_tenant_id,
-        bip_app_key=cfg.bip_app_key,
-        bip_app_secret=cfg.bip_app_secret,
-        bip_discovery_url=sb.bip_discovery_url,
-        bip_gateway_url="",
-        bip_token_url="",
-        bip_rate_per_second=1000,
-        redis_url=redis_url,
-        redis_prefix=PREFIX,
-        http_connect_timeout_s=2,
-        http_read_timeout_s=5,
-    )
+    base = {
+        "_env_file": None,
+        "wdt_qimen_url": sb.wdt_url,
+        "wdt_app_key": cfg.wdt_app_key,
+        "wdt_app_secret": cfg.wdt_app_secret,
+        "wdt_sid": cfg.wdt_sid,
+        "wdt_target_app_key": cfg.wdt_target_app_key,
+        "wdt_page_size": 40,
+        "wdt_rate_per_minute": 60000,
+        "bip_tenant_id": cfg.bip_tenant_id,
+        "bip_app_key": cfg.bip_app_key,
+        "bip_app_secret": cfg.bip_app_secret,
+        "bip_discovery_url": sb.bip_discovery_url,
+        "bip_gateway_url": "",
+        "bip_token_url": "",
+        "bip_rate_per_second": 1000,
+        "redis_url": redis_url,
+        "redis_prefix": PREFIX,
+        "http_connect_timeout_s": 2,
+        "http_read_timeout_s": 5,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -85,16 +85,16 @@ def expected_ids(stockouts) -> set[str]:
 
 
 def record(key: str, **overrides) -> OthOutRecord:
-    data = dict(
-        resubmitCheckKey=key,
-        org="ORG-EAST",
-        accountOrg="ORG-EAST",
-        vouchdate=now_beijing().strftime("%Y-%m-%d"),
-        bustype="A10001",
-        warehouse="SH01",
-        define1=key,
-        othOutRecords=[{"product": "SKU-0001", "qty": Decimal("1.5"), "unit": "PCS"}],
-    )
+    data = {
+        "resubmitCheckKey": key,
+        "org": "ORG-EAST",
+        "accountOrg": "ORG-EAST",
+        "vouchdate": now_beijing().strftime("%Y-%m-%d"),
+        "bustype": "A10001",
+        "warehouse": "SH01",
+        "define1": key,
+        "othOutRecords": [{"product": "SKU-0001", "qty": Decimal("1.5"), "unit": "PCS"}],
+    }
     data.update(overrides)
     return OthOutRecord(**data)
 
@@ -148,7 +148,7 @@ def test_a_stockout_modified_while_paging_hides_no_other(sb, redis_url, edit_bef
         if n == edit_before_call:
             sb.modify(victim)  # its modified time is now "now": it leaves the window, others shift
 
-    client, session = hooked_client(settings_for(sb, redis_url), before)
+    client, _session = hooked_client(settings_for(sb, redis_url), before)
     start, end = window()
     got = {r["stockout_id"] for p in client.iter_pages(start, end) for r in p.stockouts}
     assert {s["stockout_id"] for s in stockouts} - {victim} <= got
@@ -263,7 +263,7 @@ def test_fifty_threads_finding_the_token_expired_cause_one_token_request(make_sa
         barrier.wait()
         try:
             results.append(client.save(record(f"k{i}")))
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]

@@ -12,13 +12,13 @@ from datetime import timedelta
 import pytest
 import redis
 
+from ops.processes import wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_dead_letter, publish_stockout
-from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
-from worker.deadletter import DeadLetter, DeadLetterStore
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def saved(sandbox) -> Counter:
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def recent(sandbox, count, **kw):
@@ -176,7 +176,7 @@ def test_a_requeue_killed_half_way_loses_nothing(service, redis_client):
 def test_purge_asks_for_confirmation(service, redis_client):
     store = _letters(redis_client, 2)
     env = dict(service)
-    refused = subprocess.run([sys.executable, "-m", "shared.cli", "dlq", "purge", "--all"], env=env,
+    refused = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "purge", "--all"], env=env,
                              input="n\n", capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and len(store.ids()) == 2
     done = cli(env, "dlq", "purge", "900", "--yes")

@@ -11,14 +11,14 @@ import time
 import pytest
 import redis
 
+from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.processes import stop, wait_until
 from shared.runtime import runtime
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
-from worker.deadletter import DeadLetterStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -107,7 +107,7 @@ def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_c
     expected = eligible(stockouts)
     sandbox.set_faults(wdt={"latency_ms": 300})
     env = {**service, "WDT_PAGE_SIZE": "20", "POLL_LOCK_TTL_S": "3"}
-    poll = subprocess.Popen([sys.executable, "-m", "shared.cli", "poll"], env=env,
+    poll = subprocess.Popen([sys.executable, "-m", "ops.cli", "poll"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_until(lambda: redis_client.llen("t:stockouts") >= 60, 60, message="some pages published")
     os.killpg(poll.pid, signal.SIGKILL)
@@ -130,7 +130,7 @@ def test_two_polls_at_once_publish_each_stockout_once(sandbox, service, redis_cl
     expected = eligible(stockouts)
     sandbox.set_faults(wdt={"latency_ms": 100})
     env = {**service, "WDT_PAGE_SIZE": "50"}
-    polls = [subprocess.Popen([sys.executable, "-m", "shared.cli", "poll"], env=env, stdout=subprocess.PIPE,
+    polls = [subprocess.Popen([sys.executable, "-m", "ops.cli", "poll"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in polls]
     assert sum("another poll is running" in out for out in outputs) == 1, outputs

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 import requests
 
+from ops.processes import stop, wait_until
 from producer.poll import poll_once
 from shared.messages import publish_stockout
-from shared.processes import stop, wait_until
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
@@ -24,7 +24,7 @@ def flower(service, tmp_path):
     port = free_port()
     env = {**service, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
     log = open(tmp_path / "flower.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "flower", f"--port={port}"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "flower", f"--port={port}"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -41,7 +41,7 @@ def flower(service, tmp_path):
 
 def test_flower_refuses_to_start_without_auth(service):
     env = {k: v for k, v in service.items() if k != "FLOWER_BASIC_AUTH"}
-    done = subprocess.run([sys.executable, "-m", "shared.cli", "flower", "--port=1"], env=env,
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "flower", "--port=1"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr
 

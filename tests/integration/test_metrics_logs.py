@@ -8,13 +8,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.processes import stop, wait_until
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 

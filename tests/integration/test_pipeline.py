@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 
+from ops.processes import wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
-from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,18 @@ from datetime import timedelta
 
 import pytest
 
+from ops.processes import wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
-from worker.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def saved(sandbox) -> Counter:

@@ -12,16 +12,16 @@ import sys
 import pytest
 import requests
 
+from ops.demo import sandbox_env
+from ops.processes import stop, wait_until
 from producer.poll import poll_once
 from sandbox import Sandbox, SandboxConfig
-from shared.demo import sandbox_env
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.processes import stop, wait_until
 from shared.redis_conn import connect, free_port
 from shared.runtime import runtime
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, recent, saved
-from worker.deadletter import DeadLetterStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
     procs = Processes(env, tmp_path)
     flower_port = free_port()
     flower = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "flower", f"--port={flower_port}"],
+        [sys.executable, "-m", "ops.cli", "flower", f"--port={flower_port}"],
         env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
         stdout=open(tmp_path / "flower.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -105,7 +105,7 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
         failed = requests.get(f"{flower_url}/api/tasks", params={"state": "FAILURE"}, auth=auth, timeout=10).json()
         assert failed, "the dead letters' failures are in flower"
         details = "".join(requests.get(f"{flower_url}/api/task/info/{tid}", auth=auth, timeout=10).text for tid in failed)
-        dlq_json = subprocess.run([sys.executable, "-m", "shared.cli", "dlq", "list", "--json"], env=env,
+        dlq_json = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "list", "--json"], env=env,
                                   capture_output=True, text=True, timeout=60)
         assert dlq_json.returncode == 0 and len(json.loads(dlq_json.stdout)) == 4
         everything = {

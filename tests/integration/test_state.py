@@ -39,7 +39,7 @@ def test_marks_share_small_listpack_buckets_whose_ttl_every_write_renews(redis_c
     redis_client.expire(bucket, 10)
     store.mark_done(ids[99], "2000000000000000002", "QTCK20261129000002")
     assert redis_client.ttl(bucket) > 3000
-    assert store.states(ids[49:51] + ["0123"]) == {
+    assert store.states([*ids[49:51], "0123"]) == {
         ids[49]: "d|2000000000000000001|QTCK20261129000001", ids[50]: "q", "0123": None,
     }
     store.forget(ids[50])

@@ -9,25 +9,25 @@ from datetime import timedelta
 
 import pytest
 
+from ops.processes import wait_until
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.ratelimit import RateLimiter
-from shared.processes import wait_until
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
-from worker.deadletter import DeadLetter, DeadLetterStore
 
 pytestmark = pytest.mark.integration
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def cli_all(env, *argvs) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, "-m", "shared.cli", *argv], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "ops.cli", *argv], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for argv in argvs]
     outputs = [p.communicate(timeout=60) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs, strict=False)]
 
 
 def status_json(env, *args) -> tuple[int, dict]:
@@ -70,7 +70,7 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     for words in ("cursor", "last poll", "stockouts 0", "BIP token", "rate limit bip", "w1@", "all good"):
         assert words in text.stdout, text.stdout
     assert re.search(rf"synced\s+│ {len(eligible)} ", text.stdout), text.stdout
-    for role, health in zip(("worker", "beat"), runs[2:]):
+    for role, health in zip(("worker", "beat"), runs[2:], strict=False):
         assert health.returncode == 0 and f"{role}: healthy" in health.stdout, health.stdout + health.stderr
 
 

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from tests.unit.fake_http import FakeAdapter
 
 from shared.bip.client import BipClient
 from shared.bip.models import OthOutRecord, SaveResult
@@ -27,6 +26,7 @@ from shared.errors import (
 )
 from shared.http import make_session
 from shared.settings import Settings
+from tests.unit.fake_http import FakeAdapter
 
 SECRET = "bip-very-secret"
 # this run's own keys: another test run may share the Redis database
@@ -70,16 +70,16 @@ class FakeBip(FakeAdapter):
 
 
 def make_settings(**overrides) -> Settings:
-    base = dict(
-        _env_file=None,
-        bip_tenant_id="tenant",
-        bip_app_key="app-key",
-        bip_app_secret=SECRET,
-        bip_gateway_url="https://gw.test",
-        bip_token_url="https://tok.test",
-        bip_token_margin_s=300,
-        redis_prefix=P,
-    )
+    base = {
+        "_env_file": None,
+        "bip_tenant_id": "tenant",
+        "bip_app_key": "app-key",
+        "bip_app_secret": SECRET,
+        "bip_gateway_url": "https://gw.test",
+        "bip_token_url": "https://tok.test",
+        "bip_token_margin_s": 300,
+        "redis_prefix": P,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -93,15 +93,15 @@ def make_client(redis_client, fake: FakeBip | None = None, **overrides) -> tuple
 
 
 def record(**overrides) -> OthOutRecord:
-    data = dict(
-        resubmitCheckKey="wdt-so-1",
-        org="ORG-EAST",
-        accountOrg="ORG-EAST",
-        vouchdate="2024-05-01",
-        bustype="A10001",
-        warehouse="SH01",
-        othOutRecords=[{"product": "SKU-0001", "qty": Decimal("2"), "unit": "PCS"}],
-    )
+    data = {
+        "resubmitCheckKey": "wdt-so-1",
+        "org": "ORG-EAST",
+        "accountOrg": "ORG-EAST",
+        "vouchdate": "2024-05-01",
+        "bustype": "A10001",
+        "warehouse": "SH01",
+        "othOutRecords": [{"product": "SKU-0001", "qty": Decimal("2"), "unit": "PCS"}],
+    }
     data.update(overrides)
     return OthOutRecord(**data)
 

@@ -24,7 +24,7 @@ def test_compose_file_is_valid_against_the_compose_spec(compose):
 
 
 def test_every_service_command_is_a_real_subcommand(compose):
-    from shared.cli import main
+    from ops.cli import main
 
     for name, service in compose["services"].items():
         if name == "redis":

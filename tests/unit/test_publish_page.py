@@ -1,6 +1,8 @@
 """The producer's per-page decisions, on fakeredis (pure logic: no Lua, no timing)."""
 from __future__ import annotations
 
+import contextlib
+
 from producer.poll import PollSummary, publish_page
 from shared.state import StateStore
 
@@ -36,9 +38,7 @@ def test_a_failed_publish_leaves_nothing_marked(fake_redis):
     def broken(raw, key):
         raise ConnectionError("broker down")
 
-    try:
+    with contextlib.suppress(ConnectionError):
         publish_page([{"stockout_id": "9", "status": "95"}], store=store, mapping=Filters(), publish=broken, summary=PollSummary())
-    except ConnectionError:
-        pass
     # not marked queued, so the next poll publishes it
     assert store.states(["9"]) == {"9": None}

@@ -132,7 +132,7 @@ def test_bad_ones_are_fetched_and_broken_one_way_each_in_turn():
     batch = _batch(count=60, bad=9)
     by_id = {s["stockout_id"]: s for s in batch.stockouts}
     assert len(batch.bad_reasons) == 9
-    assert Counter(batch.bad_reasons.values()) == {kind: 3 for kind in BAD_KINDS}
+    assert Counter(batch.bad_reasons.values()) == dict.fromkeys(BAD_KINDS, 3)
     ordered = sorted(batch.bad_reasons, key=int)
     assert [batch.bad_reasons[i] for i in ordered] == list(BAD_KINDS) * 3
     for sid, reason in batch.bad_reasons.items():
@@ -174,6 +174,6 @@ def test_master_data_accepts_code_or_id_and_the_maps_close():
     assert set(WAREHOUSE_MAP) == set(WDT_WAREHOUSES) and set(WAREHOUSE_MAP.values()) == set(BIP_WAREHOUSES)
     assert set(UNIT_MAP) == set(WDT_UNITS) and set(UNIT_MAP.values()) == set(BIP_UNITS)
     assert sorted(MATERIALS) == [f"SKU-{n:04d}" for n in range(1, 51)]
-    assert BATCH_MANAGED == {f"SKU-{n:04d}" for n in range(41, 51)}
+    assert {f"SKU-{n:04d}" for n in range(41, 51)} == BATCH_MANAGED
     for material in MATERIALS.values():
         assert len(material.id) == 19 and material.bip_unit == UNIT_MAP[material.wdt_unit]

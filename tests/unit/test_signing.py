@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
-from tests.unit.fake_http import FakeAdapter
 
 from shared.bip import token as token_mod
 from shared.bip.sign import self_app_signature
@@ -16,6 +15,7 @@ from shared.settings import Settings
 from shared.timeutil import BEIJING
 from shared.wdt.client import WdtClient
 from shared.wdt.sign import top_md5_sign
+from tests.unit.fake_http import FakeAdapter
 
 
 class Capture(FakeAdapter):
@@ -30,17 +30,17 @@ class Capture(FakeAdapter):
 
 
 def settings(**overrides) -> Settings:
-    base = dict(
-        _env_file=None,
-        wdt_qimen_url="http://wdt.test/router/qm",
-        wdt_app_key="k",
-        wdt_app_secret="wdt-secret",
-        wdt_sid="sid",
-        bip_app_key="41832a3d2df94989b500da6a22268747",
-        bip_app_secret="secret",
-        bip_gateway_url="http://bip.test",
-        bip_token_url="http://bip.test",
-    )
+    base = {
+        "_env_file": None,
+        "wdt_qimen_url": "http://wdt.test/router/qm",
+        "wdt_app_key": "k",
+        "wdt_app_secret": "wdt-secret",
+        "wdt_sid": "sid",
+        "bip_app_key": "41832a3d2df94989b500da6a22268747",
+        "bip_app_secret": "secret",
+        "bip_gateway_url": "http://bip.test",
+        "bip_token_url": "http://bip.test",
+    }
     base.update(overrides)
     return Settings(**base)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from shared.errors import Action, MappingError, resolve
+from shared.mapping import load_mapping, parse_mapping
 from shared.wdt.models import Stockout
-from worker.mapping import load_mapping, parse_mapping
 from worker.transform import TransformError, preview, resubmit_key, to_bip, validate_stockout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,7 +214,7 @@ def test_same_input_same_payload_and_survives_a_requeue(demo):
 def test_vouchdate_is_the_beijing_date_whatever_the_zone_of_the_time(demo):
     stockout = validate_stockout(wdt_stockout())
     # 16:30 UTC on 1 November is 00:30 on 2 November in Beijing
-    stockout = stockout.model_copy(update={"consign_time": datetime(2026, 11, 1, 16, 30, tzinfo=timezone.utc)})
+    stockout = stockout.model_copy(update={"consign_time": datetime(2026, 11, 1, 16, 30, tzinfo=UTC)})
     assert to_bip(stockout, demo).vouchdate == "2026-11-02"
 
 

@@ -2,20 +2,20 @@
 replies come from a requests adapter stub."""
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl
 
 import pytest
 import requests
-from tests.unit.fake_http import FakeAdapter
 
 from shared.errors import (
+    Action,
     APIConnectionError,
     AuthenticationError,
     InvalidRequestError,
     RateLimitError,
     resolve,
-    Action,
 )
 from shared.http import make_session
 from shared.settings import Settings
@@ -23,6 +23,7 @@ from shared.timeutil import BEIJING
 from shared.wdt.client import WdtClient
 from shared.wdt.paging import PaginationError, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
+from tests.unit.fake_http import FakeAdapter
 
 SECRET = "wdt-very-secret"
 T0 = datetime(2024, 5, 1, 0, 0, 0, tzinfo=BEIJING)
@@ -46,15 +47,15 @@ class Stub(FakeAdapter):
 
 
 def make_settings(**overrides) -> Settings:
-    base = dict(
-        _env_file=None,
-        wdt_qimen_url="https://wdt.test/router/qm",
-        wdt_app_key="app",
-        wdt_app_secret=SECRET,
-        wdt_sid="sid",
-        wdt_page_size=3,
-        wdt_rate_per_minute=60,
-    )
+    base = {
+        "_env_file": None,
+        "wdt_qimen_url": "https://wdt.test/router/qm",
+        "wdt_app_key": "app",
+        "wdt_app_secret": SECRET,
+        "wdt_sid": "sid",
+        "wdt_page_size": 3,
+        "wdt_rate_per_minute": 60,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -417,7 +418,7 @@ def test_slice_range_contiguous_and_legal():
     end = datetime(2024, 3, 15, 12, 0, 0, tzinfo=BEIJING)
     windows = slice_range(start, end, timedelta(days=45))
     assert windows[0][0] == start.replace(microsecond=0) and windows[-1][1] == end
-    for (a, b), (c, _) in zip(windows, windows[1:]):
+    for (a, b), (c, _) in itertools.pairwise(windows):
         assert c == b + timedelta(seconds=1)
     for a, b in windows:
         assert a <= b and b - a <= timedelta(days=30)

@@ -13,14 +13,14 @@ from shared.redis_conn import connect
 
 
 def service_env(**overrides: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ.items())
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "ops.cli", *args]
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:

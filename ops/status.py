@@ -16,7 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
+from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.deadletters import DeadLetterStore
+from shared.ratelimit import RateLimiter
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -114,7 +116,6 @@ def queue_depths(r, prefix: str) -> dict[str, int]:
 
 
 def _dead_letters(status: Status, rt) -> None:
-    from worker.deadletter import DeadLetterStore
 
     letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
     status.dead_letters = len(letters)
@@ -152,7 +153,6 @@ def token_state(r, prefix: str) -> TokenState:
 
 
 def limiter_states(rt) -> list[LimiterState]:
-    from shared.ratelimit import RateLimiter
 
     s, r = rt.settings, rt.redis
     limiters = [
@@ -168,7 +168,7 @@ def limiter_states(rt) -> list[LimiterState]:
     (seconds, micros), *tats = pipe.execute()
     now_us = int(seconds) * 1_000_000 + int(micros)
     rows = []
-    for limiter, tat in zip(limiters, tats):
+    for limiter, tat in zip(limiters, tats, strict=False):
         interval_us = 1_000_000 / limiter.rate_per_s
         booked_us = max(0, int(float(tat)) - now_us) if tat else 0
         wait_us = max(0.0, booked_us + interval_us - interval_us * limiter.burst)
@@ -184,10 +184,9 @@ def limiter_states(rt) -> list[LimiterState]:
 
 def workers(timeout_s: float) -> list[Worker] | None:
     """Every Celery process that answers within the timeout, with the queues it consumes."""
-    from shared.celery_app import app
 
     try:
-        replies = app.control.inspect(timeout=timeout_s).active_queues()
+        replies = get_app().control.inspect(timeout=timeout_s).active_queues()
     except Exception:  # broker unreachable: reported as "cannot tell", not as "no workers"
         return None
     return sorted(

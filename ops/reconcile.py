@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from producer.poll import read_slice, slices_for
+from shared.deadletters import DeadLetterStore
 from shared.errors import Action, StockoutSyncError, resolve
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
@@ -94,8 +96,6 @@ class Reconcile:
         on_page: Callable[[Report], None] | None = None,
         on_slice: Callable[[datetime], None] | None = None,
     ) -> Report:
-        from producer.poll import read_slice, slices_for
-        from worker.deadletter import DeadLetterStore
 
         started = time.monotonic()
         report = Report(since=format_wire(since), until=format_wire(until))

@@ -1,0 +1,99 @@
+"""Long-running services: worker, beat, Flower, the sandbox, and the demo."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ops.cli.app import check_mapping, json_lines_only, main, start_metrics
+from ops.demo import run_demo
+from ops.render import console, fail
+from sandbox import SandboxConfig
+from sandbox.server import serve
+from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.settings import get_settings
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=None, help="processes or threads (WORKER_CONCURRENCY)")
+@click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
+@click.option("--hostname", default="stockouts@%h")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
+def worker(concurrency, pool, hostname, metrics_port) -> None:
+    """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
+    check_mapping()
+    start_metrics(metrics_port)
+
+    s = get_settings()
+    get_app().worker_main(
+        [
+            *json_lines_only(),
+            "worker",
+            "-Q", STOCKOUT_QUEUE,
+            f"--pool={pool or s.worker_pool}",
+            f"--concurrency={concurrency or s.worker_concurrency}",
+            f"--hostname={hostname}",
+            f"--loglevel={s.log_level}",
+        ]
+    )
+
+
+@main.command()
+@click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
+def beat(schedule_file, metrics_port) -> None:
+    """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    check_mapping()
+    start_metrics(metrics_port)
+
+    s = get_settings()
+    schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}")
+    get_app().worker_main(
+        [
+            *json_lines_only(),
+            "worker", "--beat",
+            "-Q", PRODUCER_QUEUE,
+            "--concurrency=1",
+            "--hostname=producer@%h",
+            f"--schedule={schedule_file}",
+            f"--loglevel={s.log_level}",
+        ]
+    )
+
+
+
+@main.command()
+@click.option("--port", default=5555, type=int)
+@click.option("--address", default="127.0.0.1")
+@click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
+def flower(port, address, insecure) -> None:
+    """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
+
+    if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
+        fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
+    # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
+    # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
+    get_app().conf.broker_transport = None
+    # The credentials stay in the environment, where Flower reads them, never on the command line.
+    get_app().start(["flower", f"--port={port}", f"--address={address}"])
+
+
+@main.command()
+@click.option("--port", default=8700, type=int)
+@click.option("--host", default="127.0.0.1")
+@click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
+@click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
+def sandbox(port, host, stockouts, bad) -> None:
+    """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
+
+    serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
+
+
+@main.command()
+@click.option("--stockouts", default=3000, type=int)
+@click.option("--bad", default=12, type=int)
+def demo(stockouts, bad) -> None:
+    """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
+
+    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))
