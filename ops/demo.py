@@ -85,7 +85,11 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
                     if late_added:
                         break
                     # New stockouts appearing in WDT after the first poll: the next beat picks them up.
-                    late = sb.generate(LATE_ARRIVALS, start=now_beijing() - timedelta(seconds=30), end=now_beijing() - timedelta(seconds=5))
+                    late = sb.generate(
+                        LATE_ARRIVALS,
+                        start=now_beijing() - timedelta(seconds=30),
+                        end=now_beijing() - timedelta(seconds=5),
+                    )
                     eligible |= {s["stockout_id"] for s in late if s["status"] in ("95", "110")}
                     progress.update(task, total=len(eligible))
                     progress.console.print(f"{len(late)} new stockouts appeared in WDT; the next beat polls them")
@@ -106,7 +110,7 @@ def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed:
     records = sb.records()
     saved_ids = Counter(rec["data"].get("defines!define1") for rec in records)
     letters = DeadLetterStore(r, prefix).all()
-    dead_ids = {l.stockout_id for l in letters}
+    dead_ids = {letter.stockout_id for letter in letters}
     duplicates = sum(1 for n in saved_ids.values() if n > 1)
     lost = sorted(eligible - set(saved_ids) - dead_ids)
     table = Table(title=f"stockout-sync demo ({elapsed:.0f} s)")
@@ -118,7 +122,7 @@ def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed:
     table.add_row("duplicates in BIP (must be 0)", str(duplicates))
     table.add_row("lost (must be 0)", str(len(lost)))
     console.print(table)
-    for reason, count in Counter(f"{l.stage}: {l.message}" for l in letters).most_common(8):
+    for reason, count in Counter(f"{letter.stage}: {letter.message}" for letter in letters).most_common(8):
         console.print(f"  {count} × {escape(reason)}")
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")

@@ -2,6 +2,7 @@
 benchmarks, which all run the real thing rather than an imitation of it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,9 +25,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    # Own process group, so stopping it also stops its pool children.
-    return subprocess.Popen(_cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # The child gets its own copy of the log's descriptor, so ours is closed once it has started.
+    with open(log_path, "ab") if log_path else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        # Own process group, so stopping it also stops its pool children.
+        return subprocess.Popen(_cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start_worker(env: dict[str, str], *, concurrency: int | None = None, pool: str | None = None,

@@ -137,7 +137,9 @@ class Reconcile:
             state = states.get(sid)
             done = parse_done(state)
             if not rows:
-                kind: State = "dead_letter" if sid in self._dead else "done" if done else "queued" if state else "unseen"
+                kind: State = (
+                    "dead_letter" if sid in self._dead else "done" if done else "queued" if state else "unseen"
+                )
                 report.missing.append(Missing(stockout_id=sid, order_no=order_no, modified=modified, state=kind,
                                               bip_id=done.bip_id if done else ""))
                 self._raw_missing[sid] = raw
@@ -149,8 +151,16 @@ class Reconcile:
                 report.duplicated.append(Duplicated(stockout_id=sid, order_no=order_no, records=rows))
             written = max((r.pubts for r in rows), default="")
             if _later(modified, written):
-                report.changed.append(Changed(stockout_id=sid, order_no=order_no, modified=modified, bip_written=written,
-                                              bip_ids=[r.id for r in rows], why="modified in WDT after BIP's record was written"))
+                report.changed.append(
+                    Changed(
+                        stockout_id=sid,
+                        order_no=order_no,
+                        modified=modified,
+                        bip_written=written,
+                        bip_ids=[r.id for r in rows],
+                        why="modified in WDT after BIP's record was written",
+                    )
+                )
         for sid, raw, why in filtered:
             rows = in_bip.get(sid, [])
             if rows:

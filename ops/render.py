@@ -34,12 +34,17 @@ def print_status(report) -> None:
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     if report.cursor:
-        table.add_row("cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})")
+        table.add_row(
+            "cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})"
+        )
     else:
         table.add_row("cursor", "not set: no poll has completed")
     if report.last_poll:
         line = PollSummary.model_validate(report.last_poll).line()
-        table.add_row("last poll", f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}")
+        table.add_row(
+            "last poll",
+            f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}",
+        )
     else:
         table.add_row("last poll", "none")
     table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
@@ -53,9 +58,15 @@ def print_status(report) -> None:
         renew = f"; shared copy renewed in {seconds(token.renew_in_s)}" if token.renew_in_s is not None else ""
         table.add_row("BIP token", f"expires {token.expires_at} (in {seconds(token.expires_in_s)}{renew})")
     else:
-        table.add_row("BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)")
+        table.add_row(
+            "BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)"
+        )
     for limiter in report.rate_limits:
-        state = "free now" if limiter.free_now else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        state = (
+            "free now"
+            if limiter.free_now
+            else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        )
         table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")

@@ -127,7 +127,9 @@ def _dead_letters(status: Status, rt) -> None:
         key = f"{letter.stage}: {letter.error_class}{code}"
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
-    status.dead_letters_by_reason = [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
+    status.dead_letters_by_reason = [
+        DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
+    ]
 
 
 def token_state(r, prefix: str) -> TokenState:
@@ -190,7 +192,10 @@ def workers(timeout_s: float) -> list[Worker] | None:
     except Exception:  # broker unreachable: reported as "cannot tell", not as "no workers"
         return None
     return sorted(
-        (Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or [])) for host, queues in (replies or {}).items()),
+        (
+            Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or []))
+            for host, queues in (replies or {}).items()
+        ),
         key=lambda w: w.hostname,
     )
 

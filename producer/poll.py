@@ -54,7 +54,9 @@ class PollSummary(BaseModel):
         )
 
 
-def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary) -> None:
+def publish_page(
+    stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary
+) -> None:
     """Filter, look up the whole page's state in one round trip, publish the new ones, mark them queued."""
     before = summary.model_copy()
     eligible: list[tuple[str, dict]] = []
@@ -193,7 +195,9 @@ def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progr
     """Publish a past range. Shares the de-duplication with the beat's polls, so it is safe beside
     them, but takes no poll lock and never moves the cursor."""
     started = time.monotonic()
-    summary = PollSummary(started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until))
+    summary = PollSummary(
+        started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)
+    )
     mapping = rt.mapping
 
     def on_page(stockouts: list[dict]) -> None:

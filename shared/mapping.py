@@ -239,7 +239,8 @@ def load_mapping(path: str | Path) -> Mapping:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise MappingFileError(
-            name, [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"]
+            name,
+            [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"],
         ) from None
     except OSError as exc:
         raise MappingFileError(name, [f"cannot read the file: {exc.strerror or exc}"]) from None

@@ -28,7 +28,9 @@ def start(settings, port: int | None = None) -> int:
     if not port:
         return 0
     if "shared.metrics" in sys.modules:
-        raise RuntimeError("metrics exporter started after shared.metrics was imported: its counters would not be exported")
+        raise RuntimeError(
+            "metrics exporter started after shared.metrics was imported: its counters would not be exported"
+        )
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)

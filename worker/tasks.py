@@ -47,8 +47,15 @@ def sync_stockout(self, stockout: dict) -> dict:
     except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
         failure = raw_error
     if failure is None:
-        task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
-                   stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id, bip_code=outcome.bip_code)
+        task_event(
+            logging.INFO,
+            f"stockout {outcome.stockout_id} {outcome.outcome}",
+            **about,
+            outcome=outcome.outcome,
+            stage="save" if outcome.outcome != "already_done" else "dedup",
+            bip_id=outcome.bip_id,
+            bip_code=outcome.bip_code,
+        )
         return outcome.model_dump()
     if isinstance(failure, Deferred):
         task_event(logging.INFO, f"stockout {stockout_key(stockout)} is being worked on by another task; later",

@@ -184,7 +184,9 @@ def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
         "srcBillType": mapping.header.srcBillType,
         # define1 ties the BIP record back to its stockout: reconcile and the sandbox look it up.
         "define1": _identifier(stockout.stockout_id, "stockout_id", required=True),
-        "othOutRecords": [line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)],
+        "othOutRecords": [
+            line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)
+        ],
     }
     try:
         return OthOutRecord(**fields)
@@ -339,7 +341,9 @@ def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decima
 
 def _qty(at: str, value: Decimal | None) -> Decimal:
     if value is None:
-        raise TransformError(f"{at}.goods_count is missing or empty: a line needs a quantity", field=f"{at}.goods_count", value="")
+        raise TransformError(
+            f"{at}.goods_count is missing or empty: a line needs a quantity", field=f"{at}.goods_count", value=""
+        )
     if value <= 0:
         raise TransformError(
             f"{at}.goods_count is {value}: a quantity must be greater than zero",

@@ -24,11 +24,13 @@ def _dlq_store() -> DeadLetterStore:
     return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
 
 
-def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> list[str]:
+def _select(
+    store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
+) -> list[str]:
     if ids:
         return list(ids)
     if all_ or reason or code:
-        return [l.stockout_id for l in store.all() if l.matches(reason=reason, code=code)]
+        return [letter.stockout_id for letter in store.all() if letter.matches(reason=reason, code=code)]
     fail("name dead letters by id, or use --all / --reason / --code")
 
 
@@ -38,16 +40,17 @@ def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: st
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(reason, code, as_json) -> None:
     store = _dlq_store()
-    letters = [l for l in store.all() if l.matches(reason=reason, code=code)]
+    letters = [letter for letter in store.all() if letter.matches(reason=reason, code=code)]
     if as_json:
-        click.echo(json.dumps([l.model_dump(mode="json") for l in letters], ensure_ascii=False, indent=2))
+        click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], ensure_ascii=False, indent=2))
         return
     table = Table(title=f"dead letters: {len(letters)} (queue length {store.queue_length()})")
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
-    for l in letters:
-        reason = f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
-        table.add_row(escape(l.stockout_id), escape(l.order_no), l.stage, escape(reason), str(l.attempts), l.last_failed_at)
+    for letter in letters:
+        reason = f"{letter.error_class}{' ' + letter.code if letter.code else ''}: {letter.message}"
+        table.add_row(escape(letter.stockout_id), escape(letter.order_no), letter.stage, escape(reason),
+                      str(letter.attempts), letter.last_failed_at)
     console.print(table)
 
 

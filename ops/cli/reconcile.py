@@ -31,9 +31,14 @@ def reconcile(since, until, requeue_missing, as_json) -> None:
     total_s = (end - start).total_seconds()
     try:
         with Progress(
-            TextColumn("[bold]reconcile"), BarColumn(),
-            TextColumn("{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+            TextColumn("[bold]reconcile"),
+            BarColumn(),
+            TextColumn(
+                "{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
         ) as progress:
             bar = progress.add_task("reconcile", total=total_s, pages=0, fetched=0, mismatches=0)
             report = job.run(

@@ -38,8 +38,12 @@ def backfill(since, until) -> None:
         fail("--until must be after --since")
     total_s = (end - start).total_seconds()
     with Progress(
-        TextColumn("[bold]backfill"), BarColumn(), TextColumn("{task.fields[pages]} pages · {task.fields[stockouts]} stockouts"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+        TextColumn("[bold]backfill"),
+        BarColumn(),
+        TextColumn("{task.fields[pages]} pages · {task.fields[stockouts]} stockouts"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
     ) as progress:
         task = progress.add_task("backfill", total=total_s, pages=0, stockouts=0)
 

@@ -153,7 +153,9 @@ class BipClient:
                 found = self.find_by_code(record.code)
                 if found:
                     log.info("bip save: code %s already exists, taken as an earlier save of ours", record.code)
-                    return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True)
+                    return SaveResult(
+                        id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True
+                    )
             raise
         code = _code(body)
         if code in REPLAY_CODES:

@@ -9,6 +9,7 @@ How pages are ordered so that a stockout modified while we page is never missed:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -159,7 +160,9 @@ class WdtClient:
         if code in _RATE_LIMIT_CODES or _LIMIT_SUBCODE.search(sub_code):
             match = _BAN_SECONDS.search(f["message"] + " " + f["sub_message"])
             retry_after = float(match.group(1)) if match else max(10.0, 60.0 / self.settings.wdt_rate_per_minute)
-            return RateLimitError(f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common)
+            return RateLimitError(
+                f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common
+            )
         if code in _AUTH_CODES or _AUTH_SUBCODE.search(sub_code):
             return AuthenticationError(
                 f"{said} — configuration error: check WDT_APP_KEY / WDT_APP_SECRET / WDT_SID / WDT_TARGET_APP_KEY",
@@ -242,8 +245,7 @@ class WdtClient:
         paginator = WdtPaginator(size)
         seen: set[str] = set()  # ids only: the window itself is never held
         while not paginator.finished:
-            page_no = paginator.next_page_no
-            call = lambda: self.query_page(start, end, page_no, size, **filters)  # noqa: E731
+            call = functools.partial(self.query_page, start, end, paginator.next_page_no, size, **filters)
             page = fetch(call) if fetch else call()
             paginator.advance(page)
             fresh: list[dict[str, Any]] = []
@@ -280,7 +282,10 @@ class WdtClient:
     def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:
         for record in page.stockouts:
             # match on our side too: a gateway that ignored the filter must not hand back another order
-            if isinstance(record, dict) and stockout_no in (str(record.get("order_no", "")), str(record.get("stockout_no", ""))):
+            if isinstance(record, dict) and stockout_no in (
+                str(record.get("order_no", "")),
+                str(record.get("stockout_no", "")),
+            ):
                 return record
         return None
 
