@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import redis
 from rich.console import Console
@@ -32,7 +33,7 @@ LATE_ARRIVALS = 40
 DEADLINE_S = 100
 
 
-def sandbox_env(sb, *, redis_url: str, prefix: str, **extra: object) -> dict[str, str]:
+def sandbox_env(sb: Sandbox, *, redis_url: str, prefix: str, **extra: object) -> dict[str, str]:
     """The service's configuration pointing at a sandbox: what a user would put in `.env`."""
     return service_env(
         **sb.env(),
@@ -59,7 +60,8 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
         bip_rate_per_second=100, wdt_rate_per_minute=600, worker_concurrency=8, max_attempts=4,
         retry_backoff_base_s=1, retry_backoff_max_s=10, log_level="WARNING",
     )
-    settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+    values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    settings = Settings(_env_file=None, **values)
     celery = create_app(settings)
     procs = []
     try:
@@ -105,7 +107,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
             embedded.close()
 
 
-def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
+def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
 
     records = sb.records()
     saved_ids = Counter(rec["data"].get("defines!define1") for rec in records)

@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from shared.redis_conn import connect
+
+T = TypeVar("T")
 
 
 def service_env(**overrides: object) -> dict[str, str]:
@@ -59,7 +63,8 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIG
         pass
 
 
-def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0, proc=None,
+def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0,
+                      proc: subprocess.Popen | None = None,
                       ca_certs: str = "") -> None:
     """Until a worker has declared its queue binding in the broker (it is then consuming)."""
     client = connect(redis_url, ca_certs)
@@ -77,7 +82,7 @@ def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float
     raise TimeoutError(f"no consumer on {queue} after {timeout} s")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.2, message: str = "condition") -> T:
     """Poll `predicate` until it returns something true (which is returned) or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field
 from producer.poll import read_slice, slices_for
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, StockoutSyncError, resolve
+from shared.mapping import Mapping
+from shared.runtime import Runtime
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
 
@@ -81,7 +83,7 @@ class Report(BaseModel):
 
 
 class Reconcile:
-    def __init__(self, rt, *, sleep=time.sleep) -> None:
+    def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.rt = rt
         self.sleep = sleep
         self._seen: set[str] = set()
@@ -115,7 +117,7 @@ class Reconcile:
         report.duration_s = round(time.monotonic() - started, 3)
         return report
 
-    def _compare(self, stockouts: list[dict], mapping, report: Report) -> None:
+    def _compare(self, stockouts: list[dict], mapping: Mapping, report: Report) -> None:
         # A slice re-read after an error, and the one-second seams between slices, repeat records.
         fresh = []
         for raw in stockouts:
@@ -125,7 +127,8 @@ class Reconcile:
                 fresh.append((sid, raw))
         report.fetched += len(fresh)
         in_bip = self._bip_rows([sid for sid, raw in fresh if not sid.startswith("noid-")])
-        eligible, filtered = [], []
+        eligible: list[tuple[str, dict, str]] = []
+        filtered: list[tuple[str, dict, str]] = []
         for sid, raw in fresh:
             ok, why = mapping.passes_filters(raw)
             (eligible if ok else filtered).append((sid, raw, why))

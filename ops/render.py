@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.reconcile import Report
+from ops.status import Status
 from producer.poll import PollSummary
 
 console = Console()
@@ -28,7 +31,7 @@ def seconds(value: float | None) -> str:
     return f"{value / 86400:.1f} d"
 
 
-def print_status(report) -> None:
+def print_status(report: Status) -> None:
 
     table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
     table.add_column("what", style="bold")
@@ -86,14 +89,14 @@ def print_status(report) -> None:
 RECONCILE_ROWS = 50
 
 
-def print_reconcile(report, requeued: bool) -> None:
+def print_reconcile(report: Report, requeued: bool) -> None:
     console.print(
         f"reconcile {report.since} → {report.until}: {report.fetched} read from WDT, {report.eligible} to sync, "
         f"{report.in_bip} in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
         f"{len(report.changed)} changed in WDT since synced ({report.pages} pages, {report.duration_s:.1f} s)"
     )
 
-    def show(title, columns, rows) -> None:
+    def show(title: str, columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
             return
         table = Table(title=f"{title}: {len(rows)}")

@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared.broker import TRANSPORT
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
@@ -139,8 +140,6 @@ from celery.signals import setup_logging  # noqa: E402
 
 
 @setup_logging.connect
-def _configure_logging(**_kwargs) -> None:
+def _configure_logging(**_kwargs: object) -> None:
     # Connected, so Celery leaves logging to us: one format and the secret scrubber everywhere.
-    from shared.logs import configure_logging
-
     configure_logging(get_settings())

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 # BIP's field limits are not published; 64 is the longest code we have seen and the limit
 # worker.transform enforces for identifiers taken from WDT, so the two sides agree.
@@ -327,7 +328,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = tuple(err.get("loc", ()))
     key = _key_path(loc)
     kind = err.get("type", "")

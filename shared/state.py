@@ -168,7 +168,7 @@ class StateStore:
     def done(self, sid: str) -> Done | None:
         bucket, field = self.mark_slot(sid)
         value = self.r.hget(bucket, field)
-        return parse_done(value.decode() if value is not None else None)
+        return parse_done(value.decode() if isinstance(value, bytes) else value)
 
     def mark_done(self, sid: str, bip_id: str, bip_code: str) -> None:
         bucket, field = self.mark_slot(sid)
@@ -218,7 +218,7 @@ class StateStore:
 
     def cursor(self) -> datetime | None:
         value = self.r.get(f"{self.p}:cursor")
-        return parse_wire(value.decode()) if value else None
+        return parse_wire(value.decode() if isinstance(value, bytes) else value) if value else None
 
     def advance_cursor(self, to: datetime) -> None:
         """Only forwards: a backfill or a slow poll never moves the cursor back."""

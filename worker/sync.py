@@ -15,7 +15,9 @@ from typing import Literal
 import redis
 from pydantic import BaseModel
 
+from shared.runtime import Runtime
 from shared.state import stockout_key
+from worker.transform import to_bip, validate_stockout
 
 log = logging.getLogger("stockout_sync.worker")
 
@@ -39,9 +41,7 @@ class Outcome(BaseModel):
     duration_s: float = 0.0
 
 
-def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
-    from worker.transform import to_bip, validate_stockout
-
+def sync_one(raw: dict, rt: Runtime, *, task_id: str) -> Outcome:
     started = time.monotonic()
     sid = stockout_key(raw)
     order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""

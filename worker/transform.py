@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
@@ -111,7 +113,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(stockout)"
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def _describe(err: ErrorDetails) -> tuple[str, str]:
     path = _path(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     value = err.get("input")
@@ -316,10 +318,10 @@ def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> l
     ]
 
 
-def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decimal, object]]:
+def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decimal, datetime | None]]:
     """(batch, quantity, expiry) for each batch the line ships; the line's own when it has one."""
     picked: dict[str, Decimal] = {}
-    expiry: dict[str, object] = {}
+    expiry: dict[str, datetime | None] = {}
     for p in d.position_list:
         batch = p.batch_no.strip()
         if batch:

@@ -38,7 +38,7 @@ def _select(
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_list(reason, code, as_json) -> None:
+def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
     store = _dlq_store()
     letters = [letter for letter in store.all() if letter.matches(reason=reason, code=code)]
     if as_json:
@@ -57,7 +57,7 @@ def dlq_list(reason, code, as_json) -> None:
 @dlq.command("show")
 @click.argument("stockout_id")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_show(stockout_id, as_json) -> None:
+def dlq_show(stockout_id: str, as_json: bool) -> None:
     letter = _dlq_store().get(stockout_id)
     if letter is None:
         fail(f"no dead letter for stockout {stockout_id}", 1)
@@ -77,7 +77,7 @@ def dlq_show(stockout_id, as_json) -> None:
 @click.option("--all", "all_", is_flag=True)
 @click.option("--reason", default=None)
 @click.option("--code", default=None)
-def dlq_requeue(ids, all_, reason, code) -> None:
+def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
     done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
@@ -88,7 +88,7 @@ def dlq_requeue(ids, all_, reason, code) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def dlq_purge(ids, all_, yes) -> None:
+def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""
     store = _dlq_store()
     chosen = _select(store, ids, all_, None, None)

@@ -19,7 +19,7 @@ from shared.runtime import runtime
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 @click.option("--requeue-missing", is_flag=True, help="publish the stockouts missing in BIP again (not dead letters)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
-def reconcile(since, until, requeue_missing, as_json) -> None:
+def reconcile(since: str, until: str, requeue_missing: bool, as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
     check_mapping()
 

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ops.cli.app import check_mapping, main, parse_time
 from ops.render import console, err_console, fail
+from producer.poll import PollSummary, poll_once
 from producer.poll import backfill as run_backfill
-from producer.poll import poll_once
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
 from shared.runtime import runtime
@@ -28,7 +29,7 @@ def poll() -> None:
 @main.command()
 @click.option("--since", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
-def backfill(since, until) -> None:
+def backfill(since: str, until: str) -> None:
     """Publish every stockout modified in a past range (safe beside beat; does not move the cursor)."""
     check_mapping()
 
@@ -47,10 +48,10 @@ def backfill(since, until) -> None:
     ) as progress:
         task = progress.add_task("backfill", total=total_s, pages=0, stockouts=0)
 
-        def on_progress(summary, window_end=None) -> None:
+        def on_progress(summary: PollSummary) -> None:
             progress.update(task, pages=summary.pages, stockouts=summary.fetched)
 
-        def on_slice(slice_end) -> None:
+        def on_slice(slice_end: datetime) -> None:
             progress.update(task, completed=(slice_end - start).total_seconds())
 
         summary = run_backfill(runtime(), publish_stockout, start, end, on_progress=on_progress, on_slice=on_slice)
@@ -59,7 +60,7 @@ def backfill(since, until) -> None:
 
 @main.command()
 @click.argument("stockout_no")
-def preview(stockout_no) -> None:
+def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
 
     rt = runtime()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import redis as redis_lib
 import requests
 
 from shared.errors import (
@@ -23,10 +24,12 @@ from shared.errors import (
     AuthenticationError,
     InvalidRequestError,
     RateLimitError,
+    RemoteFields,
     StockoutSyncError,
 )
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
+from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
@@ -53,7 +56,7 @@ __all__ = ["WdtClient", "WdtPage", "slice_range"]
 class WdtClient:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         *,
         session: requests.Session | None = None,
         limiter: RateLimiter | None = None,
@@ -64,7 +67,9 @@ class WdtClient:
         self.url = settings.wdt_qimen_url
 
     @classmethod
-    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> WdtClient:
+    def from_settings(
+        cls, settings: Settings, redis: redis_lib.Redis | None = None, *, session: requests.Session | None = None
+    ) -> WdtClient:
         limiter = None
         if redis is not None:
             limiter = RateLimiter(
@@ -154,7 +159,7 @@ class WdtClient:
     def _error(self, f: dict[str, str], where: str, status: int) -> StockoutSyncError:
         code, sub_code = f["code"], f["sub_code"]
         api_message = self._scrub(" / ".join(m for m in (f["message"], f["sub_code"], f["sub_message"]) if m))
-        common = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
+        common: RemoteFields = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
         said = f"wdt {METHOD} {where}: code={code or '-'}{' sub_code=' + sub_code if sub_code else ''} {api_message}"
 
         if code in _RATE_LIMIT_CODES or _LIMIT_SUBCODE.search(sub_code):
@@ -244,8 +249,8 @@ class WdtClient:
         size = self._page_size(page_size)
         paginator = WdtPaginator(size)
         seen: set[str] = set()  # ids only: the window itself is never held
-        while not paginator.finished:
-            call = functools.partial(self.query_page, start, end, paginator.next_page_no, size, **filters)
+        while (page_no := paginator.next_page_no) is not None:  # None once finished
+            call = functools.partial(self.query_page, start, end, page_no, size, **filters)
             page = fetch(call) if fetch else call()
             paginator.advance(page)
             fresh: list[dict[str, Any]] = []
