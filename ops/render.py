@@ -8,8 +8,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from producer.poll import PollSummary
-
 console = Console()
 err_console = Console(stderr=True)
 
@@ -29,6 +27,9 @@ def seconds(value: float | None) -> str:
 
 
 def print_status(report) -> None:
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import PollSummary
+
 
     table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
     table.add_column("what", style="bold")

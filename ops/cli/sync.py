@@ -8,17 +8,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ops.cli.app import check_mapping, main, parse_time
 from ops.render import console, err_console, fail
-from producer.poll import backfill as run_backfill
-from producer.poll import poll_once
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 from worker.transform import preview as make_preview
 
 
 @main.command()
 def poll() -> None:
     """Run one poll now and print what it did."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import poll_once
+    from shared.runtime import runtime
+
     check_mapping()
 
     summary = poll_once(runtime(), publish_stockout)
@@ -30,6 +31,10 @@ def poll() -> None:
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 def backfill(since, until) -> None:
     """Publish every stockout modified in a past range (safe beside beat; does not move the cursor)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import backfill as run_backfill
+    from shared.runtime import runtime
+
     check_mapping()
 
 
@@ -57,6 +62,9 @@ def backfill(since, until) -> None:
 @click.argument("stockout_no")
 def preview(stockout_no) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
 
     rt = runtime()
     try:
