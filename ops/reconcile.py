@@ -15,17 +15,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from producer.poll import read_slice, slices_for
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, StockoutSyncError, resolve
-from shared.mapping import Mapping
-from shared.runtime import Runtime
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
+
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.runtime import Runtime
 
 State = Literal["done", "queued", "dead_letter", "unseen"]
 BIP_ATTEMPTS = 4

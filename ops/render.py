@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ops.reconcile import Report
-from ops.status import Status
-from producer.poll import PollSummary
+if TYPE_CHECKING:  # for the annotations only: ops.reconcile loads shared.metrics, which must come after the exporter
+    from ops.reconcile import Report
+    from ops.status import Status
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,6 +32,9 @@ def seconds(value: float | None) -> str:
 
 
 def print_status(report: Status) -> None:
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import PollSummary
+
 
     table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
     table.add_column("what", style="bold")

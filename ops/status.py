@@ -12,7 +12,7 @@ import json
 import socket
 from collections import Counter
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import redis
 from pydantic import BaseModel, Field
@@ -20,10 +20,12 @@ from pydantic import BaseModel, Field
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
-from shared.runtime import Runtime
-from shared.state import StateStore
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
+
+if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
+    from shared.runtime import Runtime
+    from shared.state import StateStore
 
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")

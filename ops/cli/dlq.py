@@ -11,7 +11,6 @@ from ops.cli.app import main
 from ops.render import console, fail
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 
 
 @main.group()
@@ -20,6 +19,9 @@ def dlq() -> None:
 
 
 def _dlq_store() -> DeadLetterStore:
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
     rt = runtime()
     return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
 

@@ -7,11 +7,9 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ops.cli.app import check_mapping, main, parse_time
-from ops.reconcile import Reconcile
 from ops.render import err_console, fail, print_reconcile
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 
 
 @main.command()
@@ -21,6 +19,10 @@ from shared.runtime import runtime
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
 def reconcile(since: str, until: str, requeue_missing: bool, as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from ops.reconcile import Reconcile
+    from shared.runtime import runtime
+
     check_mapping()
 
 

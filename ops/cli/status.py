@@ -11,7 +11,6 @@ from ops import status as report_status
 from ops.cli.app import main
 from ops.render import console, err_console, fail, print_status
 from shared.redis_conn import reachable
-from shared.runtime import runtime
 
 
 @main.command()
@@ -21,6 +20,9 @@ from shared.runtime import runtime
               help="check only this host's worker or beat process (a container health check)")
 def status(as_json: bool, timeout: float, health: report_status.Role | None) -> None:
     """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
 
 
 

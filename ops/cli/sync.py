@@ -3,23 +3,28 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ops.cli.app import check_mapping, main, parse_time
 from ops.render import console, err_console, fail
-from producer.poll import PollSummary, poll_once
-from producer.poll import backfill as run_backfill
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 from worker.transform import preview as make_preview
+
+if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
+    from producer.poll import PollSummary
 
 
 @main.command()
 def poll() -> None:
     """Run one poll now and print what it did."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import poll_once
+    from shared.runtime import runtime
+
     check_mapping()
 
     summary = poll_once(runtime(), publish_stockout)
@@ -31,6 +36,10 @@ def poll() -> None:
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 def backfill(since: str, until: str) -> None:
     """Publish every stockout modified in a past range (safe beside beat; does not move the cursor)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import backfill as run_backfill
+    from shared.runtime import runtime
+
     check_mapping()
 
 
@@ -62,6 +71,9 @@ def backfill(since: str, until: str) -> None:
 @click.argument("stockout_no")
 def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
 
     rt = runtime()
     try:
