@@ -27,13 +27,7 @@ import redis as redis_lib
 import requests
 
 from shared.bip.sign import self_app_signature
-from shared.errors import (
-    APIConnectionError,
-    AuthenticationError,
-    RateLimitError,
-    RemoteFields,
-    StockoutSyncError,
-)
+from shared.errors import APIConnectionError, AuthenticationError, RateLimitError, RemoteFields, StockoutSyncError
 from shared.http import request_json
 from shared.settings import Settings
 
