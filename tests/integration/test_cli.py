@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
 from shared.timeutil import format_wire, now_beijing
+from tests.cli import cli
 from worker.transform import resubmit_key
 
 pytestmark = pytest.mark.integration
-
-
-def cli(env, *args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120, **kw)
 
 
 def test_preview_prints_the_bip_payload_or_the_mapping_error(sandbox, service):

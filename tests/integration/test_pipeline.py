@@ -14,6 +14,7 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     first = poll_once(runtime(), publish_stockout)
     assert first.published == len(expected)
     assert first.filtered_out == first.fetched - len(expected)
-    wait_until(lambda: settled(sandbox, expected, letters), 60, message="every stockout saved or dead-lettered")
+    wait_until(lambda: settled(sandbox, expected, letters), message="every stockout saved or dead-lettered",
+               progress=pipeline(sandbox, redis_client))
 
     saved = saved_by_stockout(sandbox)
     # an unknown material is refused by BIP itself; the other two never leave the worker
@@ -84,7 +86,8 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     late_ids = eligible_ids(late)
     third = poll_once(runtime(), publish_stockout)
     assert third.published == len(late_ids)
-    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), 30, message="late stockouts saved")
+    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), message="late stockouts saved",
+               progress=pipeline(sandbox, redis_client))
     assert max(saved_by_stockout(sandbox).values()) == 1
 
 
@@ -95,7 +98,8 @@ def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_c
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.worker(concurrency=2)
     processes.beat()
-    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), 60, message="beat-driven sync")
+    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), message="beat-driven sync",
+               progress=pipeline(sandbox, redis_client))
     store = runtime().store
     assert store.cursor() is not None and store.cursor() > now - timedelta(minutes=1)
     summary = store.last_poll_summary()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -16,14 +14,10 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
+from tests.cli import cli
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def saved(sandbox) -> Counter:
@@ -41,7 +35,8 @@ def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the
     processes.worker(concurrency=2)
     letters = DeadLetterStore(redis_client, "t")
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: set(saved(sandbox)) | set(letters.ids()) == eligible, 60, message="sync")
+    wait_until(lambda: set(saved(sandbox)) | set(letters.ids()) == eligible, message="sync",
+               progress=pipeline(sandbox, redis_client))
 
     early = ["--since", format_wire(now - timedelta(hours=3)), "--until", format_wire(now - timedelta(minutes=55))]
     clean = cli(processes.env, "reconcile", *early, "--json")
@@ -95,7 +90,8 @@ def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the
     requeued = cli(processes.env, "reconcile", *whole, "--requeue-missing")
     assert requeued.returncode == 1
     assert f"requeued 1: {deleted}" in requeued.stdout, requeued.stdout
-    wait_until(lambda: saved(sandbox)[deleted] == 1, 30, message="the deleted record saved again")
+    wait_until(lambda: saved(sandbox)[deleted] == 1, message="the deleted record saved again",
+               progress=pipeline(sandbox, redis_client))
 
     after = json.loads(cli(processes.env, "reconcile", *whole, "--json").stdout)
     assert [m["stockout_id"] for m in after["missing"]] == [poison], "dead letters are left to `dlq requeue`"

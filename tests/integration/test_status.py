@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -15,19 +13,10 @@ from shared.messages import publish_dead_letter, publish_stockout
 from shared.ratelimit import RateLimiter
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli, cli_all
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def cli_all(env, *argvs) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, "-m", "ops.cli", *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for argv in argvs]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs, strict=False)]
 
 
 def status_json(env, *args) -> tuple[int, dict]:
@@ -43,8 +32,8 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.worker(concurrency=2)
     processes.beat()
-    wait_until(lambda: len(sandbox.records()) == len(eligible), 60, message="sync")
-    wait_until(lambda: runtime().store.last_poll_summary(), 10, message="a poll summary")
+    wait_until(lambda: len(sandbox.records()) == len(eligible), message="sync", progress=pipeline(sandbox))
+    wait_until(lambda: runtime().store.last_poll_summary(), 60, message="a poll summary")
 
     # four commands at once: each mostly waits for the workers' answers
     runs = cli_all(processes.env, ["status", "--json"], ["status"], ["status", "--health", "worker"],
