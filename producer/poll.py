@@ -55,7 +55,8 @@ class PollSummary(BaseModel):
         if self.skipped:
             return f"poll skipped: {self.skipped}"
         return (
-            f"poll {self.window_start} → {self.window_end}: fetched {self.fetched}, published {self.published}, "
+            f"poll {self.window_start} → {self.window_end} (Beijing): "
+            f"fetched {self.fetched}, published {self.published}, "
             f"already done {self.already_done}, already queued {self.already_queued}, "
             f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s)"
         )
