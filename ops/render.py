@@ -1,6 +1,7 @@
 """Everything the CLI prints: the consoles, the one error line, and the status and reconcile tables."""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -13,8 +14,20 @@ if TYPE_CHECKING:  # for the annotations only: ops.reconcile loads shared.metric
     from ops.reconcile import Report
     from ops.status import Status
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (a file, grep, a log collector) is not wrapped: rich would fold it at 80 columns when the
+# stream is not a terminal, splitting a line ("12 of\nthem unmappable") or a table row in two.
+PIPED_WIDTH = 10_000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for stdout or stderr: the terminal's width on a TTY, no wrapping when piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

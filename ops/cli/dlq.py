@@ -39,8 +39,9 @@ def _select(
 @dlq.command("list")
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON list of the whole letters, for programs")
 def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
+    """List dead letters (all, or those matching --reason / --code), newest last."""
     store = _dlq_store()
     letters = [letter for letter in store.all() if letter.matches(reason=reason, code=code)]
     if as_json:
@@ -58,8 +59,9 @@ def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
 
 @dlq.command("show")
 @click.argument("stockout_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="the letter as one JSON object, for programs")
 def dlq_show(stockout_id: str, as_json: bool) -> None:
+    """Show one dead letter: why it failed, when, how often, and the stockout as WDT sent it."""
     letter = _dlq_store().get(stockout_id)
     if letter is None:
         fail(f"no dead letter for stockout {stockout_id}", 1)
@@ -75,10 +77,10 @@ def dlq_show(stockout_id: str, as_json: bool) -> None:
 
 
 @dlq.command("requeue")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--reason", default=None)
-@click.option("--code", default=None)
+@click.argument("ids", nargs=-1, metavar="[STOCKOUT_ID]...")
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
+@click.option("--reason", default=None, help="those whose reason contains this text")
+@click.option("--code", default=None, help="those with this remote error code")
 def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
@@ -87,8 +89,8 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
 
 
 @dlq.command("purge")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
+@click.argument("ids", nargs=-1, metavar="[STOCKOUT_ID]...")
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""

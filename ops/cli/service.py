@@ -18,7 +18,8 @@ from shared.settings import get_settings
 @main.command()
 @click.option("--concurrency", type=int, default=None, help="processes or threads (WORKER_CONCURRENCY)")
 @click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
-@click.option("--hostname", default="stockouts@%h")
+@click.option("--hostname", default="stockouts@%h", show_default=True,
+              help="the worker's node name in Celery and Flower (%h = this host)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
@@ -66,8 +67,8 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
 
 
 @main.command()
-@click.option("--port", default=5555, type=int)
-@click.option("--address", default="127.0.0.1")
+@click.option("--port", default=5555, type=int, show_default=True, help="port Flower listens on")
+@click.option("--address", default="127.0.0.1", show_default=True, help="address Flower listens on")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
 def flower(port: int, address: str, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
@@ -82,8 +83,8 @@ def flower(port: int, address: str, insecure: bool) -> None:
 
 
 @main.command()
-@click.option("--port", default=8700, type=int)
-@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8700, type=int, show_default=True, help="port the sandbox listens on")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address the sandbox listens on")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
 def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
@@ -93,8 +94,8 @@ def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
 
 
 @main.command()
-@click.option("--stockouts", default=3000, type=int)
-@click.option("--bad", default=12, type=int)
+@click.option("--stockouts", default=3000, type=int, show_default=True, help="stockouts the sandbox starts with")
+@click.option("--bad", default=12, type=int, show_default=True, help="of which this many cannot be mapped")
 def demo(stockouts: int, bad: int) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
 

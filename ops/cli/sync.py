@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at ca
 
 
 @main.command()
-def poll() -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON object (what the poll did), for programs")
+def poll(as_json: bool) -> None:
     """Run one poll now and print what it did."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from producer.poll import poll_once
@@ -28,7 +29,10 @@ def poll() -> None:
     check_mapping()
 
     summary = poll_once(runtime(), publish_stockout)
-    console.print(summary.line())
+    if as_json:
+        click.echo(summary.model_dump_json(indent=2))
+    else:
+        console.print(summary.line())
 
 
 @main.command()
@@ -68,7 +72,7 @@ def backfill(since: str, until: str) -> None:
 
 
 @main.command()
-@click.argument("stockout_no")
+@click.argument("stockout_no", metavar="ORDER_NO")
 def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter

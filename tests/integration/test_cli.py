@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
 
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from worker.transform import resubmit_key
@@ -70,3 +72,34 @@ def test_commands_refuse_a_broken_mapping_with_file_key_and_value(service, tmp_p
 def test_bad_configuration_is_named(service):
     done = cli({**service, "WDT_PAGE_SIZE": "500"}, "poll")
     assert done.returncode == 2 and "wdt_page_size" in done.stderr.lower() and "500" in done.stderr
+
+
+def test_version_and_poll_as_one_json_object(sandbox, service, redis_client):
+    version = cli(service, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"stockout-sync \d+\.\d+\.\d+\S*\n", version.stdout)
+
+    now = now_beijing()
+    stockouts = sandbox.generate(15, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
+    eligible = {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+    done = cli(service, "poll", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # the whole of stdout is the one object
+    assert summary["published"] == len(eligible) == redis_client.llen("t:stockouts")
+    assert summary["fetched"] >= len(eligible) and summary["window_start"] and summary["cursor"]
+    # the same run for people: one line, the window's zone named
+    again = cli(service, "poll")
+    assert again.returncode == 0 and again.stdout.count("\n") == 1 and "(Beijing)" in again.stdout
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(service, redis_client):
+    reason = "warehouse_no 'WH-FAR-AWAY-0001' is not in the mapping file's [warehouses] table; " * 2
+    raw = {"stockout_id": "77001", "order_no": "CK77001"}
+    DeadLetterStore(redis_client, "t").put(DeadLetter(
+        stockout_id="77001", order_no="CK77001", stage="transform", error_class="TransformError", message=reason,
+        first_failed_at="2026-01-15 09:30:00", last_failed_at="2026-01-15 09:30:00", message_id="m-77001",
+        stockout=raw))
+    listing = cli(service, "dlq", "list")  # stdout is a pipe here, as under `| grep` or in a log
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if "77001" in line)
+    assert reason.strip() in row, listing.stdout
+    assert "dead letters: 1" in listing.stdout
