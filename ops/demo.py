@@ -1,9 +1,5 @@
-"""`stockout-sync demo`: the real pipeline against the sandbox, from nothing to a summary.
-
-Real Redis (REDIS_URL, or an embedded one when none answers), the sandbox of both APIs over HTTP, a
-real Celery worker and a real beat/producer process. The demo's keys live under a prefix of their
-own and are removed at the end, so it never touches other data on the same Redis.
-"""
+"""`stockout-sync demo`: the real pipeline (real Redis, the sandbox over HTTP, a real worker and beat)
+from nothing to a summary, under a key prefix of its own (docs/design.md, "The demo")."""
 from __future__ import annotations
 
 import os

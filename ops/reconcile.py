@@ -1,15 +1,5 @@
-"""`stockout-sync reconcile`: WDT, our done marks and BIP itself, compared for a range of WDT
-modification times.
-
-WDT is read page by page exactly as the producer reads it (same slices, same filters, same re-read
-on a transient error); each page's stockouts are looked up in Redis (one MGET) and in BIP (one list
-call by `defines!define1` IN the page's ids), so memory holds the mismatches, not the range.
-
-How "changed in WDT after it was synced" is known without storing anything more per stockout: BIP's
-list gives each record's `pubts` (the time BIP last wrote it); a WDT `modified` later than the
-newest `pubts` of the stockout's records is an edit BIP never saw. A stockout that BIP holds but
-that no longer passes the mapping's filters (cancelled, say) is reported the same way.
-"""
+"""`stockout-sync reconcile`: WDT, our done marks and BIP itself, compared page by page for a range of
+WDT modification times. How "changed after it was synced" is known: docs/design.md, "Reconcile"."""
 from __future__ import annotations
 
 import time

@@ -1,11 +1,5 @@
-"""`stockout-sync status`: what an operator on call needs to know, read from Redis and the workers.
-
-Every number is one cheap read (a GET, an LLEN, an HLEN, one broadcast to the workers), so the
-command can run every few seconds as a health check; nothing here scans the keyspace, whose
-millions of done marks would make a SCAN slow and costly for the Redis everyone shares.
-
-`problems` lists what needs attention; the command exits non-zero when it is not empty.
-"""
+"""`stockout-sync status`: what an operator on call needs to know, read from Redis and the workers in
+cheap reads only; `problems` non-empty means exit 1 (docs/design.md, "Status")."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,5 @@
-"""One poll: read WDT window by window, publish one message per new stockout, then move the cursor.
-
-The cursor is committed only when a whole slice has been published (`close_slice`): a poll that
-dies half-way re-reads that slice next time, and the Redis state makes the re-read publish nothing
-that was already queued or done.
-"""
+"""One poll: read WDT window by window, publish one message per new stockout, then move the cursor,
+only past a slice published whole (docs/design.md, "The poll and the cursor")."""
 from __future__ import annotations
 
 import logging

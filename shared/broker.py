@@ -1,11 +1,5 @@
-"""The Redis broker transport, hardened in one place: an entry on a queue that is not even JSON.
-
-kombu's Redis channel pops an entry with BRPOP and decodes it; an entry that is not JSON (written by
-anything that can reach Redis) raises out of the consumer loop and stops the whole worker. Here such
-an entry is logged and dropped — it is not a message we ever published, so nothing is lost — and
-the worker goes on. Messages that ARE JSON but carry pickle or another content type are refused by
-Celery's own accept_content check, and never deserialised.
-"""
+"""The Redis broker transport, hardened in one place: an entry on a queue that is not even JSON is
+logged and dropped instead of stopping the worker (docs/design.md, "The hardened broker transport")."""
 from __future__ import annotations
 
 import json

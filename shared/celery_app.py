@@ -1,8 +1,6 @@
-"""The one Celery app and all of its configuration.
-
-Queues: `stockouts` (one message per stockout, consumed by `stockout-sync worker`), `producer` (the
-poll, consumed by the process `stockout-sync beat` runs so a poll never waits behind thousands of
-saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do list).
+"""The one Celery app and all of its configuration. Queues: `stockouts` (one message per stockout,
+for `stockout-sync worker`), `producer` (the poll, for the process `beat` runs, so a poll never waits
+behind thousands of saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do).
 """
 from __future__ import annotations
 

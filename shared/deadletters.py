@@ -1,17 +1,5 @@
-"""Dead letters: a failed stockout kept whole with the reason in words, and the moves an operator makes.
-
-A dead letter is two things (after Kafka Connect's dead-letter queue and its error headers):
-1. a copy of the message on the `dead_letter` queue, which no worker consumes, so its length shows
-   in Flower (`/api/queues/length`) and in `redis-cli LLEN {prefix}:dead_letter`;
-2. a record `{prefix}:dlq:{stockout_id}` (JSON) with the error context, indexed by last failure
-   time in the sorted set `{prefix}:dlq:index`.
-
-The record is the source of truth. Requeue and purge claim it in one Lua script (so two operators
-running requeue at once never send one letter twice) and remove its copy from the queue in the same
-script; a requeue first parks the record under `{prefix}:dlq:requeuing:{id}`, with a lease
-`{prefix}:dlq:lease:{id}`, and deletes it only after the new message left. A requeue killed
-half-way loses nothing: once its lease has run out, the next requeue takes the parked letter over.
-"""
+"""Dead letters: the store (record, index, queue copy) and the operator's moves on it, requeue and
+purge, each claimed atomically. Layout and why: docs/design.md, "Dead letters"."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

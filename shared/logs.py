@@ -1,7 +1,6 @@
-"""Logging: one line per event, readable text by default, JSON with LOG_FORMAT=json; secrets scrubbed.
-
-Scrubbing is the last line of defence, not the first: no code should log a secret. It replaces
-every configured secret value and anything that looks like a credential in a URL query.
+"""Logging: one line per event, readable text by default, JSON with LOG_FORMAT=json; each line's time
+ISO-8601 in Beijing time with +08:00 (docs/design.md, "Times"). Secrets scrubbed as the last line of
+defence, not the first (no code should log one): every configured secret, credentials in URL queries.
 """
 from __future__ import annotations
 

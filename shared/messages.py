@@ -1,21 +1,6 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy.
-
-Why messages go through the default (nameless) exchange straight to the queue's list: with the
-named direct exchange kombu reads the exchange's bindings from Redis (SMEMBERS) before every single
-publish, and a message could route nowhere if the bindings were lost (a FLUSHDB, a restore). The
-worker consumes the same `{prefix}:stockouts` list either way, and a redelivered message goes back
-to the queue its delivery info names.
-
-Why `declare=[]`: declaring the queue only writes its bindings, which this routing never reads;
-kombu would otherwise copy and check the queue entity on every publish.
-
-Why messages are built here rather than by kombu's publish: that path costs ~0.5 ms of Python per
-message (and a new Redis client object per command), which caps the producer far below what WDT's
-pages can deliver. Here Celery's own message (`create_task_message`: the same headers, properties
-and body) becomes the Redis entry kombu's Redis transport would write, and a page (`many`) goes out
-in one LPUSH. tests/integration/test_messages.py holds both paths to the same message. With
-`task_send_sent_event` on, messages go through kombu after all: the task-sent events are its to send.
-"""
+"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy, built here
+and pushed straight to the queue's list (a page in one LPUSH).
+Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
 
 import base64

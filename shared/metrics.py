@@ -1,12 +1,5 @@
-"""Prometheus counters and histograms of the producer, the worker and both API clients.
-
-Everything here only counts; exposing the numbers is `shared.metrics_exporter`'s job. Without an
-exporter (the `poll`, `backfill` and `reconcile` commands, the tests' own process) the counters
-live in memory and cost next to nothing.
-
-Labels stay bounded: API codes, exception class names, stages and fixed endpoint names — never a
-stockout id, an order number or a URL with its query string.
-"""
+"""Prometheus counters and histograms of the producer, the worker and both API clients; it only counts
+(exposing is `shared.metrics_exporter`'s) and keeps labels bounded (docs/design.md, "Metrics")."""
 from __future__ import annotations
 
 import functools

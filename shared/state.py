@@ -1,32 +1,5 @@
-"""Redis state by stockout_id: what is queued, what is done, who is working on what, and the cursor.
-
-Key layout (every key starts with REDIS_PREFIX, default `sos`; the broker's own keys share it):
-
-| key                       | value                                              | lives                     |
-|---------------------------|----------------------------------------------------|---------------------------|
-| `{p}:mark:{id // 100}`    | hash: field `{id % 100}` → `q` (queued) or `d|id|code` | STATE_TTL_DAYS after last write |
-| `{p}:mark:x{crc32 % 2¹⁶}` | the same for ids that are not plain numbers; field = the whole id | as above |
-| `{p}:lock:{stockout_id}`  | task id of the worker on it                        | task time limit + margin  |
-| `{p}:cursor`              | Beijing time the next poll reads from (minus lookback) | forever               |
-| `{p}:poll:lock`           | token of the running poll                          | renewed per page          |
-| `{p}:poll:last`           | JSON summary of the last poll                      | forever                   |
-
-`done` is the first de-duplication layer (BIP's resubmitCheckKey and the document code are the
-others). `queued` only saves publishing a message twice; the worker never trusts it.
-
-Why buckets: a mark is kept for every stockout for weeks, so its cost is what the state costs. A
-string key per stockout costs ~180 bytes of Redis memory (key object, dict entry, expiry entry,
-value); a field in a small hash ~50, because a hash of at most `hash-max-listpack-entries` (default
-128) fields of at most `hash-max-listpack-value` (64) bytes is one flat listpack, and WDT's numeric
-stockout ids put neighbours in one bucket. 100 fields per bucket stays under that default with room
-to spare (a longer value only turns its bucket into a plain hash: more memory, same behaviour).
-
-How marks expire: the TTL belongs to the bucket, and every write of a mark (queued or done) resets
-the whole bucket's TTL to STATE_TTL_DAYS. So a mark lives at least STATE_TTL_DAYS after its own
-last write — which is what must outlive LOOKBACK_S (Settings checks it) — and at most as long after
-the last write of any mark in its bucket. Ids are handed out in order, so a bucket fills within
-hours and then expires as one.
-"""
+"""Redis state by stockout_id: what is queued, what is done (marks in small hash buckets), who is
+working on what, and the cursor. Key layout and why: docs/design.md, "Redis state: marks, locks, cursor"."""
 from __future__ import annotations
 
 import hashlib

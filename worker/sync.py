@@ -1,10 +1,5 @@
-"""Sync one stockout: the plain function behind the worker's task.
-
-skip if done → lock the stockout_id → validate and transform with the current mapping → save with
-the resubmitCheckKey derived from the stockout_id → mark done. Every step is safe to repeat, which is
-what lets the task use late acks: a redelivered message either finds the done mark or saves with the
-same key, and BIP answers with the record it already has.
-"""
+"""Sync one stockout, the plain function behind the worker's task: skip if done → lock → transform →
+save with the resubmitCheckKey → mark done. Why each step may repeat: docs/design.md, "Syncing one stockout"."""
 from __future__ import annotations
 
 import contextlib

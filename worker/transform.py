@@ -1,15 +1,6 @@
-"""One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file.
-
-Pure functions: no I/O, no clock, no Redis. The same stockout and mapping always give the same
-payload, which is what lets a retry, a redelivery or a requeue send the very same record again.
-
-Everything the mapping cannot express raises `TransformError` (a `MappingError`: permanent, never
-retried). Its message is read by an operator in the dead-letter queue, so it says which WDT field
-(with its line index), which value, and which mapping entry is missing. What only BIP can know (a
-material code it has never heard of, a closed period) is left to BIP to refuse.
-
-The full field table is in README.md ("The field table: WDT → BIP").
-"""
+"""One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file: pure
+functions, a `TransformError` naming field, index and value for what the mapping cannot express.
+Why: docs/design.md, "The transform"; the field table is in README.md."""
 from __future__ import annotations
 
 import hashlib

@@ -1,16 +1,6 @@
 """The 用友BIP requestor: other outbound record save and list (protocol: docs/apis.md).
-
-It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
-"data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
-the one exception is an invalid token (310036/310001), renewed once and the call repeated once
-inside the client, because that is a property of the session, not of the request.
-
-De-duplication, as far as the client is concerned: the worker sends a `resubmitCheckKey` derived
-from the stockout, so BIP replays the first result for an hour and answers "duplicate submission"
-(100004/10004) after that — both are success here. If the tenant numbers documents by hand and a
-save is refused because the `code` already exists, the record with that code *is* ours (the code
-comes from the stockout too), so it is looked up and returned as a replay: the third layer.
-"""
+It owns the token as a query parameter, the `{"code", "message", "data"}` envelope and a typed error
+per BIP code; a replay or a duplicate is success. Why: docs/design.md, "The BIP client and de-duplication"."""
 from __future__ import annotations
 
 import logging

@@ -1,12 +1,6 @@
 """The 旺店通 requestor: `wdt.stockout.order.query` through the Qimen gateway (protocol: docs/apis.md).
-
-It owns signing, the envelope and the mapping of every failure to a typed error; it never sleeps
-and retries by itself (that is `errors.resolve`'s decision, made by the caller). It waits only for
-the shared rate limiter, so all workers on all machines together stay under WDT's quota.
-
-How pages are ordered so that a stockout modified while we page is never missed: see
-`shared.wdt.paging` (0, last … 1, 0).
-"""
+It owns signing, the envelope and the typed error for every failure; it never retries by itself.
+Why: docs/design.md, "The WDT client"."""
 from __future__ import annotations
 
 import functools
