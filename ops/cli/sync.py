@@ -72,7 +72,7 @@ def backfill(since: str, until: str) -> None:
 
 
 @main.command()
-@click.argument("stockout_no", metavar="ORDER_NO")
+@click.argument("stockout_no")
 def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
