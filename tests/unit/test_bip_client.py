@@ -30,7 +30,7 @@ from tests.unit.fake_http import FakeAdapter
 
 SECRET = "bip-very-secret"
 # this run's own keys: another test run may share the Redis database
-P = f"u{uuid.uuid4().hex[:8]}"
+P = f"tu{uuid.uuid4().hex[:8]}"
 TOKEN_PATH = "/open-auth/selfAppAuth/base/v1/getAccessToken"
 SAVE = "/yonbip/scm/othoutrecord/single/save"
 LIST = "/yonbip/scm/othoutrecord/list"
