@@ -110,3 +110,12 @@ def print_reconcile(report, requeued: bool) -> None:
         console.print(f"{dead} of the missing are dead letters: `stockout-sync dlq list`, then `dlq requeue`")
     if report.unmarked:
         console.print(f"{report.unmarked} in BIP without a done mark here (harmless: a redelivery finds them saved)")
+
+
+def print_history(history) -> None:
+    """A dead letter's story, oldest first: each failure with its time and reason, each requeue."""
+    if not history:
+        return
+    console.print(f"[bold]history[/bold] ({len(history)})")
+    for entry in history:
+        console.print(f"  {escape(entry.line())}")
