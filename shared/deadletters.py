@@ -44,7 +44,8 @@ class HistoryEntry(BaseModel):
         if self.event == "requeued":
             return f"{self.at} requeued"
         code = f" {self.code}" if self.code else ""
-        return f"{self.at} dead-lettered after {self.attempts} attempt(s): {self.stage}: {self.error_class}{code}: {self.message}"
+        return (f"{self.at} dead-lettered after {self.attempts} attempt(s): "
+                f"{self.stage}: {self.error_class}{code}: {self.message}")
 
 
 class DeadLetter(BaseModel):
@@ -239,7 +240,7 @@ class DeadLetterStore:
     def expire(self, limit: int = 1000) -> int:
         """Drop letters whose last failure is older than the TTL (oldest first, at most `limit`)."""
         cutoff = time.time() - self.ttl_s
-        old = [v.decode() for v in self.r.zrangebyscore(self.index_key, "-inf", cutoff, start=0, num=limit)]
+        old = [_text(v) for v in self.r.zrangebyscore(self.index_key, "-inf", cutoff, start=0, num=limit)]
         return len(self._claim_many(old, "purge"))
 
     # -- reading -------------------------------------------------------------------------------
@@ -255,10 +256,10 @@ class DeadLetterStore:
     def find_order(self, order_no: str) -> str | None:
         """The stockout id of the letter with this order number."""
         value = self.r.hget(self.orders_key, order_no)
-        return value.decode() if value else None
+        return _text(value) if value else None
 
     def ids(self) -> list[str]:
-        return [v.decode() for v in self.r.zrange(self.index_key, 0, -1)]
+        return [_text(v) for v in self.r.zrange(self.index_key, 0, -1)]
 
     def count(self) -> int:
         return int(self.r.zcard(self.index_key))
@@ -276,7 +277,7 @@ class DeadLetterStore:
 
     def parked(self) -> list[DeadLetter]:
         """Letters whose requeue was interrupted after the claim and before the new message left."""
-        sids = [v.decode() for v in self.r.smembers(self.parked_set_key)]
+        sids = [_text(v) for v in self.r.smembers(self.parked_set_key)]
         values = self.r.mget([self._parked_key(s) for s in sids]) if sids else []
         gone = [s for s, v in zip(sids, values, strict=True) if not v]
         if gone:
@@ -318,7 +319,8 @@ class DeadLetterStore:
         at = format_wire(now_beijing())
         pipe = self.r.pipeline(transaction=True)
         for letter in letters:
-            kept = letter.model_copy(update={"stockout": {}, "history": trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])})
+            history = trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])
+            kept = letter.model_copy(update={"stockout": {}, "history": history})
             pipe.set(self._history_key(letter.stockout_id), kept.model_dump_json(), ex=self.ttl_s)
             pipe.delete(self._parked_key(letter.stockout_id), self._lease_key(letter.stockout_id))
         pipe.srem(self.parked_set_key, *[letter.stockout_id for letter in letters])
@@ -367,3 +369,7 @@ def merge(previous: DeadLetter | None, letter: DeadLetter) -> DeadLetter:
 
 def trimmed(history: list[HistoryEntry]) -> list[HistoryEntry]:
     return history if len(history) <= HISTORY_MAX else [history[0], *history[-(HISTORY_MAX - 1):]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

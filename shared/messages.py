@@ -190,13 +190,18 @@ def _json(value) -> bytes:
 publish_stockout = Publisher()
 
 
+def dead_letter_entry(raw: dict, key: str, task_id: str) -> bytes:
+    """The Redis entry of a letter's copy on the dead_letter queue, as kombu's transport writes it."""
+    page = _Page(DEAD_LETTER_QUEUE)
+    page.add(raw, key, task_id)
+    return page.entries[0]
+
+
 def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
     """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
     it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
     `purge` remove the copy by value instead of searching the queue for it."""
     store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
-    page = _Page(DEAD_LETTER_QUEUE)
-    page.add(store.clean(raw), key, task_id)
-    publish_stockout.retrying(lambda: store.push_copy(key, page.entries[0]))
-    page.published()
+    entry = dead_letter_entry(store.clean(raw), key, task_id)
+    publish_stockout.retrying(lambda: store.push_copy(key, entry))
     return task_id

@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
     # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
-    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="a dead letter (and its history) is dropped this long after its last failure")
-    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in dead letters")
+    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
+    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

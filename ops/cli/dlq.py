@@ -13,7 +13,6 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 
-
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
 
 
@@ -33,7 +32,7 @@ def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: st
     if ids:
         return [store.find_order(i) or i for i in ids]  # an order number names its letter too
     if reason or code:
-        return [l.stockout_id for l in store.iter_all() if l.matches(reason=reason, code=code)]
+        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)]
     if all_:
         return store.ids()  # oldest first: each letter's queue copy is then at the end of the list
     fail("name dead letters by id or order number, or use --all / --reason / --code")

@@ -89,4 +89,4 @@ def test_letters_expire_after_the_ttl_with_their_index_entries(store, redis_clie
 def test_iter_all_reads_in_batches_oldest_first(store):
     for i in range(450):
         store.put(letter(str(i)))
-    assert [l.stockout_id for l in store.iter_all()] == [str(i) for i in range(450)]
+    assert [x.stockout_id for x in store.iter_all()] == [str(i) for i in range(450)]
