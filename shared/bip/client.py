@@ -1,4 +1,4 @@
-"""The 用友BIP requestor: other outbound record save and list (protocol: docs/apis.md).
+"""The 用友BIP requestor: other outbound record save, list and detail (protocol: docs/apis.md).
 
 It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
 "data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
@@ -38,6 +38,8 @@ log = logging.getLogger("stockout_sync.bip")
 
 SAVE_PATH = "/yonbip/scm/othoutrecord/single/save"
 LIST_PATH = "/yonbip/scm/othoutrecord/list"
+DETAIL_PATH = "/yonbip/scm/othoutrecord/detail"
+NOT_FOUND_CODE = "1002"
 
 SUCCESS_CODES = {"200", "00000"}
 TOKEN_CODES = {"310036", "310001"}
@@ -172,6 +174,19 @@ class BipClient:
             if found:
                 return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
         return SaveResult(code=record.code or "", replayed=True)
+
+    def detail(self, record_id: str) -> dict[str, Any] | None:
+        """The whole record with this id (header and othOutRecords), or None when BIP has none (1002)."""
+        try:
+            body = self.request("GET", DETAIL_PATH, params={"id": record_id})
+        except InvalidRequestError as exc:
+            if exc.code == NOT_FOUND_CODE:
+                return None
+            raise
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise APIConnectionError(f"bip GET {DETAIL_PATH}: data is {type(data).__name__}, not an object", api=API)
+        return data
 
     def find_by_code(self, code: str) -> list[dict[str, Any]]:
         """Records whose document code is exactly `code` (the list API may match loosely)."""
