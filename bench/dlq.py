@@ -22,6 +22,7 @@ def run(ctx: Context) -> list[Row]:
     env = {**os.environ, "REDIS_URL": ctx.redis_url, "REDIS_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
     client = ctx.client()
     setup_s = _fill(ctx, prefix, N)
+    per_letter = _bytes_per_letter(client, prefix, N)
     pings: list[float] = []
     stop = threading.Event()
 
@@ -51,7 +52,8 @@ def run(ctx: Context) -> list[Row]:
     client.close()
     pings.sort()
     p99 = pings[int(len(pings) * 0.99)] if pings else float("nan")
-    detail = (f"{N} letters (set up in {setup_s:.0f} s); {queued} messages on stockouts after, {left[0]} letters and "
+    detail = (f"{N} letters (set up in {setup_s:.0f} s; Redis bytes per letter: {per_letter}); "
+              f"{queued} messages on stockouts after, {left[0]} letters and "
               f"{left[1]} queue copies left; {len(pings)} PINGs: p50 {pings[len(pings) // 2]:.2f} ms, "
               f"max {pings[-1]:.1f} ms")
     return [
@@ -82,3 +84,13 @@ def _fill(ctx: Context, prefix: str, n: int) -> float:
         store.push_copy(sid, dead_letter_entry(store.clean(raw), sid, message_id))
     client.close()
     return time.monotonic() - started
+
+
+def _bytes_per_letter(client, prefix: str, n: int) -> str:
+    """What a letter costs, by key: its record, its queue copy, and the indexes that make claims O(1)."""
+    sample = list(client.scan_iter(match=f"{prefix}:dlq:7*", count=1000))[:200]
+    record = sum(client.memory_usage(k, samples=0) or 0 for k in sample) / max(1, len(sample))
+    sizes = {name: (client.memory_usage(f"{prefix}:{key}", samples=0) or 0) / n for name, key in
+             (("queue copy", "dead_letter"), ("exact-copy index", "dlq:entries"), ("time index", "dlq:index"),
+              ("order index", "dlq:orders"))}
+    return ", ".join([f"record {record:.0f}"] + [f"{name} {size:.0f}" for name, size in sizes.items()])
