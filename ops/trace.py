@@ -256,8 +256,7 @@ def _judge(t: Trace) -> None:
     running = [task for task in t.tasks if task.state.startswith(("running", "reserved", "waiting to retry"))]
     if t.dead_letter:
         t.verdict = "dead-lettered"
-        t.summary = f"dead-lettered {t.dead_letter.last_failed_at} after {t.dead_letter.attempts} attempt(s): " \
-                    f"{t.dead_letter.reason}"
+        t.summary = f"{t.dead_letter.last_failed_at}, after {t.dead_letter.attempts} attempt(s): {t.dead_letter.reason}"
     elif t.lock_holder or running:
         t.verdict = "in flight"
         who = t.lock_holder or running[0].task_id
