@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ops.status import _PRIORITY_SUFFIXES  # kombu's Redis priority queues, as `status` counts them
-from shared.celery_app import STOCKOUT_QUEUE
+from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import StockoutSyncError
-from shared.runtime import Runtime
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
+
+if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
+    from shared.runtime import Runtime
 
 SCAN_CHUNK = 1000  # queue entries one script call looks at: each call stays well under a millisecond
 SCAN_LIMIT = 200_000  # entries a trace reads at most, per queue
@@ -223,8 +225,6 @@ def _eta(text: str) -> datetime | None:
 
 
 def _backend() -> str | None:
-    from shared.celery_app import get_app
-
     conf = get_app().conf
     return None if conf.task_ignore_result or not conf.result_backend else str(conf.result_backend).split("://")[0]
 

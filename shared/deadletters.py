@@ -15,6 +15,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
+from shared.settings import get_settings
 from shared.timeutil import format_wire, now_beijing
 
 Stage = Literal["fetch", "transform", "save", "internal"]
@@ -158,8 +159,6 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis, prefix: str, *, ttl_s: int | None = None,
                  keep_personal_data: bool | None = None) -> None:
         if ttl_s is None or keep_personal_data is None:
-            from shared.settings import get_settings
-
             settings = get_settings()
             ttl_s = settings.dlq_ttl_days * 86400 if ttl_s is None else ttl_s
             keep_personal_data = settings.dlq_keep_personal_data if keep_personal_data is None else keep_personal_data

@@ -10,7 +10,6 @@ from rich.table import Table
 from ops.cli.app import main
 from ops.render import console, fail, print_history
 from ops.trace import Trace, trace
-from shared.runtime import runtime
 
 BIP_FIELDS = ("id", "code", "vouchdate", "org", "warehouse", "bustype", "status", "defines!define1")
 
@@ -20,6 +19,9 @@ BIP_FIELDS = ("id", "code", "vouchdate", "org", "warehouse", "bustype", "status"
 @click.option("--json", "as_json", is_flag=True, help="the whole trace as one JSON object")
 def trace_command(order_no_or_stockout_id: str, as_json: bool) -> None:
     """Everything known about one stockout: WDT, our marks and lock, tasks, dead letter, BIP."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
     found = trace(runtime(), order_no_or_stockout_id.strip())
     if as_json:
         click.echo(json.dumps(found.model_dump(mode="json"), ensure_ascii=False, indent=2))
