@@ -35,10 +35,11 @@ class Outcome(BaseModel):
     outcome: Literal["saved", "replayed", "already_done"]
     bip_id: str = ""
     bip_code: str = ""
+    generation: int = 0
     duration_s: float = 0.0
 
 
-def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
+def sync_one(raw: dict, rt, *, task_id: str, generation: int = 0) -> Outcome:
     from worker.transform import to_bip, validate_stockout
 
     started = time.monotonic()
@@ -53,9 +54,9 @@ def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
     if not claim.acquired:
         raise Deferred(claim.wait_s)
     try:
-        record = to_bip(validate_stockout(raw), rt.mapping)
+        record = to_bip(validate_stockout(raw), rt.mapping, generation=generation)
         result = rt.bip.save(record)
-        store.finish(sid, task_id, result.id, result.code)  # the done mark, then the lock goes
+        store.finish(sid, task_id, result.id, result.code, generation)  # the done mark, then the lock goes
     except BaseException:
         try:
             store.release(sid, task_id)
@@ -68,5 +69,6 @@ def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
         outcome="replayed" if result.replayed else "saved",
         bip_id=result.id,
         bip_code=result.code,
+        generation=generation,
         duration_s=round(time.monotonic() - started, 4),
     )
