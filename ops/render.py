@@ -144,7 +144,10 @@ def print_reconcile(report: Reconcile) -> None:
 
 
 def print_requeue(report: Reconcile) -> None:
-    console.print(f"requeued {len(report.requeued)}: {' '.join(report.requeued)}")
+    if report.requeued:
+        console.print(f"requeued {len(report.requeued)}: {' '.join(report.requeued)}")
+    else:
+        console.print("nothing requeued: nothing is proven missing (dead letters aside)")
     for sid, why in report.requeue_skipped.items():
         console.print(f"not requeued {escape(sid)}: {escape(why)}")
     if report.unknown:

@@ -76,6 +76,7 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
     if not as_json:
         print_reconcile(report)
     candidates = [m for m in report.missing if m.state != "dead_letter"]
+    acted = False
     if requeue_missing and candidates:
         ids = " ".join(m.stockout_id for m in candidates)
         question = f"publish {len(candidates)} stockout(s) proven missing in BIP again ({ids})?"
@@ -84,10 +85,11 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
                 job.requeue_missing(report, publish_stockout)
             except StockoutSyncError as err:
                 fail(str(err))
+            acted = True
         else:
             err_console.print("nothing requeued")
     if as_json:
         click.echo(report.model_dump_json(indent=2))
-    elif requeue_missing:
+    elif requeue_missing and (acted or not candidates):
         print_requeue(report)
     sys.exit(report.exit_code)
