@@ -43,7 +43,8 @@ def sync(sandbox, processes, redis_client, count: int, bad: int = 0) -> tuple[se
     letters = DeadLetterStore(redis_client, "t")
     poll_once(runtime(), publish_stockout)
     wait_until(lambda: set(saved(sandbox)) | set(letters.ids()) == eligible, 60, message="sync")
-    return eligible, ["--since", format_wire(now - timedelta(hours=3)), "--until", format_wire(now + timedelta(minutes=1))]
+    window = ["--since", format_wire(now - timedelta(hours=3)), "--until", format_wire(now + timedelta(minutes=1))]
+    return eligible, window
 
 
 def run(env, window, *extra) -> tuple[int, dict]:
@@ -54,7 +55,7 @@ def run(env, window, *extra) -> tuple[int, dict]:
 
 def test_filtered_list_reports_deleted_twice_and_changed_and_requeue_recreates_only_the_deleted(
         sandbox, processes, redis_client):
-    eligible, window = sync(sandbox, processes, redis_client, 40, bad=1)
+    _, window = sync(sandbox, processes, redis_client, 40, bad=1)
     (poison,) = sandbox.bad_ids
     code, clean = run(processes.env, window)
     assert code == 1 and [m["stockout_id"] for m in clean["missing"]] == [poison]  # the dead letter, proven absent
@@ -87,8 +88,8 @@ def test_filtered_list_reports_deleted_twice_and_changed_and_requeue_recreates_o
 
     text = cli(processes.env, "reconcile", *window)
     assert text.returncode == 1
-    for words in ("missing in BIP: 3", "present twice in BIP: 1", "changed in WDT since synced: 1", "verified", *deleted,
-                  doubled, edited, "dead letters"):
+    for words in ("missing in BIP: 3", "present twice in BIP: 1", "changed in WDT since synced: 1", "verified",
+                  *deleted, doubled, edited, "dead letters"):
         assert words in text.stdout, text.stdout
 
     declined = cli(processes.env, "reconcile", *window, "--requeue-missing", input="n\n")
@@ -201,7 +202,8 @@ def test_daily_run_stores_the_previous_day_for_status(sandbox, service, redis_cl
 def test_reconcile_refuses_a_backward_range_and_names_wdt_errors(service):
     backward = cli(service, "reconcile", "--since", "2026-10-02", "--until", "2026-10-01")
     assert backward.returncode == 2 and "--until must be after --since" in backward.stderr
-    refused = cli({**service, "WDT_APP_SECRET": "not-the-secret"}, "reconcile", "--since", "2026-10-01", "--until", "2026-10-02")
+    refused = cli({**service, "WDT_APP_SECRET": "not-the-secret"}, "reconcile",
+                  "--since", "2026-10-01", "--until", "2026-10-02")
     assert refused.returncode == 2 and "WDT_APP_SECRET" in refused.stderr
     assert "not-the-secret" not in refused.stdout + refused.stderr
     helped = cli(service, "reconcile", "--help")

@@ -443,3 +443,33 @@ def test_a_token_cached_for_another_gateway_is_not_used(redis_client):
     fake2.replies[SAVE] = [saved()]
     other.save(record())
     assert fake2.tokens_issued == 1  # its own token, not the one issued by tok.test
+
+
+# ---- detail: presence by id -------------------------------------------------------------------
+
+DETAIL = "/yonbip/scm/othoutrecord/detail"
+
+
+def test_detail_returns_the_record_none_on_1002_and_raises_on_anything_else(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "2000000000000000001", "code": "QTCK1"}})]
+    assert client.detail("2000000000000000001") == {"id": "2000000000000000001", "code": "QTCK1"}
+    sent = fake.calls(DETAIL)[0]
+    assert sent.method == "GET" and parse_qs(urlsplit(sent.url).query)["id"] == ["2000000000000000001"]
+    assert parse_qs(urlsplit(sent.url).query)["access_token"] == ["tok+1/="]
+    fake.replies[DETAIL] = [bip("1002", "单据不存在")]
+    assert client.detail("2000000000000000001") is None
+    fake.replies[DETAIL] = [(502, b"<html>Bad Gateway</html>")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("310504", "网关超时")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("999", "系统异常")]
+    with pytest.raises(InvalidRequestError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
+    with pytest.raises(APIConnectionError, match="no data"):
+        client.detail("2000000000000000001")
+    with pytest.raises(ValueError, match="record_id"):
+        client.detail("")
