@@ -51,16 +51,18 @@ _MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stay
 # taking the lock in one script is what makes a second look at the mark after locking unnecessary.
 # The lock is also taken when the same task already holds it: a message redelivered after its
 # worker process died carries the same task id, and must not wait for the dead one.
-# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field. Returns {mark or false, pttl}.
+# The queued mark comes back too: `q|g` names the key generation a reconcile re-created it under.
+# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field.
+# Returns {done mark or false, pttl, mark or false}.
 _CLAIM = """
 local mark = redis.call('HGET', KEYS[2], ARGV[3])
-if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0} end
+if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0, mark} end
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {false, 0}
+  return {false, 0, mark}
 end
-return {false, redis.call('PTTL', KEYS[1])}
+return {false, redis.call('PTTL', KEYS[1]), mark}
 """
 
 # The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
@@ -114,6 +116,7 @@ class Claim:
 
     done: Done | None
     wait_s: float
+    generation: int = 0  # the key generation the queued mark names (`q|g`), 0 for plain `q`
 
     @property
     def acquired(self) -> bool:
@@ -213,11 +216,13 @@ class StateStore:
         """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
         holder's lock expires), atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
-        mark, pttl = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
-        if mark:
-            return Claim(parse_done(mark.decode() if isinstance(mark, bytes) else mark), 0.0)
+        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
+        if done:
+            return Claim(parse_done(done.decode() if isinstance(done, bytes) else done), 0.0)
+        mark = rest[0] if rest else None
+        generation = mark_generation(mark.decode() if isinstance(mark, bytes) else mark)
         pttl = int(pttl)
-        return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000)
+        return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000, generation)
 
     def release(self, sid: str, owner: str) -> None:
         self._release(keys=[self._lock(sid)], args=[owner])

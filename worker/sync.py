@@ -53,6 +53,10 @@ def sync_one(raw: dict, rt, *, task_id: str, generation: int = 0) -> Outcome:
         return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
     if not claim.acquired:
         raise Deferred(claim.wait_s)
+    # A reconcile that re-created the record wrote its generation into the mark (`q|g`): a message
+    # that does not carry it (a dead letter requeued, an older copy) must not go out under the
+    # deleted record's key, which BIP would only answer with that record.
+    generation = max(generation, claim.generation)
     try:
         record = to_bip(validate_stockout(raw), rt.mapping, generation=generation)
         result = rt.bip.save(record)

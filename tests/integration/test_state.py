@@ -126,7 +126,8 @@ def test_a_reopened_mark_keeps_its_generation_and_never_undoes_a_newer_save(redi
     old = store.states(["7"])["7"]
     assert store.swap_mark("7", old, "q|1") and store.states(["7"])["7"] == "q|1"
     claim = store.claim("7", "task-b", 10)
-    assert claim.acquired, "a reopened stockout is worked on again"
+    assert claim.acquired and claim.generation == 1, "a reopened stockout is worked on again, at its generation"
+    assert store.claim("7", "task-c", 10).generation == 1 and not store.claim("7", "task-c", 10).acquired
     store.finish("7", "task-b", "1900000000000000077", "C77", 1)
     assert store.done("7") == parse_done("d|1900000000000000077~1|C77") and store.done("7").generation == 1
     assert not store.swap_mark("7", old, "q|2"), "the mark changed since it was read: left alone"
