@@ -393,7 +393,6 @@ class Reconcile:
     # -- outcomes ---------------------------------------------------------------------------------
 
     def _present(self, item: _Item, rows: list[BipRow], report: Report, *, from_list: bool) -> None:
-        self._proofs["list" if from_list else "id"] += 1
         written = max((r.pubts for r in rows), default="")
         if not item.eligible:
             report.changed.append(Changed(
@@ -403,6 +402,7 @@ class Reconcile:
             ))
             return
         report.in_bip += 1
+        self._proofs["list" if from_list else "id"] += 1
         if item.done is None:
             report.unmarked += 1
         if not from_list:

@@ -225,3 +225,19 @@ def test_a_message_without_the_generation_still_recreates_under_the_marked_one(s
     (new,) = [r for r in sandbox.records() if r["data"]["defines!define1"] == sid]
     assert new["resubmitCheckKey"] == f"wdtso-{sid}-g1" and new["id"] != records[sid]["id"]
     assert store.done(sid).generation == 1 and store.done(sid).bip_id == new["id"]
+
+
+@pytest.mark.slow
+def test_beat_runs_the_daily_reconcile_at_its_time(sandbox, processes, redis_client, tmp_path):
+    """The real beat process, RECONCILE_DAILY_AT set to the coming minute: a report lands in Redis."""
+    from ops.processes import start_beat
+
+    now = now_beijing()
+    at = (now + timedelta(seconds=80 if now.second > 40 else 60)).strftime("%H:%M")
+    proc = start_beat({**processes.env, "RECONCILE_DAILY_AT": at}, schedule_file=tmp_path / "beat.schedule",
+                      log_path=tmp_path / "beat.log")
+    processes.procs.append(proc)
+    wait_until(lambda: redis_client.llen(reports_key("t")), 150, interval=1, message=f"a daily report at {at}")
+    (report,) = recent_reports(redis_client, "t")
+    assert (report["since"], report["until"]) == tuple(format_wire(t) for t in previous_beijing_day())
+    assert report["checks"]["missing"]["state"] == "verified" and report["finished_at"]
