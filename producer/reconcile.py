@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -23,6 +23,10 @@ from shared.errors import Action, RateLimitError, StockoutSyncError, resolve
 from shared.reconcile_reports import push_report
 from shared.state import Done, mark_generation, parse_done, queued_mark, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
+
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.runtime import Runtime
 
 log = logging.getLogger("stockout_sync.reconcile")
 
@@ -154,7 +158,7 @@ class Reconcile:
     """One run. `max_calls` caps the per-stockout BIP calls (detail and code look-ups; the list is
     one call per WDT page); with `sample` the ones checked are a random choice across the range."""
 
-    def __init__(self, rt: Any, *, sleep: Callable[[float], None] = time.sleep, max_calls: int | None = None,
+    def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep, max_calls: int | None = None,
                  sample: bool = False, keep_raw: bool = False, rng: random.Random | None = None) -> None:
         self.rt = rt
         self.sleep = sleep
@@ -205,7 +209,7 @@ class Reconcile:
         report.finished_at = format_wire(now_beijing())
         return report
 
-    def _compare(self, stockouts: list[dict], mapping: Any, report: Report) -> None:
+    def _compare(self, stockouts: list[dict], mapping: Mapping, report: Report) -> None:
         # A slice re-read after an error, and the one-second seams between slices, repeat records.
         fresh = []
         for raw in stockouts:
@@ -533,7 +537,7 @@ def previous_beijing_day(now: datetime | None = None) -> tuple[datetime, datetim
     return today - timedelta(days=1), today - timedelta(seconds=1)
 
 
-def run_daily(rt: Any, *, now: datetime | None = None) -> Report:
+def run_daily(rt: Runtime, *, now: datetime | None = None) -> Report:
     """Beat's daily reconcile of the previous Beijing day, stored for `status` and the alerts."""
     since, until = previous_beijing_day(now)
     budget = rt.settings.reconcile_daily_max_calls or None
