@@ -53,22 +53,25 @@ class Publisher:
     def __init__(self) -> None:
         self._client: tuple[str, redis.Redis] | None = None
 
-    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
+    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None,
+                 generation: int = 0) -> str:
+        """`generation` > 0 re-creates a record deleted in BIP under a new resubmitCheckKey
+        (worker.transform.resubmit_key); only reconcile --requeue-missing sends one."""
         if get_app().conf.task_send_sent_event:
             with get_app().producer_or_acquire() as producer:
-                return self._send(producer, raw, key, queue, task_id)
+                return self._send(producer, raw, key, queue, task_id, generation)
         page = _Page(queue)
-        task_id = page.add(raw, key, task_id)
+        task_id = page.add(raw, key, task_id, generation)
         self._push(queue, page.entries)
         page.published()
         return task_id
 
     @staticmethod
-    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None, generation: int = 0) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
         message = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             create_sent_event=get_app().conf.task_send_sent_event, **_lineage(),
         )
         get_app().amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
@@ -144,10 +147,10 @@ class _Page:
         self.after = signals.after_task_publish.receivers
         self.retry_policy = get_app().conf.task_publish_retry_policy
 
-    def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
+    def add(self, raw: dict, key: str, task_id: str | None = None, generation: int = 0) -> str:
         task_id = task_id or uuid()
         headers, properties, body, _ = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             origin=self.origin, **_lineage(),
         )
         if self.before:
@@ -171,6 +174,11 @@ class _Page:
         for body, headers in self.sent:
             signals.after_task_publish.send(sender=SYNC_TASK, body=body, headers=headers, exchange="",
                                             routing_key=self.queue)
+
+
+def _kwargs(raw: dict, generation: int) -> dict:
+    # generation 0 is left out: every ordinary message stays exactly what it always was
+    return {"stockout": raw, "generation": generation} if generation else {"stockout": raw}
 
 
 def _lineage() -> dict:

@@ -45,7 +45,7 @@ class DeadLettered(Exception, metaclass=_DeadLetteredMeta):
 
 
 @app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None, throws=(DeadLettered,))
-def sync_stockout(self: Task, stockout: dict) -> dict:
+def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     rt = runtime()
     attempt = self.request.retries + 1
     started = time.monotonic()
@@ -54,7 +54,8 @@ def sync_stockout(self: Task, stockout: dict) -> dict:
     # exception drags every frame of the original traceback through the pool's result pipe.
     failure: BaseException | None = None
     try:
-        outcome = sync_one(stockout, rt, task_id=self.request.id)
+        # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
+        outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
         failure = deferred

@@ -182,7 +182,12 @@ class BipClient:
         return SaveResult(code=record.code or "", replayed=True)
 
     def detail(self, record_id: str) -> dict[str, Any] | None:
-        """The whole record with this id (header and othOutRecords), or None when BIP has none (1002)."""
+        """The record BIP holds under `record_id`, or None when BIP answers 1002 (not found).
+
+        Only 1002 means absent: every other failure (HTTP 5xx, a timeout, a gateway code) raises its
+        typed error, because "could not ask" must never be read as "not there"."""
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise ValueError(f"record_id must be a non-empty string, got {record_id!r}")
         try:
             body = self.request("GET", DETAIL_PATH, params={"id": record_id})
         except InvalidRequestError as exc:
@@ -191,7 +196,7 @@ class BipClient:
             raise
         data = body.get("data")
         if not isinstance(data, dict):
-            raise APIConnectionError(f"bip GET {DETAIL_PATH}: data is {type(data).__name__}, not an object", api=API)
+            raise APIConnectionError(f"bip GET {DETAIL_PATH}: reply has no data object", api=API)
         return data
 
     def find_by_code(self, code: str) -> list[dict[str, Any]]:
@@ -223,6 +228,11 @@ class BipClient:
                 raise APIConnectionError(
                     f"bip {LIST_PATH}: page {page_index} past recordCount={total}", api=API
                 )
+
+    def list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the list and its recordCount, rows as BIP sent them: the caller checks they
+        match the query (a tenant's list may ignore a filter it cannot apply)."""
+        return self._list_page(page_index, page_size, **query)
 
     def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         body = {"pageIndex": page_index, "pageSize": page_size, **query}
