@@ -12,6 +12,7 @@ from rich.table import Table
 if TYPE_CHECKING:  # annotations only: producer.reconcile loads shared.metrics, which must come after the exporter
     from ops.status import Status
     from producer.reconcile import Report
+    from shared.deadletters import HistoryEntry
 
 console = Console()
 err_console = Console(stderr=True)
@@ -168,3 +169,12 @@ def print_requeue(report: Report) -> None:
         console.print(f"not requeued {escape(sid)}: {escape(why)}")
     if report.unknown:
         console.print(f"{len(report.unknown)} unknown stockout(s) were not requeued: run reconcile again later")
+
+
+def print_history(history: Sequence[HistoryEntry]) -> None:
+    """A dead letter's story, oldest first: each failure with its time and reason, each requeue."""
+    if not history:
+        return
+    console.print(f"[bold]history[/bold] ({len(history)})")
+    for entry in history:
+        console.print(f"  {escape(entry.line())}")

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
+    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
+    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
     # Scheduled reconcile (beat reconciles the previous Beijing day once a day)
     reconcile_daily_at: str = Field("", description="HH:MM Beijing time of the daily run; empty = off")
     reconcile_daily_max_calls: int = Field(
