@@ -38,6 +38,7 @@ PROBE_ATTEMPTS = 2  # a detail call that fails twice is "unknown": the next reco
 RATE_LIMIT_ATTEMPTS = 4
 DEFINE1 = "defines!define1"
 EXIT_CLEAN, EXIT_MISMATCH, EXIT_UNVERIFIED = 0, 1, 3
+STORED_ROWS = 500  # per list in a stored daily report: 30 of them live in Redis
 
 
 class Missing(BaseModel):
@@ -542,10 +543,21 @@ def run_daily(rt: Runtime, *, now: datetime | None = None) -> Report:
     since, until = previous_beijing_day(now)
     budget = rt.settings.reconcile_daily_max_calls or None
     report = Reconcile(rt, max_calls=budget, sample=True).run(since, until)
-    push_report(rt.redis, rt.settings.redis_prefix, report.model_dump(mode="json"))
+    push_report(rt.redis, rt.settings.redis_prefix, stored_form(report))
     log.info("daily reconcile %s → %s: %d mismatches, unverifiable: %s", report.since, report.until,
              report.mismatches, ", ".join(report.checks.unverifiable()) or "none")
     return report
+
+
+def stored_form(report: Report) -> dict[str, Any]:
+    """The report as Redis keeps it: whole, except that each list holds at most STORED_ROWS rows
+    (`<list>_total` then says how many there were; `mismatches` always counts them all)."""
+    data = report.model_dump(mode="json")
+    for name in ("missing", "duplicated", "changed", "unknown"):
+        rows = data[name]
+        data[f"{name}_total"] = len(rows)
+        data[name] = rows[:STORED_ROWS]
+    return data
 
 
 def _text(obj: Any, key: str) -> str:

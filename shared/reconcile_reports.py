@@ -1,7 +1,7 @@
 """The reports of beat's daily reconcile: a Redis list `{prefix}:reconcile:reports`, newest first,
 the last REPORTS_KEPT kept. Each entry is one JSON object (producer.reconcile.Report dumped: at least
-since, until, mismatches, missing, duplicated, changed, checks, finished_at); `status` shows the
-newest, and the alerts read them.
+since, until, mismatches, missing, duplicated, changed, checks, finished_at; each list capped at
+500 rows, `<list>_total` the full count); `status` shows the newest, and the alerts read them.
 """
 from __future__ import annotations
 

@@ -82,7 +82,11 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
     if requeue_missing and candidates:
         ids = " ".join(m.stockout_id for m in candidates)
         question = f"publish {len(candidates)} stockout(s) proven missing in BIP again ({ids})?"
-        if yes or click.confirm(question, err=True):
+        try:
+            confirmed = yes or click.confirm(question, err=True)
+        except click.Abort:  # no terminal to answer on: as good as "no"
+            confirmed = False
+        if confirmed:
             try:
                 job.requeue_missing(report, publish_stockout)
             except StockoutSyncError as err:

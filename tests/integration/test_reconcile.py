@@ -8,6 +8,7 @@ import json
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,30 @@ def test_beat_runs_the_daily_reconcile_at_its_time(sandbox, processes, redis_cli
     (report,) = recent_reports(redis_client, "t")
     assert (report["since"], report["until"]) == tuple(format_wire(t) for t in previous_beijing_day())
     assert report["checks"]["missing"]["state"] == "verified" and report["finished_at"]
+
+
+def test_with_document_codes_a_stockout_without_a_done_mark_is_looked_up_by_code(
+        sandbox, processes, redis_client, monkeypatch, tmp_path):
+    from tests.integration.conftest import use_env
+
+    mapping = tmp_path / "mapping.toml"
+    text = Path(processes.env["MAPPING_FILE"]).read_text(encoding="utf-8")
+    mapping.write_text(text.replace("send_code = false", "send_code = true"), encoding="utf-8")
+    processes.env = {**processes.env, "MAPPING_FILE": str(mapping)}
+    use_env(monkeypatch, processes.env)
+    _, window, _ = sync(sandbox, processes, redis_client, 10)
+    records = {r["data"]["defines!define1"]: r for r in sandbox.records()}
+    kept, lost = sorted(records)[:2]
+    store = runtime().store
+    for sid in (kept, lost):  # as if the worker died between BIP's answer and the done mark
+        assert store.swap_mark(sid, store.states([sid])[sid], "q")
+    sandbox.delete_record(records[lost]["id"])
+    sandbox.set_bip_list(ignore_filters=True)
+
+    code, report = run({**processes.env, "WDT_PAGE_SIZE": "5"}, window)
+    assert code == 1 and report["bip_calls"]["code"] == 2
+    assert [(m["stockout_id"], m["state"]) for m in report["missing"]] == [(lost, "queued")]
+    assert "code look-up verified" in report["missing"][0]["proof"]
+    assert report["unmarked"] == 1 and report["unknown"] == []
+    assert report["checks"]["missing"]["state"] == "verified"
+    assert report["checks"]["duplicates"]["state"] == "unverifiable"

@@ -9,7 +9,7 @@ import pytest
 from celery.schedules import crontab
 from pydantic import ValidationError
 
-from producer.reconcile import Check, Missing, Report, Unknown, previous_beijing_day
+from producer.reconcile import STORED_ROWS, Check, Missing, Report, Unknown, previous_beijing_day, stored_form
 from shared.celery_app import RECONCILE_TASK, celery_config
 from shared.reconcile_reports import REPORTS_KEPT, last_report, push_report, recent_reports, reports_key
 from shared.settings import Settings
@@ -71,3 +71,13 @@ def test_daily_reconcile_is_scheduled_only_when_set():
 def test_daily_time_must_be_hh_mm(value):
     with pytest.raises(ValidationError, match="RECONCILE_DAILY_AT"):
         Settings(_env_file=None, reconcile_daily_at=value)
+
+
+def test_a_stored_report_keeps_every_count_but_caps_its_lists():
+    report = Report(since="a", until="b")
+    report.unknown = [Unknown(stockout_id=str(n), state="done", reason="over_budget", why="budget") for n in range(900)]
+    report.missing = [Missing(stockout_id="1", state="unseen", proof="verified list")]
+    stored = stored_form(report)
+    assert len(stored["unknown"]) == STORED_ROWS and stored["unknown_total"] == 900
+    assert stored["missing_total"] == 1 and stored["mismatches"] == 1
+    assert stored["checks"]["missing"]["state"] == "verified"
