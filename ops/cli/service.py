@@ -84,10 +84,13 @@ def flower(port, address, insecure) -> None:
 @click.option("--host", default="127.0.0.1")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
-def sandbox(port, host, stockouts, bad) -> None:
+@click.option("--public-url", envvar="SANDBOX_PUBLIC_URL", default=None,
+              help="the base other hosts reach it at, as BIP discovery answers it (SANDBOX_PUBLIC_URL; "
+                   "compose: http://sandbox:8700); default: the address it listens on")
+def sandbox(port, host, stockouts, bad, public_url) -> None:
     """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
 
-    serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
+    serve(SandboxConfig(), host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad)
 
 
 @main.command()
