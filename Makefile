@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint lock clean
 
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml $(wildcard */__init__.py)
 demo: $(STAMP)
 	$(VENV)/bin/stockout-sync demo
 
-test: $(STAMP)
+# lint first: a lint finding fails the tests as a failing test would
+test: $(STAMP) lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
@@ -28,5 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The image's pinned dependencies (Dockerfile): after any change to pyproject's dependencies, then
+# commit requirements.lock. tests/unit/test_image.py fails while the two disagree.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
+		--generate-hashes -o requirements.lock
+
 clean:
-	rm -rf $(VENV) .pytest_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

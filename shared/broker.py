@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from queue import Empty
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
@@ -19,7 +20,7 @@ log = logging.getLogger("stockout_sync.broker")
 
 
 class _DropsNonMessages:
-    def _brpop_read(self, **options):
+    def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)  # type: ignore[misc]
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

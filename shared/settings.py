@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.redis_conn import is_sentinel, parse_sentinel_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -98,8 +100,6 @@ class Settings(BaseSettings):
         return self
 
     def _check_sentinel(self) -> None:
-        from shared.redis_conn import is_sentinel, parse_sentinel_url
-
         if is_sentinel(self.redis_url):
             parse_sentinel_url(self.redis_url)  # its errors name REDIS_URL and the part
             if not self.redis_sentinel_master:

@@ -27,7 +27,7 @@ TEST_REDIS_URL = _base_url.rsplit("/", 1)[0] + f"/{TEST_DB}"  # a database of it
 TEST_ENV = {
     "REDIS_URL": TEST_REDIS_URL,
     "REDIS_PREFIX": "t",
-    "MAPPING_FILE": str(ROOT / "ops" / "demo_mapping.toml"),
+    "MAPPING_FILE": str(ROOT / "ops" / "demo_data" / "mapping.toml"),
     "BROKER_VISIBILITY_TIMEOUT_S": "40",
     "TASK_TIME_LIMIT_S": "20",
     "RETRY_BACKOFF_BASE_S": "0.2",

@@ -213,7 +213,7 @@ class LocalCompose:
     def _depends_on(self, name: str) -> dict[str, str]:
         deps = self.service(name).get("depends_on") or {}
         if isinstance(deps, list):
-            return {d: "service_started" for d in deps}
+            return dict.fromkeys(deps, "service_started")
         return {d: (c or {}).get("condition", "service_started") for d, c in deps.items()}
 
     # -- turning a container into local processes

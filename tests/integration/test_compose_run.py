@@ -28,9 +28,9 @@ COMPOSE = ROOT / "compose.yaml"
 def project(tmp_path: Path, sync_env: dict[str, str] | None = None) -> Path:
     """A compose project as README's Deploying makes it: .env, sync.env, mapping.toml, the checkout's files."""
     directory = tmp_path / "project"
-    (directory / "ops").mkdir(parents=True)
-    shutil.copy(ROOT / "ops" / "demo_mapping.toml", directory / "ops" / "demo_mapping.toml")
-    shutil.copy(ROOT / "ops" / "demo_mapping.toml", directory / "mapping.toml")
+    (directory / "ops" / "demo_data").mkdir(parents=True)
+    shutil.copy(ROOT / "ops" / "demo_data" / "mapping.toml", directory / "ops" / "demo_data" / "mapping.toml")
+    shutil.copy(ROOT / "ops" / "demo_data" / "mapping.toml", directory / "mapping.toml")
     (directory / ".env").write_text(
         f"REDIS_PASSWORD={secrets.token_hex(16)}\nFLOWER_BASIC_AUTH=operator:{secrets.token_hex(8)}\n")
     (directory / "sync.env").write_text("".join(f"{k}={v}\n" for k, v in (sync_env or {}).items()))
