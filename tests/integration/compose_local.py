@@ -240,7 +240,12 @@ class LocalCompose:
         env.update({k: "" if v is None else str(v) for k, v in environment.items()})
         replica.env = {k: local(v) for k, v in env.items()}
 
-        command = [local(str(word)) for word in _as_list(spec.get("command"))]
+        words = [str(w) for w in _as_list(spec.get("command"))]
+        command: list[str] = []
+        while words:
+            peer = self._peer(words[:2])
+            command += peer or [local(words[0])]
+            words = words[len(peer) or 1:]
         if ours:
             entry = shutil.which(self.entrypoint[0], path=replica.env["PATH"]) or self.entrypoint[0]
             replica.argv = [entry, *self.entrypoint[1:], *command]
@@ -275,11 +280,19 @@ class LocalCompose:
             paths[target] = local_file
         return paths
 
+    def _peer(self, words: list[str]) -> list[str]:
+        """`--replicaof redis 6379`: another service's name and port as two words → its address and port."""
+        if len(words) == 2 and words[0] in self.replicas and words[1].isdigit():
+            target = self.replicas[words[0]][0]
+            if int(words[1]) in target.ports:
+                return [target.address, str(target.ports[int(words[1])])]
+        return []
+
     def _rewrite(self, value: str, replica: Replica, paths: Mapping[str, Path]) -> str:
-        for name in self.names:  # the compose network: service:port → its loopback address and port
+        for name in self.names:  # the compose network: service:port or "service port" → its address and port
             for container_port, port in self.replicas[name][0].ports.items():
-                value = re.sub(rf"(?<![\w.-]){re.escape(name)}:{container_port}(?!\d)",
-                               f"{self.replicas[name][0].address}:{port}", value)
+                value = re.sub(rf"(?<![\w.-]){re.escape(name)}(:|[ \t]+){container_port}(?!\d)",
+                               lambda m, a=self.replicas[name][0].address, p=port: f"{a}{m.group(1)}{p}", value)
         for container_port, port in replica.ports.items():  # where this container itself listens
             value = re.sub(rf"(?<![\d.]){container_port}(?!\d)", str(port), value)
         if paths:  # one pass, so a replaced path is never replaced again

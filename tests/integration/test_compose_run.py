@@ -18,7 +18,7 @@ import requests
 from ops.processes import wait_until
 from sandbox import Sandbox, SandboxConfig, SandboxControl
 from shared.timeutil import now_beijing
-from tests.integration.compose_local import ROOT, ComposeError, LocalCompose
+from tests.integration.compose_local import ROOT, ComposeError, LocalCompose, read_env_file
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,45 @@ def _answers(url: str) -> bool:
     except requests.RequestException:
         time.sleep(0.5)
         return False
+
+
+@pytest.mark.slow
+def test_ha_profile_runs_and_the_sync_goes_on_after_the_master_dies(tmp_path):
+    with Sandbox(SandboxConfig()) as apis:
+        now = now_beijing()
+        apis.generate(30, start=now - timedelta(hours=2), end=now - timedelta(minutes=2))
+        env = {**apis.env(), "POLL_INTERVAL_S": "2", "SETTLE_S": "0", "WORKER_CONCURRENCY": "2",
+               "BIP_RATE_PER_SECOND": "200", "WDT_RATE_PER_MINUTE": "6000"}
+        directory = project(tmp_path, env)
+        password = compose_env(directory)["REDIS_PASSWORD"]
+        with open(directory / ".env", "a") as dotenv:  # README's `ha` lines
+            dotenv.write(f"SYNC_REDIS_URL=sentinel://:{password}@sentinel-1:26379;sentinel://sentinel-2:26379;"
+                         f"sentinel://sentinel-3:26379/0\nREDIS_SENTINEL_MASTER=mymaster\n"
+                         f"REDIS_SENTINEL_PASSWORD={password}\n")
+        compose = LocalCompose(COMPOSE, directory, tmp_path / "run", profiles=["ha"],
+                               services=["redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "worker", "beat"])
+        try:
+            compose.start()
+            good = good_stockouts(apis.wdt.statuses(), apis.bad_ids)
+            wait_until(lambda: (compose.check_running(), good <= set(saved_ids(apis.records())))[1], 90,
+                       message="stockouts saved through the Sentinels' master")
+            compose.wait_healthy("redis-replica", 60)
+            assert_all_healthy(compose)
+
+            master = compose.replicas["redis"][0]
+            master.proc.kill()  # SIGKILL: the Sentinels (down after 5 s) promote redis-replica
+            master.proc.wait(10)
+            master.proc = None
+            later = apis.generate(20, start=now_beijing() - timedelta(seconds=30), end=now_beijing())
+            good |= {s["stockout_id"] for s in later if s["status"] in ("95", "110")}
+            wait_until(lambda: (compose.check_running(), good <= set(saved_ids(apis.records())))[1], 90,
+                       interval=1, message="stockouts that appeared after the master died, saved")
+            assert len(saved_ids(apis.records())) == len(good), "a stockout was saved twice"
+            for name in ("worker", "beat"):
+                compose.wait_healthy(name, 60)
+        finally:
+            compose.stop()
+
+
+def compose_env(directory: Path) -> dict[str, str]:
+    return read_env_file(directory / ".env")
