@@ -1,22 +1,60 @@
-"""The Redis broker transport, hardened in one place: an entry on a queue that is not even JSON.
+"""The Redis broker transport, hardened in one place: an entry on a queue that is not even JSON, and
+a message popped just as Redis goes away.
 
 kombu's Redis channel pops an entry with BRPOP and decodes it; an entry that is not JSON (written by
 anything that can reach Redis) raises out of the consumer loop and stops the whole worker. Here such
 an entry is logged and dropped — it is not a message we ever published, so nothing is lost — and
 the worker goes on. Messages that ARE JSON but carry pickle or another content type are refused by
-Celery's own accept_content check, and never deserialised. The same hardening applies to the
-Sentinel flavour of the transport (`sentinel://` broker URLs), which finds the master through Sentinel.
+Celery's own accept_content check, and never deserialised.
+
+kombu pops a message (BRPOP) and only then records it as unacked (a second command): when Redis goes
+away in between (a failover, a restart) the message is in neither place and would be lost. Here it is
+put back on its queue as soon as Redis (or the promoted replica) answers again. The same hardening
+applies to the Sentinel flavour of the transport (`sentinel://` broker URLs).
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("stockout_sync.broker")
+
+# How long a popped message waits for Redis to answer again before it is given up (and left to
+# `stockout-sync reconcile`): longer than a Sentinel failover.
+PUT_BACK_WAIT_S = 60.0
+
+
+class _PutsBackWhatItCouldNotRecord(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            self._put_back(message)
+            raise  # the consumer reconnects, as it would have; the message never reached a task
+
+    def _put_back(self, message: Any) -> None:
+        channel = self.channel
+        info = message.delivery_info
+        deadline = time.monotonic() + PUT_BACK_WAIT_S
+        while True:
+            try:
+                with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                    channel._do_restore_message(message._raw, info["exchange"], info["routing_key"], pipe)
+                    pipe.execute()
+                log.warning("Redis went away as a message was taken: put it back on queue %s", info["routing_key"])
+                return
+            except channel.connection_errors:
+                if time.monotonic() > deadline:
+                    log.error("Redis did not come back within %.0f s: a message taken from queue %s is lost "
+                              "to the broker; `stockout-sync reconcile --requeue-missing` sends it again",
+                              PUT_BACK_WAIT_S, info["routing_key"])
+                    return
+                time.sleep(0.5)
 
 
 class _DropsNonMessages:
@@ -29,11 +67,11 @@ class _DropsNonMessages:
 
 
 class Channel(_DropsNonMessages, kombu_redis.Channel):
-    pass
+    QoS = _PutsBackWhatItCouldNotRecord
 
 
 class SentinelChannel(_DropsNonMessages, kombu_redis.SentinelChannel):
-    pass
+    QoS = _PutsBackWhatItCouldNotRecord
 
 
 class Transport(kombu_redis.Transport):

@@ -136,7 +136,7 @@ def test_a_wrong_command_or_an_unreachable_address_is_caught(tmp_path):
     try:
         compose.start()
         with pytest.raises(AssertionError, match="never healthy"):
-            compose.wait_healthy("beat", 20)
+            compose.wait_healthy("beat", 10)
     finally:
         compose.stop()
 
