@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
+from shared.reconcile_reports import last_report
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -74,6 +75,7 @@ class Status(BaseModel):
     bip_token: TokenState
     rate_limits: list[LimiterState] = Field(default_factory=list)
     workers: list[Worker] | None = None  # None: the broadcast itself failed
+    last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     problems: list[str] = Field(default_factory=list)
 
 
@@ -87,6 +89,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.synced = saved_count(r, p)
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
+    status.last_reconcile = last_report(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status

@@ -10,6 +10,7 @@ import ssl
 from functools import lru_cache
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from shared.broker import SENTINEL_TRANSPORT, TRANSPORT
@@ -19,6 +20,10 @@ from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
 SYNC_TASK = "stockout_sync.sync_stockout"
+RECONCILE_TASK = "stockout_sync.reconcile_daily"
+# The daily reconcile may wait out a 40-calls-a-minute quota; it is acked on receipt, so running
+# longer than the visibility timeout never makes Redis hand it to a second process.
+RECONCILE_TIME_LIMIT_S = 4 * 3600
 STOCKOUT_QUEUE = "stockouts"
 PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
@@ -73,6 +78,7 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": STOCKOUT_QUEUE,
         "task_routes": {
             POLL_TASK: {"queue": PRODUCER_QUEUE},
+            RECONCILE_TASK: {"queue": PRODUCER_QUEUE},
             SYNC_TASK: {"queue": STOCKOUT_QUEUE},
         },
         "task_create_missing_queues": False,
@@ -95,7 +101,8 @@ def celery_config(settings: Settings) -> dict:
                 "schedule": settings.poll_interval_s,
                 # A beat that fires while the producer is busy must not pile up polls.
                 "options": {"expires": max(1.0, settings.poll_interval_s)},
-            }
+            },
+            **daily_reconcile_schedule(settings),
         },
         "timezone": "Asia/Shanghai",
         "enable_utc": True,
@@ -116,6 +123,25 @@ def sentinel_transport_options(settings: Settings) -> dict:
     if settings.redis_sentinel_password.get_secret_value():
         options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
     return options
+
+
+def daily_reconcile_schedule(settings: Settings) -> dict:
+    """The daily reconcile of the previous Beijing day, when RECONCILE_DAILY_AT is set (crontab in
+    the app's timezone, Asia/Shanghai)."""
+    at = settings.reconcile_daily_time()
+    if at is None:
+        return {}
+    return {
+        "reconcile-previous-day": {
+            "task": RECONCILE_TASK,
+            "schedule": crontab(hour=at[0], minute=at[1]),
+            "options": {
+                "expires": 3600.0,  # a beat down at that time does not run yesterday's twice later
+                "soft_time_limit": RECONCILE_TIME_LIMIT_S,
+                "time_limit": RECONCILE_TIME_LIMIT_S + 60,
+            },
+        }
+    }
 
 
 def broker_tls(settings: Settings) -> dict | None:

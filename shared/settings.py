@@ -5,10 +5,11 @@ Secrets are `SecretStr` so that printing or logging a Settings object never show
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.redis_conn import is_sentinel, parse_sentinel_url
@@ -74,10 +75,34 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
+    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
+    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
+    # Scheduled reconcile (beat reconciles the previous Beijing day once a day)
+    reconcile_daily_at: str = Field("", description="HH:MM Beijing time of the daily run; empty = off")
+    reconcile_daily_max_calls: int = Field(
+        1000, ge=0, description="detail/code look-ups the daily run may spend (a random sample beyond); 0 = no limit"
+    )
+
     # Redis Sentinel: REDIS_URL=sentinel://:password@host1:26379;sentinel://host2:26379/0 names the
     # Sentinels; the broker and our own state client both follow the master they name after a failover.
     redis_sentinel_master: str = Field("", description="the master's name in the Sentinels (`sentinel monitor NAME`)")
     redis_sentinel_password: SecretStr = Field(SecretStr(""), description="the Sentinels' own password, if any")
+
+    @field_validator("reconcile_daily_at")
+    @classmethod
+    def _check_daily_at(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"RECONCILE_DAILY_AT must be HH:MM in Beijing time (00:00–23:59) or empty, got {value!r}")
+        return value
+
+    def reconcile_daily_time(self) -> tuple[int, int] | None:
+        """(hour, minute) of the daily reconcile in Beijing time, None when it is off."""
+        if not self.reconcile_daily_at:
+            return None
+        hour, minute = self.reconcile_daily_at.split(":")
+        return int(hour), int(minute)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

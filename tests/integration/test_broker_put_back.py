@@ -32,12 +32,17 @@ def test_a_message_popped_as_redis_goes_away_is_put_back(redis_url, monkeypatch)
 
         monkeypatch.setattr(kombu_redis.QoS, "append", connection_lost_once)
         received = []
-        with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())]):
+
+        def take(body, msg):
+            received.append(body)
+            msg.ack()
+
+        with conn.Consumer(queue, callbacks=[take]):
             with pytest.raises(redis.ConnectionError):
                 conn.drain_events(timeout=5)
             assert failed and received == []
             assert client.llen("pb:putback") == 1, "the popped message is back on its queue"
-        with conn.clone() as again, again.Consumer(queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())]):
+        with conn.clone() as again, again.Consumer(queue, callbacks=[take]):
             again.drain_events(timeout=5)
         assert received == [{"n": 1}]
         assert client.llen("pb:putback") == 0 and client.hlen("pb:unacked") == 0
