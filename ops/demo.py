@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections import Counter
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from shared.redis_conn import resolve_redis_url
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
 
-DEMO_MAPPING = Path(__file__).resolve().parents[1] / "demo" / "mapping.toml"
+# Package data (pyproject: tool.setuptools.package-data), so the demo runs from an installed wheel too;
+# a wheel installs as plain files, so the resource is a real path the worker processes can open.
+DEMO_MAPPING = Path(str(resources.files("ops").joinpath("demo_data/mapping.toml")))
 LATE_ARRIVALS = 40
 # The demo waits while saves and dead letters keep coming, and gives up after STALL_S without one
 # (or CAP_S in all): a busy machine is slow, not stuck.

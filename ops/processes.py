@@ -65,11 +65,11 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIG
 
 def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 120.0,
                       proc: subprocess.Popen | None = None,
-                      ca_certs: str = "") -> None:
+                      ca_certs: str = "", master: str = "") -> None:
     """Until a worker has declared its queue binding in the broker (it is then consuming).
 
     A process that exits ends the wait at once, so the long default only matters on a busy machine."""
-    client = connect(redis_url, ca_certs)
+    client = connect(redis_url, ca_certs, master=master)
     deadline = time.monotonic() + timeout
     key = f"{prefix}:_kombu.binding.{queue}"
     try:

@@ -327,6 +327,7 @@ def _control_routes(sb: Sandbox) -> dict[tuple[str, str], Callable[[dict[str, An
         ("POST", f"{p}bip-list"): bip_list,
         ("POST", f"{p}rate-limits"): rate_limits,
         ("POST", f"{p}reset"): run(sb.reset),
+        ("GET", f"{p}statuses"): lambda _b: {"statuses": sb.wdt.statuses()},
         ("GET", f"{p}bad"): lambda _b: {"bad_ids": sorted(sb.bad_ids), "bad_reasons": sb.bad_reasons},
         ("GET", f"{p}config"): lambda _b: sb.config.model_dump(),
         ("GET", f"{p}env"): lambda _b: sb.env(),
@@ -509,6 +510,10 @@ class SandboxControl(_Addresses):
 
     def reset(self) -> None:
         self._call("POST", "reset")
+
+    def statuses(self) -> dict[str, str]:
+        """stockout_id → WDT status of every stockout the sandbox holds (a sandbox started with --stockouts)."""
+        return self._call("GET", "statuses")["statuses"]
 
     @property
     def bad_ids(self) -> set[str]:

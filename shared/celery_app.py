@@ -11,8 +11,9 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from shared.broker import TRANSPORT
+from shared.broker import SENTINEL_TRANSPORT, TRANSPORT
 from shared.logs import configure_logging
+from shared.redis_conn import is_sentinel, parse_sentinel_url
 from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
@@ -28,8 +29,8 @@ DEAD_LETTER_QUEUE = "dead_letter"
 
 def celery_config(settings: Settings) -> dict:
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport": TRANSPORT,
+        "broker_url": broker_url(settings),
+        "broker_transport": SENTINEL_TRANSPORT if is_sentinel(settings.redis_url) else TRANSPORT,
         "broker_use_ssl": broker_tls(settings),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -44,6 +45,7 @@ def celery_config(settings: Settings) -> dict:
             "unacked_restore_interval": max(1, min(60, settings.broker_visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.http_connect_timeout_s,
+            **sentinel_transport_options(settings),
         },
         # JSON only: pickle would let anyone who can write to Redis run code in the worker.
         "task_serializer": "json",
@@ -105,6 +107,20 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "include": ["producer.tasks", "worker.tasks"],
     }
+
+
+def broker_url(settings: Settings) -> str:
+    return parse_sentinel_url(settings.redis_url).kombu_url() if is_sentinel(settings.redis_url) else settings.redis_url
+
+
+def sentinel_transport_options(settings: Settings) -> dict:
+    """kombu's Sentinel transport: the master's name, and the Sentinels' own password when they have one."""
+    if not is_sentinel(settings.redis_url):
+        return {}
+    options: dict = {"master_name": settings.redis_sentinel_master}
+    if settings.redis_sentinel_password.get_secret_value():
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
+    return options
 
 
 def daily_reconcile_schedule(settings: Settings) -> dict:

@@ -81,8 +81,11 @@ class Publisher:
         if self._client is None or self._client[0] != url:
             ca_certs = (get_app().conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
             transport = get_app().conf.broker_transport_options or {}
+            # a sentinel:// broker: the master the Sentinels name, found again after a failover
+            sentinel = transport.get("sentinel_kwargs") or {}
             client = connect(
-                url, ca_certs, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
+                url, ca_certs, master=transport.get("master_name", ""), sentinel_password=sentinel.get("password", ""),
+                socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
                 health_check_interval=30,
             )
             self._client = (url, client)

@@ -76,6 +76,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     return connect(
         settings.redis_url,
         settings.redis_ca_certs,
+        **settings.sentinel_options(),
         socket_connect_timeout=settings.http_connect_timeout_s,
         socket_timeout=30,
         health_check_interval=30,

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.redis_conn import is_sentinel, parse_sentinel_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -82,6 +84,11 @@ class Settings(BaseSettings):
         1000, ge=0, description="detail/code look-ups the daily run may spend (a random sample beyond); 0 = no limit"
     )
 
+    # Redis Sentinel: REDIS_URL=sentinel://:password@host1:26379;sentinel://host2:26379/0 names the
+    # Sentinels; the broker and our own state client both follow the master they name after a failover.
+    redis_sentinel_master: str = Field("", description="the master's name in the Sentinels (`sentinel monitor NAME`)")
+    redis_sentinel_password: SecretStr = Field(SecretStr(""), description="the Sentinels' own password, if any")
+
     @field_validator("reconcile_daily_at")
     @classmethod
     def _check_daily_at(cls, value: str) -> str:
@@ -114,17 +121,37 @@ class Settings(BaseSettings):
                 "HTTP_CONNECT_TIMEOUT_S + HTTP_READ_TIMEOUT_S must stay well under TASK_TIME_LIMIT_S, "
                 "so a hung call ends in a retry, never in the hard time limit"
             )
+        self._check_sentinel()
         return self
+
+    def _check_sentinel(self) -> None:
+        if is_sentinel(self.redis_url):
+            parse_sentinel_url(self.redis_url)  # its errors name REDIS_URL and the part
+            if not self.redis_sentinel_master:
+                raise ValueError("REDIS_URL is sentinel:// but REDIS_SENTINEL_MASTER (the master's name) is empty")
+            if self.redis_ca_certs:
+                raise ValueError("REDIS_CA_CERTS is set but REDIS_URL is sentinel://: TLS to Sentinel and its "
+                                 "master is not supported (rediss:// to a single server is)")
+        elif self.redis_sentinel_master:
+            raise ValueError(f"REDIS_SENTINEL_MASTER={self.redis_sentinel_master!r} is set but REDIS_URL is "
+                             "not sentinel://host:26379;sentinel://…")
+
+    def sentinel_options(self) -> dict[str, str]:
+        """What `shared.redis_conn.connect` needs besides the URL when REDIS_URL is sentinel://."""
+        return {"master": self.redis_sentinel_master,
+                "sentinel_password": self.redis_sentinel_password.get_secret_value()}
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""
-        values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value()]
-        from urllib.parse import urlsplit
+        values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value(),
+                  self.redis_sentinel_password.get_secret_value()]
+        from urllib.parse import unquote, urlsplit
 
-        password = urlsplit(self.redis_url).password
-        if password:
-            values.append(password)
-        return [v for v in values if v]
+        for part in self.redis_url.split(";"):  # a sentinel:// URL may carry it on any of its parts
+            password = urlsplit(part).password
+            if password:
+                values += [password, unquote(password)]
+        return list(dict.fromkeys(v for v in values if v))
 
 
 @lru_cache(maxsize=1)

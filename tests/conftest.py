@@ -43,7 +43,7 @@ TEST_REDIS_URL, _embedded = _test_redis_url()
 TEST_ENV = {
     "REDIS_URL": TEST_REDIS_URL,
     "REDIS_PREFIX": "t",
-    "MAPPING_FILE": str(ROOT / "demo" / "mapping.toml"),
+    "MAPPING_FILE": str(ROOT / "ops" / "demo_data" / "mapping.toml"),
     "BROKER_VISIBILITY_TIMEOUT_S": "40",
     "TASK_TIME_LIMIT_S": "20",
     "RETRY_BACKOFF_BASE_S": "0.2",

@@ -88,10 +88,13 @@ def flower(port: int, address: str, insecure: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address the sandbox listens on")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
-def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
+@click.option("--public-url", envvar="SANDBOX_PUBLIC_URL", default=None,
+              help="the base other hosts reach it at, as BIP discovery answers it (SANDBOX_PUBLIC_URL; "
+                   "compose: http://sandbox:8700); default: the address it listens on")
+def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None) -> None:
     """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
 
-    serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
+    serve(SandboxConfig(), host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad)
 
 
 @main.command()

@@ -16,12 +16,12 @@ from shared.wdt.models import Stockout
 from worker.transform import TransformError, preview, resubmit_key, to_bip, validate_stockout
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_TEXT = (ROOT / "demo" / "mapping.toml").read_text(encoding="utf-8")
+DEMO_TEXT = (ROOT / "ops" / "demo_data" / "mapping.toml").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_mapping(ROOT / "demo" / "mapping.toml")
+    return load_mapping(ROOT / "ops" / "demo_data" / "mapping.toml")
 
 
 def mapping_with(*replacements: tuple[str, str]):
