@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from producer.poll import read_slice, slices_for
+from producer.poll import read_slice
+from producer.window import slices_for
+from shared import metrics
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, StockoutSyncError, resolve
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
+from shared.wdt.paging import WdtPage
 
 State = Literal["done", "queued", "dead_letter", "unseen"]
 BIP_ATTEMPTS = 4
@@ -102,16 +105,17 @@ class Reconcile:
         self._dead = set(DeadLetterStore(self.rt.redis, self.rt.settings.redis_prefix).ids())
         mapping = self.rt.mapping
 
-        def page(stockouts: list[dict]) -> None:
-            self._compare(stockouts, mapping, report)
+        def page(got: WdtPage) -> None:
+            self._compare(got.stockouts, mapping, report)
             report.pages += 1
             if on_page:
                 on_page(report)
 
-        for s, e in slices_for(since, until, self.rt.settings.slice_days):
-            read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep, mapping=mapping)
-            if on_slice:
-                on_slice(e)
+        with metrics.wdt_purpose("reconcile"):
+            for s, e in slices_for(since, until, timedelta(days=self.rt.settings.slice_days)):
+                read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep, mapping=mapping)
+                if on_slice:
+                    on_slice(e)
         report.duration_s = round(time.monotonic() - started, 3)
         return report
 

@@ -1,6 +1,7 @@
 """The one Celery app and all of its configuration.
 
-Queues: `stockouts` (one message per stockout, consumed by `stockout-sync worker`), `producer` (the
+Queues: `stockouts` (one message per stockout, consumed by `stockout-sync worker`), `stockouts.backfill`
+(the same for backfill jobs, read by workers only when `stockouts` is empty), `producer` (the
 poll, consumed by the process `stockout-sync beat` runs so a poll never waits behind thousands of
 saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do list).
 """
@@ -18,6 +19,8 @@ from shared.settings import Settings, get_settings
 POLL_TASK = "stockout_sync.poll"
 SYNC_TASK = "stockout_sync.sync_stockout"
 STOCKOUT_QUEUE = "stockouts"
+# Backfill messages: a queue of their own that workers read only when `stockouts` is empty (below).
+BACKFILL_QUEUE = "stockouts.backfill"
 PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
 
@@ -40,6 +43,11 @@ def celery_config(settings: Settings) -> dict:
             "unacked_restore_interval": max(1, min(60, settings.broker_visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.http_connect_timeout_s,
+            # Live first: kombu's default (round_robin) rotates the queues a worker reads after every
+            # message, so a live stockout would alternate with backfill ones; `sorted` issues one BRPOP
+            # over the queues in name order, and Redis pops from the first non-empty list, so
+            # `stockouts` always comes before `stockouts.backfill` (kombu #518, celery #5874).
+            "queue_order_strategy": "sorted",
         },
         # JSON only: pickle would let anyone who can write to Redis run code in the worker.
         "task_serializer": "json",
@@ -64,6 +72,7 @@ def celery_config(settings: Settings) -> dict:
         "task_soft_time_limit": soft_time_limit(settings),
         "task_queues": [
             Queue(STOCKOUT_QUEUE, Exchange(STOCKOUT_QUEUE), routing_key=STOCKOUT_QUEUE),
+            Queue(BACKFILL_QUEUE, Exchange(BACKFILL_QUEUE), routing_key=BACKFILL_QUEUE),
             Queue(PRODUCER_QUEUE, Exchange(PRODUCER_QUEUE), routing_key=PRODUCER_QUEUE),
             Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_QUEUE), routing_key=DEAD_LETTER_QUEUE),
         ],

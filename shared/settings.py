@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Backfill, backpressure and the lookback (docs: README "Backfilling history")
+    # Messages waiting in Redis (both stockout queues + unacked) at which backfills stop publishing,
+    # and below which they start again; 0 = 5 minutes of BIP_RATE_PER_SECOND, and half of that.
+    backlog_high_water: int = Field(0, ge=0, description="backfills pause at this many waiting messages")
+    backlog_low_water: int = Field(0, ge=0, description="backfills resume below this many waiting messages")
+    # The lookback is re-read only where WDT's counts say something changed; this is how often they are compared.
+    lookback_check_s: float = Field(120.0, ge=0, description="seconds between lookback count checks; 0 = every poll")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.lookback_s >= self.state_ttl_days * 86400:
@@ -89,7 +97,20 @@ class Settings(BaseSettings):
                 "HTTP_CONNECT_TIMEOUT_S + HTTP_READ_TIMEOUT_S must stay well under TASK_TIME_LIMIT_S, "
                 "so a hung call ends in a retry, never in the hard time limit"
             )
+        if self.backlog_low_water and self.backlog_low_water >= self.high_water:
+            raise ValueError(
+                f"BACKLOG_LOW_WATER={self.backlog_low_water} must be below the high-water mark ({self.high_water}; "
+                "BACKLOG_HIGH_WATER), or backfills never pause"
+            )
         return self
+
+    @property
+    def high_water(self) -> int:
+        return self.backlog_high_water or max(100, round(self.bip_rate_per_second * 300))
+
+    @property
+    def low_water(self) -> int:
+        return self.backlog_low_water or self.high_water // 2
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""

@@ -11,7 +11,7 @@ from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
 from sandbox.server import serve
-from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.celery_app import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.settings import get_settings
 
 
@@ -21,7 +21,7 @@ from shared.settings import get_settings
 @click.option("--hostname", default="stockouts@%h")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency, pool, hostname, metrics_port) -> None:
-    """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
+    """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
     check_mapping()
     start_metrics(metrics_port)
 
@@ -30,7 +30,7 @@ def worker(concurrency, pool, hostname, metrics_port) -> None:
         [
             *json_lines_only(),
             "worker",
-            "-Q", STOCKOUT_QUEUE,
+            "-Q", f"{STOCKOUT_QUEUE},{BACKFILL_QUEUE}",  # live first: see queue_order_strategy
             f"--pool={pool or s.worker_pool}",
             f"--concurrency={concurrency or s.worker_concurrency}",
             f"--hostname={hostname}",
