@@ -29,6 +29,8 @@ FIGURES = {
     "4": ("producer", "producer rate and memory"),
     "5": ("memory", "Redis bytes per stockout"),
     "6": ("freshness", "WDT → BIP p95"),
+    "7": ("backfill", "backfill memory and live freshness"),
+    "8": ("lookback", "WDT calls per poll"),
 }
 
 

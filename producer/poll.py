@@ -220,12 +220,12 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None, backfill_pub
                 # slice's count, and the lookback check below re-reads the slice for it.
                 window.close_slice(s, e, read(s, e, reread_first=False))
                 summary.slices += 1
-        if window.check_due():
+        if window.check_due(now):
             with metrics.wdt_purpose("lookback"):
                 check_lookback(window, lambda s, e: probe(rt.wdt, s, e, settings=settings, mapping=mapping,
                                                           keepalive=keepalive),
                                lambda s, e: read(s, e, reread_first=True), summary)
-            window.checked()
+            window.checked(now)
         summary.cursor = format_wire(window.cursor() or now)
         if backfill_publish is not None and backfill_budget_s > 0:
             with metrics.wdt_purpose("backfill"):

@@ -7,7 +7,6 @@ Why a ledger: see README "How it works" — the lookback re-reads only slices wh
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -85,15 +84,15 @@ class Window:
             segments.append(Segment(start, end, int(value)))
         return sorted(segments, key=lambda seg: seg.start)
 
-    def check_due(self) -> bool:
-        """Whether the lookback's counts are due for a comparison (every LOOKBACK_CHECK_S)."""
+    def check_due(self, now: datetime) -> bool:
+        """Whether the lookback's counts are due for a comparison (every LOOKBACK_CHECK_S of `now`)."""
         if not self.lookback:
             return False
         last = self.r.get(self.checked_key)
-        return last is None or time.time() - float(last) >= self.s.lookback_check_s
+        return last is None or now.timestamp() - float(last) >= self.s.lookback_check_s
 
-    def checked(self) -> None:
-        self.r.set(self.checked_key, repr(time.time()))
+    def checked(self, now: datetime) -> None:
+        self.r.set(self.checked_key, repr(now.timestamp()))
 
     def _trim(self, end: datetime) -> None:
         """Forget slices that ended before the lookback (kept one lookback longer, for slow clocks)."""
