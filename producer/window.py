@@ -54,10 +54,13 @@ class Window:
         return self.store.cursor()
 
     def live_slices(self, now: datetime) -> list[Span]:
-        """From one second after the cursor (the last slice's end, inclusive) to now − settle."""
+        """From one second after the cursor (the last slice's end, inclusive) to now − settle, and
+        never into the current second: a stockout written later in it would carry a modified time the
+        cursor has already passed (even with SETTLE_S=0)."""
         cursor = self.cursor()
         start = cursor + ONE_SECOND if cursor is not None else self.initial_since
-        return slices_for(start, now - self.settle, self.span)
+        end = min(now - self.settle, now.replace(microsecond=0) - ONE_SECOND)
+        return slices_for(start, end, self.span)
 
     def close_slice(self, start: datetime, end: datetime, count: int) -> None:
         """Every page of [start, end] is published: move the cursor and remember the slice's count."""
