@@ -8,6 +8,7 @@ stockouts must still be saved within a poll interval + 5 s. Phase 2: a drain sta
 large BIP quota (this process trims the backfill queue) until the producer has walked the whole
 range — at 20/s that would take 83 minutes — so the peak is shown bounded over all of it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,27 +35,50 @@ def run(ctx: Context) -> list[Row]:
     try:
         small = _run(ctx, SMALL, "f7s")
     except FileNotFoundError:
-        return [Row("7. backfill: peak Redis growth", float("nan"), f"≤ {PEAK_TARGET_MB} MB", None,
-                    "skipped: no redis-server binary for a private server")]
+        return [
+            Row(
+                "7. backfill: peak Redis growth",
+                float("nan"),
+                f"≤ {PEAK_TARGET_MB} MB",
+                None,
+                "skipped: no redis-server binary for a private server",
+            )
+        ]
     large = _run(ctx, LARGE, "f7l")
     ratio = large["peak"] / small["peak"]
     p95 = large["live_p95"]
     return [
-        Row("7. backfill of 100,000 at 20/s: peak Redis used_memory growth (MB)", large["peak"] / 2**20,
-            f"≤ {PEAK_TARGET_MB}", large["peak"] / 2**20 <= PEAK_TARGET_MB,
-            f"{large['detail']}; 10,000: {small['detail']}", fmt="{:.1f}"),
-        Row("7. backfill: peak growth, 100,000 ÷ 10,000", ratio, f"≤ {RATIO_TARGET}", ratio <= RATIO_TARGET,
+        Row(
+            "7. backfill of 100,000 at 20/s: peak Redis used_memory growth (MB)",
+            large["peak"] / 2**20,
+            f"≤ {PEAK_TARGET_MB}",
+            large["peak"] / 2**20 <= PEAK_TARGET_MB,
+            f"{large['detail']}; 10,000: {small['detail']}",
+            fmt="{:.1f}",
+        ),
+        Row(
+            "7. backfill: peak growth, 100,000 ÷ 10,000",
+            ratio,
+            f"≤ {RATIO_TARGET}",
+            ratio <= RATIO_TARGET,
             f"{large['peak'] / 2**20:.1f} MB vs {small['peak'] / 2**20:.1f} MB; phase 1 alone (20/s drain): "
-            f"{large['peak1'] / 2**20:.1f} vs {small['peak1'] / 2**20:.1f} MB", fmt="{:.2f}"),
-        Row(f"7. live stockouts during the backfill: p95 s from WDT to BIP (poll every {POLL_INTERVAL_S:.0f} s)", p95,
-            f"≤ {POLL_INTERVAL_S + 5:.0f}", p95 <= POLL_INTERVAL_S + 5,
+            f"{large['peak1'] / 2**20:.1f} vs {small['peak1'] / 2**20:.1f} MB",
+            fmt="{:.2f}",
+        ),
+        Row(
+            f"7. live stockouts during the backfill: p95 s from WDT to BIP (poll every {POLL_INTERVAL_S:.0f} s)",
+            p95,
+            f"≤ {POLL_INTERVAL_S + 5:.0f}",
+            p95 <= POLL_INTERVAL_S + 5,
             f"{large['live_n']} live stockouts during the 100,000 run, median {large['live_median']:.2f} s, max "
-            f"{large['live_max']:.2f} s; during the 10,000 run p95 {small['live_p95']:.2f} s", fmt="{:.2f}"),
+            f"{large['live_max']:.2f} s; during the 10,000 run p95 {small['live_p95']:.2f} s",
+            fmt="{:.2f}",
+        ),
     ]
 
 
 def _run(ctx: Context, n: int, name: str) -> dict:
-    from producer.backfill import JobStore
+    from producer.jobs import JobStore
     from sandbox import Sandbox, SandboxConfig
     from shared.celery_app import BACKFILL_QUEUE
 
@@ -70,9 +94,17 @@ def _run(ctx: Context, n: int, name: str) -> dict:
     added: dict[str, float] = {}
     seen: dict[str, float] = {}
     try:
-        env = service_env(sb, redis_url=server.url, prefix=name, bip_rate_per_second=BIP_RATE, poll_interval_s=POLL_INTERVAL_S,
-                          settle_s=0, initial_since=format_wire(now - timedelta(minutes=1)), wdt_rate_per_minute=600_000,
-                          log_level="WARNING")
+        env = service_env(
+            sb,
+            redis_url=server.url,
+            prefix=name,
+            bip_rate_per_second=BIP_RATE,
+            poll_interval_s=POLL_INTERVAL_S,
+            settle_s=0,
+            initial_since=format_wire(now - timedelta(minutes=1)),
+            wdt_rate_per_minute=600_000,
+            log_level="WARNING",
+        )
         procs.worker(env)
         procs.beat(env)
         time.sleep(3 * POLL_INTERVAL_S)  # every process connected, a few polls done: the baseline
@@ -126,11 +158,16 @@ def _run(ctx: Context, n: int, name: str) -> dict:
     live = sorted(seen.get(sid, float("inf")) - added[sid] for sid in added_by_then)
     p95 = live[min(len(live) - 1, round(0.95 * (len(live) - 1)))] if live else float("nan")
     return {
-        "peak": peak, "peak1": peak1, "live_p95": p95, "live_n": len(live),
-        "live_median": statistics.median(live) if live else float("nan"), "live_max": live[-1] if live else float("nan"),
-        "detail": f"{finished.published} published ({walked1.published} in phase 1, {walked1.progress():.0%} of the range), "
-                  f"job {finished.state}, peak {peak / 2**20:.1f} MB ({peak1 / 2**20:.1f} MB in phase 1), "
-                  f"{sum(1 for x in live if x != float('inf'))} of {len(live)} live stockouts saved",
+        "peak": peak,
+        "peak1": peak1,
+        "live_p95": p95,
+        "live_n": len(live),
+        "live_median": statistics.median(live) if live else float("nan"),
+        "live_max": live[-1] if live else float("nan"),
+        "detail": f"{finished.published} published ({walked1.published} in phase 1, "
+        f"{walked1.progress():.0%} of the range), "
+        f"job {finished.state}, peak {peak / 2**20:.1f} MB ({peak1 / 2**20:.1f} MB in phase 1), "
+        f"{sum(1 for x in live if x != float('inf'))} of {len(live)} live stockouts saved",
     }
 
 

@@ -4,6 +4,7 @@ lookback. The real `poll_once` runs in this process against the sandbox's gatewa
 calls are counted by purpose (`stockout_sync_wdt_calls`). Before issue 12 every poll re-read the
 whole lookback: (lookback + interval) × rate ÷ page size pages.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -31,9 +32,16 @@ def run(ctx: Context) -> list[Row]:
     sb = Sandbox(SandboxConfig()).start()
     serve_feed(sb, feed)
     try:
-        env = service_env(sb, redis_url=ctx.redis_url, prefix=ctx.prefix("f8"), wdt_rate_per_minute=6_000_000,
-                          initial_since=_wire(start + timedelta(minutes=5)))
-        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+        env = service_env(
+            sb,
+            redis_url=ctx.redis_url,
+            prefix=ctx.prefix("f8"),
+            wdt_rate_per_minute=6_000_000,
+            initial_since=_wire(start + timedelta(minutes=5)),
+        )
+        settings = Settings(
+            _env_file=None, **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+        )
         rt = Runtime(settings)
         interval = timedelta(seconds=settings.poll_interval_s)
         now = start + timedelta(hours=1, minutes=5)  # the first poll catches up an hour (not counted)
@@ -57,17 +65,20 @@ def run(ctx: Context) -> list[Row]:
     ratio = per_poll / pages
     exact = per_poll / (new_per_poll / settings.wdt_page_size)
     old = ceil((settings.lookback_s + settings.poll_interval_s) * PER_HOUR / 3600 / settings.wdt_page_size) + 1
-    return [Row(
-        "8. WDT calls per poll ÷ pages of new data (10,000/h, 1 h lookback, steady state)",
-        ratio,
-        f"≤ {TARGET}",
-        ratio <= TARGET,
-        f"{per_poll:.2f} calls per poll ({spent['poll'] / polls:.2f} reading new slices, {spent['lookback'] / polls:.2f} "
-        f"checking the lookback's counts every {settings.lookback_check_s:.0f} s) for {new_per_poll:.0f} new stockouts "
-        f"= {pages} pages of {settings.wdt_page_size} ({exact:.2f} × the exact {new_per_poll / settings.wdt_page_size:.2f}); "
-        f"re-reading the whole lookback would cost ~{old} calls per poll",
-        fmt="{:.2f}",
-    )]
+    return [
+        Row(
+            "8. WDT calls per poll ÷ pages of new data (10,000/h, 1 h lookback, steady state)",
+            ratio,
+            f"≤ {TARGET}",
+            ratio <= TARGET,
+            f"{per_poll:.2f} calls per poll ({spent['poll'] / polls:.2f} reading new slices, "
+            f"{spent['lookback'] / polls:.2f} checking the lookback's counts every {settings.lookback_check_s:.0f} s) "
+            f"for {new_per_poll:.0f} new stockouts = {pages} pages of {settings.wdt_page_size} "
+            f"({exact:.2f} × the exact {new_per_poll / settings.wdt_page_size:.2f}); "
+            f"re-reading the whole lookback would cost ~{old} calls per poll",
+            fmt="{:.2f}",
+        )
+    ]
 
 
 def _discard(raw: dict, key: str) -> None:

@@ -12,10 +12,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from producer.backfill import Gate, JobStore, SliceRead, advance
+from producer.backfill import Gate, SliceRead, advance
+from producer.jobs import JobStore
 from producer.window import Segment, Window, runs, slices_for
 from shared import metrics
 from shared.backlog import live_backlog
@@ -24,9 +26,16 @@ from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import WdtPage
 
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.messages import Publisher
+    from shared.runtime import Runtime
+    from shared.settings import Settings
+    from shared.wdt.client import WdtClient
+
 log = logging.getLogger("stockout_sync.producer")
 
-Publish = Callable[[dict, str], object]
+Publish = Callable[[dict, str], object]  # what it returns (a task id, say) is not used
 PAGE_ATTEMPTS = 5
 _LOGGED = {"window_start", "window_end", "fetched", "published", "cursor", "duration_s"}
 
@@ -58,11 +67,14 @@ class PollSummary(BaseModel):
             f"poll {self.window_start} → {self.window_end}: fetched {self.fetched}, published {self.published}, "
             f"already done {self.already_done}, already queued {self.already_queued}, "
             f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s); lookback "
-            f"{self.lookback_probes} probes, {self.lookback_rereads} slices re-read; {self.backfill_slices} backfill slices"
+            f"{self.lookback_probes} probes, {self.lookback_rereads} slices re-read; "
+            f"{self.backfill_slices} backfill slices"
         )
 
 
-def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary) -> None:
+def publish_page(
+    stockouts: Iterable[dict], *, store: StateStore, mapping: Mapping, publish: Publish, summary: PollSummary
+) -> None:
     """Filter, look up the whole page's state in one round trip, publish the new ones, mark them queued."""
     before = summary.model_copy()
     eligible: list[tuple[str, dict]] = []
@@ -101,7 +113,7 @@ def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publi
 WDT_DEFAULT_STATUSES = frozenset({"95", "110"})
 
 
-def status_queries(mapping) -> list[dict]:
+def status_queries(mapping: Mapping | None) -> list[dict]:
     """The queries that fetch every status the mapping syncs: WDT's default when that covers them,
     else one query per status (a mapping that adds 113 异常发货 would otherwise never see one)."""
     wanted = set(mapping.filters.statuses) if mapping is not None else set()
@@ -111,8 +123,9 @@ def status_queries(mapping) -> list[dict]:
 
 
 def read_slice(
-    wdt, start: datetime, end: datetime, *, on_page: Callable[[WdtPage], bool | None], settings, sleep=time.sleep,
-    keepalive: Callable[[], None] = lambda: None, mapping=None, reread_first: bool = True,
+    wdt: WdtClient, start: datetime, end: datetime, *, on_page: Callable[[WdtPage], bool | None],
+    settings: Settings, sleep: Callable[[float], None] = time.sleep, keepalive: Callable[[], None] = lambda: None,
+    mapping: Mapping | None = None, reread_first: bool = True,
 ) -> tuple[int, int]:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
@@ -121,7 +134,7 @@ def read_slice(
     read and the slice's count: WDT's `total_count` on each query's first page (else what came).
     """
 
-    def fetch(call):
+    def fetch(call: Callable[[], WdtPage]) -> WdtPage:
         attempt = 0
         while True:
             attempt += 1
@@ -154,7 +167,10 @@ def read_slice(
     return pages, count
 
 
-def probe(wdt, start: datetime, end: datetime, *, settings, mapping=None, keepalive=lambda: None) -> int:
+def probe(
+    wdt: WdtClient, start: datetime, end: datetime, *, mapping: Mapping | None = None,
+    keepalive: Callable[[], None] = lambda: None,
+) -> int:
     """How many stockouts WDT counts in [start, end] now: one call per status query (a page of one)."""
     total = 0
     for query in status_queries(mapping):
@@ -167,17 +183,17 @@ def probe(wdt, start: datetime, end: datetime, *, settings, mapping=None, keepal
 class OnQueue:
     """A publisher bound to one queue (`publish.many` kept, so a page is still one LPUSH)."""
 
-    def __init__(self, publisher, queue: str) -> None:
+    def __init__(self, publisher: Publisher, queue: str) -> None:
         self.publisher, self.queue = publisher, queue
 
     def __call__(self, raw: dict, key: str) -> None:
         self.publisher(raw, key, queue=self.queue)
 
-    def many(self, items) -> None:
+    def many(self, items: Iterable[tuple[dict, str]]) -> None:
         self.publisher.many(items, queue=self.queue)
 
 
-def poll_once(rt, publish: Publish, *, now: datetime | None = None, backfill_publish: Publish | None = None,
+def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, backfill_publish: Publish | None = None,
               backfill_budget_s: float = 0.0) -> PollSummary:
     """The beat's poll, one at a time (Redis lock): the new slices from the cursor to now − settle, the
     lookback's counts when due (re-reading only slices whose count changed), then backfill jobs for
@@ -222,7 +238,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None, backfill_pub
                 summary.slices += 1
         if window.check_due(now):
             with metrics.wdt_purpose("lookback"):
-                check_lookback(window, lambda s, e: probe(rt.wdt, s, e, settings=settings, mapping=mapping,
+                check_lookback(window, lambda s, e: probe(rt.wdt, s, e, mapping=mapping,
                                                           keepalive=keepalive),
                                lambda s, e: read(s, e, reread_first=True), summary)
             window.checked(now)
@@ -243,7 +259,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None, backfill_pub
     return summary
 
 
-def _wait_for_live_room(rt, settings, keepalive: Callable[[], None]) -> None:
+def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:
     """Between slices of a long catch-up: wait while the live queue alone is over the high-water mark."""
     prefix = settings.redis_prefix
     if live_backlog(rt.redis, prefix) < settings.high_water:
@@ -278,7 +294,9 @@ def check_lookback(window: Window, probe_count: Callable[[datetime, datetime], i
         check(run, probe_count(run[0].start, run[-1].end))
 
 
-def run_backfills(rt, publish: Publish, *, mapping, keepalive: Callable[[], None], deadline: float) -> int:
+def run_backfills(
+    rt: Runtime, publish: Publish, *, mapping: Mapping, keepalive: Callable[[], None], deadline: float,
+) -> int:
     """Advance the backfill jobs until `deadline`, each slice sized to the room the backlog leaves."""
     settings = rt.settings
     jobs = JobStore(rt.redis, settings.redis_prefix)
@@ -312,11 +330,13 @@ def run_backfills(rt, publish: Publish, *, mapping, keepalive: Callable[[], None
                    max_span_s=int(settings.slice_days * 86400))
 
 
-def backfill(rt, publish: Publish, since: datetime, until: datetime) -> PollSummary:
+def backfill(rt: Runtime, publish: Publish, since: datetime, until: datetime) -> PollSummary:
     """Walk a past range in this process, at once and without backpressure: the producer's own speed
     (bench figure 4). Operators use backfill jobs (`run_backfills`) instead."""
     started = time.monotonic()
-    summary = PollSummary(started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until))
+    summary = PollSummary(
+        started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)
+    )
     mapping = rt.mapping
 
     def on_page(page: WdtPage) -> None:
@@ -331,7 +351,7 @@ def backfill(rt, publish: Publish, since: datetime, until: datetime) -> PollSumm
     return summary
 
 
-def initial_since(settings, now: datetime) -> datetime:
+def initial_since(settings: Settings, now: datetime) -> datetime:
     if settings.initial_since:
         parsed = parse_wire(settings.initial_since)
         if parsed is None:

@@ -5,6 +5,7 @@ Airbyte-style: the cursor moves only in `close_slice`, after every page of a sli
 and the slice's count (WDT's `total_count` when it was read) goes into the ledger at the same time.
 Why a ledger: see README "How it works" — the lookback re-reads only slices whose count changed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ kombu's Redis transport keeps a queue as a list, plus one list per priority step
 and every message delivered to a worker but not yet acknowledged as an entry of the `unacked` hash
 (retries waiting for their countdown included). All of them are whole messages in Redis memory.
 """
+
 from __future__ import annotations
 
 import redis
@@ -22,7 +23,7 @@ def queue_lengths(r: redis.Redis, prefix: str, queues: tuple[str, ...]) -> dict[
             pipe.llen(f"{prefix}:{queue}{suffix}")
     lengths = pipe.execute()
     n = len(PRIORITY_SUFFIXES)
-    return {queue: int(sum(lengths[i * n:(i + 1) * n])) for i, queue in enumerate(queues)}
+    return {queue: int(sum(lengths[i * n : (i + 1) * n])) for i, queue in enumerate(queues)}
 
 
 def backlog(r: redis.Redis, prefix: str) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -10,19 +11,23 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ops.cli.app import check_mapping, main, parse_time
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
-from producer.backfill import JobStore, job_json
-from producer.poll import poll_once
-from shared import metrics
+from producer.jobs import JobStore, job_json
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 from shared.stats import saved as saved_count
 from worker.transform import preview as make_preview
+
+if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
+    from shared.runtime import Runtime
 
 
 @main.command()
 def poll() -> None:
     """Run one poll now and print what it did."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import poll_once
+    from shared.runtime import runtime
+
     check_mapping()
 
     summary = poll_once(runtime(), publish_stockout)
@@ -44,6 +49,9 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, follow: b
         return
     if since is None or until is None:
         fail("backfill needs --since and --until (or one of: list, show ID, cancel ID)")
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
     check_mapping()
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     if end <= start:
@@ -64,6 +72,8 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, follow: b
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def backfill_list(as_json: bool) -> None:
     """Every backfill job, oldest first, with its progress and ETA."""
+    from shared.runtime import runtime
+
     views = backfill_views(runtime())
     if as_json:
         for view in views:
@@ -78,6 +88,8 @@ def backfill_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the job as one JSON object")
 def backfill_show(job_id: str, follow: bool, as_json: bool) -> None:
     """One job: range, slice cursor, counts, state, ETA from the measured drain rate."""
+    from shared.runtime import runtime
+
     rt = runtime()
     job = JobStore(rt.redis, rt.settings.redis_prefix).get(job_id)
     if job is None:
@@ -97,6 +109,8 @@ def backfill_show(job_id: str, follow: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the job as one JSON object")
 def backfill_cancel(job_id: str, as_json: bool) -> None:
     """Stop a job: the producer publishes nothing more for it (messages already queued are still saved)."""
+    from shared.runtime import runtime
+
     rt = runtime()
     job = JobStore(rt.redis, rt.settings.redis_prefix).cancel(job_id)
     if job is None:
@@ -107,7 +121,7 @@ def backfill_cancel(job_id: str, as_json: bool) -> None:
         console.print(f"backfill job {job.id} {job.state} at cursor {job.cursor or '—'}")
 
 
-def _follow(rt, job_id: str) -> None:
+def _follow(rt: Runtime, job_id: str) -> None:
     """A progress bar over the job's range until it ends; the job goes on if this is interrupted."""
     store = JobStore(rt.redis, rt.settings.redis_prefix)
     with Progress(
@@ -130,8 +144,12 @@ def _follow(rt, job_id: str) -> None:
 
 @main.command()
 @click.argument("stockout_no")
-def preview(stockout_no) -> None:
+def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared import metrics
+    from shared.runtime import runtime
+
 
     rt = runtime()
     try:

@@ -1,6 +1,7 @@
 """Backfill jobs with the real beat and workers: SIGKILL mid-slice and a restart of every process lose
 nothing and publish nothing twice beyond what the marks skip; overlapping jobs save each stockout once;
 cancel stops a job."""
+
 from __future__ import annotations
 
 import signal
@@ -11,13 +12,18 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import stop, wait_until
-from producer.backfill import JobStore
+from producer.jobs import JobStore
 from shared.timeutil import format_wire, now_beijing
 from tests.integration.conftest import use_env
 
 # Small pages and slices and a slow WDT, so a job takes many slices and a kill lands inside one.
-ENV = {"POLL_INTERVAL_S": "1", "SLICE_DAYS": "0.25", "WDT_PAGE_SIZE": "20", "WDT_RATE_PER_MINUTE": "300",
-       "POLL_LOCK_TTL_S": "5"}  # a killed beat's lock expires within the test
+ENV = {
+    "POLL_INTERVAL_S": "1",
+    "SLICE_DAYS": "0.25",
+    "WDT_PAGE_SIZE": "20",
+    "WDT_RATE_PER_MINUTE": "300",
+    "POLL_LOCK_TTL_S": "5",
+}  # a killed beat's lock expires within the test
 
 
 def eligible(stockouts) -> set[str]:

@@ -44,8 +44,8 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
     now = now_beijing()
     old = sandbox.generate(250, start=now - timedelta(days=9), end=now - timedelta(days=2))
     eligible = {s["stockout_id"] for s in old if s["status"] in ("95", "110")}
-    args = ["backfill", "--since", format_wire(now - timedelta(days=10)), "--until", format_wire(now - timedelta(days=1)),
-            "--json"]
+    since, until = format_wire(now - timedelta(days=10)), format_wire(now - timedelta(days=1))
+    args = ["backfill", "--since", since, "--until", until, "--json"]
     first = cli(service, *args)
     assert first.returncode == 0, first.stderr
     job = json.loads(first.stdout)

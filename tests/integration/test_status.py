@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import wait_until
-from producer.backfill import JobStore
+from producer.jobs import JobStore
 from shared.celery_app import BACKFILL_QUEUE
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_dead_letter, publish_stockout

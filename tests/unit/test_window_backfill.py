@@ -1,10 +1,12 @@
 """The producer's window (cursor, slices, lookback ledger) and backfill jobs' bookkeeping, on fakeredis."""
+
 from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
 
-from producer.backfill import Gate, Job, JobStore, SliceRead, advance, eta_s
+from producer.backfill import Gate, SliceRead, advance
+from producer.jobs import Job, JobStore, eta_s
 from producer.poll import PollSummary, check_lookback
 from producer.window import Segment, Window, runs
 from shared.settings import Settings
@@ -26,7 +28,9 @@ def test_live_slices_start_one_second_after_the_cursor_and_close_slice_records_t
     assert w.live_slices(T0 + timedelta(minutes=1, seconds=1)) == [(T0, T0 + timedelta(minutes=1))]
     w.close_slice(T0, T0 + timedelta(minutes=1), 7)
     assert w.cursor() == T0 + timedelta(minutes=1)
-    assert w.live_slices(T0 + timedelta(minutes=2, seconds=1)) == [(T0 + timedelta(seconds=61), T0 + timedelta(minutes=2))]
+    assert w.live_slices(T0 + timedelta(minutes=2, seconds=1)) == [
+        (T0 + timedelta(seconds=61), T0 + timedelta(minutes=2))
+    ]
     assert w.watched() == [Segment(T0, T0 + timedelta(minutes=1), 7)]
 
 
@@ -105,8 +109,17 @@ def test_jobs_advance_round_robin_shrink_an_overfull_slice_and_stop_when_cancell
         return SliceRead(pages=1, fetched=100, published=100, total=100)
 
     gate = Gate(fake_redis, "t", high=1000, low=500)
-    advance(store, gate, read, deadline=time.monotonic() + 5, keepalive=lambda: None, min_budget=1, max_budget=100,
-            max_span_s=3600, sleep=lambda s: None)
+    advance(
+        store,
+        gate,
+        read,
+        deadline=time.monotonic() + 5,
+        keepalive=lambda: None,
+        min_budget=1,
+        max_budget=100,
+        max_span_s=3600,
+        sleep=lambda s: None,
+    )
     a, b = store.get(a.id), store.get(b.id)
     assert a and b and a.state == "done" and b.state == "done"
     assert a.published == 1600 and b.published == 800  # slices cut to 15 min: 16 and 8 of them
@@ -114,8 +127,17 @@ def test_jobs_advance_round_robin_shrink_an_overfull_slice_and_stop_when_cancell
 
     c = store.create(T0, T0 + timedelta(hours=4), slice_s=900, synced=0)
     store.cancel(c.id)
-    advance(store, gate, read, deadline=time.monotonic() + 1, keepalive=lambda: None, min_budget=1, max_budget=100,
-            max_span_s=3600, sleep=lambda s: None)
+    advance(
+        store,
+        gate,
+        read,
+        deadline=time.monotonic() + 1,
+        keepalive=lambda: None,
+        min_budget=1,
+        max_budget=100,
+        max_span_s=3600,
+        sleep=lambda s: None,
+    )
     c2 = store.get(c.id)
     assert c2 and c2.state == "cancelled" and c2.published == 0
 
@@ -125,14 +147,30 @@ def test_a_job_waits_while_the_gate_has_no_room_and_keeps_its_place(fake_redis):
     job = store.create(T0, T0 + timedelta(hours=1), slice_s=600, synced=0)
     fake_redis.rpush("t:stockouts", *range(20))
     kept: list[int] = []
-    advance(store, Gate(fake_redis, "t", high=10, low=5), lambda s, e, b: 1 / 0, deadline=time.monotonic() + 0.3,
-            keepalive=lambda: kept.append(1), min_budget=1, max_budget=100, max_span_s=3600, sleep=lambda s: time.sleep(0.05))
+    advance(
+        store,
+        Gate(fake_redis, "t", high=10, low=5),
+        lambda s, e, b: 1 / 0,
+        deadline=time.monotonic() + 0.3,
+        keepalive=lambda: kept.append(1),
+        min_budget=1,
+        max_budget=100,
+        max_span_s=3600,
+        sleep=lambda s: time.sleep(0.05),
+    )
     after = store.get(job.id)
     assert after and after.cursor == "" and after.state == "running" and len(kept) > 1
 
 
 def test_eta_from_the_drain_rate():
-    job = Job(id="x", since=format_wire(T0), until=format_wire(T0 + timedelta(hours=10)),
-              cursor=format_wire(T0 + timedelta(hours=1)), published=1000, synced_at_start=0, created_epoch=100.0)
+    job = Job(
+        id="x",
+        since=format_wire(T0),
+        until=format_wire(T0 + timedelta(hours=10)),
+        cursor=format_wire(T0 + timedelta(hours=1)),
+        published=1000,
+        synced_at_start=0,
+        created_epoch=100.0,
+    )
     # 10 % done, 1,000 published, 900 saved in 90 s: 10/s; 9,000 still to publish + 100 waiting
     assert eta_s(job, synced_now=900, waiting=100, now_epoch=190.0) == (10000 - 1000 + 100) / 10
