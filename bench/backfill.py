@@ -3,7 +3,7 @@ of 20/s and new stockouts arriving in WDT all along, on a redis-server of its ow
 server-wide). Beat walks a backfill job (as `stockout-sync backfill` records it) with the default
 high- and low-water marks.
 
-Phase 1 (PHASE1_S): the real drain, 20/s — memory must plateau at the high-water mark, and live
+Phase 1 (PHASE1_S, 30 s): the real drain, 20/s — memory must plateau at the high-water mark, and live
 stockouts must still be saved within a poll interval + 5 s. Phase 2: a drain standing in for a
 large BIP quota (this process trims the backfill queue) until the producer has walked the whole
 range — at 20/s that would take 83 minutes — so the peak is shown bounded over all of it.
@@ -26,7 +26,7 @@ PEAK_TARGET_MB = 64
 RATIO_TARGET = 1.2
 POLL_INTERVAL_S = 2.0
 BIP_RATE = 20
-PHASE1_S = 45
+PHASE1_S = 30
 LIVE_EVERY_S = 0.5
 FAST_DRAIN_PER_S = 5000
 
