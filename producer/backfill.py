@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from producer.jobs import Job, JobStore, parse_time
 from producer.window import slices_for
 from shared.backlog import backlog
+from shared.errors import StockoutSyncError
 from shared.metrics import BACKFILL_JOBS, BACKLOG
 from shared.timeutil import format_wire
 
@@ -94,12 +95,16 @@ def advance(
                 room = gate.room()
             if room < min_budget or time.monotonic() >= deadline:
                 return committed
-            if _one_slice(store, job, read, min(room, max_budget), max_span_s):
-                committed += 1
+            done = _one_slice(store, job, read, min(room, max_budget), max_span_s)
+            if done is None:
+                return committed  # WDT failing: no use trying the other jobs in this poll
+            committed += done
     return committed
 
 
-def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s: int) -> bool:
+def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s: int) -> bool | None:
+    """Read and commit the job's next slice: True when committed, False when not (cut shorter, done,
+    cancelled), None when reading it failed."""
     start, until = job.next_start(), parse_time(job.until)
     if start > until:
         job.state = "done"
@@ -109,16 +114,13 @@ def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s:
     end = slices_for(start, until, span)[0][1]
     try:
         got = read(start, end, budget)
-    except Exception as err:
-        # The slice failed after its page retries: the cursor stays, the next tick tries again.
+    except StockoutSyncError as err:
+        # The slice failed after its page retries: the cursor stays, the next poll tries again.
         log.warning(
             "backfill %s: slice %s → %s failed (%s); will try again",
-            job.id,
-            format_wire(start),
-            format_wire(end),
-            type(err).__name__,
+            job.id, format_wire(start), format_wire(end), type(err).__name__,
         )
-        return False
+        return None
     if got is None:  # more stockouts than the budget: a shorter slice
         job.slice_s = max(1, int(span.total_seconds()) // 4 if span.total_seconds() > 4 else 1)
         store.save(job)

@@ -61,6 +61,10 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
               backfill_budget_s=30)
     shown = json.loads(cli(service, "backfill", "show", job["id"], "--json").stdout)
     assert shown["state"] == "done" and shown["published"] == len(eligible) and shown["progress"] == 1
+    followed = cli(service, "backfill", "show", job["id"], "--follow")  # a finished job: the bar ends at once
+    assert followed.returncode == 0 and "done" in followed.stdout and "100%" in followed.stdout
+    missing = cli(service, "backfill", "--since", since)
+    assert missing.returncode == 2 and "--until" in missing.stderr
     assert redis_client.llen("t:stockouts.backfill") == len(eligible)
     assert redis_client.llen("t:stockouts") == 0, "backfill messages never go to the live queue"
     # a second, overlapping job publishes nothing again

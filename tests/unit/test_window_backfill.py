@@ -174,3 +174,21 @@ def test_eta_from_the_drain_rate():
     )
     # 10 % done, 1,000 published, 900 saved in 90 s: 10/s; 9,000 still to publish + 100 waiting
     assert eta_s(job, synced_now=900, waiting=100, now_epoch=190.0) == (10000 - 1000 + 100) / 10
+
+
+def test_a_failing_slice_keeps_the_cursor_and_ends_the_walk_for_this_poll(fake_redis):
+    from shared.errors import APIConnectionError
+
+    store = JobStore(fake_redis, "t")
+    job = store.create(T0, T0 + timedelta(hours=1), slice_s=600, synced=0)
+    calls: list[int] = []
+
+    def failing(start, end, budget):
+        calls.append(1)
+        raise APIConnectionError("WDT down", api="wdt")
+
+    gate = Gate(fake_redis, "t", high=1000, low=500)
+    assert advance(store, gate, failing, deadline=time.monotonic() + 5, keepalive=lambda: None, min_budget=1,
+                   max_budget=100, max_span_s=3600) == 0
+    after = store.get(job.id)
+    assert calls == [1] and after and after.cursor == "" and after.state == "running"
