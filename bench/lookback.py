@@ -1,4 +1,4 @@
-"""Figure 8: WDT calls per poll in steady state, 10,000 new stockouts an hour, the default 1-hour
+"""Figure 9: WDT calls per poll in steady state, 10,000 new stockouts an hour, the default 1-hour
 lookback. The real `poll_once` runs in this process against the sandbox's gateway (pages from
 `bench.feed`), its clock stepped a poll interval at a time, so an hour of polls takes seconds; the
 calls are counted by purpose (`stockout_sync_wdt_calls`). Before issue 12 every poll re-read the
@@ -67,7 +67,7 @@ def run(ctx: Context) -> list[Row]:
     old = ceil((settings.lookback_s + settings.poll_interval_s) * PER_HOUR / 3600 / settings.wdt_page_size) + 1
     return [
         Row(
-            "8. WDT calls per poll ÷ pages of new data (10,000/h, 1 h lookback, steady state)",
+            "9. WDT calls per poll ÷ pages of new data (10,000/h, 1 h lookback, steady state)",
             ratio,
             f"≤ {TARGET}",
             ratio <= TARGET,

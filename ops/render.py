@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:  # for the annotations only: ops.reconcile loads shared.metrics, which must come after the exporter
-    from ops.reconcile import Report
+if TYPE_CHECKING:  # annotations only: producer.reconcile loads shared.metrics, which must come after the exporter
     from ops.status import BackfillView, Status
+    from producer.reconcile import Report
+    from shared.deadletters import HistoryEntry
 
 console = Console()
 err_console = Console(stderr=True)
@@ -77,6 +78,7 @@ def print_status(report: Status) -> None:
             else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
         )
         table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
+    table.add_row("last reconcile", reconcile_line(report.last_reconcile))
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
     else:
@@ -114,11 +116,32 @@ def print_backfills(views: Sequence[BackfillView]) -> None:
 RECONCILE_ROWS = 50
 
 
-def print_reconcile(report: Report, requeued: bool) -> None:
+def reconcile_line(last: dict | None) -> str:
+    """The newest daily reconcile in one line (its whole report: `LINDEX <prefix>:reconcile:reports 0`)."""
+    if not last:
+        return "none stored (RECONCILE_DAILY_AT runs one a day)"
+    checks = last.get("checks") or {}
+    unverified = [name for name, check in checks.items()
+                  if isinstance(check, dict) and check.get("state") != "verified"]
+    return escape(
+        f"{last.get('since', '')} → {last.get('until', '')} (finished {last.get('finished_at', '')}): "
+        f"{last.get('mismatches', 0)} mismatches ({len(last.get('missing') or [])} missing, "
+        f"{len(last.get('duplicated') or [])} twice, {len(last.get('changed') or [])} changed); "
+        + (f"not verified: {', '.join(unverified)}" if unverified else "all checks verified")
+    )
+
+
+CHECK_NAMES = {"missing": "missing in BIP", "duplicates": "present twice in BIP",
+               "changed": "changed in WDT since synced"}
+
+
+def print_reconcile(report: Report) -> None:
     console.print(
         f"reconcile {report.since} → {report.until}: {report.fetched} read from WDT, {report.eligible} to sync, "
-        f"{report.in_bip} in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
-        f"{len(report.changed)} changed in WDT since synced ({report.pages} pages, {report.duration_s:.1f} s)"
+        f"{report.in_bip} proven in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
+        f"{len(report.changed)} changed in WDT since synced, {len(report.unknown)} unknown "
+        f"({report.pages} pages, BIP calls: {report.bip_calls['list']} list, {report.bip_calls['detail']} detail, "
+        f"{report.bip_calls['code']} by code; {report.duration_s:.1f} s)"
     )
 
     def show(title: str, columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
@@ -133,19 +156,47 @@ def print_reconcile(report: Report, requeued: bool) -> None:
         if len(rows) > RECONCILE_ROWS:
             console.print(f"… and {len(rows) - RECONCILE_ROWS} more (--json lists all)")
 
-    show("missing in BIP", ("stockout_id", "order_no", "modified", "here", "BIP id once"),
-         [(m.stockout_id, m.order_no, m.modified, m.state, m.bip_id) for m in report.missing])
+    show("missing in BIP", ("stockout_id", "order_no", "modified", "here", "BIP id once", "proof"),
+         [(m.stockout_id, m.order_no, m.modified, m.state, m.bip_id, m.proof) for m in report.missing])
     show("present twice in BIP", ("stockout_id", "order_no", "BIP records"),
          [(d.stockout_id, d.order_no, ", ".join(f"{r.id} ({r.code})" for r in d.records)) for d in report.duplicated])
     show("changed in WDT since synced", ("stockout_id", "order_no", "modified", "BIP written", "why"),
          [(c.stockout_id, c.order_no, c.modified, c.bip_written, c.why) for c in report.changed])
+    show("unknown: could not be proven present or absent (never requeued)",
+         ("stockout_id", "order_no", "here", "BIP id", "why"),
+         [(u.stockout_id, u.order_no, u.state, u.bip_id, u.why) for u in report.unknown])
+    console.print("[bold]checks[/bold]")
+    for name, check in report.checks:
+        if check.state == "verified":
+            console.print(f"  {CHECK_NAMES[name]}: [green]verified[/green] — {escape(check.why)}")
+        else:
+            console.print(f"  {CHECK_NAMES[name]}: [yellow]NOT verified[/yellow] — {escape(check.why)}")
     dead = sum(1 for m in report.missing if m.state == "dead_letter")
-    if requeued:
-        console.print(f"requeued {len(report.requeued)}: {' '.join(report.requeued)}")
-        if any(m.state == "done" for m in report.missing):
-            console.print("note: BIP remembers each resubmitCheckKey; a record deleted in BIP may be answered as "
-                          "already saved and stay missing — run reconcile again to see")
     if dead:
         console.print(f"{dead} of the missing are dead letters: `stockout-sync dlq list`, then `dlq requeue`")
     if report.unmarked:
         console.print(f"{report.unmarked} in BIP without a done mark here (harmless: a redelivery finds them saved)")
+    verdict = {0: "[green]verified, nothing missing, twice or changed[/green] (exit 0)",
+               1: "[red]verified mismatches found[/red] (exit 1)",
+               3: "[yellow]nothing proven wrong, but not everything could be verified[/yellow] (exit 3)"}
+    console.print(verdict[report.exit_code])
+
+
+def print_requeue(report: Report) -> None:
+    if report.requeued:
+        console.print(f"requeued {len(report.requeued)}: {' '.join(report.requeued)}")
+    else:
+        console.print("nothing requeued: nothing is proven missing (dead letters aside)")
+    for sid, why in report.requeue_skipped.items():
+        console.print(f"not requeued {escape(sid)}: {escape(why)}")
+    if report.unknown:
+        console.print(f"{len(report.unknown)} unknown stockout(s) were not requeued: run reconcile again later")
+
+
+def print_history(history: Sequence[HistoryEntry]) -> None:
+    """A dead letter's story, oldest first: each failure with its time and reason, each requeue."""
+    if not history:
+        return
+    console.print(f"[bold]history[/bold] ({len(history)})")
+    for entry in history:
+        console.print(f"  {escape(entry.line())}")

@@ -23,6 +23,7 @@ from shared.backlog import PRIORITY_SUFFIXES, backlog
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
+from shared.reconcile_reports import last_report
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -88,6 +89,7 @@ class Status(BaseModel):
     backlog: int = 0  # stockout messages in Redis (both queues + unacked): what backpressure goes by
     high_water: int = 0
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
+    last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     problems: list[str] = Field(default_factory=list)
 
 
@@ -103,6 +105,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.synced = saved_count(r, p)
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
+    status.last_reconcile = last_report(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status

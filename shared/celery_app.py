@@ -11,6 +11,7 @@ import ssl
 from functools import lru_cache
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from shared.broker import TRANSPORT
@@ -19,6 +20,10 @@ from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
 SYNC_TASK = "stockout_sync.sync_stockout"
+RECONCILE_TASK = "stockout_sync.reconcile_daily"
+# The daily reconcile may wait out a 40-calls-a-minute quota; it is acked on receipt, so running
+# longer than the visibility timeout never makes Redis hand it to a second process.
+RECONCILE_TIME_LIMIT_S = 4 * 3600
 STOCKOUT_QUEUE = "stockouts"
 # Backfill messages: a queue of their own that workers read only when `stockouts` is empty (below).
 BACKFILL_QUEUE = "stockouts.backfill"
@@ -80,6 +85,7 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": STOCKOUT_QUEUE,
         "task_routes": {
             POLL_TASK: {"queue": PRODUCER_QUEUE},
+            RECONCILE_TASK: {"queue": PRODUCER_QUEUE},
             SYNC_TASK: {"queue": STOCKOUT_QUEUE},
         },
         "task_create_missing_queues": False,
@@ -102,12 +108,32 @@ def celery_config(settings: Settings) -> dict:
                 "schedule": settings.poll_interval_s,
                 # A beat that fires while the producer is busy must not pile up polls.
                 "options": {"expires": max(1.0, settings.poll_interval_s)},
-            }
+            },
+            **daily_reconcile_schedule(settings),
         },
         "timezone": "Asia/Shanghai",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
         "include": ["producer.tasks", "worker.tasks"],
+    }
+
+
+def daily_reconcile_schedule(settings: Settings) -> dict:
+    """The daily reconcile of the previous Beijing day, when RECONCILE_DAILY_AT is set (crontab in
+    the app's timezone, Asia/Shanghai)."""
+    at = settings.reconcile_daily_time()
+    if at is None:
+        return {}
+    return {
+        "reconcile-previous-day": {
+            "task": RECONCILE_TASK,
+            "schedule": crontab(hour=at[0], minute=at[1]),
+            "options": {
+                "expires": 3600.0,  # a beat down at that time does not run yesterday's twice later
+                "soft_time_limit": RECONCILE_TIME_LIMIT_S,
+                "time_limit": RECONCILE_TIME_LIMIT_S + 60,
+            },
+        }
     }
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
+from shared.deadletters import DeadLetterStore
 from shared.redis_conn import connect
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
@@ -52,22 +53,25 @@ class Publisher:
     def __init__(self) -> None:
         self._client: tuple[str, redis.Redis] | None = None
 
-    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
+    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None,
+                 generation: int = 0) -> str:
+        """`generation` > 0 re-creates a record deleted in BIP under a new resubmitCheckKey
+        (worker.transform.resubmit_key); only reconcile --requeue-missing sends one."""
         if get_app().conf.task_send_sent_event:
             with get_app().producer_or_acquire() as producer:
-                return self._send(producer, raw, key, queue, task_id)
+                return self._send(producer, raw, key, queue, task_id, generation)
         page = _Page(queue)
-        task_id = page.add(raw, key, task_id)
+        task_id = page.add(raw, key, task_id, generation)
         self._push(queue, page.entries)
         page.published()
         return task_id
 
     @staticmethod
-    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None, generation: int = 0) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
         message = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             create_sent_event=get_app().conf.task_send_sent_event, **_lineage(),
         )
         get_app().amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
@@ -101,20 +105,27 @@ class Publisher:
 
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
-        prefix = (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
+        # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
+        self.retrying(lambda: self._broker().lpush(f"{_key_prefix()}{queue}", *entries))
+
+    @staticmethod
+    def retrying(send: Callable[[], object]) -> None:
         policy = get_app().conf.task_publish_retry_policy or {}
         retries = policy.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
         wait = policy.get("interval_start", 0)
         for attempt in range(retries + 1):
             try:
-                # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
-                self._broker().lpush(f"{prefix}{queue}", *entries)
+                send()
                 break
             except (redis.ConnectionError, redis.TimeoutError):
                 if attempt >= retries:
                     raise
                 time.sleep(wait)
                 wait = min(wait + policy.get("interval_step", 0.2), policy.get("interval_max", 1))
+
+
+def _key_prefix() -> str:
+    return (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
 
 
 class _Page:
@@ -136,10 +147,10 @@ class _Page:
         self.after = signals.after_task_publish.receivers
         self.retry_policy = get_app().conf.task_publish_retry_policy
 
-    def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
+    def add(self, raw: dict, key: str, task_id: str | None = None, generation: int = 0) -> str:
         task_id = task_id or uuid()
         headers, properties, body, _ = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             origin=self.origin, **_lineage(),
         )
         if self.before:
@@ -165,6 +176,11 @@ class _Page:
                                             routing_key=self.queue)
 
 
+def _kwargs(raw: dict, generation: int) -> dict:
+    # generation 0 is left out: every ordinary message stays exactly what it always was
+    return {"stockout": raw, "generation": generation} if generation else {"stockout": raw}
+
+
 def _lineage() -> dict:
     """A message published from inside a task (a dead letter) names that task, as send_task does."""
     parent = get_app().current_worker_task
@@ -184,5 +200,18 @@ def _json(value: Any) -> bytes:
 publish_stockout = Publisher()
 
 
+def dead_letter_entry(raw: dict, key: str, task_id: str) -> bytes:
+    """The Redis entry of a letter's copy on the dead_letter queue, as kombu's transport writes it."""
+    page = _Page(DEAD_LETTER_QUEUE)
+    page.add(raw, key, task_id)
+    return page.entries[0]
+
+
 def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
-    return publish_stockout(raw, key, queue=DEAD_LETTER_QUEUE, task_id=task_id)
+    """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
+    it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
+    `purge` remove the copy by value instead of searching the queue for it."""
+    store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
+    entry = dead_letter_entry(store.clean(raw), key, task_id)
+    publish_stockout.retrying(lambda: store.push_copy(key, entry))
+    return task_id

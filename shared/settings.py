@@ -5,10 +5,11 @@ Secrets are `SecretStr` so that printing or logging a Settings object never show
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +73,15 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
+    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
+    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
+    # Scheduled reconcile (beat reconciles the previous Beijing day once a day)
+    reconcile_daily_at: str = Field("", description="HH:MM Beijing time of the daily run; empty = off")
+    reconcile_daily_max_calls: int = Field(
+        1000, ge=0, description="detail/code look-ups the daily run may spend (a random sample beyond); 0 = no limit"
+    )
+
     # Backfill, backpressure and the lookback (docs: README "Backfilling history")
     # Messages waiting in Redis (both stockout queues + unacked) at which backfills stop publishing,
     # and below which they start again; 0 = 5 minutes of BIP_RATE_PER_SECOND, and half of that.
@@ -79,6 +89,21 @@ class Settings(BaseSettings):
     backlog_low_water: int = Field(0, ge=0, description="backfills resume below this many waiting messages")
     # The lookback is re-read only where WDT's counts say something changed; this is how often they are compared.
     lookback_check_s: float = Field(120.0, ge=0, description="seconds between lookback count checks; 0 = every poll")
+
+    @field_validator("reconcile_daily_at")
+    @classmethod
+    def _check_daily_at(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"RECONCILE_DAILY_AT must be HH:MM in Beijing time (00:00–23:59) or empty, got {value!r}")
+        return value
+
+    def reconcile_daily_time(self) -> tuple[int, int] | None:
+        """(hour, minute) of the daily reconcile in Beijing time, None when it is off."""
+        if not self.reconcile_daily_at:
+            return None
+        hour, minute = self.reconcile_daily_at.split(":")
+        return int(hour), int(minute)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -56,7 +56,8 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
             *json_lines_only(),
             "worker", "--beat",
             "-Q", PRODUCER_QUEUE,
-            "--concurrency=1",
+            # a second process when the daily reconcile is on: its hours of look-ups never hold up a poll
+            f"--concurrency={2 if s.reconcile_daily_at else 1}",
             "--hostname=producer@%h",
             f"--schedule={schedule_file}",
             f"--loglevel={s.log_level}",

@@ -1,4 +1,4 @@
-"""The 用友BIP requestor: other outbound record save and list (protocol: docs/apis.md).
+"""The 用友BIP requestor: other outbound record save, list and detail (protocol: docs/apis.md).
 
 It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
 "data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
@@ -40,6 +40,8 @@ log = logging.getLogger("stockout_sync.bip")
 
 SAVE_PATH = "/yonbip/scm/othoutrecord/single/save"
 LIST_PATH = "/yonbip/scm/othoutrecord/list"
+DETAIL_PATH = "/yonbip/scm/othoutrecord/detail"
+NOT_FOUND_CODE = "1002"
 
 SUCCESS_CODES = {"200", "00000"}
 TOKEN_CODES = {"310036", "310001"}
@@ -179,6 +181,24 @@ class BipClient:
                 return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
         return SaveResult(code=record.code or "", replayed=True)
 
+    def detail(self, record_id: str) -> dict[str, Any] | None:
+        """The record BIP holds under `record_id`, or None when BIP answers 1002 (not found).
+
+        Only 1002 means absent: every other failure (HTTP 5xx, a timeout, a gateway code) raises its
+        typed error, because "could not ask" must never be read as "not there"."""
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise ValueError(f"record_id must be a non-empty string, got {record_id!r}")
+        try:
+            body = self.request("GET", DETAIL_PATH, params={"id": record_id})
+        except InvalidRequestError as exc:
+            if exc.code == NOT_FOUND_CODE:
+                return None
+            raise
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise APIConnectionError(f"bip GET {DETAIL_PATH}: reply has no data object", api=API)
+        return data
+
     def find_by_code(self, code: str) -> list[dict[str, Any]]:
         """Records whose document code is exactly `code` (the list API may match loosely)."""
         page = self._list_page(1, 100, code=code)
@@ -208,6 +228,11 @@ class BipClient:
                 raise APIConnectionError(
                     f"bip {LIST_PATH}: page {page_index} past recordCount={total}", api=API
                 )
+
+    def list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the list and its recordCount, rows as BIP sent them: the caller checks they
+        match the query (a tenant's list may ignore a filter it cannot apply)."""
+        return self._list_page(page_index, page_size, **query)
 
     def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         body = {"pageIndex": page_index, "pageSize": page_size, **query}

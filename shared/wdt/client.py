@@ -265,23 +265,25 @@ class WdtClient:
             yield page.model_copy(update={"stockouts": fresh, "rereads": rereads})
 
     def get_by_no(
-        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None
+        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None, status: str = ""
     ) -> dict[str, Any] | None:
-        """The stockout with this number, or None.
+        """The stockout with this number, or None; in WDT's default statuses (95, 110) unless
+        `status` names another.
 
         Looking up one order needs no window (so an order of any age is found); a gateway that
         insists on one (`40` missing start_time) is asked again for the last 30 days.
         """
+        query = {"stockout_no": stockout_no, **({"status": status} if status else {})}
         if start is None and end is None:
             try:
-                body = self.request({"stockout_no": stockout_no, "page_no": 0, "page_size": 100})
+                body = self.request({**query, "page_no": 0, "page_size": 100})
                 return self._match(self._page(body, 0, 100), stockout_no)
             except InvalidRequestError as exc:
                 if exc.code != "40":
                     raise
         end = end or now_beijing()
         start = start or (to_beijing(end) - MAX_WINDOW)
-        return self._match(self.query_page(start, end, 0, 100, stockout_no=stockout_no), stockout_no)
+        return self._match(self.query_page(start, end, 0, 100, **query), stockout_no)
 
     @staticmethod
     def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:
