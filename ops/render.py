@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # annotations only: producer.reconcile loads shared.metrics, which must come after the exporter
-    from ops.status import Status
+    from ops.status import BackfillView, Status
     from producer.reconcile import Report
     from shared.deadletters import HistoryEntry
 
@@ -69,6 +69,9 @@ def print_status(report: Status) -> None:
         table.add_row("last poll", "none")
     table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
     table.add_row("in flight", f"{report.in_flight} (delivered to a worker, not yet acknowledged)")
+    table.add_row("backlog", f"{report.backlog} messages (backfills pause at {report.high_water})")
+    for view in report.backfills:
+        table.add_row("backfill", backfill_line(view))
     table.add_row("synced", f"{report.synced} (stockouts marked done by the workers)")
     table.add_row("dead letters", str(report.dead_letters))
     for group in report.dead_letters_by_reason:
@@ -102,6 +105,25 @@ def print_status(report: Status) -> None:
     else:
         console.print("[green]all good[/green]")
 
+
+
+def backfill_line(view: BackfillView) -> str:
+    job = view.job
+    eta = f", ETA {seconds(view.eta_s)}" if view.eta_s is not None and not job.finished else ""
+    return (f"{job.id} {job.state} {job.since} → {job.until}: {view.progress:.0%} (cursor {job.cursor or '—'}), "
+            f"{job.published} published, {job.already_done} already done, {job.already_queued} already queued{eta}")
+
+
+def print_backfills(views: Sequence[BackfillView]) -> None:
+    table = Table(title="backfill jobs")
+    for column in ("id", "state", "range (Beijing)", "progress", "published", "already done/queued", "ETA"):
+        table.add_column(column)
+    for view in views:
+        job = view.job
+        table.add_row(job.id, job.state, f"{job.since} → {job.until}", f"{view.progress:.0%}", str(job.published),
+                      f"{job.already_done}/{job.already_queued}",
+                      "" if job.finished else seconds(view.eta_s))
+    console.print(table)
 
 
 RECONCILE_ROWS = 50

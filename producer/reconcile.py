@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from producer.poll import read_slice, slices_for
+from producer.poll import read_slice
+from producer.window import slices_for
+from shared import metrics
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, RateLimitError, StockoutSyncError, resolve
 from shared.reconcile_reports import push_report
 from shared.state import Done, mark_generation, parse_done, queued_mark, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.wdt.paging import WdtPage
 
 if TYPE_CHECKING:
     from shared.mapping import Mapping
@@ -194,17 +197,19 @@ class Reconcile:
         self._dead = set(DeadLetterStore(self.rt.redis, self.rt.settings.redis_prefix).ids())
         mapping = self.rt.mapping
 
-        def page(stockouts: list[dict]) -> None:
-            self._compare(stockouts, mapping, report)
+        def page(got: WdtPage) -> None:
+            self._compare(got.stockouts, mapping, report)
             report.pages += 1
             if on_page:
                 on_page(report)
 
-        for s, e in slices_for(since, until, self.rt.settings.slice_days):
-            read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep, mapping=mapping)
-            if on_slice:
-                on_slice(e)
-        self._run_probes(report, on_probe)
+        with metrics.wdt_purpose("reconcile"):
+            for s, e in slices_for(since, until, timedelta(days=self.rt.settings.slice_days)):
+                read_slice(self.rt.wdt, s, e, on_page=page, settings=self.rt.settings, sleep=self.sleep,
+                           mapping=mapping)
+                if on_slice:
+                    on_slice(e)
+            self._run_probes(report, on_probe)
         self._judge(report)
         report.duration_s = round(time.monotonic() - started, 3)
         report.finished_at = format_wire(now_beijing())

@@ -1,6 +1,7 @@
 """The one Celery app and all of its configuration. Queues: `stockouts` (one message per stockout,
-for `stockout-sync worker`), `producer` (the poll, for the process `beat` runs, so a poll never waits
-behind thousands of saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do).
+for `stockout-sync worker`), `stockouts.backfill` (the same for backfill jobs, read only when
+`stockouts` is empty), `producer` (the poll, for the process `beat` runs, so a poll never waits behind
+thousands of saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ RECONCILE_TASK = "stockout_sync.reconcile_daily"
 # longer than the visibility timeout never makes Redis hand it to a second process.
 RECONCILE_TIME_LIMIT_S = 4 * 3600
 STOCKOUT_QUEUE = "stockouts"
+# Backfill messages: a queue of their own that workers read only when `stockouts` is empty (below).
+BACKFILL_QUEUE = "stockouts.backfill"
 PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
 
@@ -46,6 +49,11 @@ def celery_config(settings: Settings) -> dict:
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.http_connect_timeout_s,
             **sentinel_transport_options(settings),
+            # Live first: kombu's default (round_robin) rotates the queues a worker reads after every
+            # message, so a live stockout would alternate with backfill ones; `sorted` issues one BRPOP
+            # over the queues in name order, and Redis pops from the first non-empty list, so
+            # `stockouts` always comes before `stockouts.backfill` (kombu #518, celery #5874).
+            "queue_order_strategy": "sorted",
         },
         # JSON only: pickle would let anyone who can write to Redis run code in the worker.
         "task_serializer": "json",
@@ -70,6 +78,7 @@ def celery_config(settings: Settings) -> dict:
         "task_soft_time_limit": soft_time_limit(settings),
         "task_queues": [
             Queue(STOCKOUT_QUEUE, Exchange(STOCKOUT_QUEUE), routing_key=STOCKOUT_QUEUE),
+            Queue(BACKFILL_QUEUE, Exchange(BACKFILL_QUEUE), routing_key=BACKFILL_QUEUE),
             Queue(PRODUCER_QUEUE, Exchange(PRODUCER_QUEUE), routing_key=PRODUCER_QUEUE),
             Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_QUEUE), routing_key=DEAD_LETTER_QUEUE),
         ],

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     # Sentinels; the broker and our own state client both follow the master they name after a failover.
     redis_sentinel_master: str = Field("", description="the master's name in the Sentinels (`sentinel monitor NAME`)")
     redis_sentinel_password: SecretStr = Field(SecretStr(""), description="the Sentinels' own password, if any")
+    # Backfill, backpressure and the lookback (docs: README "Backfilling history")
+    # Messages waiting in Redis (both stockout queues + unacked) at which backfills stop publishing,
+    # and below which they start again; 0 = 5 minutes of BIP_RATE_PER_SECOND, and half of that.
+    backlog_high_water: int = Field(0, ge=0, description="backfills pause at this many waiting messages")
+    backlog_low_water: int = Field(0, ge=0, description="backfills resume below this many waiting messages")
+    # The lookback is re-read only where WDT's counts say something changed; this is how often they are compared.
+    lookback_check_s: float = Field(120.0, ge=0, description="seconds between lookback count checks; 0 = every poll")
 
     @field_validator("reconcile_daily_at")
     @classmethod
@@ -122,6 +129,11 @@ class Settings(BaseSettings):
                 "so a hung call ends in a retry, never in the hard time limit"
             )
         self._check_sentinel()
+        if self.backlog_low_water and self.backlog_low_water >= self.high_water:
+            raise ValueError(
+                f"BACKLOG_LOW_WATER={self.backlog_low_water} must be below the high-water mark ({self.high_water}; "
+                "BACKLOG_HIGH_WATER), or backfills never pause"
+            )
         return self
 
     def _check_sentinel(self) -> None:
@@ -140,6 +152,14 @@ class Settings(BaseSettings):
         """What `shared.redis_conn.connect` needs besides the URL when REDIS_URL is sentinel://."""
         return {"master": self.redis_sentinel_master,
                 "sentinel_password": self.redis_sentinel_password.get_secret_value()}
+
+    @property
+    def high_water(self) -> int:
+        return self.backlog_high_water or max(100, round(self.bip_rate_per_second * 300))
+
+    @property
+    def low_water(self) -> int:
+        return self.backlog_low_water or self.high_water // 2
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""

@@ -51,6 +51,7 @@ TEST_ENV = {
     "HTTP_READ_TIMEOUT_S": "3",
     "HTTP_CONNECT_TIMEOUT_S": "2",
     "LOOKBACK_S": "600",
+    "LOOKBACK_CHECK_S": "0",  # every poll compares the lookback, so a test sees it at once
     "SETTLE_S": "0",
     "BIP_RATE_PER_SECOND": "1000",
     "WDT_RATE_PER_MINUTE": "60000",

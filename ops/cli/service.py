@@ -11,7 +11,7 @@ from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
 from sandbox.server import serve
-from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.celery_app import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.settings import get_settings
 
 
@@ -22,7 +22,7 @@ from shared.settings import get_settings
               help="the worker's node name in Celery and Flower (%h = this host)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
-    """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
+    """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
     check_mapping()
     start_metrics(metrics_port)
 
@@ -31,7 +31,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
         [
             *json_lines_only(),
             "worker",
-            "-Q", STOCKOUT_QUEUE,
+            "-Q", f"{STOCKOUT_QUEUE},{BACKFILL_QUEUE}",  # live first: see queue_order_strategy
             f"--pool={pool or s.worker_pool}",
             f"--concurrency={concurrency or s.worker_concurrency}",
             f"--hostname={hostname}",

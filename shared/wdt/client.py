@@ -231,7 +231,7 @@ class WdtClient:
 
     def iter_pages(
         self, start: datetime, end: datetime, page_size: int | None = None, *,
-        fetch: Callable[[Callable[[], WdtPage]], WdtPage] | None = None, **filters: Any,
+        fetch: Callable[[Callable[[], WdtPage]], WdtPage] | None = None, reread_first: bool = True, **filters: Any,
     ) -> Iterator[WdtPage]:
         """Every page of one window, one at a time, in the order that cannot miss a stockout moved by
         an edit (paging.py). Records an earlier page already yielded are dropped from later pages
@@ -241,7 +241,7 @@ class WdtClient:
         asked again on its own instead of the whole window from the start."""
         start, end = self._check_window(start, end)
         size = self._page_size(page_size)
-        paginator = WdtPaginator(size)
+        paginator = WdtPaginator(size, reread_first=reread_first)
         seen: set[str] = set()  # ids only: the window itself is never held
         while (page_no := paginator.next_page_no) is not None:  # None once finished
             call = functools.partial(self.query_page, start, end, page_no, size, **filters)

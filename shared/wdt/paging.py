@@ -45,8 +45,11 @@ class WdtPaginator:
     """Decides the next page number from the page just read. `advance(page)` → `next_page_no`, until
     `finished`."""
 
-    def __init__(self, page_size: int, *, max_pages: int = 10_000) -> None:
+    def __init__(self, page_size: int, *, max_pages: int = 10_000, reread_first: bool = True) -> None:
         self.page_size = page_size
+        # False: skip the closing re-read of page 0, for a caller that checks the window's count
+        # later and re-reads it when a shift changed it (the producer's lookback ledger).
+        self.reread_first = reread_first
         self.max_pages = max_pages
         self.next_page_no: int | None = 0
         self.finished = False
@@ -87,8 +90,8 @@ class WdtPaginator:
                 self.total_count = max(0, int(total_count))
                 last = -(-self.total_count // self.page_size) - 1
                 if last >= 1:
-                    self._plan = [*list(range(last, 0, -1)), 0]
-                    self._reread_zero_planned = True
+                    self._plan = [*list(range(last, 0, -1)), *([0] if self.reread_first else [])]
+                    self._reread_zero_planned = self.reread_first
             else:
                 self.mode = "forward"
                 self._last_fingerprint = _fingerprint(records)

@@ -36,26 +36,45 @@ def test_preview_prints_the_bip_payload_or_the_mapping_error(sandbox, service):
     assert not sandbox.records(), "preview never saves"
 
 
-def test_backfill_publishes_a_past_range_once_and_keeps_the_cursor(sandbox, service, redis_client):
+def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it(sandbox, service, redis_client):
     now = now_beijing()
     old = sandbox.generate(250, start=now - timedelta(days=9), end=now - timedelta(days=2))
     eligible = {s["stockout_id"] for s in old if s["status"] in ("95", "110")}
-    args = [
-        "backfill",
-        "--since",
-        format_wire(now - timedelta(days=10)),
-        "--until",
-        format_wire(now - timedelta(days=1)),
-    ]
+    since, until = format_wire(now - timedelta(days=10)), format_wire(now - timedelta(days=1))
+    args = ["backfill", "--since", since, "--until", until, "--json"]
     first = cli(service, *args)
     assert first.returncode == 0, first.stderr
-    assert f"published {len(eligible)}" in first.stdout
-    # published, nobody consumes yet: the messages wait on the queue
-    assert redis_client.llen("t:stockouts") == len(eligible)
-    again = cli(service, *args)
-    assert "published 0" in again.stdout and f"already queued {len(eligible)}" in again.stdout
-    assert redis_client.llen("t:stockouts") == len(eligible)
-    assert redis_client.get("t:cursor") is None, "a backfill never moves the cursor"
+    job = json.loads(first.stdout)
+    assert job["state"] == "running" and job["cursor"] == ""
+    assert redis_client.llen("t:stockouts.backfill") == 0, "recording a job publishes nothing by itself"
+    # the producer walks it (the beat's poll task; here one poll run by hand with a backfill budget)
+    from producer.poll import OnQueue, poll_once
+    from shared.celery_app import BACKFILL_QUEUE
+    from shared.messages import publish_stockout
+    from shared.runtime import runtime
+
+    poll_once(runtime(), publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
+              backfill_budget_s=30)
+    shown = json.loads(cli(service, "backfill", "show", job["id"], "--json").stdout)
+    assert shown["state"] == "done" and shown["published"] == len(eligible) and shown["progress"] == 1
+    followed = cli(service, "backfill", "show", job["id"], "--follow")  # a finished job: the bar ends at once
+    assert followed.returncode == 0 and "done" in followed.stdout and "100%" in followed.stdout
+    missing = cli(service, "backfill", "--since", since)
+    assert missing.returncode == 2 and "--until" in missing.stderr
+    assert redis_client.llen("t:stockouts.backfill") == len(eligible)
+    assert redis_client.llen("t:stockouts") == 0, "backfill messages never go to the live queue"
+    # a second, overlapping job publishes nothing again
+    second = json.loads(cli(service, *args).stdout)
+    poll_once(runtime(), publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
+              backfill_budget_s=30)
+    again = json.loads(cli(service, "backfill", "show", second["id"], "--json").stdout)
+    assert again["published"] == 0 and again["already_queued"] == len(eligible)
+    listed = cli(service, "backfill", "list")
+    assert job["id"] in listed.stdout and second["id"] in listed.stdout
+    third = json.loads(cli(service, *args).stdout)
+    cancelled = cli(service, "backfill", "cancel", third["id"])
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert cli(service, "backfill", "show", "nope").returncode == 1
 
 
 def test_commands_refuse_a_broken_mapping_with_file_key_and_value(service, tmp_path):

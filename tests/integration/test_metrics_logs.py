@@ -79,6 +79,11 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
     query = "wdt.stockout.order.query"
     assert total(beat, "stockout_sync_api_requests_total", api="wdt", endpoint=query, code="ok") >= 1
     assert total(beat, "stockout_sync_rate_limit_wait_seconds_count", limiter="wdt") >= 1
+    # every WDT call is counted by what it was for: the polls' reads and the lookback's count checks
+    by_purpose = {p: total(beat, "stockout_sync_wdt_calls_total", purpose=p) for p in ("poll", "lookback", "other")}
+    assert by_purpose["poll"] >= 1 and by_purpose["lookback"] >= 1 and by_purpose["other"] == 0
+    assert sum(by_purpose.values()) == total(beat, "stockout_sync_api_requests_total", api="wdt")
+    assert any(n == "stockout_sync_backfill_jobs_running" for n, _ in beat), "the jobs gauge is exported"
     assert total(beat, "stockout_sync_saved_total") == 0, "each exporter shows its own processes"
 
     # text logs (the default) carry the same fields as `key=value` after the message
