@@ -59,6 +59,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
     env = sandbox_env(
         sb, redis_url=url, prefix=prefix,
         initial_since=format_wire(now - timedelta(days=2)), lookback_s=600, settle_s=2, poll_interval_s=8,
+        lookback_check_s=0,  # late writes are the demo's point: compare the lookback's count on every poll
         bip_rate_per_second=100, wdt_rate_per_minute=600, worker_concurrency=8, max_attempts=4,
         retry_backoff_base_s=1, retry_backoff_max_s=10, log_level="WARNING",
     )
