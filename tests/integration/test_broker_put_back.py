@@ -14,11 +14,11 @@ pytestmark = pytest.mark.integration
 
 def test_a_message_popped_as_redis_goes_away_is_put_back(redis_url, monkeypatch):
     client = redis.Redis.from_url(redis_url)
-    with kombu.Connection(redis_url, transport=TRANSPORT, transport_options={"global_keyprefix": "pb:"}) as conn:
+    with kombu.Connection(redis_url, transport=TRANSPORT, transport_options={"global_keyprefix": "t:"}) as conn:
         queue = kombu.Queue("putback", kombu.Exchange("putback"), routing_key="putback")
         with conn.Producer() as producer:
             producer.publish({"n": 1}, exchange="", routing_key="putback", declare=[queue], serializer="json")
-        assert client.llen("pb:putback") == 1
+        assert client.llen("t:putback") == 1
 
         real_append = kombu_redis.QoS.append
         failed = []
@@ -41,9 +41,9 @@ def test_a_message_popped_as_redis_goes_away_is_put_back(redis_url, monkeypatch)
             with pytest.raises(redis.ConnectionError):
                 conn.drain_events(timeout=5)
             assert failed and received == []
-            assert client.llen("pb:putback") == 1, "the popped message is back on its queue"
+            assert client.llen("t:putback") == 1, "the popped message is back on its queue"
         with conn.clone() as again, again.Consumer(queue, callbacks=[take]):
             again.drain_events(timeout=5)
         assert received == [{"n": 1}]
-        assert client.llen("pb:putback") == 0 and client.hlen("pb:unacked") == 0
+        assert client.llen("t:putback") == 0 and client.hlen("t:unacked") == 0
     client.close()
