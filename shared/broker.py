@@ -1,29 +1,85 @@
-"""The Redis broker transport, hardened in one place: an entry on a queue that is not even JSON.
+"""The Redis broker transport, hardened in one place: no queue entry can stop a consumer.
 
-kombu's Redis channel pops an entry with BRPOP and decodes it; an entry that is not JSON (written by
-anything that can reach Redis) raises out of the consumer loop and stops the whole worker. Here such
-an entry is logged and dropped — it is not a message we ever published, so nothing is lost — and
-the worker goes on. Messages that ARE JSON but carry pickle or another content type are refused by
-Celery's own accept_content check, and never deserialised.
+kombu's Redis channel pops an entry with BRPOP and decodes it; an entry that is not a message
+(not JSON, a JSON list, a body that is not base64, no kwargs…) raises out of the consumer loop and
+stops the whole worker, or ends as a Celery failure with nothing kept. Here every entry is checked
+on its raw bytes first (shared/poison.py); one that cannot be run becomes a dead letter with those
+bytes and the reason, and the consumer goes on. Pickle and other content types never get decoded.
 """
 from __future__ import annotations
 
-import json
 import logging
+from functools import cached_property
 from queue import Empty
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 log = logging.getLogger("stockout_sync.broker")
 
 
 class Channel(kombu_redis.Channel):
-    def _brpop_read(self, **options):
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.x's own `_brpop_read`, with the entry checked before it is decoded: the raw bytes
+        # are only in hand here, and kombu decodes them in the same statement it delivers them.
         try:
-            return super()._brpop_read(**options)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            log.error("dropped an entry on a queue that is not a message (not JSON): %s", err)
-            raise Empty() from None
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # a broken connection is dropped, so the next cycle reconnects (as kombu does)
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            if self._quarantined(item, dest):
+                raise Empty()
+            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu types it loosely
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu ≥ 5.6 re-authenticates here
+            if flush is not None:
+                flush()
+
+    def _quarantined(self, item: bytes, queue: str) -> bool:
+        from shared import poison
+
+        problem = poison.what_is_wrong(item, max_bytes=self._settings.max_message_bytes, tasks=self._tasks)
+        if problem is None:
+            return False
+        try:
+            poison.quarantine(self._dead_letters, item, problem, queue=queue)
+        except Exception as err:
+            # Popped already, and our Redis answered the BRPOP a moment ago, so this is rare; the
+            # entry goes to the log rather than stop the consumer (which would not bring it back).
+            log.error("%s on queue %s (%s) could not be dead-lettered (%s: %s); it is only in this line: %.2000s",
+                      poison.MALFORMED, queue, problem, type(err).__name__, err, poison.escaped(item))
+        return True
+
+    @cached_property
+    def _settings(self) -> Any:
+        from shared.settings import get_settings
+
+        return get_settings()
+
+    @cached_property
+    def _dead_letters(self) -> Any:
+        from shared.deadletters import DeadLetterStore
+        from shared.runtime import redis_client
+
+        return DeadLetterStore(redis_client(self._settings), self._settings.redis_prefix)
+
+    @cached_property
+    def _tasks(self) -> dict[str, Any]:
+        from shared.celery_app import get_app
+
+        # the run functions, by name, as registered in this process's app
+        return {name: task.run for name, task in get_app().tasks.items()}
 
 
 class Transport(kombu_redis.Transport):

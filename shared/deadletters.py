@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from shared.celery_app import DEAD_LETTER_QUEUE
 from shared.timeutil import now_beijing
 
-Stage = Literal["fetch", "transform", "save", "internal"]
+Stage = Literal["fetch", "transform", "save", "internal", "receive"]
 LEASE_S = 60  # longer than publishing one message can take
 
 
@@ -44,9 +44,20 @@ class DeadLetter(BaseModel):
     worker_host: str = ""
     mapping_fingerprint: str = ""
     stockout: dict[str, Any] = Field(default_factory=dict)
+    # "malformed": a queue entry that was no message we can run (shared/poison.py); it has no
+    # stockout to sync, only the entry as received (`raw`: UTF-8 text, other bytes as \\xNN).
+    kind: Literal["stockout", "malformed"] = "stockout"
+    queue: str = ""
+    raw: str = ""
+
+    @property
+    def malformed(self) -> bool:
+        return self.kind == "malformed"
 
     @property
     def reason(self) -> str:
+        if self.malformed:
+            return f"malformed message: {self.message}"
         code = f" [{self.api} {self.code}]" if self.code else ""
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
 

@@ -42,6 +42,10 @@ RETRIED = Counter(f"{_P}_retried", "Failed attempts that will be retried", ["sta
 DEAD_LETTERED = Counter(
     f"{_P}_dead_lettered", "Stockouts sent to the dead-letter queue", ["stage", "error"], registry=REGISTRY
 )
+MALFORMED = Counter(
+    f"{_P}_malformed_messages", "Queue entries that were no runnable message, quarantined as dead letters", ["queue"],
+    registry=REGISTRY,
+)
 TASK_SECONDS = Histogram(
     f"{_P}_task_duration_seconds", "One attempt of the sync task, by outcome", ["outcome"], registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

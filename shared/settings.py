@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Poison messages (shared/poison.py): a queue entry larger than this is quarantined undecoded.
+    # Far above any real stockout (a thousand lines is ~1 MB), low enough that a runaway entry
+    # never reaches kombu's and Celery's decoding.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, description="largest queue entry a worker decodes")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.lookback_s >= self.state_ttl_days * 86400:

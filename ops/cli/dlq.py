@@ -14,6 +14,11 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 
 
+def ascii_safe(text: str) -> str:
+    """Control characters as escapes (a raw entry may hold anything, including terminal codes)."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @main.group()
 def dlq() -> None:
     """Dead letters: list, show, requeue, purge."""
@@ -46,7 +51,7 @@ def dlq_list(reason, code, as_json) -> None:
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
     for l in letters:
-        reason = f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
+        reason = l.reason if l.malformed else f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
         table.add_row(escape(l.stockout_id), escape(l.order_no), l.stage, escape(reason), str(l.attempts), l.last_failed_at)
     console.print(table)
 
@@ -62,9 +67,15 @@ def dlq_show(stockout_id, as_json) -> None:
         click.echo(letter.model_dump_json(indent=2))
         return
     table = Table(show_header=False, title=f"dead letter {stockout_id}")
-    for key, value in letter.model_dump(exclude={"stockout"}).items():
+    table.add_row("reason", escape(letter.reason))
+    for key, value in letter.model_dump(exclude={"stockout", "raw"}).items():
         table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)
+    if letter.malformed:
+        # repr-style: control characters and quotes escaped, so the terminal shows the bytes as they are
+        console.print(f"[bold]the entry as it was on queue {escape(letter.queue)}[/bold] (not UTF-8 bytes as \\xNN)")
+        console.print(escape(ascii_safe(letter.raw)), soft_wrap=True, markup=False)
+        return
     console.print("[bold]stockout as WDT sent it[/bold]")
     console.print_json(json.dumps(letter.stockout, ensure_ascii=False))
 
@@ -75,10 +86,20 @@ def dlq_show(stockout_id, as_json) -> None:
 @click.option("--reason", default=None)
 @click.option("--code", default=None)
 def dlq_requeue(ids, all_, reason, code) -> None:
-    """Send dead letters back through the current mapping."""
+    """Send dead letters back through the current mapping.
+
+    Malformed messages are refused (there is no stockout in them to sync): each gets a line, and the
+    command exits 1 when it refused some and requeued nothing."""
     store = _dlq_store()
-    done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
+    chosen = _select(store, ids, all_, reason, code)
+    refused = [sid for sid in chosen if (letter := store.get(sid)) is not None and letter.malformed]
+    for sid in refused:
+        console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
+                      "`dlq show` it, fix what wrote it, then `dlq purge` it")
+    done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout)
     console.print(f"requeued {len(done)}: {' '.join(done)}")
+    if refused and not done:
+        raise SystemExit(1)
 
 
 @dlq.command("purge")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -26,7 +27,7 @@ def worker(concurrency, pool, hostname, metrics_port) -> None:
     start_metrics(metrics_port)
 
     s = get_settings()
-    get_app().worker_main(
+    run_celery(
         [
             *json_lines_only(),
             "worker",
@@ -49,7 +50,7 @@ def beat(schedule_file, metrics_port) -> None:
 
     s = get_settings()
     schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}")
-    get_app().worker_main(
+    run_celery(
         [
             *json_lines_only(),
             "worker", "--beat",
@@ -61,6 +62,11 @@ def beat(schedule_file, metrics_port) -> None:
         ]
     )
 
+
+def run_celery(argv: list[str]) -> NoReturn:
+    """Celery's own command, keeping its exit code: `worker_main` drops it, so a worker that died of
+    an unrecoverable error used to exit 0 and look, to a supervisor, like a clean stop."""
+    sys.exit(get_app().start(argv) or 0)
 
 
 @main.command()
