@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.status import mapping_line
 from producer.poll import PollSummary
 
 console = Console()
@@ -57,6 +58,8 @@ def print_status(report) -> None:
     for limiter in report.rate_limits:
         state = "free now" if limiter.free_now else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
         table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
+    if report.mapping_problem is not None:
+        table.add_row("mapping", f"[red]{escape(mapping_line(report.mapping_problem))}[/red]")
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
     else:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
+from shared.runtime import MappingProblem, mapping_problem_key
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -69,6 +70,7 @@ class Status(BaseModel):
     bip_token: TokenState
     rate_limits: list[LimiterState] = Field(default_factory=list)
     workers: list[Worker] | None = None  # None: the broadcast itself failed
+    mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     problems: list[str] = Field(default_factory=list)
 
 
@@ -82,6 +84,7 @@ def gather(rt, *, timeout_s: float = 1.0) -> Status:
     status.synced = saved_count(r, p)
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
+    status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status
@@ -128,6 +131,20 @@ def _dead_letters(status: Status, rt) -> None:
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
     status.dead_letters_by_reason = [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
+
+
+def mapping_problem(r, prefix: str) -> MappingProblem | None:
+    """What the workers recorded on finding the mapping file invalid (shared.runtime)."""
+    raw = r.get(mapping_problem_key(prefix))
+    try:
+        return MappingProblem.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def mapping_line(problem: MappingProblem) -> str:
+    return (f"mapping file invalid since {problem.since}: {problem.error}; "
+            f"using the last good mapping from {problem.last_good_from}")
 
 
 def token_state(r, prefix: str) -> TokenState:
@@ -210,6 +227,8 @@ def problems(status: Status) -> list[str]:
         found.append(f"the cursor lags {status.lag_s:.0f} s behind now (more than STATUS_MAX_LAG_S={status.max_lag_s})")
     if status.dead_letters:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
+    if status.mapping_problem is not None:
+        found.append(mapping_line(status.mapping_problem))
     return found
 
 

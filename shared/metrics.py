@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _P = "stockout_sync"
 # Not prometheus_client's default registry: Flower imports the tasks, hence this module, and would
@@ -44,6 +44,14 @@ DEAD_LETTERED = Counter(
 )
 MALFORMED = Counter(
     f"{_P}_malformed_messages", "Queue entries that were no runnable message, quarantined as dead letters", ["queue"],
+    registry=REGISTRY,
+)
+MAPPING_INVALID = Gauge(  # the most recent process to look decides: 1 while the file does not validate
+    f"{_P}_mapping_file_invalid", "1 while the mapping file does not validate and the last good mapping is used",
+    registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+MAPPING_RELOAD_FAILURES = Counter(
+    f"{_P}_mapping_reload_failures", "Changes of the mapping file that did not validate (the last good one stayed)",
     registry=REGISTRY,
 )
 TASK_SECONDS = Histogram(

@@ -6,34 +6,56 @@ which is what makes "fix the mapping, requeue the dead letters" work without a r
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
 import redis
+from pydantic import BaseModel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared.bip.client import BipClient
-from shared.mapping import Mapping, load_mapping
+from shared.mapping import Mapping, MappingFileError, load_mapping
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
+from shared.timeutil import BEIJING, format_wire, now_beijing
 from shared.wdt.client import WdtClient
+
+log = logging.getLogger("stockout_sync.mapping")
+
+
+class MappingProblem(BaseModel):
+    """The mapping file does not validate; the workers go on with the last good mapping."""
+
+    since: str  # Beijing time this process first found the file invalid
+    error: str
+    file_changed_at: str  # the invalid file's modification time (Beijing)
+    last_good_from: str  # modification time of the file the mapping in use was read from (Beijing)
+    last_good_fingerprint: str
 
 
 class MappingCache:
-    """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second)."""
+    """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second).
+
+    A change that does not validate keeps the last good mapping in use and sets `problem` until the
+    file validates again: an editor's half-saved file or a typo must not fail every stockout that
+    arrives meanwhile. Without any good mapping yet (start-up), the error is raised."""
 
     def __init__(self, path: Path, check_every_s: float = 1.0) -> None:
         self.path = Path(path)
         self.check_every_s = check_every_s
         self._lock = threading.Lock()
         self._mapping: Mapping | None = None
+        self._mapping_mtime: float | None = None
         self._mtime: float | None = None
         self._checked = 0.0
+        self.problem: MappingProblem | None = None
 
     def get(self) -> Mapping:
         now = time.monotonic()
@@ -42,15 +64,51 @@ class MappingCache:
                 self._checked = now
                 mtime = self.path.stat().st_mtime if self.path.exists() else None
                 if self._mapping is None or mtime != self._mtime:
-                    self._mapping = load_mapping(self.path)
-                    self._mtime = mtime
+                    self._reload(mtime)
+            assert self._mapping is not None
             return self._mapping
+
+    def _reload(self, mtime: float | None) -> None:
+        try:
+            mapping = load_mapping(self.path)
+        except MappingFileError as err:
+            if self._mapping is None:
+                raise
+            self._mtime = mtime  # not parsed again until the file changes again
+            self.problem = MappingProblem(
+                since=self.problem.since if self.problem else format_wire(now_beijing()),
+                error=str(err),
+                file_changed_at=_wall(mtime),
+                last_good_from=_wall(self._mapping_mtime),
+                last_good_fingerprint=self._mapping.fingerprint(),
+            )
+            return
+        self._mapping, self._mapping_mtime, self._mtime, self.problem = mapping, mtime, mtime, None
+
+
+def _wall(mtime: float | None) -> str:
+    if mtime is None:
+        return "(file missing)"
+    return format_wire(datetime.fromtimestamp(mtime, BEIJING))
+
+
+_caches: dict[Path, MappingCache] = {}
+
+
+def mapping_cache(path: Path) -> MappingCache:
+    """One cache per file for the process, made before the pool forks (by the start-up check), so
+    every pool process starts with the good mapping the worker started with."""
+    path = Path(path)
+    if path not in _caches:
+        _caches[path] = MappingCache(path)
+    return _caches[path]
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.mappings = MappingCache(settings.mapping_file)
+        self.mappings = mapping_cache(settings.mapping_file)
+        self._reported: MappingProblem | None = None
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -70,7 +128,43 @@ class Runtime:
 
     @property
     def mapping(self) -> Mapping:
-        return self.mappings.get()
+        mapping = self.mappings.get()
+        if self.mappings.problem != self._reported:
+            self._reported = self.mappings.problem
+            report_mapping_problem(self.redis, self.settings.redis_prefix, self._reported, self.mappings.path)
+        return mapping
+
+
+def mapping_problem_key(prefix: str) -> str:
+    return f"{prefix}:mapping:invalid"
+
+
+def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem | None, path: Path) -> None:
+    """Tell `status`, the metrics and the log, once per change of the file (not once per task and
+    not once per pool process: the process that records a change in Redis first logs it)."""
+    from shared import metrics
+
+    key, seen = mapping_problem_key(prefix), f"{mapping_problem_key(prefix)}:seen"
+    metrics.MAPPING_INVALID.set(1 if problem else 0)
+    try:
+        if problem is None:
+            if r.delete(key):  # only the first process to see the fix says so
+                r.delete(seen)
+                log.warning("mapping file %s is valid again: using it", path)
+            return
+        # one atomic swap per change of the file decides which process tells
+        if (r.set(seen, problem.file_changed_at, get=True) or b"").decode() == problem.file_changed_at:
+            return
+        previous = r.get(key)
+        if previous:  # invalid since the first of several broken versions
+            problem = problem.model_copy(update={"since": MappingProblem.model_validate_json(previous).since})
+        r.set(key, problem.model_dump_json())
+    except redis.RedisError as err:  # the stockout in hand matters more than the report
+        log.warning("could not record the mapping file's state in Redis: %s", type(err).__name__)
+        return
+    metrics.MAPPING_RELOAD_FAILURES.inc()
+    log.error("mapping file invalid since %s: %s; using the last good mapping from %s",
+              problem.since, problem.error, problem.last_good_from)
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -10,15 +10,17 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, APIConnectionError, resolve
+from shared.errors import Action, APIConnectionError, MappingError, resolve
+from shared.mapping import MappingFileError
 from shared.messages import publish_dead_letter
-from shared.runtime import runtime
+from shared.runtime import Runtime, runtime
 from shared.state import stockout_key
 from worker.events import task_event
 from worker.letters import make_letter, stage_of
 from worker.sync import Deferred, sync_one
 
 log = logging.getLogger("stockout_sync.worker")
+MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's fix takes longer
 
 
 def classify(error: BaseException) -> BaseException:
@@ -55,6 +57,12 @@ def sync_stockout(self, stockout: dict) -> dict:
                    **about, outcome="deferred", stage="dedup", retry_in_s=failure.wait_s + 1)
         raise retry_or_requeue(self, countdown=failure.wait_s + 1)
 
+    if waits_for_mapping(failure, rt):
+        task_event(logging.WARNING, f"stockout {stockout_key(stockout)} waits for a valid mapping file ({failure}); "
+                   f"again in {MAPPING_WAIT_S:.0f} s", **about, outcome="retry", stage=stage_of(failure), error=failure,
+                   retry_in_s=MAPPING_WAIT_S)
+        raise retry_or_requeue(self, countdown=MAPPING_WAIT_S)
+
     error = classify(failure)
     decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
     sid = stockout_key(stockout)
@@ -72,6 +80,12 @@ def sync_stockout(self, stockout: dict) -> dict:
     task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
                outcome="dead_letter", stage=stage_of(error), error=error)
     raise error
+
+
+def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
+    """While the mapping file does not validate, a stockout the last good mapping cannot express may
+    need just what the new file adds: it waits for the fix rather than become a dead letter."""
+    return isinstance(error, MappingFileError) or (isinstance(error, MappingError) and rt.mappings.problem is not None)
 
 
 def retry_or_requeue(task, **options) -> BaseException:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from ops.render import fail
 from shared import metrics_exporter
 from shared.logs import configure_logging
-from shared.mapping import load_mapping
+from shared.runtime import mapping_cache
 from shared.settings import get_settings
 from shared.timeutil import parse_wire
 
@@ -19,7 +19,8 @@ from shared.timeutil import parse_wire
 def check_mapping() -> None:
 
     try:
-        load_mapping(get_settings().mapping_file)
+        # read into this process's cache, which the pool processes inherit as their last good mapping
+        mapping_cache(get_settings().mapping_file).get()
     except Exception as err:  # a readable reason, never a traceback, for a bad mapping file
         fail(str(err))
 
