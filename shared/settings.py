@@ -8,7 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +79,44 @@ class Settings(BaseSettings):
     # never reaches kombu's and Celery's decoding.
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, description="largest queue entry a worker decodes")
 
+    # Start-up checks of values that can never work (the CLI adds the ones that need the network).
+    @field_validator("initial_since")
+    @classmethod
+    def _beijing_time(cls, value: str) -> str:
+        from shared.timeutil import parse_wire
+
+        if value:
+            try:
+                parsed = parse_wire(value)
+            except ValueError:
+                parsed = None
+            if parsed is None:
+                raise ValueError("expected a Beijing time 'yyyy-MM-dd HH:mm:ss' (or 'yyyy-MM-dd'), or empty for now − 1 day")
+        return value
+
+    @field_validator("slice_days")
+    @classmethod
+    def _a_minute_at_least(cls, value: float) -> float:
+        if value < 1 / 1440:
+            raise ValueError(f"under a minute (1 minute = {1 / 1440:.6f} days): a day would take "
+                             f"{round(1 / value):,} WDT calls at least")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        from redis.connection import parse_url
+
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db, rediss://… (TLS) or unix://…")
+        try:
+            options = parse_url(value)
+        except ValueError as err:
+            raise ValueError(f"not a Redis URL: {err}") from None
+        if value.startswith(("redis://", "rediss://")) and not options.get("host"):
+            raise ValueError("no host in the URL: expected redis://host:port/db")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.lookback_s >= self.state_ttl_days * 86400:
@@ -105,6 +145,44 @@ class Settings(BaseSettings):
         if password:
             values.append(password)
         return [v for v in values if v]
+
+
+SECRETS = ("WDT_APP_SECRET", "BIP_APP_SECRET")
+
+
+def masked_url(url: str) -> str:
+    """A URL fit to print: its password, if any, replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparsable URL, not shown)"
+
+
+def explain(error: ValidationError) -> str:
+    """Settings errors on one line, each naming the variable as the environment spells it and its
+    value — never a secret's value, and REDIS_URL without its password."""
+    from shared.validation import describe, message_of
+
+    parts = []
+    for err in error.errors():
+        loc = err.get("loc") or ()
+        if not loc:  # Settings._check: its messages name the variables already
+            parts.append(message_of(err))
+            continue
+        name = str(loc[0]).upper()
+        value = err.get("input")
+        if name in SECRETS:
+            shown = None
+        elif name == "REDIS_URL" and isinstance(value, str):
+            shown = repr(masked_url(value))
+        else:
+            shown = repr(value)
+        parts.append(describe(err, name, shown))
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

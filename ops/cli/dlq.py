@@ -7,7 +7,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ops.cli.app import main
+from ops.cli.app import main, require
 from ops.render import console, fail
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
@@ -25,6 +25,7 @@ def dlq() -> None:
 
 
 def _dlq_store() -> DeadLetterStore:
+    require()
     rt = runtime()
     return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
 

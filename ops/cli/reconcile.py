@@ -6,7 +6,7 @@ import sys
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ops.cli.app import check_mapping, main, parse_time
+from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.reconcile import Reconcile
 from ops.render import err_console, fail, print_reconcile
 from shared.errors import StockoutSyncError
@@ -21,6 +21,7 @@ from shared.runtime import runtime
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
 def reconcile(since, until, requeue_missing, as_json) -> None:
     """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
+    require("wdt", "bip")
     check_mapping()
 
 
@@ -44,7 +45,7 @@ def reconcile(since, until, requeue_missing, as_json) -> None:
         if requeue_missing:
             job.requeue_missing(report, publish_stockout)
     except StockoutSyncError as err:
-        fail(str(err))
+        api_failure(err)
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import click
 
-from ops.cli.app import check_mapping, json_lines_only, main, start_metrics
+from ops.cli.app import check_mapping, json_lines_only, main, require, start_metrics
 from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
@@ -23,6 +23,7 @@ from shared.settings import get_settings
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency, pool, hostname, metrics_port) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
+    require("bip")
     check_mapping()
     start_metrics(metrics_port)
 
@@ -45,6 +46,7 @@ def worker(concurrency, pool, hostname, metrics_port) -> None:
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file, metrics_port) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    require("wdt")
     check_mapping()
     start_metrics(metrics_port)
 

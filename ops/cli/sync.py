@@ -6,7 +6,7 @@ import json
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ops.cli.app import check_mapping, main, parse_time
+from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import console, err_console, fail
 from producer.poll import backfill as run_backfill
 from producer.poll import poll_once
@@ -19,9 +19,13 @@ from worker.transform import preview as make_preview
 @main.command()
 def poll() -> None:
     """Run one poll now and print what it did."""
+    require("wdt")
     check_mapping()
 
-    summary = poll_once(runtime(), publish_stockout)
+    try:
+        summary = poll_once(runtime(), publish_stockout)
+    except StockoutSyncError as err:
+        api_failure(err)
     console.print(summary.line())
 
 
@@ -30,6 +34,7 @@ def poll() -> None:
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 def backfill(since, until) -> None:
     """Publish every stockout modified in a past range (safe beside beat; does not move the cursor)."""
+    require("wdt")
     check_mapping()
 
 
@@ -49,7 +54,11 @@ def backfill(since, until) -> None:
         def on_slice(slice_end) -> None:
             progress.update(task, completed=(slice_end - start).total_seconds())
 
-        summary = run_backfill(runtime(), publish_stockout, start, end, on_progress=on_progress, on_slice=on_slice)
+        try:
+            summary = run_backfill(runtime(), publish_stockout, start, end, on_progress=on_progress, on_slice=on_slice)
+        except StockoutSyncError as err:
+            progress.stop()
+            api_failure(err)
     console.print(summary.line())
 
 
@@ -57,12 +66,13 @@ def backfill(since, until) -> None:
 @click.argument("stockout_no")
 def preview(stockout_no) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
-
+    require("wdt")
+    check_mapping()
     rt = runtime()
     try:
         raw = rt.wdt.get_by_no(stockout_no)
     except StockoutSyncError as err:
-        fail(f"WDT: {err}")
+        api_failure(err)
     if raw is None:
         fail(f"stockout {stockout_no} not found in WDT", 1)
     try:
