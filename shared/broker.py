@@ -49,7 +49,8 @@ class Channel(kombu_redis.Channel):
     def _quarantined(self, item: bytes, queue: str) -> bool:
         from shared import poison
 
-        problem = poison.what_is_wrong(item, max_bytes=self._settings.max_message_bytes, tasks=self._tasks)
+        tasks = self._tasks if queue in self._task_queues else None  # else a reply to a broadcast
+        problem = poison.what_is_wrong(item, max_bytes=self._settings.max_message_bytes, tasks=tasks)
         if problem is None:
             return False
         try:
@@ -73,6 +74,12 @@ class Channel(kombu_redis.Channel):
         from shared.runtime import redis_client
 
         return DeadLetterStore(redis_client(self._settings), self._settings.redis_prefix)
+
+    @cached_property
+    def _task_queues(self) -> set[str]:
+        from shared.celery_app import get_app
+
+        return {queue.name for queue in get_app().conf.task_queues or ()}
 
     @cached_property
     def _tasks(self) -> dict[str, Any]:

@@ -27,11 +27,13 @@ _ACCEPTED_CONTENT = ("application/json",)
 _ACCEPTED_ENCODINGS = (None, "utf-8", "utf8", "binary")
 
 
-def what_is_wrong(entry: bytes, *, max_bytes: int, tasks: Mapping[str, Callable[..., Any]]) -> str | None:
+def what_is_wrong(entry: bytes, *, max_bytes: int, tasks: Mapping[str, Callable[..., Any]] | None) -> str | None:
     """Why this queue entry cannot be run, in words; None when kombu and Celery can take it.
 
     The checks follow what kombu's Redis channel, its Message and Celery's task strategy would do
-    with the entry, in that order, so anything that passes here decodes and dispatches there."""
+    with the entry, in that order, so anything that passes here decodes and dispatches there.
+    `tasks` None: not a task queue (a reply to a broadcast such as `status`'s): only what kombu
+    needs to decode the entry is checked."""
     if len(entry) > max_bytes:
         return f"{len(entry)} bytes, over MAX_MESSAGE_BYTES={max_bytes}"
     try:
@@ -47,6 +49,11 @@ def what_is_wrong(entry: bytes, *, max_bytes: int, tasks: Mapping[str, Callable[
         return "no properties with a delivery_tag"
     if not isinstance(properties.get("delivery_info", {}), dict):
         return "properties.delivery_info is not an object"
+    if tasks is None:
+        body = envelope.get("body")
+        if properties.get("body_encoding") == "base64" and not (isinstance(body, str) and _is_base64(body)):
+            return "body is not base64"
+        return None
     if not isinstance(headers, dict):
         return "no headers object"
     content_type = envelope.get("content-type")
@@ -110,6 +117,14 @@ def _check_arguments(name: str, run: Callable[..., Any], args: list[Any], kwargs
         if isinstance(expected, type) and expected is not typing.Any and not isinstance(value, expected):
             return f"wrong arguments for {name}: {param} is a JSON {_kind(value)}, expected {expected.__name__}"
     return None
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def _is_iso_time(value: Any) -> bool:

@@ -131,12 +131,13 @@ def redis_problem(url: str, ca_certs: str = "") -> str | None:
 
 
 def api_failure(err: StockoutSyncError) -> NoReturn:
-    """A remote system's refusal as one line an operator can act on, exit 1."""
+    """A remote system's refusal as one line an operator can act on: exit 2 for credentials it
+    refuses (a configuration error, as at start-up), 1 for anything else."""
     api = err.api.upper() or "error"
     if isinstance(err, AuthenticationError) and err.api in _CREDENTIALS:
         said = f" ({err.code}: {err.api_message})" if err.code or err.api_message else ""
         if "sign" in f"{err.code} {err.api_message}".lower():  # invalid-signature, sign-check-failure
-            fail(f"{api} refused the signature{said}: check {api}_APP_SECRET", 1)
+            fail(f"{api} refused the signature{said}: check {api}_APP_SECRET")
         names = " / ".join(n for n in _CREDENTIALS[err.api] if n != "BIP_TENANT_ID")
-        fail(f"{api} refused the credentials{said}: check {names}", 1)
+        fail(f"{api} refused the credentials{said}: check {names}")
     fail(f"{api}: {err}", 1)

@@ -54,7 +54,8 @@ CASES = [
      ["WDT_SID is empty"]),
     ("unknown status in the mapping", lambda tmp: {"MAPPING_FILE": _statuses_1100(tmp)}, ["worker"], 2,
      ["filters.statuses[1]", "not a WDT stockout status, got 1100"]),
-    ("wrong WDT_APP_SECRET", {"WDT_APP_SECRET": SECRET}, ["poll"], 1, ["WDT refused the signature", "check WDT_APP_SECRET"]),
+    ("wrong WDT_APP_SECRET", {"WDT_APP_SECRET": SECRET}, ["poll"], 2,
+     ["WDT refused the signature", "check WDT_APP_SECRET"]),
 ]
 
 
