@@ -66,9 +66,17 @@ def beat(schedule_file, metrics_port) -> None:
 
 
 def run_celery(argv: list[str]) -> NoReturn:
-    """Celery's own command, keeping its exit code: `worker_main` drops it, so a worker that died of
-    an unrecoverable error used to exit 0 and look, to a supervisor, like a clean stop."""
-    sys.exit(get_app().start(argv) or 0)
+    """Celery's own command, keeping its exit code: `worker_main` and `app.start` both drop it
+    (click hands it back as a return value they ignore), so a worker that died of an
+    unrecoverable error used to exit 0 and look, to a supervisor, like a clean stop."""
+    from celery.bin.celery import celery as command
+
+    command.params[0].default = get_app()  # the --app option, as app.start sets it
+    try:
+        code = command.main(args=argv, standalone_mode=False)
+    finally:
+        command.params[0].default = None
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @main.command()

@@ -120,6 +120,18 @@ def test_malformed_entries_are_dead_letters_and_the_worker_saves_every_good_stoc
     assert row["saved"] == GOOD_COUNT and row["lost"] == 0 and row["duplicates"] == 0
 
 
+def test_the_producer_queue_quarantines_too(sandbox, processes, redis_client):
+    """The beat's own consumer (queue `producer`) goes on after entries it cannot run."""
+    beat = processes.beat()
+    bad = [kind[1](1000 + n) for n, kind in enumerate(KINDS[:6])]
+    redis_client.lpush("t:producer", *bad)
+    letters = DeadLetterStore(redis_client, "t")
+    expected = {malformed_letter(entry, "", queue="producer").stockout_id for entry in bad}
+    wait_until(lambda: expected <= set(letters.ids()), 30, message="the producer's malformed entries dead-lettered")
+    assert all(letter.queue == "producer" for letter in letters.all())
+    assert beat.poll() is None, "a malformed entry stopped beat's consumer"
+
+
 def test_dlq_commands_show_refuse_and_purge_malformed_letters(service, redis_client):
     """list and show name the reason and the bytes; requeue refuses; purge removes."""
     from shared.poison import quarantine
@@ -149,3 +161,17 @@ def service_env(service: dict[str, str]) -> dict[str, str]:
     import os
 
     return {**os.environ, **service, "COLUMNS": "250"}
+
+
+def test_a_fatal_worker_error_exits_non_zero(service, tmp_path):
+    """Celery's "Unrecoverable error" (injected into Celery's consumer from outside our code, by a
+    sitecustomize on PYTHONPATH) ends the worker with exit 1, not 0, so a supervisor restarts it."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import celery.worker.consumer.consumer as c\n"
+        "def start(self):\n    raise RuntimeError('injected consumer failure')\n"
+        "c.Consumer.start = start\n", encoding="utf-8")
+    env = {**service_env(service), "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "worker", "--concurrency=1"], env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert "Unrecoverable error: RuntimeError('injected consumer failure')" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1
