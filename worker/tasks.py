@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 import redis
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
@@ -61,7 +62,7 @@ def sync_stockout(self, stockout: dict) -> dict:
         task_event(logging.WARNING, f"stockout {stockout_key(stockout)} waits for a valid mapping file ({failure}); "
                    f"again in {MAPPING_WAIT_S:.0f} s", **about, outcome="retry", stage=stage_of(failure), error=failure,
                    retry_in_s=MAPPING_WAIT_S)
-        raise retry_or_requeue(self, countdown=MAPPING_WAIT_S)
+        raise wait_without_attempt(self, countdown=MAPPING_WAIT_S)
 
     error = classify(failure)
     decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
@@ -86,6 +87,18 @@ def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
     """While the mapping file does not validate, a stockout the last good mapping cannot express may
     need just what the new file adds: it waits for the fix rather than become a dead letter."""
     return isinstance(error, MappingFileError) or (isinstance(error, MappingError) and rt.mappings.problem is not None)
+
+
+def wait_without_attempt(task: Any, countdown: float) -> BaseException:
+    """Run again later without counting an attempt (waiting is not failing): `task.retry` with the
+    message's retry count kept as it is, so the attempts left after the wait are the same as before."""
+    request = task.request
+    later = task.signature_from_request(request, None, None, countdown=countdown, retries=request.retries)
+    try:
+        later.apply_async()
+    except Exception as err:  # not published (broker down): put the message back, as retry_or_requeue does
+        return Reject(f"could not schedule the wait: {type(err).__name__}", requeue=True)
+    return Retry(when=countdown, sig=later)
 
 
 def retry_or_requeue(task, **options) -> BaseException:

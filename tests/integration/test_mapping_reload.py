@@ -56,5 +56,9 @@ def test_a_broken_mapping_file_keeps_the_last_good_one_and_dead_letters_nothing(
     logs = processes.logs()
     assert logs.count("mapping file invalid since") == 1, "one log line per change, not one per task"
     assert "is valid again" in logs
+    for sid in needs_new:
+        assert f"stockout {sid} waits for a valid mapping file" in logs
+        saved_line = next(line for line in logs.splitlines() if f"stockout {sid} saved" in line)
+        assert "attempt=1 " in saved_line, f"the wait used up attempts: {saved_line}"
     row = outcome(f"mapping file broken for {BROKEN_FOR_S} s", sandbox, everyone, letters)
     assert row["saved"] == 50 and row["dead_lettered"] == 0 and row["duplicates"] == 0 and row["lost"] == 0
