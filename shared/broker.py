@@ -17,6 +17,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from shared import poison
+from shared.celery_app import get_app
+from shared.deadletters import DeadLetterStore
+from shared.runtime import redis_client
+from shared.settings import Settings, get_settings
+
 log = logging.getLogger("stockout_sync.broker")
 
 
@@ -47,8 +53,6 @@ class Channel(kombu_redis.Channel):
                 flush()
 
     def _quarantined(self, item: bytes, queue: str) -> bool:
-        from shared import poison
-
         tasks = self._tasks if queue in self._task_queues else None  # else a reply to a broadcast
         problem = poison.what_is_wrong(item, max_bytes=self._settings.max_message_bytes, tasks=tasks)
         if problem is None:
@@ -63,28 +67,19 @@ class Channel(kombu_redis.Channel):
         return True
 
     @cached_property
-    def _settings(self) -> Any:
-        from shared.settings import get_settings
-
+    def _settings(self) -> Settings:
         return get_settings()
 
     @cached_property
-    def _dead_letters(self) -> Any:
-        from shared.deadletters import DeadLetterStore
-        from shared.runtime import redis_client
-
+    def _dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(redis_client(self._settings), self._settings.redis_prefix)
 
     @cached_property
     def _task_queues(self) -> set[str]:
-        from shared.celery_app import get_app
-
         return {queue.name for queue in get_app().conf.task_queues or ()}
 
     @cached_property
     def _tasks(self) -> dict[str, Any]:
-        from shared.celery_app import get_app
-
         # the run functions, by name, as registered in this process's app
         return {name: task.run for name, task in get_app().tasks.items()}
 
@@ -93,4 +88,3 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-TRANSPORT = f"{__name__}:Transport"

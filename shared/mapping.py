@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from shared.validation import describe, message_of
 
@@ -262,7 +263,8 @@ def load_mapping(path: str | Path) -> Mapping:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise MappingFileError(
-            name, [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"]
+            name,
+            [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"],
         ) from None
     except OSError as exc:
         raise MappingFileError(name, [f"cannot read the file: {exc.strerror or exc}"]) from None
@@ -349,7 +351,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = tuple(err.get("loc", ()))
     key = _key_path(loc)
     kind = err.get("type", "")

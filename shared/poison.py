@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from shared import metrics
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.timeutil import format_wire, now_beijing
 
@@ -173,8 +174,6 @@ def malformed_letter(entry: bytes, problem: str, *, queue: str, seen: int = 1) -
 
 def quarantine(store: DeadLetterStore, entry: bytes, problem: str, *, queue: str) -> DeadLetter:
     """Keep the entry as a dead letter (no copy on the dead_letter queue: it is no task to run)."""
-    from shared import metrics
-
     letter = malformed_letter(entry, problem, queue=queue)
     previous = store.get(letter.stockout_id)
     if previous is not None:

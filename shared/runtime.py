@@ -15,12 +15,13 @@ from functools import cached_property
 from pathlib import Path
 
 import redis
-from pydantic import BaseModel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared import metrics
 from shared.bip.client import BipClient
 from shared.mapping import Mapping, MappingFileError, load_mapping
+from shared.mapping_health import MappingProblem, mapping_problem_key
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
@@ -28,16 +29,6 @@ from shared.timeutil import BEIJING, format_wire, now_beijing
 from shared.wdt.client import WdtClient
 
 log = logging.getLogger("stockout_sync.mapping")
-
-
-class MappingProblem(BaseModel):
-    """The mapping file does not validate; the workers go on with the last good mapping."""
-
-    since: str  # Beijing time this process first found the file invalid
-    error: str
-    file_changed_at: str  # the invalid file's modification time (Beijing)
-    last_good_from: str  # modification time of the file the mapping in use was read from (Beijing)
-    last_good_fingerprint: str
 
 
 class MappingCache:
@@ -135,15 +126,9 @@ class Runtime:
         return mapping
 
 
-def mapping_problem_key(prefix: str) -> str:
-    return f"{prefix}:mapping:invalid"
-
-
 def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem | None, path: Path) -> None:
     """Tell `status`, the metrics and the log, once per change of the file (not once per task and
     not once per pool process: the process that records a change in Redis first logs it)."""
-    from shared import metrics
-
     key, seen = mapping_problem_key(prefix), f"{mapping_problem_key(prefix)}:seen"
     metrics.MAPPING_INVALID.set(1 if problem else 0)
     try:
@@ -153,7 +138,8 @@ def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem 
                 log.warning("mapping file %s is valid again: using it", path)
             return
         # one atomic swap per change of the file decides which process tells
-        if (r.set(seen, problem.file_changed_at, get=True) or b"").decode() == problem.file_changed_at:
+        before = r.set(seen, problem.file_changed_at, get=True)
+        if isinstance(before, bytes) and before.decode() == problem.file_changed_at:
             return
         previous = r.get(key)
         if previous:  # invalid since the first of several broken versions
@@ -163,8 +149,7 @@ def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem 
         log.warning("could not record the mapping file's state in Redis: %s", type(err).__name__)
         return
     metrics.MAPPING_RELOAD_FAILURES.inc()
-    log.error("mapping file invalid since %s: %s; using the last good mapping from %s",
-              problem.since, problem.error, problem.last_good_from)
+    log.error("%s", problem.line())
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
+
+from shared.timeutil import parse_wire
+from shared.validation import describe, message_of
 
 
 class Settings(BaseSettings):
@@ -83,15 +86,15 @@ class Settings(BaseSettings):
     @field_validator("initial_since")
     @classmethod
     def _beijing_time(cls, value: str) -> str:
-        from shared.timeutil import parse_wire
-
         if value:
             try:
                 parsed = parse_wire(value)
             except ValueError:
                 parsed = None
             if parsed is None:
-                raise ValueError("expected a Beijing time 'yyyy-MM-dd HH:mm:ss' (or 'yyyy-MM-dd'), or empty for now − 1 day")
+                raise ValueError(
+                    "expected a Beijing time 'yyyy-MM-dd HH:mm:ss' (or 'yyyy-MM-dd'), or empty for now − 1 day"
+                )
         return value
 
     @field_validator("slice_days")
@@ -105,8 +108,6 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        from redis.connection import parse_url
-
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db, rediss://… (TLS) or unix://…")
         try:
@@ -165,8 +166,6 @@ def masked_url(url: str) -> str:
 def explain(error: ValidationError) -> str:
     """Settings errors on one line, each naming the variable as the environment spells it and its
     value — never a secret's value, and REDIS_URL without its password."""
-    from shared.validation import describe, message_of
-
     parts = []
     for err in error.errors():
         loc = err.get("loc") or ()

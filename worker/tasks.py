@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import redis
+from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
@@ -34,7 +35,7 @@ def classify(error: BaseException) -> BaseException:
 
 
 @app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None)
-def sync_stockout(self, stockout: dict) -> dict:
+def sync_stockout(self: Task, stockout: dict) -> dict:
     rt = runtime()
     attempt = self.request.retries + 1
     started = time.monotonic()
@@ -50,8 +51,15 @@ def sync_stockout(self, stockout: dict) -> dict:
     except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
         failure = raw_error
     if failure is None:
-        task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
-                   stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id, bip_code=outcome.bip_code)
+        task_event(
+            logging.INFO,
+            f"stockout {outcome.stockout_id} {outcome.outcome}",
+            **about,
+            outcome=outcome.outcome,
+            stage="save" if outcome.outcome != "already_done" else "dedup",
+            bip_id=outcome.bip_id,
+            bip_code=outcome.bip_code,
+        )
         return outcome.model_dump()
     if isinstance(failure, Deferred):
         task_event(logging.INFO, f"stockout {stockout_key(stockout)} is being worked on by another task; later",
@@ -89,7 +97,7 @@ def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
     return isinstance(error, MappingFileError) or (isinstance(error, MappingError) and rt.mappings.problem is not None)
 
 
-def wait_without_attempt(task: Any, countdown: float) -> BaseException:
+def wait_without_attempt(task: Task, countdown: float) -> BaseException:
     """Run again later without counting an attempt (waiting is not failing): `task.retry` with the
     message's retry count kept as it is, so the attempts left after the wait are the same as before."""
     request = task.request
@@ -101,7 +109,7 @@ def wait_without_attempt(task: Any, countdown: float) -> BaseException:
     return Retry(when=countdown, sig=later)
 
 
-def retry_or_requeue(task, **options) -> BaseException:
+def retry_or_requeue(task: Task, **options: Any) -> BaseException:
     """`task.retry`, except that a retry which cannot be published (broker down) puts the message
     back instead of dropping it: Celery's own answer to that is Reject(requeue=False), a loss."""
     try:
@@ -110,7 +118,7 @@ def retry_or_requeue(task, **options) -> BaseException:
         return Reject(rejected.reason, requeue=True)
 
 
-def dead_letter(rt, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
+def dead_letter(rt: Runtime, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
     try:
         mapping = rt.mapping
         fingerprint = mapping.fingerprint()

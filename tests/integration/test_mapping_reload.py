@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ops.processes import wait_until
-from ops.status import mapping_line, mapping_problem
+from ops.status import mapping_problem
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from tests.integration.faults import eligible, outcome, recent, saved
@@ -43,8 +43,8 @@ def test_a_broken_mapping_file_keeps_the_last_good_one_and_dead_letters_nothing(
                message="the stockouts the last good mapping can express saved while the file is broken")
     problem = wait_until(lambda: mapping_problem(redis_client, "t"), 10, message="the problem recorded for status")
     assert "headr" in problem.error
-    assert mapping_line(problem).startswith(f"mapping file invalid since {problem.since}: ")
-    assert "using the last good mapping from" in mapping_line(problem)
+    assert problem.line().startswith(f"mapping file invalid since {problem.since}: ")
+    assert "using the last good mapping from" in problem.line()
     time.sleep(max(0.0, BROKEN_FOR_S - (time.monotonic() - broken_at)))
     letters = DeadLetterStore(redis_client, "t")
     assert letters.ids() == [], "nothing is dead-lettered while the file is broken"
