@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
-from shared.mapping_health import MappingProblem, mapping_problem_key
+from shared.mapping_cache import MappingProblem, mapping_problem_key
 from shared.ratelimit import RateLimiter
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire

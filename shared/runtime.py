@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -20,79 +18,14 @@ from redis.retry import Retry
 
 from shared import metrics
 from shared.bip.client import BipClient
-from shared.mapping import Mapping, MappingFileError, load_mapping
-from shared.mapping_health import MappingProblem, mapping_problem_key
+from shared.mapping import Mapping
+from shared.mapping_cache import MappingProblem, mapping_cache, mapping_problem_key
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
-from shared.timeutil import BEIJING, format_wire, now_beijing
 from shared.wdt.client import WdtClient
 
 log = logging.getLogger("stockout_sync.mapping")
-
-
-class MappingCache:
-    """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second).
-
-    A change that does not validate keeps the last good mapping in use and sets `problem` until the
-    file validates again: an editor's half-saved file or a typo must not fail every stockout that
-    arrives meanwhile. Without any good mapping yet (start-up), the error is raised."""
-
-    def __init__(self, path: Path, check_every_s: float = 1.0) -> None:
-        self.path = Path(path)
-        self.check_every_s = check_every_s
-        self._lock = threading.Lock()
-        self._mapping: Mapping | None = None
-        self._mapping_mtime: float | None = None
-        self._mtime: float | None = None
-        self._checked = 0.0
-        self.problem: MappingProblem | None = None
-
-    def get(self) -> Mapping:
-        now = time.monotonic()
-        with self._lock:
-            if self._mapping is None or now - self._checked >= self.check_every_s:
-                self._checked = now
-                mtime = self.path.stat().st_mtime if self.path.exists() else None
-                if self._mapping is None or mtime != self._mtime:
-                    self._reload(mtime)
-            assert self._mapping is not None
-            return self._mapping
-
-    def _reload(self, mtime: float | None) -> None:
-        try:
-            mapping = load_mapping(self.path)
-        except MappingFileError as err:
-            if self._mapping is None:
-                raise
-            self._mtime = mtime  # not parsed again until the file changes again
-            self.problem = MappingProblem(
-                since=self.problem.since if self.problem else format_wire(now_beijing()),
-                error=str(err),
-                file_changed_at=_wall(mtime),
-                last_good_from=_wall(self._mapping_mtime),
-                last_good_fingerprint=self._mapping.fingerprint(),
-            )
-            return
-        self._mapping, self._mapping_mtime, self._mtime, self.problem = mapping, mtime, mtime, None
-
-
-def _wall(mtime: float | None) -> str:
-    if mtime is None:
-        return "(file missing)"
-    return format_wire(datetime.fromtimestamp(mtime, BEIJING))
-
-
-_caches: dict[Path, MappingCache] = {}
-
-
-def mapping_cache(path: Path) -> MappingCache:
-    """One cache per file for the process, made before the pool forks (by the start-up check), so
-    every pool process starts with the good mapping the worker started with."""
-    path = Path(path)
-    if path not in _caches:
-        _caches[path] = MappingCache(path)
-    return _caches[path]
 
 
 class Runtime:

@@ -13,6 +13,7 @@ from ops.render import fail
 from shared import metrics_exporter
 from shared.errors import AuthenticationError, StockoutSyncError
 from shared.logs import configure_logging
+from shared.mapping_cache import mapping_cache
 from shared.settings import explain, get_settings, masked_url
 from shared.timeutil import parse_wire
 
@@ -20,9 +21,6 @@ from shared.timeutil import parse_wire
 def check_mapping() -> None:
 
     try:
-        # imported at call time: the runtime loads shared.metrics, which must come after the metrics exporter
-        from shared.runtime import mapping_cache
-
         # read into this process's cache, which the pool processes inherit as their last good mapping
         mapping_cache(get_settings().mapping_file).get()
     except Exception as err:  # a readable reason, never a traceback, for a bad mapping file

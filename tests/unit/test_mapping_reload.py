@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shared.mapping import MappingFileError
-from shared.mapping_health import mapping_problem_key
-from shared.runtime import MappingCache, report_mapping_problem
+from shared.mapping_cache import MappingCache, mapping_problem_key
+from shared.runtime import report_mapping_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = (ROOT / "demo" / "mapping.toml").read_text(encoding="utf-8")
