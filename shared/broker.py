@@ -80,8 +80,11 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def _tasks(self) -> dict[str, Any]:
-        # the run functions, by name, as registered in this process's app
-        return {name: task.run for name, task in get_app().tasks.items()}
+        # The run functions, by name. A worker has imported the task modules (the app's `include`)
+        # already; any other consumer (a script reading a queue) imports them here, as Celery would.
+        app = get_app()
+        app.loader.import_default_modules()
+        return {name: task.run for name, task in app.tasks.items()}
 
 
 class Transport(kombu_redis.Transport):
