@@ -1,14 +1,12 @@
-"""The Redis broker transport, hardened in one place: no queue entry can stop a consumer.
-
-kombu's Redis channel pops an entry with BRPOP and decodes it; an entry that is not a message
-(not JSON, a JSON list, a body that is not base64, no kwargs…) raises out of the consumer loop and
-stops the whole worker, or ends as a Celery failure with nothing kept. Here every entry is checked
-on its raw bytes first (shared/poison.py); one that cannot be run becomes a dead letter with those
-bytes and the reason, and the consumer goes on. Pickle and other content types never get decoded.
-"""
+"""The Redis broker transport, hardened in one place: no queue entry can stop a consumer, and a
+message popped just as Redis goes away is put back; the Sentinel flavour (`sentinel://`) gets the same
+(docs/design.md, "The hardened broker transport"). Every entry on a task queue is checked on its raw
+bytes first (shared/poison.py); one that cannot be run becomes a dead letter with those bytes and the
+reason, and the consumer goes on. Pickle and other content types never get decoded."""
 from __future__ import annotations
 
 import logging
+import time
 from functools import cached_property
 from queue import Empty
 from typing import Any
@@ -25,9 +23,42 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger("stockout_sync.broker")
 
+# How long a popped message waits for Redis to answer again before it is given up (and left to
+# `stockout-sync reconcile`): longer than a Sentinel failover.
+PUT_BACK_WAIT_S = 60.0
 
-class Channel(kombu_redis.Channel):
-    def _brpop_read(self, **options: Any) -> bool:
+
+class _PutsBackWhatItCouldNotRecord(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            self._put_back(message)
+            raise  # the consumer reconnects, as it would have; the message never reached a task
+
+    def _put_back(self, message: Any) -> None:
+        channel = self.channel
+        info = message.delivery_info
+        deadline = time.monotonic() + PUT_BACK_WAIT_S
+        while True:
+            try:
+                with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                    channel._do_restore_message(message._raw, info["exchange"], info["routing_key"], pipe)
+                    pipe.execute()
+                log.warning("Redis went away as a message was taken: put it back on queue %s", info["routing_key"])
+                return
+            except channel.connection_errors:
+                if time.monotonic() > deadline:
+                    log.error("Redis did not come back within %.0f s: a message taken from queue %s is lost "
+                              "to the broker; `stockout-sync reconcile --requeue-missing` sends it again",
+                              PUT_BACK_WAIT_S, info["routing_key"])
+                    return
+                time.sleep(0.5)
+
+
+class _Quarantines:
+    # mixed into both channels: `self: Any` is the kombu Redis channel it is mixed into
+    def _brpop_read(self: Any, **options: Any) -> bool:
         # kombu 5.x's own `_brpop_read`, with the entry checked before it is decoded: the raw bytes
         # are only in hand here, and kombu decodes them in the same statement it delivers them.
         try:
@@ -47,12 +78,12 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(loads(bytes_to_str(item)), dest)
             return True
         finally:
-            self._in_poll = None  # type: ignore[assignment]  # kombu types it loosely
+            self._in_poll = None
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu ≥ 5.6 re-authenticates here
             if flush is not None:
                 flush()
 
-    def _quarantined(self, item: bytes, queue: str) -> bool:
+    def _quarantined(self: Any, item: bytes, queue: str) -> bool:
         tasks = self._tasks if queue in self._task_queues else None  # else a reply to a broadcast
         problem = poison.what_is_wrong(item, max_bytes=self._settings.max_message_bytes, tasks=tasks)
         if problem is None:
@@ -87,7 +118,22 @@ class Channel(kombu_redis.Channel):
         return {name: task.run for name, task in app.tasks.items()}
 
 
+class Channel(_Quarantines, kombu_redis.Channel):  # type: ignore[misc]  # _in_poll: kombu types it loosely
+    QoS = _PutsBackWhatItCouldNotRecord
+
+
+class SentinelChannel(_Quarantines, kombu_redis.SentinelChannel):  # type: ignore[misc]  # the same
+    QoS = _PutsBackWhatItCouldNotRecord
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# Also spelt out in shared/celery_app.py, which must not import this module (it loads the runtime).
+TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"

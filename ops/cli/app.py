@@ -14,7 +14,7 @@ from shared import metrics_exporter
 from shared.errors import AuthenticationError, StockoutSyncError
 from shared.logs import configure_logging
 from shared.mapping_cache import mapping_cache
-from shared.settings import explain, get_settings, masked_url
+from shared.settings import Settings, explain, get_settings, masked_url
 from shared.timeutil import parse_wire
 
 
@@ -65,11 +65,12 @@ class _Main(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Click runs this group's callback before it parses the sub-command's options, so a
         # sub-command's --help is seen here, while the whole command line is still at hand.
-        ctx.meta["help"] = "--help" in args
+        ctx.meta["help"] = "--help" in args or "-h" in args
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_Main)
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockout-sync", prog_name="stockout-sync", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Move every 旺店通 stockout into 用友BIP as an other outbound record."""
@@ -106,19 +107,21 @@ def require(*apis: str, need_redis: bool = True) -> None:
                 fail(f"{name} is empty: set it in the environment or .env "
                      f"({api.upper()} refuses every call without it)")
     if need_redis:
-        problem = redis_problem(settings.redis_url, settings.redis_ca_certs)
+        problem = redis_problem(settings)
         if problem:
             fail(f"REDIS_URL={masked_url(settings.redis_url)!r}: {problem}")
 
 
-def redis_problem(url: str, ca_certs: str = "") -> str | None:
-    """Why Redis at `url` cannot be used right now, in words; None when it answers a PING."""
+def redis_problem(settings: Settings) -> str | None:
+    """Why Redis at REDIS_URL cannot be used right now, in words; None when it answers a PING."""
     import redis
 
     from shared.redis_conn import connect
 
     try:
-        client = connect(url, ca_certs, socket_connect_timeout=3, socket_timeout=3)
+        client = connect(settings.redis_url, settings.redis_ca_certs, master=settings.redis_sentinel_master,
+                         sentinel_password=settings.redis_sentinel_password.get_secret_value(),
+                         socket_connect_timeout=3, socket_timeout=3)
         try:
             client.ping()
         finally:

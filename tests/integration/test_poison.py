@@ -58,7 +58,7 @@ KINDS: list[tuple[str, Callable[[int], bytes], str]] = [
     ("empty kwargs", lambda i: _envelope(_body([], {}), i), "missing a required argument: 'stockout'"),
     ("wrong kwargs", lambda i: _envelope(_body([], {"stock": {"n": i}}), i), "missing a required argument: 'stockout'"),
     ("stockout not an object", lambda i: _envelope(_body([], {"stockout": [i]}), i), "stockout is a JSON array"),
-    ("too many args", lambda i: _envelope(_body([{"n": i}, 2], {}), i), "wrong arguments"),
+    ("too many args", lambda i: _envelope(_body([{"n": i}, 2, 3], {}), i), "wrong arguments"),
     ("unknown task", lambda i: _envelope(_body([], {"stockout": {"n": i}}), i, task="stockout_sync.nope"),
      "unknown task 'stockout_sync.nope'"),
     ("protocol 1", lambda i: _envelope(json.dumps({"task": SYNC_TASK, "id": str(i), "args": [], "kwargs": {}}).encode(),
