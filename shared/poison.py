@@ -174,11 +174,8 @@ def malformed_letter(entry: bytes, problem: str, *, queue: str, seen: int = 1) -
 
 def quarantine(store: DeadLetterStore, entry: bytes, problem: str, *, queue: str) -> DeadLetter:
     """Keep the entry as a dead letter (no copy on the dead_letter queue: it is no task to run)."""
-    letter = malformed_letter(entry, problem, queue=queue)
-    previous = store.get(letter.stockout_id)
-    if previous is not None:
-        letter = letter.model_copy(update={"attempts": previous.attempts + 1})
-    store.put(letter)
+    # the store adds the attempts up: the same bytes again are the same letter seen once more
+    letter = store.put(malformed_letter(entry, problem, queue=queue))
     metrics.MALFORMED.labels(queue).inc()
     log.error("%s on queue %s: %s; quarantined as dead letter %s", MALFORMED, queue, problem, letter.stockout_id)
     return letter
