@@ -32,7 +32,8 @@ err_console = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+    # soft_wrap: one line however narrow the terminal, so logs and scripts see the whole of it
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -92,6 +93,8 @@ def print_status(report: Status) -> None:
         )
         table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
     table.add_row("last reconcile", reconcile_line(report.last_reconcile))
+    if report.mapping_problem is not None:
+        table.add_row("mapping", f"[red]{escape(report.mapping_problem.line())}[/red]")
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
     else:

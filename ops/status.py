@@ -16,6 +16,7 @@ from producer.jobs import Job, JobStore, eta_s
 from shared.backlog import PRIORITY_SUFFIXES, backlog
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
+from shared.mapping_cache import MappingProblem, mapping_problem_key
 from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
 from shared.stats import saved as saved_count
@@ -84,6 +85,7 @@ class Status(BaseModel):
     high_water: int = 0
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
+    mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     problems: list[str] = Field(default_factory=list)
 
 
@@ -100,6 +102,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
     status.last_reconcile = last_report(r, p)
+    status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status
@@ -165,6 +168,15 @@ def _dead_letters(status: Status, rt: Runtime) -> None:
     status.dead_letters_by_reason = [
         DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
     ]
+
+
+def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:
+    """What the workers recorded on finding the mapping file invalid (shared.runtime)."""
+    raw = r.get(mapping_problem_key(prefix))
+    try:
+        return MappingProblem.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def token_state(r: redis.Redis, prefix: str) -> TokenState:
@@ -250,6 +262,8 @@ def problems(status: Status) -> list[str]:
         found.append(f"the cursor lags {status.lag_s:.0f} s behind now (more than STATUS_MAX_LAG_S={status.max_lag_s})")
     if status.dead_letters:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
+    if status.mapping_problem is not None:
+        found.append(status.mapping_problem.line())
     return found
 
 

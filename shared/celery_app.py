@@ -12,11 +12,14 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from shared.broker import SENTINEL_TRANSPORT, TRANSPORT
 from shared.logs import configure_logging
 from shared.redis_conn import is_sentinel, parse_sentinel_url
 from shared.settings import Settings, get_settings
 
+# shared/broker.py's transport, named rather than imported: it loads the dead-letter store and the
+# runtime, which the app's configuration must not (the metrics exporter starts before them).
+TRANSPORT = "shared.broker:Transport"
+SENTINEL_TRANSPORT = "shared.broker:SentinelTransport"
 POLL_TASK = "stockout_sync.poll"
 SYNC_TASK = "stockout_sync.sync_stockout"
 RECONCILE_TASK = "stockout_sync.reconcile_daily"

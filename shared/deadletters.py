@@ -14,7 +14,7 @@ from shared.celery_app import DEAD_LETTER_QUEUE
 from shared.settings import get_settings
 from shared.timeutil import format_wire, now_beijing
 
-Stage = Literal["fetch", "transform", "save", "internal"]
+Stage = Literal["fetch", "transform", "save", "internal", "receive"]
 LEASE_S = 60  # longer than publishing one message can take
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
 BATCH = 200  # letters claimed, published and unparked per round trip
@@ -64,9 +64,20 @@ class DeadLetter(BaseModel):
     mapping_fingerprint: str = ""
     stockout: dict[str, Any] = Field(default_factory=dict)
     history: list[HistoryEntry] = Field(default_factory=list)
+    # "malformed": a queue entry that was no message we can run (shared/poison.py); it has no
+    # stockout to sync, only the entry as received (`raw`: UTF-8 text, other bytes as \\xNN).
+    kind: Literal["stockout", "malformed"] = "stockout"
+    queue: str = ""
+    raw: str = ""
+
+    @property
+    def malformed(self) -> bool:
+        return self.kind == "malformed"
 
     @property
     def reason(self) -> str:
+        if self.malformed:
+            return f"malformed message: {self.message}"
         code = f" [{self.api} {self.code}]" if self.code else ""
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
 

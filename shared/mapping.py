@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from shared.validation import describe, message_of
+
 # BIP's field limits are not published; 64 is the longest code we have seen and the limit
 # worker.transform enforces for identifiers taken from WDT, so the two sides agree.
 MAX_CODE_LEN = 64
@@ -86,6 +88,27 @@ def _status_code(value: Any) -> str:
 
 
 StatusCode = Annotated[str, BeforeValidator(_status_code)]
+
+# What WDT documents (docs/apis.md): a filter naming anything else could never match a stockout.
+WDT_STATUSES = {"5": "已取消", "50": "待审核", "55": "已审核", "95": "已发货", "110": "已完成", "113": "异常发货"}
+WDT_ORDER_TYPES = {
+    "2": "调拨出库", "3": "采购退货出库", "4": "盘亏出库", "5": "生产出库", "7": "其他出库", "8": "多发出库",
+    "9": "纠错出库", "10": "保修配件出库", "11": "初始化出库", "12": "JIT拣货出库", "13": "委外出库",
+}
+
+
+def _known(allowed: dict[str, str], what: str) -> Any:
+    def check(value: str) -> str:
+        if value not in allowed:
+            known = ", ".join(f"{k} {v}" for k, v in allowed.items())
+            raise ValueError(f"not a WDT {what}, got {value} (known: {known})")
+        return value
+
+    return AfterValidator(check)
+
+
+WdtStatus = Annotated[StatusCode, _known(WDT_STATUSES, "stockout status")]
+WdtOrderType = Annotated[StatusCode, _known(WDT_ORDER_TYPES, "order type")]
 
 
 class _Strict(BaseModel):
@@ -152,8 +175,8 @@ class UnitMap(_Strict):
 
 class FilterMap(_Strict):
     # An empty status list would sync cancelled and unreviewed stockouts too; require an explicit list.
-    statuses: list[StatusCode] = Field(default_factory=lambda: ["95", "110"], min_length=1)
-    order_types: list[StatusCode] = Field(default_factory=list)
+    statuses: list[WdtStatus] = Field(default_factory=lambda: ["95", "110"], min_length=1)
+    order_types: list[WdtOrderType] = Field(default_factory=list)
 
 
 class DocumentMap(_Strict):
@@ -339,15 +362,9 @@ def _describe(err: ErrorDetails) -> str:
         elif allowed:
             hint = f"; allowed here: {', '.join(allowed)}"
         return f"{key}: unknown key (value {_show(value)}){hint}"
-    message = str(err.get("msg", "invalid"))
-    message = message.removeprefix("Value error, ")
-    message = message[:1].lower() + message[1:]
+    message = message_of(err)
     if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{key}: {message}, got {_show(value)} (write codes in quotes: \"{value}\")"
     if kind == "literal_error" or kind.endswith("_type") or kind.startswith(("string_", "too_", "bool_")):
         return f"{key}: {message}, got {_show(value)}"
-    if "got" in message:
-        return f"{key}: {message}"
-    if kind == "value_error" and isinstance(value, dict):
-        return f"{key}: {message}"
-    return f"{key}: {message}, got {_show(value)}"
+    return describe(err, key, None if kind == "value_error" and isinstance(value, dict) else _show(value))

@@ -41,6 +41,18 @@ RETRIED = Counter(f"{_P}_retried", "Failed attempts that will be retried", ["sta
 DEAD_LETTERED = Counter(
     f"{_P}_dead_lettered", "Stockouts sent to the dead-letter queue", ["stage", "error"], registry=REGISTRY
 )
+MALFORMED = Counter(
+    f"{_P}_malformed_messages", "Queue entries that were no runnable message, quarantined as dead letters", ["queue"],
+    registry=REGISTRY,
+)
+MAPPING_INVALID = Gauge(  # the most recent process to look decides: 1 while the file does not validate
+    f"{_P}_mapping_file_invalid", "1 while the mapping file does not validate and the last good mapping is used",
+    registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+MAPPING_RELOAD_FAILURES = Counter(
+    f"{_P}_mapping_reload_failures", "Changes of the mapping file that did not validate (the last good one stayed)",
+    registry=REGISTRY,
+)
 TASK_SECONDS = Histogram(
     f"{_P}_task_duration_seconds", "One attempt of the sync task, by outcome", ["outcome"], registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

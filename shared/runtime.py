@@ -2,9 +2,9 @@
 process, the mapping re-read when it changes (docs/design.md, "The per-process runtime")."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
-import time
 from functools import cached_property
 from pathlib import Path
 
@@ -12,41 +12,23 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared import metrics
 from shared.bip.client import BipClient
-from shared.mapping import Mapping, load_mapping
+from shared.mapping import Mapping
+from shared.mapping_cache import MappingProblem, mapping_cache, mapping_problem_key
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
 from shared.wdt.client import WdtClient
 
-
-class MappingCache:
-    """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second)."""
-
-    def __init__(self, path: Path, check_every_s: float = 1.0) -> None:
-        self.path = Path(path)
-        self.check_every_s = check_every_s
-        self._lock = threading.Lock()
-        self._mapping: Mapping | None = None
-        self._mtime: float | None = None
-        self._checked = 0.0
-
-    def get(self) -> Mapping:
-        now = time.monotonic()
-        with self._lock:
-            if self._mapping is None or now - self._checked >= self.check_every_s:
-                self._checked = now
-                mtime = self.path.stat().st_mtime if self.path.exists() else None
-                if self._mapping is None or mtime != self._mtime:
-                    self._mapping = load_mapping(self.path)
-                    self._mtime = mtime
-            return self._mapping
+log = logging.getLogger("stockout_sync.mapping")
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.mappings = MappingCache(settings.mapping_file)
+        self.mappings = mapping_cache(settings.mapping_file)
+        self._reported: MappingProblem | None = None
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -66,7 +48,37 @@ class Runtime:
 
     @property
     def mapping(self) -> Mapping:
-        return self.mappings.get()
+        mapping = self.mappings.get()
+        if self.mappings.problem != self._reported:
+            self._reported = self.mappings.problem
+            report_mapping_problem(self.redis, self.settings.redis_prefix, self._reported, self.mappings.path)
+        return mapping
+
+
+def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem | None, path: Path) -> None:
+    """Tell `status`, the metrics and the log, once per change of the file (not once per task and
+    not once per pool process: the process that records a change in Redis first logs it)."""
+    key, seen = mapping_problem_key(prefix), f"{mapping_problem_key(prefix)}:seen"
+    metrics.MAPPING_INVALID.set(1 if problem else 0)
+    try:
+        if problem is None:
+            if r.delete(key):  # only the first process to see the fix says so
+                r.delete(seen)
+                log.warning("mapping file %s is valid again: using it", path)
+            return
+        # one atomic swap per change of the file decides which process tells
+        before = r.set(seen, problem.file_changed_at, get=True)
+        if isinstance(before, bytes) and before.decode() == problem.file_changed_at:
+            return
+        previous = r.get(key)
+        if previous:  # invalid since the first of several broken versions
+            problem = problem.model_copy(update={"since": MappingProblem.model_validate_json(previous).since})
+        r.set(key, problem.model_dump_json())
+    except redis.RedisError as err:  # the stockout in hand matters more than the report
+        log.warning("could not record the mapping file's state in Redis: %s", type(err).__name__)
+        return
+    metrics.MAPPING_RELOAD_FAILURES.inc()
+    log.error("%s", problem.line())
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 
 from shared.redis_conn import is_sentinel, parse_sentinel_url
+from shared.timeutil import parse_wire
+from shared.validation import describe, message_of
 
 
 class Settings(BaseSettings):
@@ -96,6 +100,11 @@ class Settings(BaseSettings):
     # The lookback is re-read only where WDT's counts say something changed; this is how often they are compared.
     lookback_check_s: float = Field(120.0, ge=0, description="seconds between lookback count checks; 0 = every poll")
 
+    # Poison messages (shared/poison.py): a queue entry larger than this is quarantined undecoded.
+    # Far above any real stockout (a thousand lines is ~1 MB), low enough that a runaway entry
+    # never reaches kombu's and Celery's decoding.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, description="largest queue entry a worker decodes")
+
     @field_validator("reconcile_daily_at")
     @classmethod
     def _check_daily_at(cls, value: str) -> str:
@@ -110,6 +119,44 @@ class Settings(BaseSettings):
             return None
         hour, minute = self.reconcile_daily_at.split(":")
         return int(hour), int(minute)
+
+    # Start-up checks of values that can never work (the CLI adds the ones that need the network).
+    @field_validator("initial_since")
+    @classmethod
+    def _beijing_time(cls, value: str) -> str:
+        if value:
+            try:
+                parsed = parse_wire(value)
+            except ValueError:
+                parsed = None
+            if parsed is None:
+                raise ValueError(
+                    "expected a Beijing time 'yyyy-MM-dd HH:mm:ss' (or 'yyyy-MM-dd'), or empty for now − 1 day"
+                )
+        return value
+
+    @field_validator("slice_days")
+    @classmethod
+    def _a_minute_at_least(cls, value: float) -> float:
+        if value < 1 / 1440:
+            raise ValueError(f"under a minute (1 minute = {1 / 1440:.6f} days): a day would take "
+                             f"{round(1 / value):,} WDT calls at least")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if is_sentinel(value):
+            return value  # checked part by part in _check (parse_sentinel_url)
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db, rediss://… (TLS), unix://… or sentinel://…")
+        try:
+            options = parse_url(value)
+        except ValueError as err:
+            raise ValueError(f"not a Redis URL: {err}") from None
+        if value.startswith(("redis://", "rediss://")) and not options.get("host"):
+            raise ValueError("no host in the URL: expected redis://host:port/db")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -172,6 +219,44 @@ class Settings(BaseSettings):
             if password:
                 values += [password, unquote(password)]
         return list(dict.fromkeys(v for v in values if v))
+
+
+SECRETS = ("WDT_APP_SECRET", "BIP_APP_SECRET")
+
+
+def masked_url(url: str) -> str:
+    """A URL fit to print: its password, if any, replaced by *** (in every part of a sentinel:// list)."""
+    if ";" in url:
+        return ";".join(masked_url(part) for part in url.split(";"))
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparsable URL, not shown)"
+
+
+def explain(error: ValidationError) -> str:
+    """Settings errors on one line, each naming the variable as the environment spells it and its
+    value — never a secret's value, and REDIS_URL without its password."""
+    parts = []
+    for err in error.errors():
+        loc = err.get("loc") or ()
+        if not loc:  # Settings._check: its messages name the variables already
+            parts.append(message_of(err))
+            continue
+        name = str(loc[0]).upper()
+        value = err.get("input")
+        if name in SECRETS:
+            shown = None
+        elif name == "REDIS_URL" and isinstance(value, str):
+            shown = repr(masked_url(value))
+        else:
+            shown = repr(value)
+        parts.append(describe(err, name, shown))
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

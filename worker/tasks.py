@@ -9,11 +9,12 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, APIConnectionError, resolve
+from shared.errors import Action, APIConnectionError, MappingError, resolve
+from shared.mapping import MappingFileError
 from shared.messages import publish_dead_letter
 from shared.runtime import Runtime, runtime
 from shared.state import stockout_key
@@ -22,6 +23,7 @@ from worker.letters import make_letter, stage_of
 from worker.sync import Deferred, sync_one
 
 log = logging.getLogger("stockout_sync.worker")
+MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's fix takes longer
 
 
 def classify(error: BaseException) -> BaseException:
@@ -77,6 +79,12 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
                    **about, outcome="deferred", stage="dedup", retry_in_s=failure.wait_s + 1)
         raise retry_or_requeue(self, countdown=failure.wait_s + 1)
 
+    if waits_for_mapping(failure, rt):
+        task_event(logging.WARNING, f"stockout {stockout_key(stockout)} waits for a valid mapping file ({failure}); "
+                   f"again in {MAPPING_WAIT_S:.0f} s", **about, outcome="retry", stage=stage_of(failure), error=failure,
+                   retry_in_s=MAPPING_WAIT_S)
+        raise wait_without_attempt(self, countdown=MAPPING_WAIT_S)
+
     error = classify(failure)
     decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
     sid = stockout_key(stockout)
@@ -97,6 +105,24 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
         error.dead_lettered = True  # type: ignore[attr-defined]
     raise error
+
+
+def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
+    """While the mapping file does not validate, a stockout the last good mapping cannot express may
+    need just what the new file adds: it waits for the fix rather than become a dead letter."""
+    return isinstance(error, MappingFileError) or (isinstance(error, MappingError) and rt.mappings.problem is not None)
+
+
+def wait_without_attempt(task: Task, countdown: float) -> BaseException:
+    """Run again later without counting an attempt (waiting is not failing): `task.retry` with the
+    message's retry count kept as it is, so the attempts left after the wait are the same as before."""
+    request = task.request
+    later = task.signature_from_request(request, None, None, countdown=countdown, retries=request.retries)
+    try:
+        later.apply_async()
+    except Exception as err:  # not published (broker down): put the message back, as retry_or_requeue does
+        return Reject(f"could not schedule the wait: {type(err).__name__}", requeue=True)
+    return Retry(when=countdown, sig=later)
 
 
 def retry_or_requeue(task: Task, **options: Any) -> BaseException:

@@ -16,6 +16,7 @@ from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
 from shared.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
 from shared.timeutil import beijing_date
+from shared.validation import describe, message_of
 from shared.wdt.models import Stockout, StockoutDetail
 
 # BIP's text limits are not published. Identifiers longer than this are refused, never cut: a cut
@@ -117,8 +118,7 @@ def _describe(err: ErrorDetails) -> tuple[str, str]:
     path = _path(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     value = err.get("input")
-    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    message = message[:1].lower() + message[1:]
+    message = message_of(err)
     if kind == "missing":
         return path, f"{path}: missing"
     if kind in ("string_too_short", "too_short") and isinstance(value, str):
@@ -129,9 +129,8 @@ def _describe(err: ErrorDetails) -> tuple[str, str]:
         return path, f"{path}: must not be blank or contain spaces, got {_show(value)}"
     if kind == "string_too_long":
         return path, f"{path}: longer than {err.get('ctx', {}).get('max_length', '?')} characters, got {_show(value)}"
-    if "got" in message or (isinstance(value, str) and repr(value) in message):
-        return path, f"{path}: {message}"  # our own validators already quote the value
-    return path, f"{path}: {message}, got {_show(value)}"
+    # our own validators already quote the value
+    return path, describe(err, path, None if isinstance(value, str) and repr(value) in message else _show(value))
 
 
 def _show(value: Any, limit: int = 80) -> str:

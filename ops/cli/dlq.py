@@ -7,12 +7,17 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ops.cli.app import main
+from ops.cli.app import main, require
 from ops.render import console, fail, print_history
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
+
+
+def ascii_safe(text: str) -> str:
+    """Control characters as escapes (a raw entry may hold anything, including terminal codes)."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @main.group()
@@ -21,6 +26,7 @@ def dlq() -> None:
 
 
 def _dlq_store() -> DeadLetterStore:
+    require()
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from shared.runtime import runtime
 
@@ -57,7 +63,8 @@ def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
     for letter in letters:
-        reason = f"{letter.error_class}{' ' + letter.code if letter.code else ''}: {letter.message}"
+        reason = letter.reason if letter.malformed else (
+            f"{letter.error_class}{' ' + letter.code if letter.code else ''}: {letter.message}")
         table.add_row(escape(letter.stockout_id), escape(letter.order_no), letter.stage, escape(reason),
                       str(letter.attempts), letter.last_failed_at)
     console.print(table)
@@ -77,10 +84,16 @@ def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
         click.echo(letter.model_dump_json(indent=2))
         return
     table = Table(show_header=False, title=f"dead letter {letter.stockout_id}")
-    for key, value in letter.model_dump(exclude={"stockout", "history"}).items():
+    table.add_row("reason", escape(letter.reason))
+    for key, value in letter.model_dump(exclude={"stockout", "history", "raw"}).items():
         table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)
     print_history(letter.history)
+    if letter.malformed:
+        # control characters escaped, so the terminal shows the bytes as they are
+        console.print(f"[bold]the entry as it was on queue {escape(letter.queue)}[/bold] (not UTF-8 bytes as \\xNN)")
+        console.print(escape(ascii_safe(letter.raw)), soft_wrap=True, markup=False)
+        return
     console.print("[bold]stockout as WDT sent it[/bold]")
     console.print_json(json.dumps(letter.stockout, ensure_ascii=False))
 
@@ -91,10 +104,20 @@ def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
 @click.option("--reason", default=None, help="those whose reason contains this text")
 @click.option("--code", default=None, help="those with this remote error code")
 def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
-    """Send dead letters back through the current mapping."""
+    """Send dead letters back through the current mapping.
+
+    Malformed messages are refused (there is no stockout in them to sync): each gets a line, and the
+    command exits 1 when it refused some and requeued nothing."""
     store = _dlq_store()
-    done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
+    chosen = _select(store, ids, all_, reason, code)
+    refused = [sid for sid in chosen if (letter := store.get(sid)) is not None and letter.malformed]
+    for sid in refused:
+        console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
+                      "`dlq show` it, fix what wrote it, then `dlq purge` it")
+    done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout)
     console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
+    if refused and not done:
+        raise SystemExit(1)
 
 
 @dlq.command("purge")

@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ops.cli.app import check_mapping, main, parse_time
+from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import err_console, fail, print_reconcile, print_requeue
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
@@ -40,6 +40,7 @@ failed, the --max-calls budget ran out); 2 bad arguments or configuration."""
 def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_calls: int | None, sample: bool,
               as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; says what it could and could not verify."""
+    require("wdt", "bip")
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from producer.reconcile import Reconcile
     from shared.runtime import runtime
@@ -74,7 +75,7 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
                 on_probe=on_probe,
             )
     except StockoutSyncError as err:
-        fail(str(err))
+        api_failure(err)
     if not as_json:
         print_reconcile(report)
     candidates = [m for m in report.missing if m.state != "dead_letter"]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 
-from ops.cli.app import check_mapping, json_lines_only, main, start_metrics
+from ops.cli.app import check_mapping, json_lines_only, main, require, start_metrics
 from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
@@ -23,11 +24,12 @@ from shared.settings import get_settings
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
+    require("bip")
     check_mapping()
     start_metrics(metrics_port)
 
     s = get_settings()
-    get_app().worker_main(
+    run_celery(
         [
             *json_lines_only(),
             "worker",
@@ -45,6 +47,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    require("wdt")
     check_mapping()
     start_metrics(metrics_port)
 
@@ -52,7 +55,7 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     schedule_file = schedule_file or os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
     )
-    get_app().worker_main(
+    run_celery(
         [
             *json_lines_only(),
             "worker", "--beat",
@@ -65,6 +68,19 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
         ]
     )
 
+
+def run_celery(argv: list[str]) -> NoReturn:
+    """Celery's own command, keeping its exit code: `worker_main` and `app.start` both drop it
+    (click hands it back as a return value they ignore), so a worker that died of an
+    unrecoverable error used to exit 0 and look, to a supervisor, like a clean stop."""
+    from celery.bin.celery import celery as command
+
+    command.params[0].default = get_app()  # the --app option, as app.start sets it
+    try:
+        code = command.main(args=argv, standalone_mode=False)
+    finally:
+        command.params[0].default = None
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @main.command()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ops.cli.app import check_mapping, main, parse_time
+from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
 from producer.jobs import JobStore, job_json
@@ -25,13 +25,17 @@ if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at ca
 @click.option("--json", "as_json", is_flag=True, help="one JSON object (what the poll did), for programs")
 def poll(as_json: bool) -> None:
     """Run one poll now and print what it did."""
+    require("wdt")
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from producer.poll import poll_once
     from shared.runtime import runtime
 
     check_mapping()
 
-    summary = poll_once(runtime(), publish_stockout)
+    try:
+        summary = poll_once(runtime(), publish_stockout)
+    except StockoutSyncError as err:
+        api_failure(err)
     if as_json:
         click.echo(summary.model_dump_json(indent=2))
     else:
@@ -53,6 +57,7 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, follow: b
         return
     if since is None or until is None:
         fail("backfill needs --since and --until (or one of: list, show ID, cancel ID)")
+    require()  # the job is recorded in Redis; beat, which walks it, checks the WDT credentials
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from shared.runtime import runtime
 
@@ -150,17 +155,17 @@ def _follow(rt: Runtime, job_id: str) -> None:
 @click.argument("stockout_no")
 def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    require("wdt")
+    check_mapping()
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from shared import metrics
     from shared.runtime import runtime
-
-
     rt = runtime()
     try:
         with metrics.wdt_purpose("preview"):
             raw = rt.wdt.get_by_no(stockout_no)
     except StockoutSyncError as err:
-        fail(f"WDT: {err}")
+        api_failure(err)
     if raw is None:
         fail(f"stockout {stockout_no} not found in WDT", 1)
     try:
