@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +74,19 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Alerts (sent by the beat process; any combination of channels, none = no alerts)
+    alert_webhook_url: SecretStr = SecretStr("")
+    alert_dingtalk_url: SecretStr = SecretStr("")
+    alert_dingtalk_secret: SecretStr = SecretStr("")
+    alert_wecom_url: SecretStr = SecretStr("")
+    alert_feishu_url: SecretStr = SecretStr("")
+    alert_feishu_secret: SecretStr = SecretStr("")
+    alert_feishu_msg_type: Literal["text", "post"] = "post"
+    alert_interval_s: int = Field(300, ge=1, description="at most one message per reason or condition this often")
+    alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
+    alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
+    alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.lookback_s >= self.state_ttl_days * 86400:
@@ -89,17 +104,45 @@ class Settings(BaseSettings):
                 "HTTP_CONNECT_TIMEOUT_S + HTTP_READ_TIMEOUT_S must stay well under TASK_TIME_LIMIT_S, "
                 "so a hung call ends in a retry, never in the hard time limit"
             )
+        for name in ALERT_URLS:
+            url = getattr(self, name).get_secret_value()
+            # The URL carries the robot's token: the error names the variable and the scheme only.
+            if url and urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"{name.upper()} must be an http(s) URL (got scheme {urlsplit(url).scheme!r})")
+        if self.alert_send_timeout_s >= self.alert_send_budget_s:
+            raise ValueError("ALERT_SEND_TIMEOUT_S must be shorter than ALERT_SEND_BUDGET_S, or a channel gets one try")
         return self
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""
         values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value()]
-        from urllib.parse import urlsplit
-
         password = urlsplit(self.redis_url).password
         if password:
             values.append(password)
+        values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        for name in ALERT_URLS:
+            values += url_secrets(getattr(self, name).get_secret_value())
         return [v for v in values if v]
+
+
+ALERT_URLS = ("alert_webhook_url", "alert_dingtalk_url", "alert_wecom_url", "alert_feishu_url")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a robot's URL that are its credential: the whole URL, a password in it, every
+    query value (DingTalk's access_token, WeCom's key) and a long last path segment (Feishu's hook id)."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found = [url, parts.password or ""]
+    for pair in parts.query.split("&"):
+        _, _, value = pair.partition("=")
+        found += [value, unquote(value)]
+    segment = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    # a generic path word ("send", "hook") is no secret; a token is long
+    if len(segment) >= 16:
+        found.append(segment)
+    return [v for v in found if len(v) >= 8]
 
 
 @lru_cache(maxsize=1)

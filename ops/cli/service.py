@@ -48,7 +48,11 @@ def beat(schedule_file, metrics_port) -> None:
     start_metrics(metrics_port)
 
     s = get_settings()
-    schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}")
+    from producer.alerts import install as install_alerts
+
+    install_alerts(s)
+    schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                  f"stockout-sync-beat-{s.redis_prefix}")
     get_app().worker_main(
         [
             *json_lines_only(),
