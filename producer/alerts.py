@@ -322,7 +322,7 @@ def reconcile_alert(report: dict) -> Alert:
                  lines=lines, details=details)
 
 
-def test_alert() -> Alert:
+def probe_alert() -> Alert:
     return Alert(kind="test", severity="info", title="test message: this channel works",
                  lines=["sent by `stockout-sync alert test`"])
 

@@ -20,7 +20,7 @@ def alert() -> None:
 def alert_test(budget: float | None) -> None:
     """Send one test message to every configured channel and print each answer; exit 1 if one failed."""
     # imported at call time: shared.alerts loads shared.metrics, which must come after the metrics exporter
-    from producer.alerts import test_alert
+    from producer.alerts import probe_alert
     from shared.alerts import sender_from_settings
     from shared.settings import get_settings
 
@@ -32,7 +32,7 @@ def alert_test(budget: float | None) -> None:
     if not sender.channels:
         fail("no alert channel configured: set ALERT_WEBHOOK_URL, ALERT_DINGTALK_URL, ALERT_WECOM_URL "
              "or ALERT_FEISHU_URL")
-    message = test_alert()
+    message = probe_alert()
     message.prefix = settings.redis_prefix
     replies = sender.send(message)
     for reply in replies:
