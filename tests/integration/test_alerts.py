@@ -51,7 +51,8 @@ def quick(channels: list[Channel]) -> Sender:
 
 def test_dingtalk_signs_with_timestamp_ms_and_urlencoded_hmac(receiver):
     ding = receiver()
-    reply = quick([Channel("dingtalk", ding.url(f"/robot/send?access_token={DING_TOKEN}"), DING_SECRET)]).send(probe_alert())[0]
+    channel = Channel("dingtalk", ding.url(f"/robot/send?access_token={DING_TOKEN}"), DING_SECRET)
+    reply = quick([channel]).send(probe_alert())[0]
     assert reply.ok and reply.detail == "errcode 0: ok"
     got = ding.requests[0]
     assert got.path == "/robot/send" and got.query["access_token"] == [DING_TOKEN]
@@ -90,7 +91,8 @@ def test_wecom_markdown_and_the_webhook_json(receiver):
                      Channel("webhook", hook.url("/alerts"))]).send(probe_alert())
     assert [r.ok for r in replies] == [True, True]
     assert wecom.requests[0].query["key"] == [WECOM_KEY]
-    assert wecom.requests[0].body["msgtype"] == "markdown" and "test message" in wecom.requests[0].body["markdown"]["content"]
+    got = wecom.requests[0].body
+    assert got["msgtype"] == "markdown" and "test message" in got["markdown"]["content"]
     body = hook.requests[0].body
     assert {"version", "kind", "status", "severity", "title", "lines", "at", "prefix", "host", "details"} <= set(body)
     assert body["kind"] == "test" and body["status"] == "firing" and body["version"] == 1
@@ -99,7 +101,8 @@ def test_wecom_markdown_and_the_webhook_json(receiver):
 def test_a_refusal_is_a_failure_retried_and_logged_without_the_token(receiver, caplog):
     ding = receiver(answer={"errcode": 310000, "errmsg": "sign not match"})
     caplog.set_level(logging.INFO, logger="stockout_sync.alerts")
-    reply = quick([Channel("dingtalk", ding.url(f"/robot/send?access_token={DING_TOKEN}"), DING_SECRET)]).send(probe_alert())[0]
+    channel = Channel("dingtalk", ding.url(f"/robot/send?access_token={DING_TOKEN}"), DING_SECRET)
+    reply = quick([channel]).send(probe_alert())[0]
     assert not reply.ok and reply.attempts >= 2 and "310000" in reply.detail
     assert "310000" in caplog.text and "not delivered to dingtalk" in caplog.text
     assert DING_TOKEN not in caplog.text and DING_SECRET not in caplog.text
@@ -220,8 +223,8 @@ def test_no_worker_after_a_grace_and_a_reconcile_mismatch(watch, redis_client):
               "missing": ["CK1", "CK2"], "duplicated": [{"order_no": "CK3"}], "changed": [],
               "finished_at": "2026-11-29 12:00:00"}
     redis_client.lpush(f"{PREFIX}:reconcile:reports", json.dumps(report))
-    redis_client.lpush(f"{PREFIX}:reconcile:reports", json.dumps({**report, "mismatches": 0, "missing": [],
-                                                                  "duplicated": [], "finished_at": "2026-11-29 13:00:00"}))
+    clean = {**report, "mismatches": 0, "missing": [], "duplicated": [], "finished_at": "2026-11-29 13:00:00"}
+    redis_client.lpush(f"{PREFIX}:reconcile:reports", json.dumps(clean))
     watch.round(now + 63)
     watch.round(now + 64)
     mismatch = [b for b in bodies(watch) if b["kind"] == "reconcile_mismatch"]
