@@ -70,17 +70,28 @@ def beat(schedule_file, metrics_port) -> None:
 @main.command()
 @click.option("--port", default=5555, type=int)
 @click.option("--address", default="127.0.0.1")
+@click.option("--db", default=lambda: os.environ.get("FLOWER_DB", "flower.db"), show_default="FLOWER_DB or flower.db",
+              help="Flower's database file: put it on a volume so failures survive a restart")
+@click.option("--persistent/--no-persistent", default=True, show_default=True,
+              help="keep tasks in --db across restarts (saved on stop and every minute)")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
-def flower(port, address, insecure) -> None:
+def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
+    from ops.flower import flower_argv, protect_monitoring, reexec_clean
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
         fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
+    db = os.path.abspath(db)
+    # Flower gets the broker and its own settings only: no WDT/BIP secret, no robot URL (ops/flower.py).
+    reexec_clean(["flower", f"--port={port}", f"--address={address}", f"--db={db}",
+                  "--persistent" if persistent else "--no-persistent", *(["--insecure"] if insecure else [])])
+    argv = flower_argv(port, address, db, persistent)
+    protect_monitoring()
     # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
     # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
     get_app().conf.broker_transport = None
     # The credentials stay in the environment, where Flower reads them, never on the command line.
-    get_app().start(["flower", f"--port={port}", f"--address={address}"])
+    get_app().start(argv)
 
 
 @main.command()
