@@ -52,6 +52,16 @@ def test_flower_requires_basic_auth(compose):
     assert "--insecure" not in compose["services"]["flower"]["command"]
 
 
+def test_flower_gets_no_api_secret_and_keeps_its_database_on_a_volume(compose):
+    flower = compose["services"]["flower"]
+    assert flower["env_file"] == []  # the shared `.env` holds WDT/BIP secrets and robot URLs
+    assert not any(name.startswith(("WDT_", "BIP_", "ALERT_")) for name in flower["environment"])
+    assert flower["environment"]["FLOWER_TASKS_COLUMNS"].endswith("name,kwargs,state,exception,received,worker}")
+    db = flower["command"][flower["command"].index("--db") + 1]
+    mounts = [v.split(":") for v in flower["volumes"]]
+    assert any(name in compose["volumes"] and db.startswith(path + "/") for name, path in mounts)
+
+
 def test_dockerfile_copies_every_package(compose):
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("shared", "producer", "worker", "sandbox"):
