@@ -22,6 +22,7 @@ from urllib.parse import quote_plus
 import requests
 from pydantic import BaseModel, Field
 
+from shared import metrics
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
 
@@ -202,6 +203,7 @@ class Sender:
                 except ChannelError as err:
                     left = deadline - time.monotonic()
                     if left <= wait:
+                        metrics.observe_alert(alert.kind, channel.name, delivered=False)
                         log.error("alert %s (%s) not delivered to %s after %d attempt(s): %s",
                                   alert.kind, alert.status, channel.name, attempt, err)
                         return Reply(channel.name, False, attempt, str(err))
@@ -210,6 +212,7 @@ class Sender:
                     self.sleep(wait)
                     wait = min(wait * 2, 30.0)
                     continue
+                metrics.observe_alert(alert.kind, channel.name, delivered=True)
                 log.info("alert %s (%s) delivered to %s: %s", alert.kind, alert.status, channel.name, answer)
                 return Reply(channel.name, True, attempt, answer)
 

@@ -45,6 +45,9 @@ def start(settings, port: int | None = None) -> int:
     values.ValueClass = values.get_value_class()  # in case something imported prometheus_client already
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    from shared.state_metrics import PipelineCollector
+
+    registry.register(PipelineCollector(settings))  # the pipeline's state, read from Redis per scrape
     start_http_server(port, addr=settings.metrics_address, registry=registry)
 
     from shared.metrics import instrument_rate_limiter
