@@ -58,6 +58,24 @@ def start_metrics(port: int | None) -> None:
         fail(f"metrics port {port or get_settings().metrics_port}: {err}")
 
 
+def settings_error(err: ValidationError) -> str:
+    """Each problem with its variable, and the value unless it is a secret. Pydantic's own text would
+    show every input value (secrets included) beside a problem that concerns the whole model."""
+    from pydantic import SecretStr
+
+    from shared.settings import Settings
+
+    lines = []
+    for problem in err.errors(include_url=False):
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        field = Settings.model_fields.get(name)
+        line = f"{name.upper()}: {problem['msg']}" if name else problem["msg"]
+        if field is not None and field.annotation is not SecretStr and "input" in problem:
+            line += f" (got {problem['input']!r})"
+        lines.append(line)
+    return "; ".join(lines)
+
+
 @click.group()
 def main() -> None:
     """Move every 旺店通 stockout into 用友BIP as an other outbound record."""
@@ -65,6 +83,6 @@ def main() -> None:
     try:
         get_settings()
     except ValidationError as err:
-        fail(f"configuration: {err}")
+        fail(f"configuration: {settings_error(err)}")
 
     configure_logging(get_settings())

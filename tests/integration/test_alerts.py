@@ -271,3 +271,28 @@ def test_a_hung_and_a_refusing_robot_do_not_slow_the_beats_polls(sandbox, proces
     logs = processes.logs()
     assert "not delivered to dingtalk" in logs or "alert dead_letters to dingtalk failed" in logs
     assert DING_TOKEN not in logs and DING_SECRET not in logs
+
+
+def test_alert_test_command_prints_each_channels_answer(receiver):
+    import os
+    import subprocess
+    import sys
+
+    ding = receiver()
+    feishu = receiver(answer={"code": 19021, "msg": "sign match fail or timestamp is not within one hour"})
+    env = {**os.environ, "ALERT_DINGTALK_URL": ding.url(f"/robot/send?access_token={DING_TOKEN}"),
+           "ALERT_DINGTALK_SECRET": DING_SECRET,
+           "ALERT_FEISHU_URL": feishu.url(f"/open-apis/bot/v2/hook/{FEISHU_HOOK}")}
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "alert", "test", "--budget", "1.5"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "dingtalk: ok after 1 attempt(s): errcode 0: ok" in done.stdout
+    assert "feishu: failed" in done.stdout and "code 19021: sign match fail" in done.stdout
+    assert ding.requests[0].body["markdown"]["title"].endswith("test message: this channel works")
+    for secret in (DING_TOKEN, DING_SECRET, FEISHU_HOOK):
+        assert secret not in done.stdout + done.stderr
+
+    env.pop("ALERT_FEISHU_URL")
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "alert", "test"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "dingtalk: ok" in done.stdout
