@@ -96,14 +96,18 @@ class Watch:
     settings: Settings
     sender: Sender
     workers: Workers
+    # asked before each message: False when this process no longer holds the alerts lock
+    may_send: Callable[[], bool] = lambda: True
     keys: Keys = field(init=False)
     sent: list[tuple[Alert, list[Reply]]] = field(default_factory=list)
+    _unreachable: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.settings.redis_prefix)
 
     def round(self, now: float | None = None) -> list[Alert]:
         now = time.time() if now is None else now
+        self._unreachable = False
         alerts: list[Alert] = []
         for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.reconcile):
             try:
@@ -113,12 +117,18 @@ class Watch:
         return alerts
 
     def _send(self, alert: Alert) -> bool:
+        # Once every channel failed in this round, the rest of the round would only wait out the same
+        # budgets (and outlive the lock): what is due stays due for the next round.
+        if self._unreachable or not self.may_send():
+            return False
         alert.prefix = self.settings.redis_prefix
         replies = self.sender.send(alert)
         self.sent.append((alert, replies))
         # Told when one channel took it; a channel that failed was retried and logged. When all of
         # them failed the alert stays due and is tried again next round.
-        return any(reply.ok for reply in replies)
+        told = any(reply.ok for reply in replies)
+        self._unreachable = not told
+        return told
 
     # -- dead letters: batched per reason ---------------------------------------------------------
     def dead_letters(self, now: float) -> list[Alert]:
@@ -383,10 +393,10 @@ class AlertLoop(threading.Thread):
 
     def __init__(self, r: redis.Redis, settings: Settings, *, workers: Workers = consuming_queues) -> None:
         super().__init__(name="alerts", daemon=True)
-        self.watch = Watch(r, settings, sender_from_settings(settings), workers)
+        self.watch = Watch(r, settings, sender_from_settings(settings), workers, may_send=self.holds_lock)
         self.interval_s = settings.alert_check_interval_s
-        # Held through a round's sending (its budget) and the wait after it; a beat that died frees it
-        # within one such span, and another beat takes over.
+        # Renewed before every message, so it is held through one message's budget and the wait after
+        # a round; a beat that died frees it within that span, and another beat takes over.
         self.lock_ms = int((settings.alert_send_budget_s * 2 + self.interval_s * 2) * 1000)
         self.token = uuid.uuid4().hex
         self._take = r.register_script(_RENEW)
