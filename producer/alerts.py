@@ -32,57 +32,26 @@ NEW_LETTERS_PER_ROUND = 10_000  # read at most this many new letters a round; th
 NO_WORKER_GRACE_S = 60.0
 
 
-@dataclass
 class Keys:
-    p: str
+    """Ours (`{p}:alerts:*`: what has been told), and what others write, read defensively: absent,
+    or in another shape, means "nothing to tell"."""
 
-    @property
-    def lock(self) -> str:
-        return f"{self.p}:alerts:lock"
-
-    @property
-    def dlq_cursor(self) -> str:  # index score of the newest dead letter already counted
-        return f"{self.p}:alerts:dlq:cursor"
-
-    @property
-    def dlq_pending(self) -> str:  # reason → JSON {count, examples, since} not yet told
-        return f"{self.p}:alerts:dlq:pending"
-
-    @property
-    def dlq_sent(self) -> str:  # reason → epoch seconds of its last message
-        return f"{self.p}:alerts:dlq:sent"
-
-    @property
-    def conditions(self) -> str:  # condition → JSON {since, sent, firing}
-        return f"{self.p}:alerts:conditions"
-
-    @property
-    def breaker_seen(self) -> str:
-        return f"{self.p}:alerts:breaker"
-
-    @property
-    def reconcile_seen(self) -> str:
-        return f"{self.p}:alerts:reconcile"
-
-    # what others write (read defensively: absent, or in an older shape, means "nothing to tell")
-    @property
-    def dlq_index(self) -> str:
-        return f"{self.p}:dlq:index"
+    def __init__(self, p: str) -> None:
+        self.p = p
+        self.lock = f"{p}:alerts:lock"
+        self.dlq_cursor = f"{p}:alerts:dlq:cursor"  # index score of the newest dead letter counted
+        self.dlq_pending = f"{p}:alerts:dlq:pending"  # reason → JSON {count, examples, since} not yet told
+        self.dlq_sent = f"{p}:alerts:dlq:sent"  # reason → epoch seconds of its last message
+        self.conditions = f"{p}:alerts:conditions"  # condition → JSON {since, sent, firing}
+        self.breaker_seen = f"{p}:alerts:breaker"
+        self.reconcile_seen = f"{p}:alerts:reconcile"
+        self.dlq_index = f"{p}:dlq:index"
+        self.breaker = f"{p}:breaker"
+        self.reconcile_reports = f"{p}:reconcile:reports"
+        self.cursor = f"{p}:cursor"
 
     def dlq_record(self, sid: str) -> str:
         return f"{self.p}:dlq:{sid}"
-
-    @property
-    def breaker(self) -> str:
-        return f"{self.p}:breaker"
-
-    @property
-    def reconcile_reports(self) -> str:
-        return f"{self.p}:reconcile:reports"
-
-    @property
-    def cursor(self) -> str:
-        return f"{self.p}:cursor"
 
 
 Workers = Callable[[], "list[str] | None"]  # queues some worker consumes; None = could not ask
