@@ -29,7 +29,8 @@ $(PROMTOOL): | $(STAMP)
 	  rm -rf $$tmp; \
 	else echo "promtool: no apt here; the rules get the schema-level test only"; fi
 
-test: $(STAMP) $(PROMTOOL)
+# lint first: a lint finding fails the tests as a failing test would
+test: $(STAMP) lint $(PROMTOOL)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) $(PROMTOOL)
@@ -43,4 +44,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

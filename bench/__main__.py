@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             for module_name in ("overhead", "concurrency"):
                 module = importlib.import_module(f"bench.{module_name}")
                 with console.status(f"{module_name} with {spec}…"):
-                    got = module.run(ctx, label=f"{pool}{concurrency}", pool=pool, concurrency=int(concurrency or 0) or None)
+                    got = module.run(
+                        ctx, label=f"{pool}{concurrency}", pool=pool, concurrency=int(concurrency or 0) or None
+                    )
                 for row in got:  # a comparison for choosing the defaults, not a target of the run
                     row.detail = f"({'meets' if row.passed else 'misses'} {row.target}) {row.detail}"
                     row.passed = None
@@ -117,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ascii=False, indent=2, default=str,
     ) + "\n")
     failed = [row for row in rows if row.passed is False]
-    console.print(f"results in {args.out}; " + (f"[red]{len(failed)} figure(s) missed[/red]" if failed else "[green]every target met[/green]"))
+    console.print(
+        f"results in {args.out}; "
+        + (f"[red]{len(failed)} figure(s) missed[/red]" if failed else "[green]every target met[/green]")
+    )
     return 1 if failed else 0
 
 

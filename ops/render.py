@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:  # for the annotations only: ops.reconcile loads shared.metrics, which must come after the exporter
+    from ops.reconcile import Report
+    from ops.status import Status
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,7 +31,7 @@ def seconds(value: float | None) -> str:
     return f"{value / 86400:.1f} d"
 
 
-def print_status(report) -> None:
+def print_status(report: Status) -> None:
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from producer.poll import PollSummary
 
@@ -35,12 +40,17 @@ def print_status(report) -> None:
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     if report.cursor:
-        table.add_row("cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})")
+        table.add_row(
+            "cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})"
+        )
     else:
         table.add_row("cursor", "not set: no poll has completed")
     if report.last_poll:
         line = PollSummary.model_validate(report.last_poll).line()
-        table.add_row("last poll", f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}")
+        table.add_row(
+            "last poll",
+            f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}",
+        )
     else:
         table.add_row("last poll", "none")
     table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
@@ -54,9 +64,15 @@ def print_status(report) -> None:
         renew = f"; shared copy renewed in {seconds(token.renew_in_s)}" if token.renew_in_s is not None else ""
         table.add_row("BIP token", f"expires {token.expires_at} (in {seconds(token.expires_in_s)}{renew})")
     else:
-        table.add_row("BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)")
+        table.add_row(
+            "BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)"
+        )
     for limiter in report.rate_limits:
-        state = "free now" if limiter.free_now else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        state = (
+            "free now"
+            if limiter.free_now
+            else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        )
         table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
@@ -76,14 +92,14 @@ def print_status(report) -> None:
 RECONCILE_ROWS = 50
 
 
-def print_reconcile(report, requeued: bool) -> None:
+def print_reconcile(report: Report, requeued: bool) -> None:
     console.print(
         f"reconcile {report.since} → {report.until}: {report.fetched} read from WDT, {report.eligible} to sync, "
         f"{report.in_bip} in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
         f"{len(report.changed)} changed in WDT since synced ({report.pages} pages, {report.duration_s:.1f} s)"
     )
 
-    def show(title, columns, rows) -> None:
+    def show(title: str, columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
             return
         table = Table(title=f"{title}: {len(rows)}")

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from celery.signals import worker_ready, worker_shutdown
 
-from shared.alerts import Alert, Reply, Sender, sender_from_settings
-from shared.celery_app import STOCKOUT_QUEUE
+from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_from_settings
+from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
+from shared.runtime import redis_client
 from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing
+from shared.timeutil import format_wire, now_beijing, parse_wire
 
 log = logging.getLogger("stockout_sync.alerts")
 
@@ -195,8 +197,6 @@ class Watch:
         return [alert] if alert is not None else []
 
     def cursor_lag(self, now: float) -> list[Alert]:
-        from shared.timeutil import parse_wire
-
         cursor = parse_wire(_text(self.r.get(self.keys.cursor)))
         if cursor is None:
             return []  # no poll has finished yet: `status` says so; nothing has fallen behind
@@ -339,8 +339,6 @@ def _letter(value: Any) -> DeadLetter | None:
 # -- the sender thread of the beat process ------------------------------------------------------------
 def consuming_queues(timeout_s: float = 2.0) -> list[str] | None:
     """Every queue some worker consumes (one broadcast), or None when the broker could not be asked."""
-    from shared.celery_app import get_app
-
     app = get_app()
     try:
         # a connection of its own: this runs in the alert thread, beside the worker's consumer
@@ -396,11 +394,6 @@ class AlertLoop(threading.Thread):
 
 def install(settings: Settings) -> None:
     """Run the alert loop in this (beat) process once its worker is up; stop it with the worker."""
-    from celery.signals import worker_ready, worker_shutdown
-
-    from shared.alerts import channels_from_settings
-    from shared.runtime import redis_client
-
     if not channels_from_settings(settings):
         log.info("alerts off: no channel configured (ALERT_WEBHOOK_URL, ALERT_DINGTALK_URL, ALERT_WECOM_URL, "
                  "ALERT_FEISHU_URL)")

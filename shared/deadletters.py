@@ -15,8 +15,9 @@ half-way loses nothing: once its lease has run out, the next requeue takes the p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import redis
 from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
@@ -86,7 +87,7 @@ return 0
 
 
 class DeadLetterStore:
-    def __init__(self, client, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.r = client
         self.p = prefix
         self._claim = client.register_script(_CLAIM)
@@ -125,7 +126,8 @@ class DeadLetterStore:
         return DeadLetter.model_validate_json(value) if value else None
 
     def ids(self) -> list[str]:
-        return [v.decode() for v in self.r.zrange(self.index_key, 0, -1)]
+        members = cast(list[bytes], self.r.zrange(self.index_key, 0, -1))  # no withscores, no decode_responses
+        return [v.decode() for v in members]
 
     def all(self) -> list[DeadLetter]:
         ids = self.ids()
@@ -167,10 +169,10 @@ class DeadLetterStore:
                 self._unpark(letter.stockout_id)
                 done.append(letter.stockout_id)
         for sid in ids:
-            letter = self.claim(sid, "requeue")
-            if letter is None:
+            claimed = self.claim(sid, "requeue")
+            if claimed is None:
                 continue  # gone: requeued or purged by someone else meanwhile
-            publish(letter.stockout, letter.stockout_id)
+            publish(claimed.stockout, claimed.stockout_id)
             self._unpark(sid)
             done.append(sid)
         return done

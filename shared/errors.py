@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 
 class StockoutSyncError(Exception):
@@ -39,7 +40,7 @@ class StockoutSyncError(Exception):
         if should_retry is not None:
             self.should_retry = should_retry
 
-    def __reduce__(self):  # keep the typed fields across Celery's result serialisation
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the typed fields across Celery's result serialisation
         return (_rebuild, (type(self), self.message, self.__dict__))
 
     def to_dict(self) -> dict:
@@ -54,11 +55,20 @@ class StockoutSyncError(Exception):
         }
 
 
-def _rebuild(cls, message, state):
+def _rebuild(cls: type[StockoutSyncError], message: str, state: dict[str, Any]) -> StockoutSyncError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
     err.__dict__.update(state)
     return err
+
+
+class RemoteFields(TypedDict, total=False):
+    """The remote system's side of an error, built once and passed to whichever class fits."""
+
+    api: str
+    code: str
+    api_message: str
+    http_status: int | None
 
 
 class APIConnectionError(StockoutSyncError):

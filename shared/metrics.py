@@ -9,10 +9,13 @@ stockout id, an order number or a URL with its query string.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shared.ratelimit import RateLimiter
 
 _P = "stockout_sync"
 # Not prometheus_client's default registry: Flower imports the tasks, hence this module, and would
@@ -64,7 +67,17 @@ RATE_LIMIT_WAIT = Histogram(
 _SUCCESS_CODES = {"bip": {"200", "00000"}, "wdt": {"", "0"}}
 
 
-def count_page(before, after) -> None:
+class PageCounts(Protocol):
+    """What `count_page` reads of the producer's PollSummary (shared does not import the producer)."""
+
+    fetched: int
+    published: int
+    filtered_out: int
+    already_done: int
+    already_queued: int
+
+
+def count_page(before: PageCounts, after: PageCounts) -> None:
     """What one page of a poll or backfill added to its summary (two PollSummary snapshots)."""
     FETCHED.inc(after.fetched - before.fetched)
     PUBLISHED.inc(after.published - before.published)
@@ -138,16 +151,12 @@ def instrument_rate_limiter() -> None:
     is owned and tested on its own); a line `observe_rate_limit_wait(self.name, wait)` in
     `RateLimiter.acquire` would replace this.
     """
-    import functools
-
-    from shared.ratelimit import RateLimiter
-
     original = RateLimiter.acquire
     if getattr(original, "_observed", False):
         return
 
     @functools.wraps(original)
-    def acquire(self, *args, **kwargs):
+    def acquire(self: RateLimiter, *args: Any, **kwargs: Any) -> float:
         waited = original(self, *args, **kwargs)
         observe_rate_limit_wait(self.name, waited)
         return waited

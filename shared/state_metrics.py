@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
 from shared.settings import Settings
 from shared.stats import last_saved_key
@@ -146,8 +147,6 @@ class PipelineCollector(Collector):
         return dict(counts)
 
     def _rates(self) -> Iterator[GaugeMetricFamily]:
-        from shared.ratelimit import RateLimiter
-
         s = self.settings
         rate = GaugeMetricFamily(f"{_P}_rate_limit_rate_per_second",
                                  "The shared rate each limiter grants now (lower than the ceiling while adapting)",

@@ -4,15 +4,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 import redis
+from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, APIConnectionError, resolve
 from shared.messages import message_label, publish_dead_letter
-from shared.runtime import runtime
+from shared.runtime import Runtime, runtime
 from shared.state import stockout_key
 from worker.events import task_event
 from worker.letters import make_letter, stage_of
@@ -31,7 +33,7 @@ def classify(error: BaseException) -> BaseException:
 
 
 @app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None)
-def sync_stockout(self, stockout: dict) -> dict:
+def sync_stockout(self: Task, stockout: dict) -> dict:
     rt = runtime()
     attempt = self.request.retries + 1
     started = time.monotonic()
@@ -47,8 +49,15 @@ def sync_stockout(self, stockout: dict) -> dict:
     except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
         failure = raw_error
     if failure is None:
-        task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
-                   stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id, bip_code=outcome.bip_code)
+        task_event(
+            logging.INFO,
+            f"stockout {outcome.stockout_id} {outcome.outcome}",
+            **about,
+            outcome=outcome.outcome,
+            stage="save" if outcome.outcome != "already_done" else "dedup",
+            bip_id=outcome.bip_id,
+            bip_code=outcome.bip_code,
+        )
         return outcome.model_dump()
     if isinstance(failure, Deferred):
         task_event(logging.INFO, f"stockout {stockout_key(stockout)} is being worked on by another task; later",
@@ -74,7 +83,7 @@ def sync_stockout(self, stockout: dict) -> dict:
     raise error
 
 
-def retry_or_requeue(task, **options) -> BaseException:
+def retry_or_requeue(task: Task, **options: Any) -> BaseException:
     """`task.retry`, except that a retry which cannot be published (broker down) puts the message
     back instead of dropping it: Celery's own answer to that is Reject(requeue=False), a loss."""
     # The retry is a new message: without the first publish's short label, Flower would show the
@@ -88,7 +97,7 @@ def retry_or_requeue(task, **options) -> BaseException:
         return Reject(rejected.reason, requeue=True)
 
 
-def dead_letter(rt, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
+def dead_letter(rt: Runtime, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
     try:
         mapping = rt.mapping
         fingerprint = mapping.fingerprint()

@@ -26,11 +26,13 @@ def _dlq_store() -> DeadLetterStore:
     return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
 
 
-def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> list[str]:
+def _select(
+    store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
+) -> list[str]:
     if ids:
         return list(ids)
     if all_ or reason or code:
-        return [l.stockout_id for l in store.all() if l.matches(reason=reason, code=code)]
+        return [letter.stockout_id for letter in store.all() if letter.matches(reason=reason, code=code)]
     fail("name dead letters by id, or use --all / --reason / --code")
 
 
@@ -38,25 +40,26 @@ def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: st
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_list(reason, code, as_json) -> None:
+def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
     store = _dlq_store()
-    letters = [l for l in store.all() if l.matches(reason=reason, code=code)]
+    letters = [letter for letter in store.all() if letter.matches(reason=reason, code=code)]
     if as_json:
-        click.echo(json.dumps([l.model_dump(mode="json") for l in letters], ensure_ascii=False, indent=2))
+        click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], ensure_ascii=False, indent=2))
         return
     table = Table(title=f"dead letters: {len(letters)} (queue length {store.queue_length()})")
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
-    for l in letters:
-        reason = f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
-        table.add_row(escape(l.stockout_id), escape(l.order_no), l.stage, escape(reason), str(l.attempts), l.last_failed_at)
+    for letter in letters:
+        reason = f"{letter.error_class}{' ' + letter.code if letter.code else ''}: {letter.message}"
+        table.add_row(escape(letter.stockout_id), escape(letter.order_no), letter.stage, escape(reason),
+                      str(letter.attempts), letter.last_failed_at)
     console.print(table)
 
 
 @dlq.command("show")
 @click.argument("stockout_id")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_show(stockout_id, as_json) -> None:
+def dlq_show(stockout_id: str, as_json: bool) -> None:
     letter = _dlq_store().get(stockout_id)
     if letter is None:
         fail(f"no dead letter for stockout {stockout_id}", 1)
@@ -76,7 +79,7 @@ def dlq_show(stockout_id, as_json) -> None:
 @click.option("--all", "all_", is_flag=True)
 @click.option("--reason", default=None)
 @click.option("--code", default=None)
-def dlq_requeue(ids, all_, reason, code) -> None:
+def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
     done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
@@ -87,7 +90,7 @@ def dlq_requeue(ids, all_, reason, code) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def dlq_purge(ids, all_, yes) -> None:
+def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""
     store = _dlq_store()
     chosen = _select(store, ids, all_, None, None)

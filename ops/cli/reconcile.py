@@ -17,7 +17,7 @@ from shared.messages import publish_stockout
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 @click.option("--requeue-missing", is_flag=True, help="publish the stockouts missing in BIP again (not dead letters)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
-def reconcile(since, until, requeue_missing, as_json) -> None:
+def reconcile(since: str, until: str, requeue_missing: bool, as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from ops.reconcile import Reconcile
@@ -33,9 +33,14 @@ def reconcile(since, until, requeue_missing, as_json) -> None:
     total_s = (end - start).total_seconds()
     try:
         with Progress(
-            TextColumn("[bold]reconcile"), BarColumn(),
-            TextColumn("{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+            TextColumn("[bold]reconcile"),
+            BarColumn(),
+            TextColumn(
+                "{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
         ) as progress:
             bar = progress.add_task("reconcile", total=total_s, pages=0, fetched=0, mismatches=0)
             report = job.run(

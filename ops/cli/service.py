@@ -20,7 +20,7 @@ from shared.settings import get_settings
 @click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
 @click.option("--hostname", default="stockouts@%h")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
-def worker(concurrency, pool, hostname, metrics_port) -> None:
+def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
     check_mapping()
     start_metrics(metrics_port)
@@ -42,7 +42,7 @@ def worker(concurrency, pool, hostname, metrics_port) -> None:
 @main.command()
 @click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
-def beat(schedule_file, metrics_port) -> None:
+def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
     check_mapping()
     start_metrics(metrics_port)
@@ -51,8 +51,9 @@ def beat(schedule_file, metrics_port) -> None:
     from producer.alerts import install as install_alerts
 
     install_alerts(s)
-    schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                                  f"stockout-sync-beat-{s.redis_prefix}")
+    schedule_file = schedule_file or os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
+    )
     get_app().worker_main(
         [
             *json_lines_only(),
@@ -99,7 +100,7 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
 @click.option("--host", default="127.0.0.1")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
-def sandbox(port, host, stockouts, bad) -> None:
+def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
     """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
 
     serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
@@ -108,7 +109,7 @@ def sandbox(port, host, stockouts, bad) -> None:
 @main.command()
 @click.option("--stockouts", default=3000, type=int)
 @click.option("--bad", default=12, type=int)
-def demo(stockouts, bad) -> None:
+def demo(stockouts: int, bad: int) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
 
     sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))

@@ -28,11 +28,13 @@ from shared.errors import (
     AuthenticationError,
     InvalidRequestError,
     RateLimitError,
+    RemoteFields,
     StockoutSyncError,
     TokenExpiredError,
 )
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
+from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
 
@@ -51,7 +53,7 @@ _SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|seconds?|秒)", re.I)
 class BipClient:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         redis: redis_lib.Redis,
         *,
         session: requests.Session | None = None,
@@ -67,7 +69,9 @@ class BipClient:
         )
 
     @classmethod
-    def from_settings(cls, settings, redis: redis_lib.Redis, *, session: requests.Session | None = None) -> BipClient:
+    def from_settings(
+        cls, settings: Settings, redis: redis_lib.Redis, *, session: requests.Session | None = None
+    ) -> BipClient:
         limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix)
         return cls(settings, redis, session=session, limiter=limiter)
 
@@ -124,7 +128,7 @@ class BipClient:
 
     def _error(self, method: str, path: str, body: dict[str, Any], token: str | None) -> StockoutSyncError:
         code, message = _code(body), self._scrub(_message(body), token)
-        common = {"api": API, "code": code, "api_message": message}
+        common: RemoteFields = {"api": API, "code": code, "api_message": message}
         said = f"bip {method} {path}: code={code or '-'} {message}".rstrip()
         if code in TRANSIENT_CODES:
             return APIConnectionError(f"{said} (retry with the same resubmitCheckKey)", should_retry=True, **common)
@@ -153,12 +157,14 @@ class BipClient:
                 found = self.find_by_code(record.code)
                 if found:
                     log.info("bip save: code %s already exists, taken as an earlier save of ours", record.code)
-                    return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True)
+                    return SaveResult(
+                        id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True
+                    )
             raise
         code = _code(body)
         if code in REPLAY_CODES:
             return self._replayed(record)
-        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
 
     def _replayed(self, record: OthOutRecord) -> SaveResult:
@@ -206,7 +212,7 @@ class BipClient:
     def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         body = {"pageIndex": page_index, "pageSize": page_size, **query}
         reply = self.request("POST", LIST_PATH, json=body)
-        data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        data: dict[str, Any] = reply["data"] if isinstance(reply.get("data"), dict) else {}
         records = data.get("recordList") or []
         if not isinstance(records, list):
             raise APIConnectionError(f"bip {LIST_PATH}: recordList is not a list", api=API)

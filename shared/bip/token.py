@@ -21,13 +21,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis as redis_lib
 import requests
 
 from shared.bip.sign import self_app_signature
-from shared.errors import APIConnectionError, AuthenticationError, RateLimitError, StockoutSyncError
+from shared.errors import APIConnectionError, AuthenticationError, RateLimitError, RemoteFields, StockoutSyncError
 from shared.http import request_json
+from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
 
@@ -74,7 +76,7 @@ class GatewayResolver:
     discovery service, cached in memory and in Redis for a day (discovery answers slowly and
     rarely changes; one worker's answer serves all)."""
 
-    def __init__(self, settings, redis: redis_lib.Redis | None, session: requests.Session) -> None:
+    def __init__(self, settings: Settings, redis: redis_lib.Redis | None, session: requests.Session) -> None:
         self.settings = settings
         self.redis = redis
         self.session = session
@@ -110,7 +112,7 @@ class GatewayResolver:
                     pass  # unreadable cache: discover again
         reply = request_json(self.session, "GET", s.bip_discovery_url, api=API, params={"tenantId": s.bip_tenant_id})
         data = reply.data if isinstance(reply.data, dict) else {}
-        inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+        inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         gateway, token_url = inner.get("gatewayUrl"), inner.get("tokenUrl")
         if _code(data) != "00000" or not gateway or not token_url:
             message = str(data.get("message") or "")
@@ -142,7 +144,7 @@ class GatewayResolver:
 class TokenProvider:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         redis: redis_lib.Redis,
         session: requests.Session,
         *,
@@ -267,7 +269,7 @@ class TokenProvider:
         reply = request_json(self.session, "GET", url, api=API, params=params)
         data = reply.data if isinstance(reply.data, dict) else {}
         code = _code(data)
-        inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+        inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         token = inner.get("access_token")
         if code == "00000" and isinstance(token, str) and token:
             try:
@@ -279,7 +281,7 @@ class TokenProvider:
 
 
 def _token_error(code: str, message: str, where: str, status: int) -> StockoutSyncError:
-    common = {"api": API, "code": code, "api_message": message, "http_status": status}
+    common: RemoteFields = {"api": API, "code": code, "api_message": message, "http_status": status}
     said = f"bip token request {where}: code={code or '-'} {message}".rstrip()
     if code in RATE_LIMIT_CODES:
         return RateLimitError(said, retry_after=1.0, **common)

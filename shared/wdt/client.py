@@ -9,12 +9,14 @@ How pages are ordered so that a stockout modified while we page is never missed:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import redis as redis_lib
 import requests
 
 from shared.errors import (
@@ -22,10 +24,12 @@ from shared.errors import (
     AuthenticationError,
     InvalidRequestError,
     RateLimitError,
+    RemoteFields,
     StockoutSyncError,
 )
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
+from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
@@ -52,7 +56,7 @@ __all__ = ["WdtClient", "WdtPage", "slice_range"]
 class WdtClient:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         *,
         session: requests.Session | None = None,
         limiter: RateLimiter | None = None,
@@ -63,7 +67,9 @@ class WdtClient:
         self.url = settings.wdt_qimen_url
 
     @classmethod
-    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> WdtClient:
+    def from_settings(
+        cls, settings: Settings, redis: redis_lib.Redis | None = None, *, session: requests.Session | None = None
+    ) -> WdtClient:
         limiter = None
         if redis is not None:
             limiter = RateLimiter(
@@ -153,13 +159,15 @@ class WdtClient:
     def _error(self, f: dict[str, str], where: str, status: int) -> StockoutSyncError:
         code, sub_code = f["code"], f["sub_code"]
         api_message = self._scrub(" / ".join(m for m in (f["message"], f["sub_code"], f["sub_message"]) if m))
-        common = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
+        common: RemoteFields = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
         said = f"wdt {METHOD} {where}: code={code or '-'}{' sub_code=' + sub_code if sub_code else ''} {api_message}"
 
         if code in _RATE_LIMIT_CODES or _LIMIT_SUBCODE.search(sub_code):
             match = _BAN_SECONDS.search(f["message"] + " " + f["sub_message"])
             retry_after = float(match.group(1)) if match else max(10.0, 60.0 / self.settings.wdt_rate_per_minute)
-            return RateLimitError(f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common)
+            return RateLimitError(
+                f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common
+            )
         if code in _AUTH_CODES or _AUTH_SUBCODE.search(sub_code):
             return AuthenticationError(
                 f"{said} — configuration error: check WDT_APP_KEY / WDT_APP_SECRET / WDT_SID / WDT_TARGET_APP_KEY",
@@ -241,9 +249,8 @@ class WdtClient:
         size = self._page_size(page_size)
         paginator = WdtPaginator(size)
         seen: set[str] = set()  # ids only: the window itself is never held
-        while not paginator.finished:
-            page_no = paginator.next_page_no
-            call = lambda: self.query_page(start, end, page_no, size, **filters)  # noqa: E731
+        while (page_no := paginator.next_page_no) is not None:  # None once finished
+            call = functools.partial(self.query_page, start, end, page_no, size, **filters)
             page = fetch(call) if fetch else call()
             paginator.advance(page)
             fresh: list[dict[str, Any]] = []
@@ -280,7 +287,10 @@ class WdtClient:
     def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:
         for record in page.stockouts:
             # match on our side too: a gateway that ignored the filter must not hand back another order
-            if isinstance(record, dict) and stockout_no in (str(record.get("order_no", "")), str(record.get("stockout_no", ""))):
+            if isinstance(record, dict) and stockout_no in (
+                str(record.get("order_no", "")),
+                str(record.get("stockout_no", "")),
+            ):
                 return record
         return None
 

@@ -69,7 +69,7 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     listing = cli(processes.env, "dlq", "list")
     assert listing.returncode == 0 and poison["stockout_id"] in listing.stdout and "WH-NEW9" in listing.stdout
     as_json = json.loads(cli(processes.env, "dlq", "list", "--json").stdout)
-    assert [l["stockout_id"] for l in as_json] == [poison["stockout_id"]]
+    assert [letter["stockout_id"] for letter in as_json] == [poison["stockout_id"]]
     shown = cli(processes.env, "dlq", "show", poison["stockout_id"], "--json")
     assert DeadLetter.model_validate_json(shown.stdout).stockout["warehouse_no"] == "WH-NEW9"
     assert cli(processes.env, "dlq", "show", "no-such-id").returncode == 1

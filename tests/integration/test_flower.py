@@ -33,9 +33,10 @@ class Flower:
 
     def start(self) -> Flower:
         port = free_port()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "flower", f"--port={port}", f"--db={self.db}"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "ab") as log:  # flower has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ops.cli", "flower", f"--port={port}", f"--db={self.db}"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
 
         def up():

@@ -55,7 +55,10 @@ class FakeBip(FakeAdapter):
             path = urlsplit(request.url).path
             if path == TOKEN_PATH and self.token_reply is None:
                 self.tokens_issued += 1
-                out = (200, {"code": "00000", "data": {"access_token": f"tok+{self.tokens_issued}/=", "expire": self.expire}})
+                out = (
+                    200,
+                    {"code": "00000", "data": {"access_token": f"tok+{self.tokens_issued}/=", "expire": self.expire}},
+                )
             elif path == TOKEN_PATH:
                 out = self.token_reply
             elif path == "/discover":
@@ -143,7 +146,9 @@ def test_duplicate_submission_is_a_replay(redis_client, code):
 def test_duplicate_submission_fills_the_id_from_the_code(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[SAVE] = [bip("100004", "重复提交")]
-    fake.replies[LIST] = [(200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})]
+    fake.replies[LIST] = [
+        (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
+    ]
     assert client.save(record(code="SO-1")) == SaveResult(id="77", code="SO-1", replayed=True)
 
 
@@ -151,7 +156,13 @@ def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[SAVE] = [bip("999", "单据编号[SO-1]已存在")]
     fake.replies[LIST] = [
-        (200, {"code": "200", "data": {"recordCount": 2, "recordList": [{"id": "5", "code": "SO-10"}, {"id": "9", "code": "SO-1"}]}})
+        (
+            200,
+            {
+                "code": "200",
+                "data": {"recordCount": 2, "recordList": [{"id": "5", "code": "SO-10"}, {"id": "9", "code": "SO-1"}]},
+            },
+        )
     ]
     assert client.save(record(code="SO-1")) == SaveResult(id="9", code="SO-1", replayed=True)
     assert json.loads(fake.calls(LIST)[0].body)["code"] == "SO-1"
@@ -424,7 +435,13 @@ def test_find_stops_on_a_server_that_ignores_page_index(redis_client):
 def test_find_by_code_matches_exactly(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[LIST] = [
-        (200, {"code": "200", "data": {"recordCount": 2, "recordList": [{"id": "1", "code": "A1"}, {"id": "2", "code": "A"}]}})
+        (
+            200,
+            {
+                "code": "200",
+                "data": {"recordCount": 2, "recordList": [{"id": "1", "code": "A1"}, {"id": "2", "code": "A"}]},
+            },
+        )
     ]
     assert client.find_by_code("A") == [{"id": "2", "code": "A"}]
 
