@@ -296,3 +296,11 @@ def test_alert_test_command_prints_each_channels_answer(receiver):
     done = subprocess.run([sys.executable, "-m", "ops.cli", "alert", "test"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "dingtalk: ok" in done.stdout
+
+
+def test_the_no_worker_check_asks_the_real_workers(processes):
+    from producer.alerts import consuming_queues
+
+    assert "stockouts" not in (consuming_queues(timeout_s=1.0) or [])
+    processes.worker(concurrency=1)
+    assert "stockouts" in wait_until(lambda: consuming_queues(timeout_s=1.0), 20, message="a worker answering")
