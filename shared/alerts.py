@@ -194,7 +194,6 @@ class Sender:
         deadline = time.monotonic() + self.budget_s
         attempt, wait = 0, self.backoff_s
         with requests.Session() as session:
-            session.trust_env = True
             while True:
                 attempt += 1
                 left = deadline - time.monotonic()
