@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROMTOOL := $(VENV)/bin/promtool
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint lock clean
 
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The image's pinned dependencies (Dockerfile): after any change to pyproject's dependencies, then
+# commit requirements.lock. tests/unit/test_image.py fails while the two disagree.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
+		--generate-hashes -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

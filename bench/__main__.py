@@ -29,6 +29,9 @@ FIGURES = {
     "4": ("producer", "producer rate and memory"),
     "5": ("memory", "Redis bytes per stockout"),
     "6": ("freshness", "WDT → BIP p95"),
+    "7": ("dlq", "dlq requeue --all at scale"),
+    "8": ("backfill", "backfill memory and live freshness"),
+    "9": ("lookback", "WDT calls per poll"),
 }
 
 

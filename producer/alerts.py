@@ -293,8 +293,9 @@ def reconcile_alert(report: dict) -> Alert:
             items = []
         details[key] = items[:EXAMPLES]
         if items:
+            total = int(report.get(f"{key}_total") or len(items))  # stored lists are capped; the count is not
             shown = ", ".join(_item(i) for i in items[:EXAMPLES])
-            lines.append(f"{key} ({len(items)}): {shown}{' …' if len(items) > EXAMPLES else ''}")
+            lines.append(f"{key} ({total}): {shown}{' …' if total > EXAMPLES else ''}")
     lines.append("`stockout-sync reconcile` again for the whole list")
     return Alert(kind="reconcile_mismatch", severity="warning",
                  title=f"reconcile found {report.get('mismatches')} mismatch(es) between WDT and BIP",

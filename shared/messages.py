@@ -1,26 +1,11 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy.
-
-Why messages go through the default (nameless) exchange straight to the queue's list: with the
-named direct exchange kombu reads the exchange's bindings from Redis (SMEMBERS) before every single
-publish, and a message could route nowhere if the bindings were lost (a FLUSHDB, a restore). The
-worker consumes the same `{prefix}:stockouts` list either way, and a redelivered message goes back
-to the queue its delivery info names.
-
-Why `declare=[]`: declaring the queue only writes its bindings, which this routing never reads;
-kombu would otherwise copy and check the queue entity on every publish.
-
-Why messages are built here rather than by kombu's publish: that path costs ~0.5 ms of Python per
-message (and a new Redis client object per command), which caps the producer far below what WDT's
-pages can deliver. Here Celery's own message (`create_task_message`: the same headers, properties
-and body) becomes the Redis entry kombu's Redis transport would write, and a page (`many`) goes out
-in one LPUSH. tests/integration/test_messages.py holds both paths to the same message. With
-`task_send_sent_event` on, messages go through kombu after all: the task-sent events are its to send.
-"""
+"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy, built here
+and pushed straight to the queue's list (a page in one LPUSH).
+Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -33,6 +18,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
+from shared.deadletters import DeadLetterStore
 from shared.redis_conn import connect
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
@@ -52,22 +38,25 @@ class Publisher:
     def __init__(self) -> None:
         self._client: tuple[str, redis.Redis] | None = None
 
-    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
+    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None,
+                 generation: int = 0) -> str:
+        """`generation` > 0 re-creates a record deleted in BIP under a new resubmitCheckKey
+        (worker.transform.resubmit_key); only reconcile --requeue-missing sends one."""
         if get_app().conf.task_send_sent_event:
             with get_app().producer_or_acquire() as producer:
-                return self._send(producer, raw, key, queue, task_id)
+                return self._send(producer, raw, key, queue, task_id, generation)
         page = _Page(queue)
-        task_id = page.add(raw, key, task_id)
+        task_id = page.add(raw, key, task_id, generation)
         self._push(queue, page.entries)
         page.published()
         return task_id
 
     @staticmethod
-    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None, generation: int = 0) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
         message = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             create_sent_event=get_app().conf.task_send_sent_event, **_lineage(),
         )
         get_app().amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
@@ -92,8 +81,11 @@ class Publisher:
         if self._client is None or self._client[0] != url:
             ca_certs = (get_app().conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
             transport = get_app().conf.broker_transport_options or {}
+            # a sentinel:// broker: the master the Sentinels name, found again after a failover
+            sentinel = transport.get("sentinel_kwargs") or {}
             client = connect(
-                url, ca_certs, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
+                url, ca_certs, master=transport.get("master_name", ""), sentinel_password=sentinel.get("password", ""),
+                socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
                 health_check_interval=30,
             )
             self._client = (url, client)
@@ -101,20 +93,27 @@ class Publisher:
 
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
-        prefix = (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
+        # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
+        self.retrying(lambda: self._broker().lpush(f"{_key_prefix()}{queue}", *entries))
+
+    @staticmethod
+    def retrying(send: Callable[[], object]) -> None:
         policy = get_app().conf.task_publish_retry_policy or {}
         retries = policy.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
         wait = policy.get("interval_start", 0)
         for attempt in range(retries + 1):
             try:
-                # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
-                self._broker().lpush(f"{prefix}{queue}", *entries)
+                send()
                 break
             except (redis.ConnectionError, redis.TimeoutError):
                 if attempt >= retries:
                     raise
                 time.sleep(wait)
                 wait = min(wait + policy.get("interval_step", 0.2), policy.get("interval_max", 1))
+
+
+def _key_prefix() -> str:
+    return (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
 
 
 class _Page:
@@ -136,10 +135,10 @@ class _Page:
         self.after = signals.after_task_publish.receivers
         self.retry_policy = get_app().conf.task_publish_retry_policy
 
-    def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
+    def add(self, raw: dict, key: str, task_id: str | None = None, generation: int = 0) -> str:
         task_id = task_id or uuid()
         headers, properties, body, _ = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             origin=self.origin, **_lineage(),
         )
         if self.before:
@@ -165,6 +164,11 @@ class _Page:
                                             routing_key=self.queue)
 
 
+def _kwargs(raw: dict, generation: int) -> dict:
+    # generation 0 is left out: every ordinary message stays exactly what it always was
+    return {"stockout": raw, "generation": generation} if generation else {"stockout": raw}
+
+
 def _lineage() -> dict:
     """A message published from inside a task (a dead letter) names that task, as send_task does."""
     parent = get_app().current_worker_task
@@ -184,5 +188,18 @@ def _json(value: Any) -> bytes:
 publish_stockout = Publisher()
 
 
+def dead_letter_entry(raw: dict, key: str, task_id: str) -> bytes:
+    """The Redis entry of a letter's copy on the dead_letter queue, as kombu's transport writes it."""
+    page = _Page(DEAD_LETTER_QUEUE)
+    page.add(raw, key, task_id)
+    return page.entries[0]
+
+
 def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
-    return publish_stockout(raw, key, queue=DEAD_LETTER_QUEUE, task_id=task_id)
+    """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
+    it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
+    `purge` remove the copy by value instead of searching the queue for it."""
+    store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
+    entry = dead_letter_entry(store.clean(raw), key, task_id)
+    publish_stockout.retrying(lambda: store.push_copy(key, entry))
+    return task_id

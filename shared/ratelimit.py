@@ -1,16 +1,5 @@
-"""A rate limiter shared by every worker process on every machine (GCRA in one Redis Lua script).
-
-Why GCRA: the whole state is one number (the "theoretical arrival time" of the next request), so
-one atomic script decides, and the limit holds across processes and machines with no counters to
-sweep. The script reads the Redis server's TIME, so the clocks of the worker machines never enter
-the arithmetic; a worker only ever sleeps a *duration* the script gave it.
-
-Why the script books the slot it grants even when the slot lies in the future: a denied caller
-that merely "tries again later" races every other waiter on wake-up, so under contention some
-callers starve and the achieved rate wobbles. Booking makes the waiters a queue: each one gets
-its own future slot, sleeps exactly until it, and goes. A caller that is not willing to wait that
-long (`timeout_s`, `try_acquire`) books nothing.
-"""
+"""A rate limiter shared by every worker process on every machine (GCRA in one Redis Lua script that
+books each caller its own future slot). Why: docs/design.md, "Rate limiting (GCRA)"."""
 from __future__ import annotations
 
 import time

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
 from shared.settings import Settings
@@ -28,7 +29,7 @@ from shared.timeutil import parse_wire
 log = logging.getLogger("stockout_sync.metrics")
 
 _P = "stockout_sync"
-QUEUES = ("stockouts", "dead_letter", "producer")
+QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 BREAKER_STATES = ("closed", "half_open", "open")

@@ -1,6 +1,7 @@
 """The worker's task: thin. It runs worker.sync.sync_one and turns errors into retries or dead letters."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -32,8 +33,19 @@ def classify(error: BaseException) -> BaseException:
     return error
 
 
-@app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None)
-def sync_stockout(self: Task, stockout: dict) -> dict:
+class _DeadLetteredMeta(type):
+    def __instancecheck__(cls, error: object) -> bool:
+        return bool(getattr(error, "dead_lettered", False))
+
+
+class DeadLettered(Exception, metaclass=_DeadLetteredMeta):
+    """What `throws=` names: any error this task raised after dead-lettering it (marked so). Celery
+    logs those at INFO ("raised expected"): the task has already logged the one ERROR line, with
+    the reason. An error raised any other way (a bug here) still gets Celery's ERROR and traceback."""
+
+
+@app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None, throws=(DeadLettered,))
+def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     rt = runtime()
     attempt = self.request.retries + 1
     started = time.monotonic()
@@ -42,7 +54,8 @@ def sync_stockout(self: Task, stockout: dict) -> dict:
     # exception drags every frame of the original traceback through the pool's result pipe.
     failure: BaseException | None = None
     try:
-        outcome = sync_one(stockout, rt, task_id=self.request.id)
+        # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
+        outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
         failure = deferred
@@ -80,6 +93,9 @@ def sync_stockout(self: Task, stockout: dict) -> dict:
         raise Reject(f"dead-lettering failed: {type(dl_error).__name__}", requeue=True) from None
     task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
                outcome="dead_letter", stage=stage_of(error), error=error)
+    # Raised so Flower shows the task failed and why; marked so Celery does not log it twice.
+    with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
+        error.dead_lettered = True  # type: ignore[attr-defined]
     raise error
 
 

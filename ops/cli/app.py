@@ -76,7 +76,8 @@ def settings_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockout-sync", prog_name="stockout-sync", message="%(prog)s %(version)s")
 def main() -> None:
     """Move every 旺店通 stockout into 用友BIP as an other outbound record."""
 

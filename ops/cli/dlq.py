@@ -8,9 +8,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops.cli.app import main
-from ops.render import console, fail
+from ops.render import console, fail, print_history
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
+
+SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
 
 
 @main.group()
@@ -23,26 +25,31 @@ def _dlq_store() -> DeadLetterStore:
     from shared.runtime import runtime
 
     rt = runtime()
-    return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
+    store = DeadLetterStore(rt.redis, rt.settings.redis_prefix)
+    store.expire()  # letters past DLQ_TTL_DAYS go before anyone reads them
+    return store
 
 
 def _select(
     store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
 ) -> list[str]:
     if ids:
-        return list(ids)
-    if all_ or reason or code:
-        return [letter.stockout_id for letter in store.all() if letter.matches(reason=reason, code=code)]
-    fail("name dead letters by id, or use --all / --reason / --code")
+        return [store.find_order(i) or i for i in ids]  # an order number names its letter too
+    if reason or code:
+        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)]
+    if all_:
+        return store.ids()  # oldest first: each letter's queue copy is then at the end of the list
+    fail("name dead letters by id or order number, or use --all / --reason / --code")
 
 
 @dlq.command("list")
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON list of the whole letters, for programs")
 def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
+    """List dead letters (all, or those matching --reason / --code)."""
     store = _dlq_store()
-    letters = [letter for letter in store.all() if letter.matches(reason=reason, code=code)]
+    letters = [letter for letter in store.iter_all() if letter.matches(reason=reason, code=code)]
     if as_json:
         click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], ensure_ascii=False, indent=2))
         return
@@ -57,38 +64,42 @@ def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
 
 
 @dlq.command("show")
-@click.argument("stockout_id")
-@click.option("--json", "as_json", is_flag=True)
-def dlq_show(stockout_id: str, as_json: bool) -> None:
-    letter = _dlq_store().get(stockout_id)
+@click.argument("stockout_id_or_order_no")
+@click.option("--json", "as_json", is_flag=True, help="the letter as one JSON object, for programs")
+def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
+    """One dead letter, by stockout id or WDT order number."""
+    store = _dlq_store()
+    name = stockout_id_or_order_no
+    letter = store.get(name) or store.get(store.find_order(name) or "")
     if letter is None:
-        fail(f"no dead letter for stockout {stockout_id}", 1)
+        fail(f"no dead letter for stockout or order {name}", 1)
     if as_json:
         click.echo(letter.model_dump_json(indent=2))
         return
-    table = Table(show_header=False, title=f"dead letter {stockout_id}")
-    for key, value in letter.model_dump(exclude={"stockout"}).items():
+    table = Table(show_header=False, title=f"dead letter {letter.stockout_id}")
+    for key, value in letter.model_dump(exclude={"stockout", "history"}).items():
         table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)
+    print_history(letter.history)
     console.print("[bold]stockout as WDT sent it[/bold]")
     console.print_json(json.dumps(letter.stockout, ensure_ascii=False))
 
 
 @dlq.command("requeue")
 @click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--reason", default=None)
-@click.option("--code", default=None)
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
+@click.option("--reason", default=None, help="those whose reason contains this text")
+@click.option("--code", default=None, help="those with this remote error code")
 def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
     done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
-    console.print(f"requeued {len(done)}: {' '.join(done)}")
+    console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
 
 
 @dlq.command("purge")
 @click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""

@@ -45,7 +45,7 @@ def sb(make_sandbox):
 
 
 # a prefix of this run's own: another test run sharing the Redis database must not lend us its token
-PREFIX = f"it{uuid.uuid4().hex[:8]}"
+PREFIX = f"ti{uuid.uuid4().hex[:8]}"
 
 
 def settings_for(sb, redis_url: str, **overrides) -> Settings:

@@ -4,7 +4,6 @@ and retried tasks labelled as briefly as first ones."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli, command
 
 pytestmark = pytest.mark.integration
 AUTH = ("operator", "flower-test-pass-Q7")
@@ -35,7 +35,7 @@ class Flower:
         port = free_port()
         with open(self.log_path, "ab") as log:  # flower has its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "flower", f"--port={port}", f"--db={self.db}"],
+                command("flower", f"--port={port}", f"--db={self.db}"),
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
 
@@ -45,7 +45,7 @@ class Flower:
             except requests.ConnectionError:
                 return False
 
-        wait_until(up, 30, message="flower listening")
+        wait_until(up, 90, message="flower listening")
         return self
 
     def stop(self) -> None:
@@ -74,8 +74,7 @@ def poison_one(sandbox, count: int = 6) -> dict:
 
 def test_flower_refuses_to_start_without_auth(service):
     env = {k: v for k, v in service.items() if k != "FLOWER_BASIC_AUTH"}
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "flower", "--port=1"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = cli(env, "flower", "--port=1")
     assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr
 
 
@@ -89,7 +88,7 @@ def test_flower_shows_failures_and_dead_letter_length_behind_auth(sandbox, proce
     metrics = requests.get(f"{flower.url}/metrics", auth=AUTH, timeout=5)
     assert metrics.status_code == 200 and "flower_" in metrics.text
 
-    task = wait_until(lambda: flower.tasks(state="FAILURE"), 30, message="a FAILURE in flower")[0]
+    task = wait_until(lambda: flower.tasks(state="FAILURE"), 90, message="a FAILURE in flower")[0]
     assert task["name"] == "stockout_sync.sync_stockout"
     assert "TransformError" in task["exception"] and "WH-XX99" in task["exception"]
     assert poison["stockout_id"] in task["kwargs"] and poison["order_no"] in task["kwargs"]
@@ -103,14 +102,14 @@ def test_flower_shows_failures_and_dead_letter_length_behind_auth(sandbox, proce
         queues = requests.get(f"{flower.url}/api/queues/length", auth=AUTH, timeout=5).json()["active_queues"]
         return {q["name"]: q["messages"] for q in queues}.get("dead_letter")
 
-    assert wait_until(dead_letter_length, 30, message="dead_letter length") == 1
+    assert wait_until(dead_letter_length, 90, message="dead_letter length") == 1
 
 
 def test_failures_survive_a_flower_restart(sandbox, processes, flower):
     poison = poison_one(sandbox)
     worker = processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: flower.tasks(state="FAILURE"), 30, message="a FAILURE in flower")
+    wait_until(lambda: flower.tasks(state="FAILURE"), 90, message="a FAILURE in flower")
     stop(worker)  # nothing new can reach Flower: what it shows next comes from its database
     flower.stop()
     assert flower.db.exists() or list(flower.db.parent.glob("flower.db*"))

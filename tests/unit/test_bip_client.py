@@ -30,10 +30,11 @@ from tests.unit.fake_http import FakeAdapter
 
 SECRET = "bip-very-secret"
 # this run's own keys: another test run may share the Redis database
-P = f"u{uuid.uuid4().hex[:8]}"
+P = f"tu{uuid.uuid4().hex[:8]}"
 TOKEN_PATH = "/open-auth/selfAppAuth/base/v1/getAccessToken"
 SAVE = "/yonbip/scm/othoutrecord/single/save"
 LIST = "/yonbip/scm/othoutrecord/list"
+DETAIL = "/yonbip/scm/othoutrecord/detail"
 
 
 class FakeBip(FakeAdapter):
@@ -460,3 +461,56 @@ def test_a_token_cached_for_another_gateway_is_not_used(redis_client):
     fake2.replies[SAVE] = [saved()]
     other.save(record())
     assert fake2.tokens_issued == 1  # its own token, not the one issued by tok.test
+
+
+def test_detail_by_id_with_the_token_in_the_query(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "1234567890123456789", "code": "QTCK1",
+                                                          "othOutRecords": [{"product": "SKU-0001"}]}})]
+    assert client.detail("1234567890123456789")["othOutRecords"] == [{"product": "SKU-0001"}]
+    query = parse_qs(urlsplit(fake.calls(DETAIL)[0].url).query)
+    assert query["id"] == ["1234567890123456789"] and query["access_token"] == ["tok+1/="]
+    assert fake.calls(DETAIL)[0].method == "GET"
+
+
+def test_detail_of_a_missing_record_is_none_and_other_codes_are_typed_errors(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [bip("1002", "单据[9]不存在")]
+    assert client.detail("9") is None
+    fake.replies[DETAIL] = [bip("310008", "参数错误")]
+    with pytest.raises(InvalidRequestError) as refused:
+        client.detail("9")
+    assert refused.value.code == "310008"
+    fake.replies[DETAIL] = [bip("310504", "网关超时")]
+    with pytest.raises(APIConnectionError):
+        client.detail("9")
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
+    with pytest.raises(APIConnectionError):
+        client.detail("9")
+# ---- detail: presence by id -------------------------------------------------------------------
+
+
+
+def test_detail_returns_the_record_none_on_1002_and_raises_on_anything_else(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "2000000000000000001", "code": "QTCK1"}})]
+    assert client.detail("2000000000000000001") == {"id": "2000000000000000001", "code": "QTCK1"}
+    sent = fake.calls(DETAIL)[0]
+    assert sent.method == "GET" and parse_qs(urlsplit(sent.url).query)["id"] == ["2000000000000000001"]
+    assert parse_qs(urlsplit(sent.url).query)["access_token"] == ["tok+1/="]
+    fake.replies[DETAIL] = [bip("1002", "单据不存在")]
+    assert client.detail("2000000000000000001") is None
+    fake.replies[DETAIL] = [(502, b"<html>Bad Gateway</html>")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("310504", "网关超时")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("999", "系统异常")]
+    with pytest.raises(InvalidRequestError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
+    with pytest.raises(APIConnectionError, match="no data"):
+        client.detail("2000000000000000001")
+    with pytest.raises(ValueError, match="record_id"):
+        client.detail("")
