@@ -19,6 +19,8 @@ COPY worker ./worker
 COPY sandbox ./sandbox
 COPY ops ./ops
 RUN pip install --no-deps --no-build-isolation . && useradd --system --home /app stockout
+# Flower's database (compose mounts a volume here): a fresh named volume takes this owner
+RUN mkdir -p /var/lib/stockout-sync/flower && chown stockout /var/lib/stockout-sync/flower
 USER stockout
 ENTRYPOINT ["stockout-sync"]
 CMD ["--help"]

@@ -25,8 +25,8 @@ NOT_PUBLISHED = Counter(  # reason: filtered, already_done, already_queued
     f"{_P}_not_published", "Stockouts read but not published, by reason", ["reason"], registry=REGISTRY
 )
 POLLS = Counter(f"{_P}_polls", "Polls by outcome: ok, skipped, failed", ["outcome"], registry=REGISTRY)
-POLL_SECONDS = Histogram(
-    f"{_P}_poll_duration_seconds", "Duration of one poll", registry=REGISTRY,
+POLL_SECONDS = Histogram(  # outcome: ok, failed (a skipped poll does no work and is not timed)
+    f"{_P}_poll_duration_seconds", "Duration of one poll, by outcome", ["outcome"], registry=REGISTRY,
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
 )
 
@@ -98,7 +98,7 @@ def count_page(before: PageCounts, after: PageCounts) -> None:
 def observe_poll(outcome: str, duration_s: float) -> None:
     POLLS.labels(outcome).inc()
     if outcome != "skipped":
-        POLL_SECONDS.observe(duration_s)
+        POLL_SECONDS.labels(outcome).observe(duration_s)
 
 
 def observe_task(outcome: str, duration_s: float, *, stage: str = "", error: str = "") -> None:
@@ -199,3 +199,13 @@ def wdt_purpose(purpose: str) -> Iterator[None]:
         yield
     finally:
         _wdt_purpose.reset(token)
+
+
+# -- alerts (beat side) -------------------------------------------------------------------------
+ALERTS = Counter(  # outcome: delivered, failed (after the channel's retries)
+    f"{_P}_alerts", "Alert messages, by kind, channel and outcome", ["kind", "channel", "outcome"], registry=REGISTRY
+)
+
+
+def observe_alert(kind: str, channel: str, delivered: bool) -> None:
+    ALERTS.labels(kind, channel, "delivered" if delivered else "failed").inc()

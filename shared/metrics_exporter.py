@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 from shared.settings import Settings
+from shared.state_metrics import PipelineCollector  # imports no counters: safe before `start`
 
 log = logging.getLogger("stockout_sync.metrics")
 
@@ -45,6 +46,7 @@ def start(settings: Settings, port: int | None = None) -> int:
     values.ValueClass = values.get_value_class()  # in case something imported prometheus_client already
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    registry.register(PipelineCollector(settings))  # the pipeline's state, read from Redis per scrape
     start_http_server(port, addr=settings.metrics_address, registry=registry)
 
     from shared.metrics import instrument_rate_limiter

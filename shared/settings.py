@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -104,6 +105,18 @@ class Settings(BaseSettings):
     # Far above any real stockout (a thousand lines is ~1 MB), low enough that a runaway entry
     # never reaches kombu's and Celery's decoding.
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, description="largest queue entry a worker decodes")
+    # Alerts (sent by the beat process; any combination of channels, none = no alerts)
+    alert_webhook_url: SecretStr = SecretStr("")
+    alert_dingtalk_url: SecretStr = SecretStr("")
+    alert_dingtalk_secret: SecretStr = SecretStr("")
+    alert_wecom_url: SecretStr = SecretStr("")
+    alert_feishu_url: SecretStr = SecretStr("")
+    alert_feishu_secret: SecretStr = SecretStr("")
+    alert_feishu_msg_type: Literal["text", "post"] = "post"
+    alert_interval_s: int = Field(300, ge=1, description="at most one message per reason or condition this often")
+    alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
+    alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
+    alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
 
     @field_validator("reconcile_daily_at")
     @classmethod
@@ -181,6 +194,13 @@ class Settings(BaseSettings):
                 f"BACKLOG_LOW_WATER={self.backlog_low_water} must be below the high-water mark ({self.high_water}; "
                 "BACKLOG_HIGH_WATER), or backfills never pause"
             )
+        for name in ALERT_URLS:
+            url = getattr(self, name).get_secret_value()
+            # The URL carries the robot's token: the error names the variable and the scheme only.
+            if url and urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"{name.upper()} must be an http(s) URL (got scheme {urlsplit(url).scheme!r})")
+        if self.alert_send_timeout_s >= self.alert_send_budget_s:
+            raise ValueError("ALERT_SEND_TIMEOUT_S must be shorter than ALERT_SEND_BUDGET_S, or a channel gets one try")
         return self
 
     def _check_sentinel(self) -> None:
@@ -212,16 +232,43 @@ class Settings(BaseSettings):
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""
         values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value(),
                   self.redis_sentinel_password.get_secret_value()]
-        from urllib.parse import unquote, urlsplit
-
         for part in self.redis_url.split(";"):  # a sentinel:// URL may carry it on any of its parts
             password = urlsplit(part).password
             if password:
                 values += [password, unquote(password)]
+        values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        for name in ALERT_URLS:
+            values += url_secrets(getattr(self, name).get_secret_value())
         return list(dict.fromkeys(v for v in values if v))
 
 
-SECRETS = ("WDT_APP_SECRET", "BIP_APP_SECRET")
+
+
+ALERT_URLS = ("alert_webhook_url", "alert_dingtalk_url", "alert_wecom_url", "alert_feishu_url")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a robot's URL that are its credential: the whole URL, a password in it, every
+    query value (DingTalk's access_token, WeCom's key) and a long last path segment (Feishu's hook id)."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found = [url, parts.password or ""]
+    for pair in parts.query.split("&"):
+        _, _, value = pair.partition("=")
+        found += [value, unquote(value)]
+    segment = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    # a generic path word ("send", "hook") is no secret; a token is long
+    if len(segment) >= 16:
+        found.append(segment)
+    return [v for v in found if len(v) >= 8]
+
+
+def _secret_names() -> frozenset[str]:
+    """Every variable typed SecretStr (API secrets, robot URLs and keys): their values are never shown."""
+    return frozenset(name.upper() for name, field in Settings.model_fields.items() if field.annotation is SecretStr)
+
+
 
 
 def masked_url(url: str) -> str:
@@ -249,7 +296,7 @@ def explain(error: ValidationError) -> str:
             continue
         name = str(loc[0]).upper()
         value = err.get("input")
-        if name in SECRETS:
+        if name in _secret_names():
             shown = None
         elif name == "REDIS_URL" and isinstance(value, str):
             shown = repr(masked_url(value))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis
 
-from shared.stats import saved_key
+from shared.stats import last_saved_key, saved_key
 from shared.timeutil import format_wire, parse_wire
 
 BUCKET = 100
@@ -36,11 +37,13 @@ return {false, redis.call('PTTL', KEYS[1]), mark}
 """
 
 # The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
-# counter `status` reads (only when the stockout was not done already), then the lock goes.
-# KEYS: lock, mark bucket, counter. ARGV: owner, mark field, mark, ttl s.
+# counter `status` reads (only when the stockout was not done already) and the time of the last
+# save (the metrics' "last save"), then the lock goes.
+# KEYS: lock, mark bucket, counter, last-saved time. ARGV: owner, mark field, mark, ttl s, now (epoch s).
 _FINISH = """
 local before = redis.call('HGET', KEYS[2], ARGV[2])
 if not (before and string.sub(before, 1, 2) == 'd|') then redis.call('INCR', KEYS[3]) end
+redis.call('SET', KEYS[4], ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -201,7 +204,8 @@ class StateStore:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
         mark = done_mark(bip_id, bip_code, generation)
-        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, mark, self.ttl_s])
+        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p), last_saved_key(self.p)],
+                     args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}"])
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:

@@ -12,3 +12,8 @@ def saved_key(prefix: str) -> str:
 def saved(client: redis.Redis, prefix: str) -> int:
     value = client.get(saved_key(prefix))
     return int(value) if value else 0
+
+
+def last_saved_key(prefix: str) -> str:
+    """Epoch seconds of the last save a worker marked done (written by the same finish script)."""
+    return f"{prefix}:stats:last_saved_at"

@@ -10,6 +10,8 @@ from typing import Any
 def message_of(err: Mapping[str, Any]) -> str:
     """pydantic's message without its "Value error, " prefix, starting lower-case to follow a colon."""
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if message[:2].isupper():  # a variable's name (ALERT_WECOM_URL …) keeps its spelling
+        return message
     return message[:1].lower() + message[1:]
 
 

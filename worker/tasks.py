@@ -15,7 +15,7 @@ from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
 from shared.errors import Action, APIConnectionError, MappingError, resolve
 from shared.mapping import MappingFileError
-from shared.messages import publish_dead_letter
+from shared.messages import message_label, publish_dead_letter
 from shared.runtime import Runtime, runtime
 from shared.state import stockout_key
 from worker.events import task_event
@@ -128,6 +128,11 @@ def wait_without_attempt(task: Task, countdown: float) -> BaseException:
 def retry_or_requeue(task: Task, **options: Any) -> BaseException:
     """`task.retry`, except that a retry which cannot be published (broker down) puts the message
     back instead of dropping it: Celery's own answer to that is Reject(requeue=False), a loss."""
+    # The retry is a new message: without the first publish's short label, Flower would show the
+    # whole stockout (receiver name, mobile, address) as its kwargs.
+    stockout = (task.request.kwargs or {}).get("stockout")
+    if isinstance(stockout, dict):
+        options.update(kwargsrepr=message_label(stockout, stockout_key(stockout)), argsrepr="()")
     try:
         return task.retry(throw=False, **options)
     except Reject as rejected:

@@ -52,6 +52,9 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     start_metrics(metrics_port)
 
     s = get_settings()
+    from producer.alerts import install as install_alerts
+
+    install_alerts(s)
     schedule_file = schedule_file or os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
     )
@@ -86,17 +89,28 @@ def run_celery(argv: list[str]) -> NoReturn:
 @main.command()
 @click.option("--port", default=5555, type=int, show_default=True, help="port Flower listens on")
 @click.option("--address", default="127.0.0.1", show_default=True, help="address Flower listens on")
+@click.option("--db", default=lambda: os.environ.get("FLOWER_DB", "flower.db"), show_default="FLOWER_DB or flower.db",
+              help="Flower's database file: put it on a volume so failures survive a restart")
+@click.option("--persistent/--no-persistent", default=True, show_default=True,
+              help="keep tasks in --db across restarts (saved on stop and every minute)")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
-def flower(port: int, address: str, insecure: bool) -> None:
+def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
+    from ops.flower import flower_argv, protect_monitoring, reexec_clean
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
         fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
+    db = os.path.abspath(db)
+    # Flower gets the broker and its own settings only: no WDT/BIP secret, no robot URL (ops/flower.py).
+    reexec_clean(["flower", f"--port={port}", f"--address={address}", f"--db={db}",
+                  "--persistent" if persistent else "--no-persistent", *(["--insecure"] if insecure else [])])
+    argv = flower_argv(port, address, db, persistent)
+    protect_monitoring()
     # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
     # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
     get_app().conf.broker_transport = None
     # The credentials stay in the environment, where Flower reads them, never on the command line.
-    get_app().start(["flower", f"--port={port}", f"--address={address}"])
+    get_app().start(argv)
 
 
 @main.command()

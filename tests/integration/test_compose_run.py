@@ -67,7 +67,8 @@ def test_default_profile_runs_service_by_service_and_syncs(tmp_path):
         assert len(compose.replicas["worker"]) == 2
         # nothing but what compose passes: Flower gets the broker and its login, Redis nothing
         assert set(compose.replicas["flower"][0].env) - {"PATH", "HOME", "LANG", *compose.image_env} == {
-            "REDIS_URL", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "FLOWER_BASIC_AUTH"}
+            "REDIS_URL", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "REDIS_PREFIX", "FLOWER_BASIC_AUTH",
+            "FLOWER_TASKS_COLUMNS"}
         assert "REDIS_PASSWORD" not in compose.replicas["redis"][0].env
         assert compose.env["REDIS_PASSWORD"] not in " ".join(compose.replicas["redis"][0].argv)
         try:

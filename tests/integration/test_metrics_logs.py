@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -85,6 +86,21 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
     assert sum(by_purpose.values()) == total(beat, "stockout_sync_api_requests_total", api="wdt")
     assert any(n == "stockout_sync_backfill_jobs_running" for n, _ in beat), "the jobs gauge is exported"
     assert total(beat, "stockout_sync_saved_total") == 0, "each exporter shows its own processes"
+    assert total(beat, "stockout_sync_poll_duration_seconds_count", outcome="ok") >= 1
+
+    # the pipeline's state, read from Redis at the scrape: the same on every exporter
+    for state in (scrape(worker_port), beat):
+        assert total(state, "stockout_sync_state_up") == 1
+        assert total(state, "stockout_sync_dead_letters", stage="transform") == 2
+        assert total(state, "stockout_sync_dead_letters", stage="save") == 1
+        assert total(state, "stockout_sync_queue_depth", queue="dead_letter") == 3
+        assert total(state, "stockout_sync_queue_depth", queue="stockouts") == 0
+        assert 0 < time.time() - total(state, "stockout_sync_last_save_timestamp_seconds") < 120
+        assert 0 < time.time() - total(state, "stockout_sync_last_poll_success_timestamp_seconds") < 120
+        assert 0 <= total(state, "stockout_sync_cursor_lag_seconds") < 600
+        assert total(state, "stockout_sync_breaker_state", state="closed") == 1
+        assert total(state, "stockout_sync_rate_limit_ceiling_per_second", limiter="bip") == 1000
+        assert total(state, "stockout_sync_rate_limit_rate_per_second", limiter="bip") > 0
 
     # text logs (the default) carry the same fields as `key=value` after the message
     text = (processes.logdir / "w1.log").read_text()

@@ -22,6 +22,7 @@ from shared.runtime import runtime
 from tests.cli import cli, command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, recent, saved
+from tests.integration.receivers import Receiver
 from tests.progress import pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WDT_SECRET = "wdtSECRET-q7Zx-41kk"
 BIP_SECRET = "bipSECRET-m3Wv-88jj"
 REDIS_PASSWORD = "redisPASS-t5Yu-02hh"
-SECRETS = (WDT_SECRET, BIP_SECRET, REDIS_PASSWORD)
+DINGTALK_TOKEN = "dingTOKEN-r8Kp-63ff"
+DINGTALK_SECRET = "SECding-w2Qe-19bb"
+SECRETS = (WDT_SECRET, BIP_SECRET, REDIS_PASSWORD, DINGTALK_TOKEN, DINGTALK_SECRET)
 FLOWER_AUTH = ("operator", "flower-pass-Q7")
 
 
@@ -74,12 +77,16 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
     sandbox = Sandbox(SandboxConfig(wdt_app_secret=WDT_SECRET, bip_app_secret=BIP_SECRET)).start()
     env = sandbox_env(sandbox, redis_url=server.url, prefix="t", redis_ca_certs=str(server.ca), max_attempts=6,
                       log_level="DEBUG")
+    # beat tells a robot about the dead letters: its token and signing secret must not leak either
+    robot = Receiver()
+    env.update(ALERT_DINGTALK_URL=robot.url(f"/robot/send?access_token={DINGTALK_TOKEN}"),
+               ALERT_DINGTALK_SECRET=DINGTALK_SECRET, ALERT_CHECK_INTERVAL_S="1")
     use_env(monkeypatch, env)
     procs = Processes(env, tmp_path)
     flower_port = free_port()
     with open(tmp_path / "flower.log", "wb") as log:  # flower has its own copy of the descriptor
         flower = subprocess.Popen(
-            command("flower", f"--port={flower_port}"),
+            command("flower", f"--port={flower_port}", f"--db={tmp_path / 'flower.db'}"),
             env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -100,6 +107,8 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
                    progress=pipeline(sandbox, client))
         assert len(letters.ids()) == 4 and sandbox.counters()["bip_token_rejections"] >= 1
         assert sum(sandbox.counters()["faults"].values()) > 0, "no retry happened"
+        wait_until(lambda: any(r.body.get("msgtype") == "markdown" and "dead letter" in r.body["markdown"]["title"]
+                               for r in robot.requests), 30, message="the dead-letter alert")
 
         # what an operator and an attacker could read
         auth = FLOWER_AUTH
@@ -129,10 +138,11 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
         procs.stop_all()
         sandbox.stop()
         server.stop()
+        robot.close()
 
 
 def _up(url: str) -> bool:
     try:
-        return requests.get(f"{url}/healthcheck", timeout=1).status_code == 200
+        return requests.get(f"{url}/healthcheck", auth=FLOWER_AUTH, timeout=1).status_code == 200
     except requests.ConnectionError:
         return False

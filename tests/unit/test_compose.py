@@ -60,7 +60,8 @@ def test_workers_get_longer_than_a_task_to_finish_on_shutdown(compose):
 def test_each_service_gets_only_its_own_variables(compose):
     services = compose["services"]
     assert set(services["flower"]["environment"]) == {
-        "REDIS_URL", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "FLOWER_BASIC_AUTH"}
+        "REDIS_URL", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "REDIS_PREFIX", "FLOWER_BASIC_AUTH",
+        "FLOWER_TASKS_COLUMNS"}
     assert "env_file" not in services["flower"] and "env_file" not in services["redis"]
     for name in ("worker", "beat"):  # the API credentials come from sync.env, never Flower's login
         assert services[name]["env_file"] == ["sync.env"]
@@ -91,3 +92,11 @@ def test_flower_requires_basic_auth(compose):
     assert "--insecure" not in compose["services"]["flower"]["command"]
 
 
+def test_flower_gets_no_api_secret_and_keeps_its_database_on_a_volume(compose):
+    flower = compose["services"]["flower"]
+    assert "env_file" not in flower  # sync.env holds WDT/BIP secrets and robot URLs
+    assert not any(name.startswith(("WDT_", "BIP_", "ALERT_")) for name in flower["environment"])
+    assert flower["environment"]["FLOWER_TASKS_COLUMNS"].endswith("name,kwargs,state,exception,received,worker}")
+    db = flower["command"][flower["command"].index("--db") + 1]
+    mounts = [v.split(":") for v in flower["volumes"]]
+    assert any(name in compose["volumes"] and db.startswith(path + "/") for name, path in mounts)

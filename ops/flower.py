@@ -1,0 +1,76 @@
+"""Flower as operators need it: the stockout and the reason on the task list, failures kept across
+restarts (`--persistent` with its database on disk), `/metrics` and `/healthcheck` behind the same
+basic auth, and an environment holding only what Flower needs (never an API secret)."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+# One screen answers "which stockout failed, and why" (Flower's default shows name/uuid/state only).
+TASKS_COLUMNS = "name,kwargs,state,exception,received,worker"
+# Flower writes its state on SIGTERM; the periodic save bounds what a SIGKILL or an OOM kill loses.
+STATE_SAVE_INTERVAL_MS = 60_000
+CLEAN_MARK = "STOCKOUT_SYNC_FLOWER_ENV"
+
+# The settings Flower's Celery app reads (the broker and its key prefix), plus the ones Settings
+# checks against each other, so the pairs stay consistent. API keys, secrets and alert URLs stay out.
+_SERVICE_VARS = (
+    "REDIS_URL", "REDIS_PREFIX", "REDIS_CA_CERTS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD",
+    "LOG_FORMAT", "LOG_LEVEL", "BROKER_VISIBILITY_TIMEOUT_S", "TASK_TIME_LIMIT_S", "RETRY_BACKOFF_MAX_S",
+    "HTTP_CONNECT_TIMEOUT_S", "HTTP_READ_TIMEOUT_S",
+)
+_SYSTEM_VARS = (
+    "PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+)
+
+
+def flower_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment Flower runs with: what it needs, the defaults we want, nothing else."""
+    env = {k: v for k, v in environ.items()
+           if k in _SERVICE_VARS or k in _SYSTEM_VARS or k.startswith(("FLOWER_", "LC_"))}
+    env.setdefault("FLOWER_TASKS_COLUMNS", TASKS_COLUMNS)
+    env.setdefault("FLOWER_STATE_SAVE_INTERVAL", str(STATE_SAVE_INTERVAL_MS))
+    env[CLEAN_MARK] = "1"
+    return env
+
+
+def reexec_clean(argv: list[str]) -> None:
+    """Start this command again with `flower_environment` (the same process id). Changing os.environ
+    would not do: /proc/<pid>/environ keeps the environment the process was started with."""
+    if os.environ.get(CLEAN_MARK) == "1":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "ops.cli", *argv], flower_environment(os.environ))
+
+
+def protect_monitoring() -> None:
+    """Flower 2.x serves /metrics and /healthcheck to anyone (no option changes that): put them
+    behind the same authentication as its pages."""
+    from flower import urls
+    from flower.views import monitor
+    from tornado import web
+
+    class Metrics(monitor.Metrics):
+        @web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    class Healthcheck(monitor.Healthcheck):
+        @web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    replaced = {"/metrics": Metrics, "/healthcheck": Healthcheck}
+    for i, handler in enumerate(urls.handlers):
+        if isinstance(handler, tuple) and handler[0] in replaced:
+            urls.handlers[i] = (handler[0], replaced[handler[0]])
+    found = {h[0] for h in urls.handlers if isinstance(h, tuple)}
+    if not set(replaced) <= found:  # a Flower that moved them: fail loudly rather than leave them open
+        raise RuntimeError("Flower's /metrics or /healthcheck route was not found; cannot protect it")
+
+
+def flower_argv(port: int, address: str, db: str, persistent: bool) -> list[str]:
+    return ["flower", f"--port={port}", f"--address={address}", f"--persistent={persistent}", f"--db={db}"]

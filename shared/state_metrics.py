@@ -1,0 +1,203 @@
+"""Gauges of the pipeline's state, read from Redis when Prometheus scrapes: queue depths, dead letters by
+stage, cursor lag, the last successful poll and save, the circuit breaker, the shared rates.
+
+Read at scrape time rather than set by one process: every number already lives in Redis, so any
+worker's or beat's /metrics tells the same truth, and it stays true when the process that last
+changed it is gone. Each scrape is one pipeline of cheap reads; the dead letters by stage are counted
+once and then kept up to date from the new entries of the dead-letter index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
+from shared.ratelimit import RateLimiter
+from shared.redis_conn import connect
+from shared.settings import Settings
+from shared.stats import last_saved_key
+from shared.timeutil import parse_wire
+
+log = logging.getLogger("stockout_sync.metrics")
+
+_P = "stockout_sync"
+QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
+# kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+BREAKER_STATES = ("closed", "half_open", "open")
+DLQ_RECOUNT_S = 30.0
+STAGES = ("fetch", "transform", "save", "internal")
+
+
+class PipelineCollector(Collector):
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.settings = settings
+        self.p = settings.redis_prefix
+        self._client = client
+        self._lock = threading.Lock()
+        self._dlq: tuple[tuple[int, float], float, dict[str, int]] | None = None  # (index shape, when, counts)
+
+    @property
+    def r(self) -> Any:
+        if self._client is None:
+            # short timeouts and no retries: a scrape answers `state_up 0` rather than hang
+            s = self.settings
+            self._client = connect(s.redis_url, s.redis_ca_certs, socket_connect_timeout=2, socket_timeout=5)
+        return self._client
+
+    def describe(self) -> list:
+        return []  # unknown until Redis is read: the registry must not call collect() at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(f"{_P}_state_up", "1 when the pipeline's state could be read from Redis at this scrape")
+        try:
+            with self._lock:
+                families = list(self._families())
+        except Exception as err:  # a scrape must answer even when Redis does not
+            log.warning("state metrics: Redis could not be read (%s)", type(err).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        p, r = self.p, self.r
+        pipe = r.pipeline(transaction=False)
+        for queue in QUEUES:
+            for suffix in _PRIORITY_SUFFIXES:
+                pipe.llen(f"{p}:{queue}{suffix}")
+        pipe.hlen(f"{p}:unacked")
+        pipe.get(f"{p}:cursor")
+        pipe.get(f"{p}:poll:last")
+        pipe.get(last_saved_key(p))
+        pipe.hgetall(f"{p}:breaker")
+        pipe.zcard(f"{p}:dlq:index")
+        pipe.zrange(f"{p}:dlq:index", -1, -1, withscores=True)
+        values = pipe.execute()
+        now = time.time()
+
+        n = len(_PRIORITY_SUFFIXES)
+        depth = GaugeMetricFamily(f"{_P}_queue_depth", "Messages waiting on each queue (LLEN)", labels=["queue"])
+        for i, queue in enumerate(QUEUES):
+            depth.add_metric([queue], sum(values[i * n:(i + 1) * n]))
+        yield depth
+        unacked, cursor, last_poll, last_saved, breaker, dlq_total, dlq_newest = values[len(QUEUES) * n:]
+        yield _gauge("in_flight", "Messages delivered to a worker and not yet acknowledged", unacked)
+
+        cursor_at = _epoch(cursor)
+        if cursor_at is not None:
+            yield _gauge("cursor_lag_seconds", "How far the producer's cursor is behind now", now - cursor_at)
+        poll_at = _poll_finished(last_poll)
+        if poll_at is not None:
+            yield _gauge("last_poll_success_timestamp_seconds", "When the last successful poll ended (epoch)", poll_at)
+        if last_saved:
+            yield _gauge("last_save_timestamp_seconds", "When a worker last saved a stockout to BIP (epoch)",
+                         float(last_saved))
+
+        letters = GaugeMetricFamily(f"{_P}_dead_letters", "Dead letters waiting for an operator, by stage",
+                                    labels=["stage"])
+        newest = float(dlq_newest[0][1]) if dlq_newest else 0.0
+        for stage, count in self._dead_letters_by_stage(int(dlq_total), newest, now).items():
+            letters.add_metric([stage], count)
+        yield letters
+
+        fields = {_text(k): _text(v) for k, v in (breaker or {}).items()}
+        state = fields.get("state") or "closed"
+        family = GaugeMetricFamily(f"{_P}_breaker_state", "1 for the circuit breaker's current state",
+                                   labels=["api", "state"])
+        for name in BREAKER_STATES:
+            family.add_metric([fields.get("api", ""), name], 1 if state == name else 0)
+        yield family
+        yield from self._rates()
+
+    def _dead_letters_by_stage(self, total: int, newest: float, now: float) -> dict[str, int]:
+        """Letters by stage. New letters (index score above the last one counted) are added as they
+        come; a requeue, purge or re-failure breaks the sum, and then all are counted again, at most
+        every DLQ_RECOUNT_S (until then the split shown is the last one counted)."""
+        shape = (total, newest)
+        if self._dlq is not None:
+            (_, last_newest), counted_at, counts = self._dlq
+            if self._dlq[0] == shape:
+                return counts
+            added = self._stages(self.r.zrangebyscore(f"{self.p}:dlq:index", f"({last_newest!r}", "+inf"))
+            merged = {stage: counts.get(stage, 0) + added.get(stage, 0) for stage in STAGES}
+            if sum(merged.values()) == total:
+                self._dlq = (shape, counted_at, merged)
+                return merged
+            if now - counted_at < DLQ_RECOUNT_S:
+                return counts
+        self._dlq = (shape, now, self._stages(self.r.zrange(f"{self.p}:dlq:index", 0, -1)))
+        return self._dlq[2]
+
+    def _stages(self, members: list) -> dict[str, int]:
+        counts: Counter[str] = Counter(dict.fromkeys(STAGES, 0))
+        ids = [_text(i) for i in members]
+        for start in range(0, len(ids), 1000):
+            for value in self.r.mget([f"{self.p}:dlq:{i}" for i in ids[start:start + 1000]]):
+                counts[_stage(value)] += 1
+        return dict(counts)
+
+    def _rates(self) -> Iterator[GaugeMetricFamily]:
+        s = self.settings
+        rate = GaugeMetricFamily(f"{_P}_rate_limit_rate_per_second",
+                                 "The shared rate each limiter grants now (lower than the ceiling while adapting)",
+                                 labels=["limiter"])
+        ceiling = GaugeMetricFamily(f"{_P}_rate_limit_ceiling_per_second", "The configured rate of each limiter",
+                                    labels=["limiter"])
+        for name, configured in (("wdt", s.wdt_rate_per_minute / 60.0), ("bip", s.bip_rate_per_second)):
+            limiter = RateLimiter(self.r, name, configured, prefix=self.p)
+            current = configured
+            # An adaptive limiter tells its current rate; one that does not runs at its ceiling.
+            state = getattr(limiter, "state", None)
+            if callable(state):
+                try:
+                    current = float(state().rate_per_s)
+                except Exception as err:
+                    log.debug("state metrics: rate of %s unreadable (%s)", name, type(err).__name__)
+            rate.add_metric([name], current)
+            ceiling.add_metric([name], configured)
+        yield rate
+        yield ceiling
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{_P}_{name}", documentation, value=float(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _epoch(value: Any) -> float | None:
+    try:
+        parsed = parse_wire(_text(value)) if value else None
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed is not None else None
+
+
+def _poll_finished(value: Any) -> float | None:
+    try:
+        summary = json.loads(value) if value else None
+        started = _epoch(summary.get("started_at")) if isinstance(summary, dict) else None
+        return started + float(summary.get("duration_s") or 0) if started is not None else None  # type: ignore[union-attr]
+    except (ValueError, TypeError):
+        return None
+
+
+def _stage(value: Any) -> str:
+    try:
+        stage = json.loads(value).get("stage") if value else None
+    except (ValueError, AttributeError):
+        stage = None
+    return stage if stage in STAGES else "internal"
