@@ -46,9 +46,5 @@ def start(settings, port: int | None = None) -> int:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
     start_http_server(port, addr=settings.metrics_address, registry=registry)
-
-    from shared.metrics import instrument_rate_limiter
-
-    instrument_rate_limiter()
     log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
     return port
