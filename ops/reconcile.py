@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from producer.poll import read_slice, slices_for
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, StockoutSyncError, resolve
+from shared.retry import call_with_retries, in_process_policy
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
 
@@ -175,17 +175,8 @@ class Reconcile:
         return found
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return call()
-            except StockoutSyncError as err:
-                s = self.rt.settings
-                decision = resolve(err, attempt, base_s=s.retry_backoff_base_s, max_s=min(30.0, s.retry_backoff_max_s))
-                if decision.action is Action.FAIL or attempt >= BIP_ATTEMPTS:
-                    raise
-                self.sleep(decision.delay_s)
+        return call_with_retries(call, in_process_policy(self.rt.settings, BIP_ATTEMPTS), what="BIP lookup",
+                                 sleep=self.sleep)
 
     def requeue_missing(self, report: Report, publish: Callable[[dict, str], Any]) -> list[str]:
         """Publish every missing stockout again, except dead letters (`dlq requeue` owns those).

@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from shared import metrics
-from shared.errors import Action, StockoutSyncError, resolve
+from shared import breaker, metrics
+from shared.errors import StockoutSyncError
+from shared.retry import call_with_retries, in_process_policy
 from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
-from shared.wdt.paging import slice_range
+from shared.wdt.paging import WdtPage, slice_range
 
 log = logging.getLogger("stockout_sync.producer")
 
@@ -111,30 +112,20 @@ def status_queries(mapping) -> list[dict]:
 def read_slice(
     wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep,
     keepalive: Callable[[], None] = lambda: None, mapping=None,
+    on_pause: Callable[[StockoutSyncError], None] | None = None,
 ) -> int:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
     When a page still fails after its attempts the slice fails, and the caller leaves the cursor
-    where it was. Returns the number of pages read.
+    where it was; a configuration error (`on_pause`: the breaker) fails it at once. Returns the
+    number of pages read.
     """
 
-    def fetch(call):
-        attempt = 0
-        while True:
-            attempt += 1
-            keepalive()
-            try:
-                return call()
-            except StockoutSyncError as err:
-                decision = resolve(err, attempt, base_s=settings.retry_backoff_base_s,
-                                   max_s=min(30.0, settings.retry_backoff_max_s))
-                if decision.action is Action.FAIL or attempt >= PAGE_ATTEMPTS:
-                    raise
-                log.warning(
-                    "WDT page of %s → %s failed (%s, code %s); asking again in %.1f s",
-                    format_wire(start), format_wire(end), type(err).__name__, err.code, decision.delay_s,
-                )
-                sleep(decision.delay_s)
+    def fetch(call: Callable[[], WdtPage]) -> WdtPage:
+        return call_with_retries(
+            call, in_process_policy(settings, PAGE_ATTEMPTS), sleep=sleep, before=keepalive, on_pause=on_pause,
+            what=f"WDT page of {format_wire(start)} → {format_wire(end)}",
+        )
 
     pages = 0
     for query in status_queries(mapping):
@@ -172,10 +163,18 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
             summary.pages += 1
             keepalive()
 
+        def on_pause(error: StockoutSyncError) -> None:
+            breaker.trip(rt.redis, settings.redis_prefix, str(error), error.api or "wdt",
+                         probe_interval_s=settings.breaker_probe_interval_s)
+
         for s, e in slices_for(start, end, settings.slice_days):
-            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping)
+            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping,
+                       on_pause=on_pause)
             store.advance_cursor(e)  # close_slice: every page of [s, e] is published
             summary.slices += 1
+        # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
+        if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
+            breaker.close(rt.redis, settings.redis_prefix, "wdt")
         summary.cursor = format_wire(store.cursor() or since)
     except BaseException:
         metrics.observe_poll("failed", time.monotonic() - started)

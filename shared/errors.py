@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """What a failure is, whatever API or code it came from: what the tables map every code to."""
 
     RATE_LIMITED = "rate_limited"  # "too frequent": wait, it costs no attempt

@@ -19,7 +19,6 @@ in one LPUSH. tests/integration/test_messages.py holds both paths to the same me
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterable
 
 import orjson
@@ -31,7 +30,9 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
+from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
+from shared.retry import call_with_retries
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
 _BODY_ENCODING = "base64"
@@ -100,19 +101,23 @@ class Publisher:
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
         prefix = (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
-        policy = get_app().conf.task_publish_retry_policy or {}
-        retries = policy.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
-        wait = policy.get("interval_start", 0)
-        for attempt in range(retries + 1):
-            try:
-                # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
-                self._broker().lpush(f"{prefix}{queue}", *entries)
-                break
-            except (redis.ConnectionError, redis.TimeoutError):
-                if attempt >= retries:
-                    raise
-                time.sleep(wait)
-                wait = min(wait + policy.get("interval_step", 0.2), policy.get("interval_max", 1))
+        conf = get_app().conf.task_publish_retry_policy or {}
+        retries = conf.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
+        policy = RetryPolicy(retries + 1, max(0.01, conf.get("interval_start", 0) or conf.get("interval_step", 0.2)),
+                             conf.get("interval_max", 1))
+
+        def push() -> None:
+            # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
+            self._broker().lpush(f"{prefix}{queue}", *entries)
+
+        call_with_retries(push, policy, what=f"publish to {queue}", classify=_broker_error)
+
+
+def _broker_error(error: BaseException) -> BaseException | None:
+    # a Redis restart of a few seconds is waited out; anything else is raised as it is
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return APIConnectionError(f"Redis unavailable while publishing: {type(error).__name__}", api="redis")
+    return None
 
 
 class _Page:

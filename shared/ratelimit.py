@@ -110,7 +110,8 @@ return {1, string.format('%.6f', lowered), epoch + 1}
 # Read-only: {"rate", epoch, "limit", µs since the last refusal or -1, "booked_us"}.
 _STATE = _CURRENT + """
 local now = now_us()
-local rate, epoch, limit = current(KEYS[2], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+local rate, epoch, limit = current(KEYS[2], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                  tonumber(ARGV[4]))
 local at = tonumber(redis.call('HGET', KEYS[2], 'refused_at') or '')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local booked = tat - now
@@ -207,7 +208,8 @@ class RateLimiter:
         )
         if self.observer is not None:
             self.observer.rate(self.name, float(rate))
-        return bool(granted), int(wait_us) / 1_000_000, int(epoch), member.decode() if isinstance(member, bytes) else str(member)
+        grant = member.decode() if isinstance(member, bytes) else str(member)
+        return bool(granted), int(wait_us) / 1_000_000, int(epoch), grant
 
     def try_acquire(self) -> float:
         """0.0 when a slot was granted now; otherwise the seconds until one would be (nothing booked)."""

@@ -17,6 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared.bip.client import BipClient
+from shared.breaker import Breaker
 from shared.mapping import Mapping, load_mapping
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
@@ -67,6 +68,12 @@ class Runtime:
     @cached_property
     def bip(self) -> BipClient:
         return BipClient.from_settings(self.settings, self.redis)
+
+    @cached_property
+    def breaker(self) -> Breaker:
+        """The scopes the worker's saves need: BIP and the mapping file."""
+        s = self.settings
+        return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s)
 
     @property
     def mapping(self) -> Mapping:

@@ -30,6 +30,7 @@ from shared.errors import (
     APIConnectionError,
     InvalidRequestError,
     Kind,
+    RateLimitError,
     StockoutSyncError,
 )
 from shared.http import make_session, request_json
@@ -100,7 +101,12 @@ class BipClient:
         url = self.tokens.endpoints().gateway_url + path
         query = dict(params or {})
         query["access_token"] = token
-        reply = request_json(self.session, method, url, api=API, params=query, json=json)
+        try:
+            reply = request_json(self.session, method, url, api=API, params=query, json=json)
+        except RateLimitError as exc:  # HTTP 429: the same wait as BIP's own rate codes
+            if self.limiter is not None:
+                exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())
+            raise
         if not isinstance(reply.data, dict):
             raise APIConnectionError(
                 f"bip {method} {path}: reply is {type(reply.data).__name__}, not an object",
@@ -126,8 +132,9 @@ class BipClient:
         if kind is Kind.RATE_LIMITED:
             match = _SECONDS.search(message)
             retry_after = float(match.group(1)) if match else None
-            if self.limiter is not None:
-                self.limiter.refused()  # the shared rate comes down for every process
+            # the shared rate comes down for every process; come back no sooner than its next slot
+            next_slot = self.limiter.refused() if self.limiter is not None else 1.0 / self.settings.bip_rate_per_second
+            retry_after = max(retry_after or 0.0, next_slot)
         # 310008/310015/310023 parameters, 999 business validation (BIP's words name the field and
         # value), 1002 not found, and any code we do not know: refused content, not retried
         return codes.error(kind, said, code=code, api_message=message, retry_after=retry_after)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import redis as redis_lib
 import requests
 
-from shared.bip.sign import self_app_signature
 from shared.bip import errors as codes
 from shared.bip.errors import API, code_of
+from shared.bip.sign import self_app_signature
 from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
 from shared.http import request_json
 
@@ -110,7 +110,8 @@ class GatewayResolver:
             kind = kind if kind in (Kind.RATE_LIMITED, Kind.TRANSIENT) else Kind.CONFIG
             said = f"bip discovery {reply.url} failed (code={code_of(data) or '-'} {message})"
             if kind is Kind.CONFIG:
-                said += " — BIP discovery failed, configuration error: check BIP_TENANT_ID or set BIP_GATEWAY_URL and BIP_TOKEN_URL"
+                said += (" — BIP discovery failed, configuration error: check BIP_TENANT_ID or set BIP_GATEWAY_URL"
+                         " and BIP_TOKEN_URL")
             raise make_error(kind, said, api=API, code=code_of(data), api_message=message, http_status=reply.status)
         found = Endpoints(str(gateway).rstrip("/"), str(token_url).rstrip("/"))
         if self.redis is not None:

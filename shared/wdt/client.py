@@ -17,12 +17,12 @@ from typing import Any
 import requests
 
 from shared import metrics
-from shared.errors import APIConnectionError, InvalidRequestError, Kind, StockoutSyncError
+from shared.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
-from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt import errors as codes
+from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
 
 log = logging.getLogger("stockout_sync.wdt")
@@ -96,13 +96,20 @@ class WdtClient:
         if self.limiter is not None:
             self.limiter.acquire()
         params = self.signed_params(business)
-        reply = request_json(self.session, "POST", self.url, api=API, data=params)
+        try:
+            reply = request_json(self.session, "POST", self.url, api=API, data=params)
+        except RateLimitError as exc:  # HTTP 429: the same wait as WDT's own 1012
+            if self.limiter is not None:
+                exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())
+            raise
         body = self._unwrap(reply.data, reply.url)
         failure = codes.failure_of(body)
         if failure is not None:
             error = self._error(failure, reply.url, reply.status)
-            if error.kind is Kind.RATE_LIMITED and self.limiter is not None:
-                self.limiter.refused()  # the shared rate comes down for every process
+            if error.kind is Kind.RATE_LIMITED:
+                # the shared rate comes down for every process; come back no sooner than its next slot
+                next_slot = self.limiter.refused() if self.limiter is not None else 60.0 / self.settings.wdt_rate_per_minute
+                error.retry_after = max(error.retry_after or 0.0, next_slot)
             raise error
         if reply.status >= 400:
             raise InvalidRequestError(f"wdt {METHOD}: HTTP {reply.status}", api=API, http_status=reply.status)
