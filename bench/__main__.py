@@ -29,6 +29,7 @@ FIGURES = {
     "4": ("producer", "producer rate and memory"),
     "5": ("memory", "Redis bytes per stockout"),
     "6": ("freshness", "WDT → BIP p95"),
+    "7": ("adaptive", "adaptive rate limit against unknown server limits"),
 }
 
 

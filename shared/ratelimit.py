@@ -87,12 +87,19 @@ local now = now_us()
 redis.call('ZREM', KEYS[3], ARGV[6])
 local rate, epoch = current(KEYS[2], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 if tonumber(ARGV[5]) ~= epoch then return {0, string.format('%.6f', rate), epoch} end
--- over one second, or half of two when that says more (a one-second count depends on the phase)
+-- calls a second over the last second and over the last two (as far as the record goes back, at
+-- least a second): the lower, so a server counting over two seconds is not taken for a faster one
 local accepted = redis.call('ZCOUNT', KEYS[3], now - 1000000, now)
-local two = redis.call('ZCOUNT', KEYS[3], now - 2000000, now) / 2
-if two > accepted then accepted = two end
+local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local span = 1
+if oldest[2] then span = (now - tonumber(oldest[2])) / 1000000 end
+if span > 2 then span = 2 end
+if span > 1 then
+  local two = redis.call('ZCOUNT', KEYS[3], now - 2000000, now) / span
+  if two < accepted then accepted = two end
+end
 local limit, lowered = rate, rate * tonumber(ARGV[7])
-if accepted >= 1 then
+if accepted > 0 then
   -- the server took more than our rate lately (what it remembers of an earlier, faster rate):
   -- this refusal says nothing about the rate now
   if tonumber(ARGV[2]) * accepted >= rate then return {0, string.format('%.6f', rate), epoch} end

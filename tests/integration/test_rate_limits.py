@@ -1,0 +1,102 @@
+"""Rate limits and configuration errors against real worker processes and the sandbox over HTTP:
+refusals are waits (no attempt, no dead letter), a wrong secret pauses instead of failing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from ops.processes import stop, wait_until
+from producer.poll import poll_once
+from shared import breaker
+from shared.deadletters import DeadLetterStore
+from shared.messages import publish_stockout
+from shared.ratelimit import RateLimiter
+from shared.runtime import runtime
+from shared.timeutil import now_beijing
+from tests.integration.conftest import reset_service_caches
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_CEILING = "20"  # Settings' default BIP_RATE_PER_SECOND
+
+
+def eligible_ids(stockouts) -> set[str]:
+    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+
+
+def saved(sandbox) -> Counter:
+    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
+
+
+def status(env) -> tuple[int, dict]:
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "status", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("limit", "count"), [(1, 14), (5, 50)])
+def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
+    sandbox, processes, redis_client, monkeypatch, limit, count
+):
+    # the sandbox silently allows `limit` saves in any second; we only know our default ceiling
+    sandbox.set_rate_limits(bip_per_s=limit, window_s=1.0)
+    processes.env["BIP_RATE_PER_SECOND"] = DEFAULT_CEILING
+    monkeypatch.setenv("BIP_RATE_PER_SECOND", DEFAULT_CEILING)
+    reset_service_caches()
+    now = now_beijing()
+    expected = eligible_ids(sandbox.generate(count, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    processes.worker(concurrency=4)
+    assert poll_once(runtime(), publish_stockout).published == len(expected)
+
+    wait_until(lambda: expected <= set(saved(sandbox)), len(expected) / limit * 3 + 30,
+               message=f"every stockout saved under a {limit}/s server limit")
+    counts = saved(sandbox)
+    assert set(counts) == expected and max(counts.values()) == 1, "a stockout was saved twice"
+    assert DeadLetterStore(redis_client, "t").ids() == []
+    refused = sandbox.counters()["bip_rate_limited"]
+    assert refused >= 1, "the server limit was never reached: this test proves nothing"
+    state = RateLimiter(redis_client, "bip", float(DEFAULT_CEILING), prefix="t").state()
+    assert state.epoch >= 1 and state.rate_per_s < limit * 1.5, "the shared rate did not come down"
+    _, report = status(processes.env)
+    bip = next(r for r in report["rate_limits"] if r["name"] == "bip")
+    assert bip["ceiling_per_s"] == float(DEFAULT_CEILING) and bip["rate_per_s"] < float(DEFAULT_CEILING)
+
+
+@pytest.mark.slow
+def test_a_wrong_bip_secret_pauses_then_a_fix_and_restart_saves_everything(sandbox, processes, redis_client):
+    now = now_beijing()
+    expected = eligible_ids(sandbox.generate(16, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    assert poll_once(runtime(), publish_stockout).published == len(expected)
+    wrong = processes.worker(concurrency=2, env={"BIP_APP_SECRET": "not-the-secret"})
+
+    wait_until(lambda: breaker.is_open(redis_client, "t", "bip"), 30, message="the breaker opens")
+    code, report = status(processes.env)
+    assert code == 1
+    assert report["breaker"]["state"] in ("open", "half_open") and report["breaker"]["api"] == "bip"
+    assert "BIP authentication" in report["breaker"]["cause"] and report["breaker"]["since"]
+    assert any("BIP authentication" in p and "paused since" in p for p in report["problems"])
+    assert "not-the-secret" not in json.dumps(report)
+    # several probe intervals (BREAKER_PROBE_INTERVAL_S=2 in tests): still nothing saved, nothing lost
+    tokens_refused = sandbox.counters()["bip_token_request_errors"]
+    wait_until(lambda: sandbox.counters()["bip_token_request_errors"] >= tokens_refused + 2, 30,
+               message="the breaker lets probes through")
+    assert saved(sandbox) == Counter()
+    assert DeadLetterStore(redis_client, "t").ids() == []
+    # the probes are one per interval, not one per stockout
+    assert sandbox.counters()["bip_token_request_errors"] < len(expected) * 2
+
+    stop(wrong)
+    processes.worker(concurrency=2, name="w2")  # the secret fixed, the worker restarted
+    wait_until(lambda: expected <= set(saved(sandbox)), 60, message="every stockout saved after the fix")
+    assert max(saved(sandbox).values()) == 1
+    assert DeadLetterStore(redis_client, "t").ids() == []
+    assert redis_client.hget("t:breaker", "state") == b"closed"
+    code, report = status(processes.env)
+    assert report["breaker"]["state"] == "closed"
+    assert not any("paused" in p for p in report["problems"])
