@@ -14,12 +14,14 @@ from collections import Counter
 from datetime import datetime
 from typing import Literal
 
+import redis
 from pydantic import BaseModel, Field
 
 from shared import breaker
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
+from shared.runtime import Runtime
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -168,7 +170,7 @@ def token_state(r, prefix: str) -> TokenState:
     )
 
 
-def limiter_states(rt) -> list[LimiterState]:
+def limiter_states(rt: Runtime) -> list[LimiterState]:
     s, r = rt.settings, rt.redis
     limiters = [
         RateLimiter(r, "wdt", s.wdt_rate_per_minute / 60.0, prefix=s.redis_prefix),
@@ -192,7 +194,7 @@ def limiter_states(rt) -> list[LimiterState]:
     return rows
 
 
-def breaker_state(r, prefix: str) -> BreakerState:
+def breaker_state(r: redis.Redis, prefix: str) -> BreakerState:
     found = breaker.opened(r, prefix)
     if not found:
         return BreakerState()

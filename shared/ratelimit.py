@@ -69,8 +69,8 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 -- the grants of the last seconds, by slot time (member: the unique new TAT), for the refusal's estimate
 local member = string.format('%.0f', new_tat)
 redis.call('ZADD', KEYS[3], now + wait, member)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 2000000)
-redis.call('PEXPIRE', KEYS[3], math.ceil((new_tat - now) / 1000) + 3000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 5000000)
+redis.call('PEXPIRE', KEYS[3], math.ceil((new_tat - now) / 1000) + 6000)
 return {1, string.format('%.0f', wait), epoch, string.format('%.6f', rate), member}
 """
 
@@ -78,7 +78,7 @@ return {1, string.format('%.0f', wait), epoch, string.format('%.6f', rate), memb
 # grant of the refused call, beta, min rate, hash TTL (ms). Only a call granted at the current
 # rate lowers it: calls granted before the last decrease were answered by that decrease already
 # (else one burst of refusals would divide the rate once per refused call). What the server
-# allows is estimated as the calls of ours it accepted in the last second(s); the new rate is just
+# allows is estimated from the calls of ours it accepted in the last seconds; the new rate is just
 # under that (or `beta` × the rate when there is no estimate), so one refusal is usually enough.
 # The bookings made at the old rate are void: the GCRA state restarts one new interval from now
 # and waiting callers book again. Returns {lowered 0/1, "rate", epoch}.
@@ -87,19 +87,27 @@ local now = now_us()
 redis.call('ZREM', KEYS[3], ARGV[6])
 local rate, epoch = current(KEYS[2], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 if tonumber(ARGV[5]) ~= epoch then return {0, string.format('%.6f', rate), epoch} end
--- calls a second over the last second and over the last two (as far as the record goes back, at
--- least a second): the lower, so a server counting over two seconds is not taken for a faster one
-local accepted = redis.call('ZCOUNT', KEYS[3], now - 1000000, now)
-local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local span = 1
-if oldest[2] then span = (now - tonumber(oldest[2])) / 1000000 end
-if span > 2 then span = 2 end
-if span > 1 then
-  local two = redis.call('ZCOUNT', KEYS[3], now - 2000000, now) / span
-  if two < accepted then accepted = two end
+-- What the server accepted lately, in calls a second: the count of the last second, or the spacing
+-- of the calls of the last five seconds, whichever is lower (a count quantises slow rates: one
+-- call a second may show as 0 or 2 in a window; a spacing overstates a burst). Unknown: nil.
+local recent = redis.call('ZRANGEBYSCORE', KEYS[3], now - 5000000, now, 'WITHSCORES')
+local k = #recent / 2
+local one = redis.call('ZCOUNT', KEYS[3], now - 1000000, now)
+local accepted = nil
+if one > 0 then accepted = one end
+if k >= 2 then
+  local span = (tonumber(recent[#recent]) - tonumber(recent[2])) / 1000000
+  if span > 0 then
+    local spacing = (k - 1) / span
+    if accepted == nil or spacing < accepted then accepted = spacing end
+  end
+elseif k == 1 and accepted == nil then
+  local ago = (now - tonumber(recent[2])) / 1000000
+  if ago < 1 then ago = 1 end
+  accepted = 1 / ago
 end
 local limit, lowered = rate, rate * tonumber(ARGV[7])
-if accepted > 0 then
+if accepted ~= nil then
   -- the server took more than our rate lately (what it remembers of an earlier, faster rate):
   -- this refusal says nothing about the rate now
   if tonumber(ARGV[2]) * accepted >= rate then return {0, string.format('%.6f', rate), epoch} end
@@ -145,7 +153,7 @@ class Adaptive:
     beta: float = 0.5  # multiplicative decrease on a refusal
     knee: float = 0.9  # after a refusal: this fraction of what the server accepted, or fast recovery to it…
     doubling_s: float = 1.0  # …doubling this often
-    slow: float = 0.003  # then probe upwards by this fraction of that rate per second
+    slow: float = 0.002  # then probe upwards by this fraction of that rate per second
     min_fraction: float = 0.002  # never below this fraction of the ceiling
     ttl_s: int = 7 * 86400  # what was learnt is kept this long after the last refusal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from shared import breaker
+from shared import breaker, metrics
 
 P = f"b{uuid.uuid4().hex[:8]}"
 
@@ -18,12 +18,14 @@ def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
     state = fields(redis_client)
     assert state["state"] == "open" and state["api"] == "bip" and "BIP authentication" in state["cause"]
     assert state["since"].endswith("+00:00")
+    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 1 and metrics.BREAKER_TRIPS.labels("bip")._value.get() >= 1
     since = state["since"]
     time.sleep(1.1)
     assert breaker.trip(redis_client, P, "again", "bip") is False  # still open: `since` is kept
     assert fields(redis_client)["since"] == since
     assert breaker.close(redis_client, P, "bip") is True
     assert fields(redis_client)["state"] == "closed" and "cause" not in fields(redis_client)
+    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 0
     assert breaker.close(redis_client, P, "bip") is False
 
 
