@@ -58,7 +58,7 @@ def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
     wait_until(lambda: expected <= set(saved(sandbox)), len(expected) / limit * 3 + 30,
                message=f"every stockout saved under a {limit}/s server limit")
     refused = sandbox.counters()["bip_rate_limited"]
-    row = outcome(f"BIP allows {limit}/s (sliding window), our ceiling the default 20/s: {refused} refusals",
+    row = outcome(f"BIP allows {limit}/s (sliding window), our ceiling the default 20/s",
                   sandbox, expected, DeadLetterStore(redis_client, "t"))
     assert row["saved"] == len(expected) and row["duplicates"] == 0 and row["dead_lettered"] == 0
     assert refused >= 1, "the server limit was never reached: this test proves nothing"
@@ -69,7 +69,6 @@ def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
     assert bip["ceiling_per_s"] == float(DEFAULT_CEILING) and bip["rate_per_s"] < float(DEFAULT_CEILING)
 
 
-@pytest.mark.slow
 def test_a_wrong_bip_secret_pauses_then_a_fix_and_restart_saves_everything(sandbox, processes, redis_client):
     now = now_beijing()
     expected = eligible_ids(sandbox.generate(16, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
