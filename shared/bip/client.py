@@ -133,7 +133,7 @@ class BipClient:
             match = _SECONDS.search(message)
             retry_after = float(match.group(1)) if match else None
             # the shared rate comes down for every process; come back no sooner than its next slot
-            next_slot = self.limiter.refused() if self.limiter is not None else 1.0 / self.settings.bip_rate_per_second
+            next_slot = self.limiter.refused() if self.limiter is not None else 1.0  # no shared limiter: a second
             retry_after = max(retry_after or 0.0, next_slot)
         # 310008/310015/310023 parameters, 999 business validation (BIP's words name the field and
         # value), 1002 not found, and any code we do not know: refused content, not retried

@@ -108,7 +108,8 @@ class WdtClient:
             error = self._error(failure, reply.url, reply.status)
             if error.kind is Kind.RATE_LIMITED:
                 # the shared rate comes down for every process; come back no sooner than its next slot
-                next_slot = self.limiter.refused() if self.limiter is not None else 60.0 / self.settings.wdt_rate_per_minute
+                next_slot = (self.limiter.refused() if self.limiter is not None
+                             else max(10.0, 60.0 / self.settings.wdt_rate_per_minute))  # no shared limiter: be patient
                 error.retry_after = max(error.retry_after or 0.0, next_slot)
             raise error
         if reply.status >= 400:

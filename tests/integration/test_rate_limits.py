@@ -102,3 +102,38 @@ def test_a_wrong_bip_secret_pauses_then_a_fix_and_restart_saves_everything(sandb
     code, report = status(processes.env)
     assert report["breaker"]["state"] == "closed"
     assert not any("paused" in p for p in report["problems"])
+
+
+def test_a_poll_under_a_wdt_limit_waits_instead_of_failing_its_pages(sandbox, service, redis_client, monkeypatch):
+    # a ceiling far above what WDT allows (1 call in any second): every page meets 1012 at first
+    sandbox.set_rate_limits(wdt_per_min=60, window_s=1.0)
+    monkeypatch.setenv("WDT_RATE_PER_MINUTE", "6000")
+    monkeypatch.setenv("WDT_PAGE_SIZE", "5")
+    reset_service_caches()
+    now = now_beijing()
+    expected = eligible_ids(sandbox.generate(40, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    summary = poll_once(runtime(), publish_stockout)
+    assert summary.published == len(expected)
+    assert sandbox.counters()["wdt_rate_limited"] >= 1, "WDT's limit was never reached: this test proves nothing"
+    state = RateLimiter(redis_client, "wdt", 100, prefix="t").state()
+    assert state.epoch >= 1 and state.rate_per_s < 1.5
+
+
+def test_a_wrong_wdt_secret_pauses_the_poll_and_status_says_check_the_secret(sandbox, service, redis_client, monkeypatch):
+    now = now_beijing()
+    sandbox.generate(10, start=now - timedelta(hours=2), end=now - timedelta(minutes=5))
+    monkeypatch.setenv("WDT_APP_SECRET", "not-the-wdt-secret")
+    reset_service_caches()
+    with pytest.raises(Exception) as info:
+        poll_once(runtime(), publish_stockout)
+    assert "WDT authentication failed" in str(info.value) and "check WDT_APP_SECRET" in str(info.value)
+    assert sandbox.counters()["wdt_calls"] == 1, "a configuration error is not retried"
+    assert breaker.is_open(redis_client, "t", "wdt") and not breaker.is_open(redis_client, "t", "bip")
+    code, report = status({**service, "WDT_APP_SECRET": "not-the-wdt-secret"})
+    assert code == 1 and any("WDT_APP_SECRET" in p and "paused since" in p for p in report["problems"])
+    assert "not-the-wdt-secret" not in json.dumps(report)
+
+    monkeypatch.setenv("WDT_APP_SECRET", service["WDT_APP_SECRET"])  # fixed: the next poll is the probe
+    reset_service_caches()
+    assert poll_once(runtime(), publish_stockout).published > 0
+    assert not breaker.is_open(redis_client, "t", "wdt")
