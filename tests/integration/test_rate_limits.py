@@ -119,7 +119,7 @@ def test_a_poll_under_a_wdt_limit_waits_instead_of_failing_its_pages(sandbox, se
     assert state.epoch >= 1 and state.rate_per_s < 1.5
 
 
-def test_a_wrong_wdt_secret_pauses_the_poll_and_status_says_check_the_secret(sandbox, service, redis_client, monkeypatch):
+def test_a_wrong_wdt_secret_pauses_the_poll_and_names_the_secret(sandbox, service, redis_client, monkeypatch):
     now = now_beijing()
     sandbox.generate(10, start=now - timedelta(hours=2), end=now - timedelta(minutes=5))
     monkeypatch.setenv("WDT_APP_SECRET", "not-the-wdt-secret")
