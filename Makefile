@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml $(wildcard */__init__.py)
 demo: $(STAMP)
 	$(VENV)/bin/stockout-sync demo
 
-test: $(STAMP)
+# lint first: a lint finding fails the tests as a failing test would
+test: $(STAMP) lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
@@ -29,4 +30,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

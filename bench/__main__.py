@@ -29,7 +29,8 @@ FIGURES = {
     "4": ("producer", "producer rate and memory"),
     "5": ("memory", "Redis bytes per stockout"),
     "6": ("freshness", "WDT → BIP p95"),
-    "7": ("adaptive", "adaptive rate limit against unknown server limits"),
+    "7": ("dlq", "dlq requeue --all at scale"),
+    "8": ("adaptive", "adaptive rate limit against unknown server limits"),
 }
 
 
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             for module_name in ("overhead", "concurrency"):
                 module = importlib.import_module(f"bench.{module_name}")
                 with console.status(f"{module_name} with {spec}…"):
-                    got = module.run(ctx, label=f"{pool}{concurrency}", pool=pool, concurrency=int(concurrency or 0) or None)
+                    got = module.run(
+                        ctx, label=f"{pool}{concurrency}", pool=pool, concurrency=int(concurrency or 0) or None
+                    )
                 for row in got:  # a comparison for choosing the defaults, not a target of the run
                     row.detail = f"({'meets' if row.passed else 'misses'} {row.target}) {row.detail}"
                     row.passed = None
@@ -118,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ascii=False, indent=2, default=str,
     ) + "\n")
     failed = [row for row in rows if row.passed is False]
-    console.print(f"results in {args.out}; " + (f"[red]{len(failed)} figure(s) missed[/red]" if failed else "[green]every target met[/green]"))
+    console.print(
+        f"results in {args.out}; "
+        + (f"[red]{len(failed)} figure(s) missed[/red]" if failed else "[green]every target met[/green]")
+    )
     return 1 if failed else 0
 
 

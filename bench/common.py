@@ -105,14 +105,17 @@ class Processes:
                 wait_for_consumer(env["REDIS_URL"], env["REDIS_PREFIX"], "stockouts", proc=proc, timeout=90)
         return started
 
-    def noop_worker(self, env: dict[str, str], *, pool: str | None = None, concurrency: int | None = None) -> subprocess.Popen:
+    def noop_worker(
+        self, env: dict[str, str], *, pool: str | None = None, concurrency: int | None = None
+    ) -> subprocess.Popen:
         args = [sys.executable, "-m", "bench.noop", "worker"]
         if pool:
             args.append(f"--pool={pool}")
         if concurrency:
             args.append(f"--concurrency={concurrency}")
-        out = open(self.log("noop"), "ab")
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        with open(self.log("noop"), "ab") as out:  # the child has its own copy of the descriptor
+            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=ROOT)
         self.procs.append(proc)
         return proc
 

@@ -51,7 +51,10 @@ class VirtualFeed:
             sid = str(FIRST_ID + i)
             modified = format_wire(self.start + timedelta(seconds=i // self.per_second))
             items.append(
-                self._templates[i % len(self._templates)].replace(_ID, sid).replace(_NO, f"CK{sid}").replace(_MOD, modified)
+                self._templates[i % len(self._templates)]
+                .replace(_ID, sid)
+                .replace(_NO, f"CK{sid}")
+                .replace(_MOD, modified)
             )
         return total, items
 

@@ -81,5 +81,7 @@ def _by_kind(r, prefix: str, n: int) -> str:
             kind = f"mark ({r.object('encoding', key).decode()})"
         sizes[kind] += r.memory_usage(key, samples=0) or 0
         counts[kind] += 1
-    parts = [f"{kind} {sizes[kind] / n:.1f} B in {counts[kind]} key(s)" for kind in sorted(sizes, key=lambda k: -sizes[k])]
+    parts = [
+        f"{kind} {sizes[kind] / n:.1f} B in {counts[kind]} key(s)" for kind in sorted(sizes, key=lambda k: -sizes[k])
+    ]
     return ", ".join(parts)

@@ -40,7 +40,8 @@ def run(ctx: Context, *, label: str = "", pool: str | None = None, concurrency: 
         sb.stop()
     ratios = [d.rate / n.rate if n.rate else 0.0 for d, n in zip(ours, noops, strict=False)]
     ratio = statistics.median(ratios)
-    what = f"{pool or 'default pool'}, {concurrency or 'default'} concurrency" if options else "default pool and concurrency"
+    what = (f"{pool or 'default pool'}, {concurrency or 'default'} concurrency" if options
+            else "default pool and concurrency")
     return [Row(
         f"1. overhead: pipeline ÷ no-op task ({what})",
         ratio,
@@ -48,6 +49,7 @@ def run(ctx: Context, *, label: str = "", pool: str | None = None, concurrency: 
         ratio >= TARGET,
         f"median of {ROUNDS} rounds of {ours[0].n} stockouts: "
         + "; ".join(f"{d.rate:.0f}/s ÷ {n.rate:.0f}/s = {r:.2f}" for d, n, r in zip(ours, noops, ratios, strict=False))
-        + f"; worker RSS {max(d.worker_rss_mb for d in ours):.0f} MB (no-op {max(n.worker_rss_mb for n in noops):.0f} MB);"
+        + f"; worker RSS {max(d.worker_rss_mb for d in ours):.0f} MB"
+        f" (no-op {max(n.worker_rss_mb for n in noops):.0f} MB);"
         f" duplicates {max(d.counters.get('duplicate_stockouts', 0) for d in ours)}",
     )]

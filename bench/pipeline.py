@@ -45,7 +45,10 @@ def drain(ctx: Context, sb, env: dict[str, str], name: str, n: int, *, workers: 
     procs = Processes(ctx, name)
     rss = 0.0
     try:
-        with Sampler(lambda: n - r.llen(queue)) as left, Sampler(lambda: sb.counters()["bip_saves"] - base, every=0.1) as saved:
+        with (
+            Sampler(lambda: n - r.llen(queue)) as left,
+            Sampler(lambda: sb.counters()["bip_saves"] - base, every=0.1) as saved,
+        ):
             started = procs.worker(env, n=workers, wait=False, **worker_options)
 
             def finished() -> bool:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import redis
 from rich.console import Console
@@ -32,7 +33,7 @@ LATE_ARRIVALS = 40
 DEADLINE_S = 100
 
 
-def sandbox_env(sb, *, redis_url: str, prefix: str, **extra: object) -> dict[str, str]:
+def sandbox_env(sb: Sandbox, *, redis_url: str, prefix: str, **extra: object) -> dict[str, str]:
     """The service's configuration pointing at a sandbox: what a user would put in `.env`."""
     return service_env(
         **sb.env(),
@@ -59,7 +60,8 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
         bip_rate_per_second=100, wdt_rate_per_minute=600, worker_concurrency=8, max_attempts=4,
         retry_backoff_base_s=1, retry_backoff_max_s=10, log_level="WARNING",
     )
-    settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+    values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    settings = Settings(_env_file=None, **values)
     celery = create_app(settings)
     procs = []
     try:
@@ -85,7 +87,11 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
                     if late_added:
                         break
                     # New stockouts appearing in WDT after the first poll: the next beat picks them up.
-                    late = sb.generate(LATE_ARRIVALS, start=now_beijing() - timedelta(seconds=30), end=now_beijing() - timedelta(seconds=5))
+                    late = sb.generate(
+                        LATE_ARRIVALS,
+                        start=now_beijing() - timedelta(seconds=30),
+                        end=now_beijing() - timedelta(seconds=5),
+                    )
                     eligible |= {s["stockout_id"] for s in late if s["status"] in ("95", "110")}
                     progress.update(task, total=len(eligible))
                     progress.console.print(f"{len(late)} new stockouts appeared in WDT; the next beat polls them")
@@ -101,12 +107,12 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
             embedded.close()
 
 
-def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
+def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
 
     records = sb.records()
     saved_ids = Counter(rec["data"].get("defines!define1") for rec in records)
     letters = DeadLetterStore(r, prefix).all()
-    dead_ids = {l.stockout_id for l in letters}
+    dead_ids = {letter.stockout_id for letter in letters}
     duplicates = sum(1 for n in saved_ids.values() if n > 1)
     lost = sorted(eligible - set(saved_ids) - dead_ids)
     table = Table(title=f"stockout-sync demo ({elapsed:.0f} s)")
@@ -118,7 +124,7 @@ def summarize(sb, r, prefix: str, eligible: set[str], console: Console, elapsed:
     table.add_row("duplicates in BIP (must be 0)", str(duplicates))
     table.add_row("lost (must be 0)", str(len(lost)))
     console.print(table)
-    for reason, count in Counter(f"{l.stage}: {l.message}" for l in letters).most_common(8):
+    for reason, count in Counter(f"{letter.stage}: {letter.message}" for letter in letters).most_common(8):
         console.print(f"  {count} × {escape(reason)}")
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")

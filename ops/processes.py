@@ -2,14 +2,19 @@
 benchmarks, which all run the real thing rather than an imitation of it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from shared.redis_conn import connect
+
+T = TypeVar("T")
 
 
 def service_env(**overrides: object) -> dict[str, str]:
@@ -24,9 +29,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    # Own process group, so stopping it also stops its pool children.
-    return subprocess.Popen(_cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # The child gets its own copy of the log's descriptor, so ours is closed once it has started.
+    with open(log_path, "ab") if log_path else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        # Own process group, so stopping it also stops its pool children.
+        return subprocess.Popen(_cli(*args), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start_worker(env: dict[str, str], *, concurrency: int | None = None, pool: str | None = None,
@@ -57,7 +63,8 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIG
         pass
 
 
-def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0, proc=None,
+def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0,
+                      proc: subprocess.Popen | None = None,
                       ca_certs: str = "") -> None:
     """Until a worker has declared its queue binding in the broker (it is then consuming)."""
     client = connect(redis_url, ca_certs)
@@ -75,7 +82,7 @@ def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float
     raise TimeoutError(f"no consumer on {queue} after {timeout} s")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.2, message: str = "condition") -> T:
     """Poll `predicate` until it returns something true (which is returned) or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +24,10 @@ from shared.deadletters import DeadLetterStore
 from shared.retry import call_with_retries, in_process_policy
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, parse_wire
+
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.runtime import Runtime
 
 State = Literal["done", "queued", "dead_letter", "unseen"]
 BIP_ATTEMPTS = 4
@@ -81,7 +85,7 @@ class Report(BaseModel):
 
 
 class Reconcile:
-    def __init__(self, rt, *, sleep=time.sleep) -> None:
+    def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.rt = rt
         self.sleep = sleep
         self._seen: set[str] = set()
@@ -115,7 +119,7 @@ class Reconcile:
         report.duration_s = round(time.monotonic() - started, 3)
         return report
 
-    def _compare(self, stockouts: list[dict], mapping, report: Report) -> None:
+    def _compare(self, stockouts: list[dict], mapping: Mapping, report: Report) -> None:
         # A slice re-read after an error, and the one-second seams between slices, repeat records.
         fresh = []
         for raw in stockouts:
@@ -125,7 +129,8 @@ class Reconcile:
                 fresh.append((sid, raw))
         report.fetched += len(fresh)
         in_bip = self._bip_rows([sid for sid, raw in fresh if not sid.startswith("noid-")])
-        eligible, filtered = [], []
+        eligible: list[tuple[str, dict, str]] = []
+        filtered: list[tuple[str, dict, str]] = []
         for sid, raw in fresh:
             ok, why = mapping.passes_filters(raw)
             (eligible if ok else filtered).append((sid, raw, why))
@@ -137,7 +142,9 @@ class Reconcile:
             state = states.get(sid)
             done = parse_done(state)
             if not rows:
-                kind: State = "dead_letter" if sid in self._dead else "done" if done else "queued" if state else "unseen"
+                kind: State = (
+                    "dead_letter" if sid in self._dead else "done" if done else "queued" if state else "unseen"
+                )
                 report.missing.append(Missing(stockout_id=sid, order_no=order_no, modified=modified, state=kind,
                                               bip_id=done.bip_id if done else ""))
                 self._raw_missing[sid] = raw
@@ -149,8 +156,16 @@ class Reconcile:
                 report.duplicated.append(Duplicated(stockout_id=sid, order_no=order_no, records=rows))
             written = max((r.pubts for r in rows), default="")
             if _later(modified, written):
-                report.changed.append(Changed(stockout_id=sid, order_no=order_no, modified=modified, bip_written=written,
-                                              bip_ids=[r.id for r in rows], why="modified in WDT after BIP's record was written"))
+                report.changed.append(
+                    Changed(
+                        stockout_id=sid,
+                        order_no=order_no,
+                        modified=modified,
+                        bip_written=written,
+                        bip_ids=[r.id for r in rows],
+                        why="modified in WDT after BIP's record was written",
+                    )
+                )
         for sid, raw, why in filtered:
             rows = in_bip.get(sid, [])
             if rows:

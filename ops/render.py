@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from producer.poll import PollSummary
+if TYPE_CHECKING:  # for the annotations only: ops.reconcile loads shared.metrics, which must come after the exporter
+    from ops.reconcile import Report
+    from ops.status import Status
+    from shared.deadletters import HistoryEntry
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,18 +32,26 @@ def seconds(value: float | None) -> str:
     return f"{value / 86400:.1f} d"
 
 
-def print_status(report) -> None:
+def print_status(report: Status) -> None:
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import PollSummary
+
 
     table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     if report.cursor:
-        table.add_row("cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})")
+        table.add_row(
+            "cursor", f"{report.cursor} (lag {seconds(report.lag_s)}; attention over {seconds(report.max_lag_s)})"
+        )
     else:
         table.add_row("cursor", "not set: no poll has completed")
     if report.last_poll:
         line = PollSummary.model_validate(report.last_poll).line()
-        table.add_row("last poll", f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}")
+        table.add_row(
+            "last poll",
+            f"{report.last_poll.get('started_at', '')} ({seconds(report.last_poll_age_s)} ago): {escape(line)}",
+        )
     else:
         table.add_row("last poll", "none")
     table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
@@ -53,9 +65,15 @@ def print_status(report) -> None:
         renew = f"; shared copy renewed in {seconds(token.renew_in_s)}" if token.renew_in_s is not None else ""
         table.add_row("BIP token", f"expires {token.expires_at} (in {seconds(token.expires_in_s)}{renew})")
     else:
-        table.add_row("BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)")
+        table.add_row(
+            "BIP token", "cached, expiry unknown" if token.cached else "none cached (fetched by the next save)"
+        )
     for limiter in report.rate_limits:
-        state = "free now" if limiter.free_now else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        state = (
+            "free now"
+            if limiter.free_now
+            else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
+        )
         adapted = ""
         if limiter.ceiling_per_s and limiter.rate_per_s < limiter.ceiling_per_s:
             ago = f", last {seconds(limiter.since_refusal_s)} ago" if limiter.since_refusal_s is not None else ""
@@ -85,14 +103,14 @@ def print_status(report) -> None:
 RECONCILE_ROWS = 50
 
 
-def print_reconcile(report, requeued: bool) -> None:
+def print_reconcile(report: Report, requeued: bool) -> None:
     console.print(
         f"reconcile {report.since} → {report.until}: {report.fetched} read from WDT, {report.eligible} to sync, "
         f"{report.in_bip} in BIP; {len(report.missing)} missing in BIP, {len(report.duplicated)} present twice, "
         f"{len(report.changed)} changed in WDT since synced ({report.pages} pages, {report.duration_s:.1f} s)"
     )
 
-    def show(title, columns, rows) -> None:
+    def show(title: str, columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
             return
         table = Table(title=f"{title}: {len(rows)}")
@@ -120,3 +138,12 @@ def print_reconcile(report, requeued: bool) -> None:
         console.print(f"{dead} of the missing are dead letters: `stockout-sync dlq list`, then `dlq requeue`")
     if report.unmarked:
         console.print(f"{report.unmarked} in BIP without a done mark here (harmless: a redelivery finds them saved)")
+
+
+def print_history(history: Sequence[HistoryEntry]) -> None:
+    """A dead letter's story, oldest first: each failure with its time and reason, each requeue."""
+    if not history:
+        return
+    console.print(f"[bold]history[/bold] ({len(history)})")
+    for entry in history:
+        console.print(f"  {escape(entry.line())}")

@@ -12,7 +12,7 @@ import json
 import socket
 from collections import Counter
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import redis
 from pydantic import BaseModel, Field
@@ -21,9 +21,12 @@ from shared import breaker
 from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
-from shared.runtime import Runtime
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
+
+if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
+    from shared.runtime import Runtime
+    from shared.state import StateStore
 
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -89,7 +92,7 @@ class Status(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
-def gather(rt, *, timeout_s: float = 1.0) -> Status:
+def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     s, r, p = rt.settings, rt.redis, rt.settings.redis_prefix
     now = now_beijing()
     status = Status(now=format_wire(now), max_lag_s=s.status_max_lag_s, bip_token=token_state(r, p))
@@ -105,7 +108,7 @@ def gather(rt, *, timeout_s: float = 1.0) -> Status:
     return status
 
 
-def _cursor(status: Status, store, now: datetime) -> None:
+def _cursor(status: Status, store: StateStore, now: datetime) -> None:
     cursor = store.cursor()
     if cursor is not None:
         status.cursor = format_wire(cursor)
@@ -116,14 +119,14 @@ def _cursor(status: Status, store, now: datetime) -> None:
         status.last_poll_age_s = round((now - started).total_seconds(), 1)
 
 
-def _parse(text) -> datetime | None:
+def _parse(text: object) -> datetime | None:
     try:
         return parse_wire(text) if isinstance(text, str) else None
     except ValueError:
         return None
 
 
-def queue_depths(r, prefix: str) -> dict[str, int]:
+def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
     pipe = r.pipeline(transaction=False)
     for queue in QUEUES:
         for suffix in _PRIORITY_SUFFIXES:
@@ -133,7 +136,7 @@ def queue_depths(r, prefix: str) -> dict[str, int]:
     return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(QUEUES)}
 
 
-def _dead_letters(status: Status, rt) -> None:
+def _dead_letters(status: Status, rt: Runtime) -> None:
 
     letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
     status.dead_letters = len(letters)
@@ -145,10 +148,12 @@ def _dead_letters(status: Status, rt) -> None:
         key = f"{letter.stage}: {letter.error_class}{code}"
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
-    status.dead_letters_by_reason = [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
+    status.dead_letters_by_reason = [
+        DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
+    ]
 
 
-def token_state(r, prefix: str) -> TokenState:
+def token_state(r: redis.Redis, prefix: str) -> TokenState:
     # the layout TokenProvider writes: JSON with expires_at (epoch s), TTL = its renewal time
     pipe = r.pipeline(transaction=False)
     pipe.get(f"{prefix}:bip:token")
@@ -211,7 +216,10 @@ def workers(timeout_s: float) -> list[Worker] | None:
     except Exception:  # broker unreachable: reported as "cannot tell", not as "no workers"
         return None
     return sorted(
-        (Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or [])) for host, queues in (replies or {}).items()),
+        (
+            Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or []))
+            for host, queues in (replies or {}).items()
+        ),
         key=lambda w: w.hostname,
     )
 
@@ -238,7 +246,7 @@ def problems(status: Status) -> list[str]:
 
 
 # -- health checks of one container ------------------------------------------------------------
-def health(rt, role: Role, *, timeout_s: float = 2.0, hostname: str | None = None) -> list[str]:
+def health(rt: Runtime, role: Role, *, timeout_s: float = 2.0, hostname: str | None = None) -> list[str]:
     """Problems of the worker or beat process on this host only, for a container's health check:
     dead letters or another machine's trouble must not mark this process unhealthy."""
     hostname = hostname or socket.gethostname()

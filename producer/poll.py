@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -21,9 +22,15 @@ from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import WdtPage, slice_range
 
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.runtime import Runtime
+    from shared.settings import Settings
+    from shared.wdt.client import WdtClient
+
 log = logging.getLogger("stockout_sync.producer")
 
-Publish = Callable[[dict, str], None]
+Publish = Callable[[dict, str], object]  # what it returns (a task id, say) is not used
 PAGE_ATTEMPTS = 5
 _LOGGED = {"window_start", "window_end", "fetched", "published", "cursor", "duration_s"}
 
@@ -55,7 +62,9 @@ class PollSummary(BaseModel):
         )
 
 
-def publish_page(stockouts: Iterable[dict], *, store: StateStore, mapping, publish: Publish, summary: PollSummary) -> None:
+def publish_page(
+    stockouts: Iterable[dict], *, store: StateStore, mapping: Mapping, publish: Publish, summary: PollSummary
+) -> None:
     """Filter, look up the whole page's state in one round trip, publish the new ones, mark them queued."""
     before = summary.model_copy()
     eligible: list[tuple[str, dict]] = []
@@ -100,7 +109,7 @@ def slices_for(start: datetime, end: datetime, slice_days: float) -> list[tuple[
 WDT_DEFAULT_STATUSES = frozenset({"95", "110"})
 
 
-def status_queries(mapping) -> list[dict]:
+def status_queries(mapping: Mapping | None) -> list[dict]:
     """The queries that fetch every status the mapping syncs: WDT's default when that covers them,
     else one query per status (a mapping that adds 113 异常发货 would otherwise never see one)."""
     wanted = set(mapping.filters.statuses) if mapping is not None else set()
@@ -110,9 +119,9 @@ def status_queries(mapping) -> list[dict]:
 
 
 def read_slice(
-    wdt, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings, sleep=time.sleep,
-    keepalive: Callable[[], None] = lambda: None, mapping=None,
-    on_pause: Callable[[StockoutSyncError], None] | None = None,
+    wdt: WdtClient, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings: Settings,
+    sleep: Callable[[float], None] = time.sleep, keepalive: Callable[[], None] = lambda: None,
+    mapping: Mapping | None = None, on_pause: Callable[[StockoutSyncError], None] | None = None,
 ) -> int:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
@@ -135,7 +144,7 @@ def read_slice(
     return pages
 
 
-def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSummary:
+def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None) -> PollSummary:
     """The beat's poll: one at a time (Redis lock), from the cursor minus the lookback to now minus the settle delay."""
     settings, store = rt.settings, rt.store
     started = time.monotonic()
@@ -165,7 +174,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
 
         def on_pause(error: StockoutSyncError) -> None:
             breaker.trip(rt.redis, settings.redis_prefix, str(error), error.api or "wdt",
-                         probe_interval_s=settings.breaker_probe_interval_s)
+                         probe_interval_s=settings.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
 
         for s, e in slices_for(start, end, settings.slice_days):
             read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping,
@@ -174,7 +183,7 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
             summary.slices += 1
         # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
         if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
-            breaker.close(rt.redis, settings.redis_prefix, "wdt")
+            breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
         summary.cursor = format_wire(store.cursor() or since)
     except BaseException:
         metrics.observe_poll("failed", time.monotonic() - started)
@@ -188,11 +197,16 @@ def poll_once(rt, publish: Publish, *, now: datetime | None = None) -> PollSumma
     return summary
 
 
-def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progress=None, on_slice=None) -> PollSummary:
+def backfill(
+    rt: Runtime, publish: Publish, since: datetime, until: datetime, *,
+    on_progress: Callable[[PollSummary], None] | None = None, on_slice: Callable[[datetime], None] | None = None,
+) -> PollSummary:
     """Publish a past range. Shares the de-duplication with the beat's polls, so it is safe beside
     them, but takes no poll lock and never moves the cursor."""
     started = time.monotonic()
-    summary = PollSummary(started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until))
+    summary = PollSummary(
+        started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)
+    )
     mapping = rt.mapping
 
     def on_page(stockouts: list[dict]) -> None:
@@ -211,7 +225,7 @@ def backfill(rt, publish: Publish, since: datetime, until: datetime, *, on_progr
     return summary
 
 
-def initial_since(settings, now: datetime) -> datetime:
+def initial_since(settings: Settings, now: datetime) -> datetime:
     if settings.initial_since:
         parsed = parse_wire(settings.initial_since)
         if parsed is None:

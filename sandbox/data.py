@@ -289,7 +289,9 @@ def _stockout(rng: random.Random, stockout_id: int, modified: datetime, earliest
     return stockout
 
 
-def _detail(rng: random.Random, sid: str, line: int, code: str, modified: datetime, created: datetime) -> dict[str, Any]:
+def _detail(
+    rng: random.Random, sid: str, line: int, code: str, modified: datetime, created: datetime
+) -> dict[str, Any]:
     m = MATERIALS[code]
     count = rng.randint(1, 20)
     cost = (m.price * Decimal("0.6")).quantize(Q4)

@@ -68,7 +68,8 @@ def json_reply(payload: Any, status: int = 200) -> Reply:
 
 def html_reply(status: int, title: str) -> Reply:
     # what an nginx in front of the gateway sends: a client must not try to parse it as JSON
-    body = f"<html><head><title>{status} {title}</title></head><body><center><h1>{status} {title}</h1></center></body></html>"
+    body = (f"<html><head><title>{status} {title}</title></head>"
+            f"<body><center><h1>{status} {title}</h1></center></body></html>")
     return Reply(status, body.encode("utf-8"), HTML_TYPE)
 
 

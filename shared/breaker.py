@@ -13,10 +13,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import redis as redis_lib
-
-from shared import metrics
 
 log = logging.getLogger("stockout_sync.breaker")
 
@@ -74,6 +73,13 @@ return result
 """
 
 
+class BreakerObserver(Protocol):
+    """Told when a scope opens or closes; `shared.metrics` provides one (this module imports no
+    metrics, so `status` can read the breaker without loading them)."""
+
+    def breaker(self, api: str, is_open: bool, *, tripped: bool = False) -> None: ...
+
+
 @dataclass(frozen=True)
 class Opened:
     api: str
@@ -93,11 +99,12 @@ def _run(redis: redis_lib.Redis, prefix: str, op: str, api: str, cause: str = ""
 
 
 def trip(redis: redis_lib.Redis, prefix: str, cause: str, api: str,
-         *, probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S) -> bool:
+         *, probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, observer: BreakerObserver | None = None) -> bool:
     """Open (or keep open) the breaker of `api` because of `cause` (human words, no secrets); the
     next probe is let through after `probe_interval_s`. True when it was closed before."""
     opened = _run(redis, prefix, "trip", api, cause[:500], probe_interval_s)
-    metrics.observe_breaker(api, True, tripped=opened)
+    if observer is not None:
+        observer.breaker(api, True, tripped=opened)
     if opened:
         log.error("circuit breaker OPEN for %s: %s — work that needs it is paused (nothing is dead-lettered); "
                   "a probe every %.0f s, or fix it and restart", api, cause, probe_interval_s,
@@ -105,10 +112,11 @@ def trip(redis: redis_lib.Redis, prefix: str, cause: str, api: str,
     return opened
 
 
-def close(redis: redis_lib.Redis, prefix: str, api: str) -> bool:
+def close(redis: redis_lib.Redis, prefix: str, api: str, *, observer: BreakerObserver | None = None) -> bool:
     """Close the breaker of `api` (a call that needs it succeeded). True when it was open."""
     closed = _run(redis, prefix, "close", api)
-    metrics.observe_breaker(api, False)
+    if observer is not None:
+        observer.breaker(api, False)
     if closed:
         log.warning("circuit breaker CLOSED for %s: a probe succeeded, work resumes", api,
                     extra={"stage": "breaker", "outcome": "closed", "api": api})
@@ -150,8 +158,9 @@ class Breaker:
     hot path costs at most one Redis read a second; an open one is always read afresh."""
 
     def __init__(self, redis: redis_lib.Redis, prefix: str, apis: Iterable[str], *,
-                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, cache_s: float = 1.0) -> None:
-        self.redis, self.prefix, self.apis = redis, prefix, tuple(apis)
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, cache_s: float = 1.0,
+                 observer: BreakerObserver | None = None) -> None:
+        self.redis, self.prefix, self.apis, self.observer = redis, prefix, tuple(apis), observer
         self.probe_interval_s, self.cache_s = probe_interval_s, cache_s
         self._closed_until = 0.0
         self._fresh = True  # a new process probes at once: it may be running a fixed configuration
@@ -175,11 +184,11 @@ class Breaker:
 
     def trip(self, cause: str, api: str) -> bool:
         self._closed_until = 0.0
-        return trip(self.redis, self.prefix, cause, api, probe_interval_s=self.probe_interval_s)
+        return trip(self.redis, self.prefix, cause, api, probe_interval_s=self.probe_interval_s, observer=self.observer)
 
     def succeeded(self, apis: Iterable[str]) -> None:
         """A call that needed `apis` went through: close what is open of them (a read when nothing is)."""
         if time.monotonic() < self._closed_until:
             return
         for scope in opened(self.redis, self.prefix, apis):
-            close(self.redis, self.prefix, scope.api)
+            close(self.redis, self.prefix, scope.api, observer=self.observer)

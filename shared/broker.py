@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from queue import Empty
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
@@ -18,7 +19,7 @@ log = logging.getLogger("stockout_sync.broker")
 
 
 class Channel(kombu_redis.Channel):
-    def _brpop_read(self, **options):
+    def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared.broker import TRANSPORT
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
@@ -76,7 +77,12 @@ def celery_config(settings: Settings) -> dict:
         # Publishing (a retry, a dead letter, the poll's messages) waits out a Redis restart of a
         # few seconds: when a retry cannot be published Celery drops the message it came from.
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.1, "interval_step": 0.25, "interval_max": 1.0},
+        "task_publish_retry_policy": {
+            "max_retries": 20,
+            "interval_start": 0.1,
+            "interval_step": 0.25,
+            "interval_max": 1.0,
+        },
         # Flower is fed by the workers' events and shows a task from the moment a worker receives
         # it; a task-sent event as well would be a second publish for every message.
         "worker_send_task_events": True,
@@ -100,7 +106,10 @@ def broker_tls(settings: Settings) -> dict | None:
     """rediss:// with the certificate verified (kombu alone would fall back to not verifying it)."""
     if not settings.redis_url.startswith("rediss://"):
         return None
-    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, **({"ssl_ca_certs": settings.redis_ca_certs} if settings.redis_ca_certs else {})}
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        **({"ssl_ca_certs": settings.redis_ca_certs} if settings.redis_ca_certs else {}),
+    }
 
 
 def soft_time_limit(settings: Settings) -> float:
@@ -131,8 +140,6 @@ from celery.signals import setup_logging  # noqa: E402
 
 
 @setup_logging.connect
-def _configure_logging(**_kwargs) -> None:
+def _configure_logging(**_kwargs: object) -> None:
     # Connected, so Celery leaves logging to us: one format and the secret scrubber everywhere.
-    from shared.logs import configure_logging
-
     configure_logging(get_settings())

@@ -1,29 +1,52 @@
-"""Dead letters: a failed stockout kept whole with the reason in words, and the moves an operator makes.
+"""Dead letters: a failed stockout kept with the reason in words and its history, and the moves an operator makes.
 
-A dead letter is two things (after Kafka Connect's dead-letter queue and its error headers):
-1. a copy of the message on the `dead_letter` queue, which no worker consumes, so its length shows
-   in Flower (`/api/queues/length`) and in `redis-cli LLEN {prefix}:dead_letter`;
-2. a record `{prefix}:dlq:{stockout_id}` (JSON) with the error context, indexed by last failure
-   time in the sorted set `{prefix}:dlq:index`.
-
-The record is the source of truth. Requeue and purge claim it in one Lua script (so two operators
-running requeue at once never send one letter twice) and remove its copy from the queue in the same
-script; a requeue first parks the record under `{prefix}:dlq:requeuing:{id}`, with a lease
-`{prefix}:dlq:lease:{id}`, and deletes it only after the new message left. A requeue killed
-half-way loses nothing: once its lease has run out, the next requeue takes the parked letter over.
+A dead letter is a record `{p}:dlq:{stockout_id}` (JSON, the source of truth) indexed by last
+failure time in `{p}:dlq:index`, plus a copy of the message on the `dead_letter` queue (consumed by
+nobody: its length is what Flower and `LLEN` show). The Redis layout is in DeadLetterStore.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any, Literal
 
+import redis
 from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
-from shared.timeutil import now_beijing
+from shared.settings import get_settings
+from shared.timeutil import format_wire, now_beijing
 
 Stage = Literal["fetch", "transform", "save", "internal"]
 LEASE_S = 60  # longer than publishing one message can take
+HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
+BATCH = 200  # letters claimed, published and unparked per round trip
+
+# The receiver's personal data in a WDT stockout (field table in docs/seed; WDT marks most of them
+# deprecated, but a tenant may still fill them). No mapping reads them (MEMO_FIELDS has none of
+# them), so a letter requeued without them becomes the same BIP record.
+PERSONAL_FIELDS = ("receiver_name", "receiver_mobile", "receiver_telno", "receiver_address", "receiver_zip")
+
+
+class HistoryEntry(BaseModel):
+    """One thing that happened to a letter: a failure that dead-lettered it, or an operator's requeue."""
+
+    at: str
+    event: Literal["dead_lettered", "requeued"] = "dead_lettered"
+    stage: Stage | None = None
+    error_class: str = ""
+    code: str = ""
+    message: str = ""
+    attempts: int = 0
+    task_id: str = ""
+
+    def line(self) -> str:
+        if self.event == "requeued":
+            return f"{self.at} requeued"
+        code = f" {self.code}" if self.code else ""
+        return (f"{self.at} dead-lettered after {self.attempts} attempt(s): "
+                f"{self.stage}: {self.error_class}{code}: {self.message}")
 
 
 class DeadLetter(BaseModel):
@@ -36,7 +59,7 @@ class DeadLetter(BaseModel):
     code: str = ""
     api_message: str = ""
     http_status: int | None = None
-    attempts: int = 1
+    attempts: int = 1  # every attempt since the first failure, requeues included
     first_failed_at: str
     last_failed_at: str
     task_id: str = ""
@@ -44,6 +67,7 @@ class DeadLetter(BaseModel):
     worker_host: str = ""
     mapping_fingerprint: str = ""
     stockout: dict[str, Any] = Field(default_factory=dict)
+    history: list[HistoryEntry] = Field(default_factory=list)
 
     @property
     def reason(self) -> str:
@@ -56,27 +80,54 @@ class DeadLetter(BaseModel):
             return False
         return not (code and code != self.code)
 
+    def failure(self) -> HistoryEntry:
+        return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
+                            message=self.message, attempts=self.attempts, task_id=self.task_id)
 
-# KEYS: record, index, queue list, parking key, lease key. ARGV: stockout id, "requeue"|"purge", lease s.
-# Removes every copy of the letter from the queue (matched on the task id in the message headers).
+
+def redact(raw: Any) -> Any:
+    """The stockout without the receiver's personal data (a copy; anything not a dict as it is)."""
+    if not isinstance(raw, dict) or not any(f in raw for f in PERSONAL_FIELDS):
+        return raw
+    return {k: v for k, v in raw.items() if k not in PERSONAL_FIELDS}
+
+
+# KEYS: record, index, queue, parked, lease, entries, orders, parked set, history.
+# ARGV: stockout id, "requeue"|"purge", lease s. Touches this letter's entries only: the queue copy
+# goes by its exact value, searched from the tail where the oldest letters are (LPUSH adds at the
+# head), so claiming letters oldest first (the index's order) finds each at the end of the list.
 _CLAIM = """
 local rec = redis.call('GET', KEYS[1])
-if not rec then return false end
-local letter = cjson.decode(rec)
-local items = redis.call('LRANGE', KEYS[3], 0, -1)
-for _, item in ipairs(items) do
-  local ok, msg = pcall(cjson.decode, item)
-  if ok and msg['headers'] and msg['headers']['id'] == letter['message_id'] then
-    redis.call('LREM', KEYS[3], 0, item)
-  end
-end
-redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+local entry = redis.call('HGET', KEYS[6], ARGV[1])
+if entry then
+  redis.call('LREM', KEYS[3], -1, entry)
+  redis.call('HDEL', KEYS[6], ARGV[1])
+end
+if not rec then return false end
+redis.call('DEL', KEYS[1])
+local ok, letter = pcall(cjson.decode, rec)
+if ok and type(letter['order_no']) == 'string' and redis.call('HGET', KEYS[7], letter['order_no']) == ARGV[1] then
+  redis.call('HDEL', KEYS[7], letter['order_no'])
+end
 if ARGV[2] == 'requeue' then
   redis.call('SET', KEYS[4], rec)
   redis.call('SET', KEYS[5], '1', 'EX', ARGV[3])
+  redis.call('SADD', KEYS[8], ARGV[1])
+else
+  redis.call('DEL', KEYS[9])
 end
 return rec
+"""
+
+# KEYS: queue, entries. ARGV: stockout id, the queue entry. One copy per letter: a stockout
+# dead-lettered again replaces its copy.
+_PUSH = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then redis.call('LREM', KEYS[1], -1, old) end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
 """
 
 _LEASE = """
@@ -86,10 +137,37 @@ return 0
 
 
 class DeadLetterStore:
-    def __init__(self, client, prefix: str) -> None:
+    """Redis layout (`{p}` = REDIS_PREFIX):
+
+    | key                         | holds                                                         |
+    |-----------------------------|---------------------------------------------------------------|
+    | `{p}:dlq:{id}`              | the letter (JSON), history included; expires a day after the TTL, as a backstop |
+    | `{p}:dlq:index`             | sorted set: id → last failure (epoch s); trimmed at DLQ_TTL_DAYS |
+    | `{p}:dead_letter`           | the queue copies (Celery messages), one per letter             |
+    | `{p}:dlq:entries`           | hash: id → that letter's queue copy, byte for byte (removed by value) |
+    | `{p}:dlq:orders`            | hash: order_no → id, so operators can name a letter by its order number |
+    | `{p}:dlq:history:{id}`      | a requeued letter's history (no stockout), until it fails again or the TTL ends |
+    | `{p}:dlq:requeuing:{id}`, `{p}:dlq:lease:{id}`, `{p}:dlq:parked` | a requeue between claim and publish |
+
+    Requeue and purge claim a letter in one script (two operators at once never send one twice)
+    touching only that letter's keys. A requeue parks the record with a lease and drops it only
+    after the new message left; one killed half-way loses nothing: once the lease has run out, the
+    next requeue takes the parked letter over. A requeued letter that fails again continues its
+    history: attempts add up, first_failed_at stays, every failure and requeue is listed.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, *, ttl_s: int | None = None,
+                 keep_personal_data: bool | None = None) -> None:
+        if ttl_s is None or keep_personal_data is None:
+            settings = get_settings()
+            ttl_s = settings.dlq_ttl_days * 86400 if ttl_s is None else ttl_s
+            keep_personal_data = settings.dlq_keep_personal_data if keep_personal_data is None else keep_personal_data
         self.r = client
         self.p = prefix
+        self.ttl_s = ttl_s
+        self.keep_personal_data = keep_personal_data
         self._claim = client.register_script(_CLAIM)
+        self._push = client.register_script(_PUSH)
         self._lease = client.register_script(_LEASE)
 
     def _key(self, sid: str) -> str:
@@ -101,6 +179,9 @@ class DeadLetterStore:
     def _lease_key(self, sid: str) -> str:
         return f"{self.p}:dlq:lease:{sid}"
 
+    def _history_key(self, sid: str) -> str:
+        return f"{self.p}:dlq:history:{sid}"
+
     @property
     def index_key(self) -> str:
         return f"{self.p}:dlq:index"
@@ -109,71 +190,185 @@ class DeadLetterStore:
     def queue_key(self) -> str:
         return f"{self.p}:{DEAD_LETTER_QUEUE}"
 
-    def put(self, letter: DeadLetter) -> DeadLetter:
-        """Store or update a letter; a stockout that fails again keeps its first failure time."""
-        previous = self.get(letter.stockout_id)
-        if previous is not None:
-            letter = letter.model_copy(update={"first_failed_at": previous.first_failed_at})
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self._key(letter.stockout_id), letter.model_dump_json())
-        pipe.zadd(self.index_key, {letter.stockout_id: now_beijing().timestamp()})
-        pipe.execute()
-        return letter
+    @property
+    def entries_key(self) -> str:
+        return f"{self.p}:dlq:entries"
 
+    @property
+    def orders_key(self) -> str:
+        return f"{self.p}:dlq:orders"
+
+    @property
+    def parked_set_key(self) -> str:
+        return f"{self.p}:dlq:parked"
+
+    def clean(self, raw: Any) -> Any:
+        """The stockout as a letter may keep it (DLQ_KEEP_PERSONAL_DATA)."""
+        return raw if self.keep_personal_data else redact(raw)
+
+    # -- writing -------------------------------------------------------------------------------
+    def put(self, letter: DeadLetter) -> DeadLetter:
+        """Store or update a letter. A stockout that failed before (still a letter, or requeued
+        since) keeps its first failure time and history, and its attempts add up."""
+        letter = letter.model_copy(update={"stockout": self.clean(letter.stockout)})
+        sid = letter.stockout_id
+        key, history_key = self._key(sid), self._history_key(sid)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key, history_key)  # a concurrent put or claim of this letter: merge again
+                    previous = pipe.get(key) or pipe.get(history_key)
+                    merged = merge(DeadLetter.model_validate_json(previous) if previous else None, letter)
+                    pipe.multi()
+                    pipe.set(key, merged.model_dump_json(), ex=self.ttl_s + 86400)
+                    pipe.delete(history_key)
+                    pipe.zadd(self.index_key, {sid: time.time()})
+                    if merged.order_no:
+                        pipe.hset(self.orders_key, merged.order_no, sid)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.expire()
+        return merged
+
+    def push_copy(self, sid: str, entry: bytes) -> None:
+        """The letter's copy on the dead_letter queue, remembered byte for byte so a claim removes it by value."""
+        self._push(keys=[self.queue_key, self.entries_key], args=[sid, entry])
+
+    def expire(self, limit: int = 1000) -> int:
+        """Drop letters whose last failure is older than the TTL (oldest first, at most `limit`)."""
+        cutoff = time.time() - self.ttl_s
+        old = [_text(v) for v in self.r.zrangebyscore(self.index_key, "-inf", cutoff, start=0, num=limit)]
+        return len(self._claim_many(old, "purge"))
+
+    # -- reading -------------------------------------------------------------------------------
     def get(self, sid: str) -> DeadLetter | None:
         value = self.r.get(self._key(sid))
         return DeadLetter.model_validate_json(value) if value else None
 
+    def history(self, sid: str) -> DeadLetter | None:
+        """A letter requeued and not failed since: its last record (without the stockout) and history."""
+        value = self.r.get(self._history_key(sid))
+        return DeadLetter.model_validate_json(value) if value else None
+
+    def find_order(self, order_no: str) -> str | None:
+        """The stockout id of the letter with this order number."""
+        value = self.r.hget(self.orders_key, order_no)
+        return _text(value) if value else None
+
     def ids(self) -> list[str]:
-        return [v.decode() for v in self.r.zrange(self.index_key, 0, -1)]
+        return [_text(v) for v in self.r.zrange(self.index_key, 0, -1)]
+
+    def count(self) -> int:
+        return int(self.r.zcard(self.index_key))
+
+    def iter_all(self, ids: Iterable[str] | None = None) -> Iterator[DeadLetter]:
+        """Every letter, oldest first, read a batch at a time (thousands of letters are megabytes)."""
+        it = iter(self.ids() if ids is None else ids)
+        while chunk := list(islice(it, BATCH)):
+            for value in self.r.mget([self._key(i) for i in chunk]):
+                if value:
+                    yield DeadLetter.model_validate_json(value)
 
     def all(self) -> list[DeadLetter]:
-        ids = self.ids()
-        if not ids:
-            return []
-        values = self.r.mget([self._key(i) for i in ids])
-        return [DeadLetter.model_validate_json(v) for v in values if v]
+        return list(self.iter_all())
 
     def parked(self) -> list[DeadLetter]:
         """Letters whose requeue was interrupted after the claim and before the new message left."""
-        keys = list(self.r.scan_iter(match=f"{self.p}:dlq:requeuing:*", count=500))
-        values = self.r.mget(keys) if keys else []
+        sids = [_text(v) for v in self.r.smembers(self.parked_set_key)]
+        values = self.r.mget([self._parked_key(s) for s in sids]) if sids else []
+        gone = [s for s, v in zip(sids, values, strict=True) if not v]
+        if gone:
+            self.r.srem(self.parked_set_key, *gone)
         return [DeadLetter.model_validate_json(v) for v in values if v]
+
+    def queue_length(self) -> int:
+        return int(self.r.llen(self.queue_key))
+
+    # -- requeue and purge ---------------------------------------------------------------------
+    def _claim_args(self, sid: str, action: str) -> dict:
+        keys = [self._key(sid), self.index_key, self.queue_key, self._parked_key(sid), self._lease_key(sid),
+                self.entries_key, self.orders_key, self.parked_set_key, self._history_key(sid)]
+        return {"keys": keys, "args": [sid, action, LEASE_S]}
+
+    def claim(self, sid: str, action: Literal["requeue", "purge"]) -> DeadLetter | None:
+        rec = self._claim(**self._claim_args(sid, action))
+        return DeadLetter.model_validate_json(rec) if rec else None
+
+    def _claim_many(self, sids: list[str], action: Literal["requeue", "purge"]) -> list[DeadLetter]:
+        """`claim` for a batch in one round trip (each script still its own atomic step)."""
+        if not sids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for sid in sids:
+            self._claim(**self._claim_args(sid, action), client=pipe)
+        return [DeadLetter.model_validate_json(rec) for rec in pipe.execute() if rec]
 
     def _take_over(self, sid: str) -> bool:
         """The lease on a parked letter: only one requeue may finish it, only once the one that
         parked it has had its time, and never after it was finished (checked in the same step)."""
         return bool(self._lease(keys=[self._parked_key(sid), self._lease_key(sid)], args=[LEASE_S]))
 
-    def _unpark(self, sid: str) -> None:
-        self.r.delete(self._parked_key(sid), self._lease_key(sid))
-
-    def queue_length(self) -> int:
-        return int(self.r.llen(self.queue_key))
-
-    def claim(self, sid: str, action: Literal["requeue", "purge"]) -> DeadLetter | None:
-        rec = self._claim(
-            keys=[self._key(sid), self.index_key, self.queue_key, self._parked_key(sid), self._lease_key(sid)],
-            args=[sid, action, LEASE_S],
-        )
-        return DeadLetter.model_validate_json(rec) if rec else None
+    def _unpark(self, letters: list[DeadLetter]) -> None:
+        """After the new messages left: the letters' history stays (without the stockout) for the
+        next failure to continue, and the parked copies go."""
+        if not letters:
+            return
+        at = format_wire(now_beijing())
+        pipe = self.r.pipeline(transaction=True)
+        for letter in letters:
+            history = trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])
+            kept = letter.model_copy(update={"stockout": {}, "history": history})
+            pipe.set(self._history_key(letter.stockout_id), kept.model_dump_json(), ex=self.ttl_s)
+            pipe.delete(self._parked_key(letter.stockout_id), self._lease_key(letter.stockout_id))
+        pipe.srem(self.parked_set_key, *[letter.stockout_id for letter in letters])
+        pipe.execute()
 
     def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any]) -> list[str]:
-        """Send each letter's original stockout back to `stockouts`; it goes through the current mapping."""
+        """Send each letter's stockout back to `stockouts`; it goes through the current mapping.
+        A batch at a time: claimed, published (in one LPUSH when `publish` has `.many`), unparked."""
         done: list[str] = []
-        for letter in self.parked():  # finish what an interrupted requeue started
-            if self._take_over(letter.stockout_id):
-                publish(letter.stockout, letter.stockout_id)
-                self._unpark(letter.stockout_id)
-                done.append(letter.stockout_id)
-        for sid in ids:
-            letter = self.claim(sid, "requeue")
-            if letter is None:
-                continue  # gone: requeued or purged by someone else meanwhile
-            publish(letter.stockout, letter.stockout_id)
-            self._unpark(sid)
-            done.append(sid)
+
+        def send(letters: list[DeadLetter]) -> None:
+            many = getattr(publish, "many", None)
+            if many is not None:
+                many([(letter.stockout, letter.stockout_id) for letter in letters])
+            else:
+                for letter in letters:
+                    publish(letter.stockout, letter.stockout_id)
+            self._unpark(letters)
+            done.extend(letter.stockout_id for letter in letters)
+
+        # finish what an interrupted requeue started
+        send([letter for letter in self.parked() if self._take_over(letter.stockout_id)])
+        it = iter(ids)
+        while chunk := list(islice(it, BATCH)):
+            send(self._claim_many(chunk, "requeue"))  # a letter gone meanwhile (requeued or purged) is skipped
         return done
 
     def purge(self, ids: Iterable[str]) -> list[str]:
-        return [sid for sid in ids if self.claim(sid, "purge") is not None]
+        done: list[str] = []
+        it = iter(ids)
+        while chunk := list(islice(it, BATCH)):
+            done.extend(letter.stockout_id for letter in self._claim_many(chunk, "purge"))
+        return done
+
+
+def merge(previous: DeadLetter | None, letter: DeadLetter) -> DeadLetter:
+    """`letter` (this failure) continuing the story of `previous` (the same stockout's earlier letter)."""
+    if previous is None:
+        return letter.model_copy(update={"history": trimmed([*letter.history, letter.failure()])})
+    return letter.model_copy(update={
+        "first_failed_at": previous.first_failed_at,
+        "attempts": previous.attempts + letter.attempts,
+        "history": trimmed([*previous.history, letter.failure()]),
+    })
+
+
+def trimmed(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    return history if len(history) <= HISTORY_MAX else [history[0], *history[-(HISTORY_MAX - 1):]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

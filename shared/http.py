@@ -23,6 +23,7 @@ from urllib3.util.retry import Retry
 
 from shared import metrics
 from shared.errors import APIConnectionError, InvalidRequestError, RateLimitError
+from shared.settings import Settings
 
 USER_AGENT = "stockout-sync/0.1"
 POOL_MAXSIZE = 32
@@ -44,12 +45,15 @@ class TimeoutSession(requests.Session):
         self.timeout = timeout
         self._environment: dict[tuple, dict[str, Any]] = {}
 
-    def request(self, method, url, **kwargs):  # type: ignore[override]
+    # **kwargs stands for requests' two dozen keyword parameters, hence the override ignore
+    def request(self, method: str, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
         return super().request(method, url, **kwargs)
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+    def merge_environment_settings(
+        self, url: str, proxies: dict[str, str] | None, stream: bool | None, verify: bool | str | None, cert: Any
+    ) -> dict[str, Any]:
         # requests scans the whole environment (proxy variables, no_proxy, CA bundle) on every call,
         # about a fifth of a save's CPU. A process's environment does not change while it runs, so
         # the answer is kept per scheme and host (what no_proxy matching depends on).
@@ -66,7 +70,7 @@ class TimeoutSession(requests.Session):
         return {**merged, "proxies": dict(merged["proxies"])}
 
 
-def make_session(settings) -> requests.Session:
+def make_session(settings: Settings) -> requests.Session:
     session = TimeoutSession((settings.http_connect_timeout_s, settings.http_read_timeout_s))
     # total=0/read=False: urllib3 must not resend a request on its own (a resent save is a second
     # save attempt the task never knew about); redirects stay with requests.

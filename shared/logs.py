@@ -10,6 +10,9 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
+
+from shared.settings import Settings
 
 # The event fields a log call may pass with `extra=`: JSON lines carry them as keys, text lines as
 # `key=value` after the message. Listed, not discovered, so a library's own extras (Celery passes
@@ -90,12 +93,12 @@ class TextFormatter(logging.Formatter):
         return line + "  " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
 
 
-def _text_value(value) -> str:
+def _text_value(value: object) -> str:
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
-def configure_logging(settings, *, stream=None) -> None:
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 # BIP's field limits are not published; 64 is the longest code we have seen and the limit
 # worker.transform enforces for identifiers taken from WDT, so the two sides agree.
@@ -239,7 +240,8 @@ def load_mapping(path: str | Path) -> Mapping:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise MappingFileError(
-            name, [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"]
+            name,
+            [f"file not found (absolute path {Path(path).absolute()}); set MAPPING_FILE or copy mapping.example.toml"],
         ) from None
     except OSError as exc:
         raise MappingFileError(name, [f"cannot read the file: {exc.strerror or exc}"]) from None
@@ -326,7 +328,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = tuple(err.get("loc", ()))
     key = _key_path(loc)
     kind = err.get("type", "")

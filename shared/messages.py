@@ -19,17 +19,20 @@ in one LPUSH. tests/integration/test_messages.py holds both paths to the same me
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 import redis
 from celery import signals
 from celery.utils import uuid
 from celery.utils.nodenames import anon_nodename
+from kombu import Producer
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
+from shared.deadletters import DeadLetterStore
 from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
@@ -62,7 +65,7 @@ class Publisher:
         return task_id
 
     @staticmethod
-    def _send(producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
         message = get_app().amqp.create_task_message(
@@ -100,17 +103,17 @@ class Publisher:
 
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
-        prefix = (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
+        # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
+        self.retrying(lambda: self._broker().lpush(f"{_key_prefix()}{queue}", *entries))
+
+    @staticmethod
+    def retrying(send: Callable[[], object]) -> None:
+        """`send()`, waiting out a Redis restart of a few seconds as task_publish_retry says."""
         conf = get_app().conf.task_publish_retry_policy or {}
         retries = conf.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
-        policy = RetryPolicy(retries + 1, max(0.01, conf.get("interval_start", 0) or conf.get("interval_step", 0.2)),
-                             conf.get("interval_max", 1))
-
-        def push() -> None:
-            # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
-            self._broker().lpush(f"{prefix}{queue}", *entries)
-
-        call_with_retries(push, policy, what=f"publish to {queue}", classify=_broker_error)
+        first = max(0.01, conf.get("interval_start", 0) or conf.get("interval_step", 0.2))
+        policy = RetryPolicy(retries + 1, first, conf.get("interval_max", 1))
+        call_with_retries(send, policy, what="publish", classify=_broker_error)
 
 
 def _broker_error(error: BaseException) -> BaseException | None:
@@ -118,6 +121,10 @@ def _broker_error(error: BaseException) -> BaseException | None:
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
         return APIConnectionError(f"Redis unavailable while publishing: {type(error).__name__}", api="redis")
     return None
+
+
+def _key_prefix() -> str:
+    return (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
 
 
 class _Page:
@@ -176,7 +183,7 @@ def _lineage() -> dict:
     return {"root_id": parent.request.root_id or parent.request.id, "parent_id": parent.request.id}
 
 
-def _json(value) -> bytes:
+def _json(value: Any) -> bytes:
     # orjson: a twelfth of the stdlib's time for a stockout, and the producer writes thousands a second
     try:
         return orjson.dumps(value)
@@ -187,5 +194,18 @@ def _json(value) -> bytes:
 publish_stockout = Publisher()
 
 
+def dead_letter_entry(raw: dict, key: str, task_id: str) -> bytes:
+    """The Redis entry of a letter's copy on the dead_letter queue, as kombu's transport writes it."""
+    page = _Page(DEAD_LETTER_QUEUE)
+    page.add(raw, key, task_id)
+    return page.entries[0]
+
+
 def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
-    return publish_stockout(raw, key, queue=DEAD_LETTER_QUEUE, task_id=task_id)
+    """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
+    it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
+    `purge` remove the copy by value instead of searching the queue for it."""
+    store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
+    entry = dead_letter_entry(store.clean(raw), key, task_id)
+    publish_stockout.retrying(lambda: store.push_copy(key, entry))
+    return task_id

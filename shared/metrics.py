@@ -9,7 +9,7 @@ stockout id, an order number or a URL with its query string.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -86,7 +86,17 @@ DEFERRED = Counter(
 )
 
 
-def count_page(before, after) -> None:
+class PageCounts(Protocol):
+    """What `count_page` reads of the producer's PollSummary (shared does not import the producer)."""
+
+    fetched: int
+    published: int
+    filtered_out: int
+    already_done: int
+    already_queued: int
+
+
+def count_page(before: PageCounts, after: PageCounts) -> None:
     """What one page of a poll or backfill added to its summary (two PollSummary snapshots)."""
     FETCHED.inc(after.fetched - before.fetched)
     PUBLISHED.inc(after.published - before.published)
@@ -168,3 +178,13 @@ class _LimiterMetrics:
 
 
 LIMITER_OBSERVER = _LimiterMetrics()
+
+
+class _BreakerMetrics:
+    """The metrics side of `shared.breaker.BreakerObserver`."""
+
+    def breaker(self, api: str, is_open: bool, *, tripped: bool = False) -> None:
+        observe_breaker(api, is_open, tripped=tripped)
+
+
+BREAKER_OBSERVER = _BreakerMetrics()

@@ -19,25 +19,34 @@ import shutil
 import sys
 import tempfile
 
+from shared.settings import Settings
+
 log = logging.getLogger("stockout_sync.metrics")
 
 
-def start(settings, port: int | None = None) -> int:
+def start(settings: Settings, port: int | None = None) -> int:
     """Serve `/metrics` for this process and the children it will fork; the port, or 0 when off."""
     port = settings.metrics_port if port is None else port
     if not port:
         return 0
     if "shared.metrics" in sys.modules:
-        raise RuntimeError("metrics exporter started after shared.metrics was imported: its counters would not be exported")
+        raise RuntimeError(
+            "metrics exporter started after shared.metrics was imported: its counters would not be exported"
+        )
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)
     else:
-        directory = tempfile.mkdtemp(prefix="stockout-sync-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        directory = made = tempfile.mkdtemp(prefix="stockout-sync-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
         owner = os.getpid()
-        # forked children inherit atexit handlers; only the process that made the directory removes it
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(directory, ignore_errors=True))
+
+        def remove_directory() -> None:
+            # forked children inherit atexit handlers; only the process that made the directory removes it
+            if os.getpid() == owner:
+                shutil.rmtree(made, ignore_errors=True)
+
+        atexit.register(remove_directory)
 
     from prometheus_client import CollectorRegistry, start_http_server, values
     from prometheus_client.multiprocess import MultiProcessCollector

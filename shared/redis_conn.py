@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -16,7 +17,7 @@ def tls_options(url: str, ca_certs: str = "") -> dict:
     return {"ssl_cert_reqs": "required", **({"ssl_ca_certs": ca_certs} if ca_certs else {})}
 
 
-def connect(url: str, ca_certs: str = "", **options) -> redis.Redis:
+def connect(url: str, ca_certs: str = "", **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **tls_options(url, ca_certs), **options)
 
 

@@ -16,6 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared import metrics
 from shared.bip.client import BipClient
 from shared.breaker import Breaker
 from shared.mapping import Mapping, load_mapping
@@ -73,7 +74,8 @@ class Runtime:
     def breaker(self) -> Breaker:
         """The scopes the worker's saves need: BIP and the mapping file."""
         s = self.settings
-        return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s)
+        return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s,
+                       observer=metrics.BREAKER_OBSERVER)
 
     @property
     def mapping(self) -> Mapping:

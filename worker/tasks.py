@@ -2,6 +2,7 @@
 a wait (rate limit), a pause (circuit breaker), a retry or a dead letter."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -51,7 +52,18 @@ def pause_countdown(settings: Settings) -> float:
     return settings.breaker_probe_interval_s * random.uniform(1.0, 1.25)
 
 
-@app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None)
+class _DeadLetteredMeta(type):
+    def __instancecheck__(cls, error: object) -> bool:
+        return bool(getattr(error, "dead_lettered", False))
+
+
+class DeadLettered(Exception, metaclass=_DeadLetteredMeta):
+    """What `throws=` names: any error this task raised after dead-lettering it (marked so). Celery
+    logs those at INFO ("raised expected"): the task has already logged the one ERROR line, with
+    the reason. An error raised any other way (a bug here) still gets Celery's ERROR and traceback."""
+
+
+@app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None, throws=(DeadLettered,))
 def sync_stockout(self: Task, stockout: dict) -> dict:
     rt = runtime()
     prefix = rt.settings.redis_prefix
@@ -134,10 +146,13 @@ def act(task: Task, rt: Runtime, stockout: dict, sid: str, error: BaseException,
     attempts.forget(rt.redis, prefix, sid)
     task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
                outcome="dead_letter", stage=stage_of(error), error=error, kind=kind)
+    # Raised so Flower shows the task failed and why; marked so Celery does not log it twice.
+    with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
+        error.dead_lettered = True  # type: ignore[attr-defined]
     raise error
 
 
-def retry_or_requeue(task, **options) -> BaseException:
+def retry_or_requeue(task: Task, **options: Any) -> BaseException:
     """`task.retry`, except that a retry which cannot be published (broker down) puts the message
     back instead of dropping it: Celery's own answer to that is Reject(requeue=False), a loss."""
     try:
@@ -146,7 +161,7 @@ def retry_or_requeue(task, **options) -> BaseException:
         return Reject(rejected.reason, requeue=True)
 
 
-def dead_letter(rt, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
+def dead_letter(rt: Runtime, stockout: dict, sid: str, error: BaseException, *, attempts: int, task_id: str) -> None:
     try:
         mapping = rt.mapping
         fingerprint = mapping.fingerprint()

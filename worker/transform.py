@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
@@ -111,7 +113,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(stockout)"
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def _describe(err: ErrorDetails) -> tuple[str, str]:
     path = _path(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     value = err.get("input")
@@ -184,7 +186,9 @@ def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
         "srcBillType": mapping.header.srcBillType,
         # define1 ties the BIP record back to its stockout: reconcile and the sandbox look it up.
         "define1": _identifier(stockout.stockout_id, "stockout_id", required=True),
-        "othOutRecords": [line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)],
+        "othOutRecords": [
+            line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)
+        ],
     }
     try:
         return OthOutRecord(**fields)
@@ -314,10 +318,10 @@ def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> l
     ]
 
 
-def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decimal, object]]:
+def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decimal, datetime | None]]:
     """(batch, quantity, expiry) for each batch the line ships; the line's own when it has one."""
     picked: dict[str, Decimal] = {}
-    expiry: dict[str, object] = {}
+    expiry: dict[str, datetime | None] = {}
     for p in d.position_list:
         batch = p.batch_no.strip()
         if batch:
@@ -339,7 +343,9 @@ def _batches(at: str, d: StockoutDetail, qty: Decimal) -> list[tuple[str, Decima
 
 def _qty(at: str, value: Decimal | None) -> Decimal:
     if value is None:
-        raise TransformError(f"{at}.goods_count is missing or empty: a line needs a quantity", field=f"{at}.goods_count", value="")
+        raise TransformError(
+            f"{at}.goods_count is missing or empty: a line needs a quantity", field=f"{at}.goods_count", value=""
+        )
     if value <= 0:
         raise TransformError(
             f"{at}.goods_count is {value}: a quantity must be greater than zero",

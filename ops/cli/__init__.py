@@ -1,7 +1,7 @@
 """`stockout-sync`: the one command operators use, a module per command group."""
 from __future__ import annotations
 
-from ops.cli import dlq, reconcile, service, status, sync
+from ops.cli import dlq, reconcile, service, status, sync, trace
 from ops.cli.app import main
 
-__all__ = ["dlq", "main", "reconcile", "service", "status", "sync"]
+__all__ = ["dlq", "main", "reconcile", "service", "status", "sync", "trace"]

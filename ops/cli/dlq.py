@@ -8,10 +8,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops.cli.app import main
-from ops.render import console, fail
+from ops.render import console, fail, print_history
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
-from shared.runtime import runtime
+
+SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
 
 
 @main.group()
@@ -20,51 +21,65 @@ def dlq() -> None:
 
 
 def _dlq_store() -> DeadLetterStore:
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
     rt = runtime()
-    return DeadLetterStore(rt.redis, rt.settings.redis_prefix)
+    store = DeadLetterStore(rt.redis, rt.settings.redis_prefix)
+    store.expire()  # letters past DLQ_TTL_DAYS go before anyone reads them
+    return store
 
 
-def _select(store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> list[str]:
+def _select(
+    store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
+) -> list[str]:
     if ids:
-        return list(ids)
-    if all_ or reason or code:
-        return [l.stockout_id for l in store.all() if l.matches(reason=reason, code=code)]
-    fail("name dead letters by id, or use --all / --reason / --code")
+        return [store.find_order(i) or i for i in ids]  # an order number names its letter too
+    if reason or code:
+        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)]
+    if all_:
+        return store.ids()  # oldest first: each letter's queue copy is then at the end of the list
+    fail("name dead letters by id or order number, or use --all / --reason / --code")
 
 
 @dlq.command("list")
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_list(reason, code, as_json) -> None:
+def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
     store = _dlq_store()
-    letters = [l for l in store.all() if l.matches(reason=reason, code=code)]
+    letters = [letter for letter in store.iter_all() if letter.matches(reason=reason, code=code)]
     if as_json:
-        click.echo(json.dumps([l.model_dump(mode="json") for l in letters], ensure_ascii=False, indent=2))
+        click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], ensure_ascii=False, indent=2))
         return
     table = Table(title=f"dead letters: {len(letters)} (queue length {store.queue_length()})")
     for column in ("stockout_id", "order_no", "stage", "reason", "attempts", "last failed (Beijing)"):
         table.add_column(column, overflow="fold")
-    for l in letters:
-        reason = f"{l.error_class}{' ' + l.code if l.code else ''}: {l.message}"
-        table.add_row(escape(l.stockout_id), escape(l.order_no), l.stage, escape(reason), str(l.attempts), l.last_failed_at)
+    for letter in letters:
+        reason = f"{letter.error_class}{' ' + letter.code if letter.code else ''}: {letter.message}"
+        table.add_row(escape(letter.stockout_id), escape(letter.order_no), letter.stage, escape(reason),
+                      str(letter.attempts), letter.last_failed_at)
     console.print(table)
 
 
 @dlq.command("show")
-@click.argument("stockout_id")
+@click.argument("stockout_id_or_order_no")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_show(stockout_id, as_json) -> None:
-    letter = _dlq_store().get(stockout_id)
+def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
+    """One dead letter, by stockout id or WDT order number."""
+    store = _dlq_store()
+    name = stockout_id_or_order_no
+    letter = store.get(name) or store.get(store.find_order(name) or "")
     if letter is None:
-        fail(f"no dead letter for stockout {stockout_id}", 1)
+        fail(f"no dead letter for stockout or order {name}", 1)
     if as_json:
         click.echo(letter.model_dump_json(indent=2))
         return
-    table = Table(show_header=False, title=f"dead letter {stockout_id}")
-    for key, value in letter.model_dump(exclude={"stockout"}).items():
+    table = Table(show_header=False, title=f"dead letter {letter.stockout_id}")
+    for key, value in letter.model_dump(exclude={"stockout", "history"}).items():
         table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)
+    print_history(letter.history)
     console.print("[bold]stockout as WDT sent it[/bold]")
     console.print_json(json.dumps(letter.stockout, ensure_ascii=False))
 
@@ -74,18 +89,18 @@ def dlq_show(stockout_id, as_json) -> None:
 @click.option("--all", "all_", is_flag=True)
 @click.option("--reason", default=None)
 @click.option("--code", default=None)
-def dlq_requeue(ids, all_, reason, code) -> None:
+def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
     done = store.requeue(_select(store, ids, all_, reason, code), publish_stockout)
-    console.print(f"requeued {len(done)}: {' '.join(done)}")
+    console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
 
 
 @dlq.command("purge")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def dlq_purge(ids, all_, yes) -> None:
+def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""
     store = _dlq_store()
     chosen = _select(store, ids, all_, None, None)

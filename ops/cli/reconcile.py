@@ -7,11 +7,9 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ops.cli.app import check_mapping, main, parse_time
-from ops.reconcile import Reconcile
 from ops.render import err_console, fail, print_reconcile
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 
 
 @main.command()
@@ -19,8 +17,12 @@ from shared.runtime import runtime
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 @click.option("--requeue-missing", is_flag=True, help="publish the stockouts missing in BIP again (not dead letters)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
-def reconcile(since, until, requeue_missing, as_json) -> None:
+def reconcile(since: str, until: str, requeue_missing: bool, as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from ops.reconcile import Reconcile
+    from shared.runtime import runtime
+
     check_mapping()
 
 
@@ -31,9 +33,14 @@ def reconcile(since, until, requeue_missing, as_json) -> None:
     total_s = (end - start).total_seconds()
     try:
         with Progress(
-            TextColumn("[bold]reconcile"), BarColumn(),
-            TextColumn("{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+            TextColumn("[bold]reconcile"),
+            BarColumn(),
+            TextColumn(
+                "{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
         ) as progress:
             bar = progress.add_task("reconcile", total=total_s, pages=0, fetched=0, mismatches=0)
             report = job.run(

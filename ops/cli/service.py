@@ -20,7 +20,7 @@ from shared.settings import get_settings
 @click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
 @click.option("--hostname", default="stockouts@%h")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
-def worker(concurrency, pool, hostname, metrics_port) -> None:
+def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
     """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
     check_mapping()
     start_metrics(metrics_port)
@@ -42,13 +42,15 @@ def worker(concurrency, pool, hostname, metrics_port) -> None:
 @main.command()
 @click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
-def beat(schedule_file, metrics_port) -> None:
+def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
     check_mapping()
     start_metrics(metrics_port)
 
     s = get_settings()
-    schedule_file = schedule_file or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}")
+    schedule_file = schedule_file or os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
+    )
     get_app().worker_main(
         [
             *json_lines_only(),
@@ -67,7 +69,7 @@ def beat(schedule_file, metrics_port) -> None:
 @click.option("--port", default=5555, type=int)
 @click.option("--address", default="127.0.0.1")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
-def flower(port, address, insecure) -> None:
+def flower(port: int, address: str, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
@@ -84,7 +86,7 @@ def flower(port, address, insecure) -> None:
 @click.option("--host", default="127.0.0.1")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
-def sandbox(port, host, stockouts, bad) -> None:
+def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
     """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
 
     serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
@@ -93,7 +95,7 @@ def sandbox(port, host, stockouts, bad) -> None:
 @main.command()
 @click.option("--stockouts", default=3000, type=int)
 @click.option("--bad", default=12, type=int)
-def demo(stockouts, bad) -> None:
+def demo(stockouts: int, bad: int) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
 
     sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))

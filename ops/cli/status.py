@@ -11,7 +11,6 @@ from ops import status as report_status
 from ops.cli.app import main
 from ops.render import console, err_console, fail, print_status
 from shared.redis_conn import reachable
-from shared.runtime import runtime
 
 
 @main.command()
@@ -19,8 +18,11 @@ from shared.runtime import runtime
 @click.option("--timeout", default=1.0, type=float, show_default=True, help="seconds to wait for the workers to answer")
 @click.option("--health", type=click.Choice(["worker", "beat"]), default=None,
               help="check only this host's worker or beat process (a container health check)")
-def status(as_json, timeout, health) -> None:
+def status(as_json: bool, timeout: float, health: report_status.Role | None) -> None:
     """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
 
 
 

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ops.cli.app import check_mapping, main, parse_time
 from ops.render import console, err_console, fail
-from producer.poll import backfill as run_backfill
-from producer.poll import poll_once
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.runtime import runtime
 from worker.transform import preview as make_preview
+
+if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
+    from producer.poll import PollSummary
 
 
 @main.command()
 def poll() -> None:
     """Run one poll now and print what it did."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import poll_once
+    from shared.runtime import runtime
+
     check_mapping()
 
     summary = poll_once(runtime(), publish_stockout)
@@ -28,8 +34,12 @@ def poll() -> None:
 @main.command()
 @click.option("--since", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
-def backfill(since, until) -> None:
+def backfill(since: str, until: str) -> None:
     """Publish every stockout modified in a past range (safe beside beat; does not move the cursor)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from producer.poll import backfill as run_backfill
+    from shared.runtime import runtime
+
     check_mapping()
 
 
@@ -38,15 +48,19 @@ def backfill(since, until) -> None:
         fail("--until must be after --since")
     total_s = (end - start).total_seconds()
     with Progress(
-        TextColumn("[bold]backfill"), BarColumn(), TextColumn("{task.fields[pages]} pages · {task.fields[stockouts]} stockouts"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+        TextColumn("[bold]backfill"),
+        BarColumn(),
+        TextColumn("{task.fields[pages]} pages · {task.fields[stockouts]} stockouts"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
     ) as progress:
         task = progress.add_task("backfill", total=total_s, pages=0, stockouts=0)
 
-        def on_progress(summary, window_end=None) -> None:
+        def on_progress(summary: PollSummary) -> None:
             progress.update(task, pages=summary.pages, stockouts=summary.fetched)
 
-        def on_slice(slice_end) -> None:
+        def on_slice(slice_end: datetime) -> None:
             progress.update(task, completed=(slice_end - start).total_seconds())
 
         summary = run_backfill(runtime(), publish_stockout, start, end, on_progress=on_progress, on_slice=on_slice)
@@ -55,8 +69,11 @@ def backfill(since, until) -> None:
 
 @main.command()
 @click.argument("stockout_no")
-def preview(stockout_no) -> None:
+def preview(stockout_no: str) -> None:
     """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from shared.runtime import runtime
+
 
     rt = runtime()
     try:

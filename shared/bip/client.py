@@ -1,4 +1,4 @@
-"""The 用友BIP requestor: other outbound record save and list (protocol: docs/apis.md).
+"""The 用友BIP requestor: other outbound record save, list and detail (protocol: docs/apis.md).
 
 It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
 "data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
@@ -35,11 +35,14 @@ from shared.errors import (
 )
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
+from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
 
 SAVE_PATH = "/yonbip/scm/othoutrecord/single/save"
 LIST_PATH = "/yonbip/scm/othoutrecord/list"
+DETAIL_PATH = "/yonbip/scm/othoutrecord/detail"
+NOT_FOUND_CODE = "1002"
 
 _DUPLICATE_CODE_WORDS = ("已存在", "重复")
 _SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|seconds?|秒)", re.I)
@@ -48,7 +51,7 @@ _SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|seconds?|秒)", re.I)
 class BipClient:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         redis: redis_lib.Redis,
         *,
         session: requests.Session | None = None,
@@ -64,7 +67,9 @@ class BipClient:
         )
 
     @classmethod
-    def from_settings(cls, settings, redis: redis_lib.Redis, *, session: requests.Session | None = None) -> BipClient:
+    def from_settings(
+        cls, settings: Settings, redis: redis_lib.Redis, *, session: requests.Session | None = None
+    ) -> BipClient:
         limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix,
                               observer=metrics.LIMITER_OBSERVER)
         return cls(settings, redis, session=session, limiter=limiter)
@@ -149,11 +154,13 @@ class BipClient:
                 found = self.find_by_code(record.code)
                 if found:
                     log.info("bip save: code %s already exists, taken as an earlier save of ours", record.code)
-                    return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True)
+                    return SaveResult(
+                        id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True
+                    )
             raise
         if codes.kind_of(code_of(body)) is Kind.DUPLICATE:
             return self._replayed(record)
-        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
 
     def _replayed(self, record: OthOutRecord) -> SaveResult:
@@ -167,6 +174,19 @@ class BipClient:
             if found:
                 return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
         return SaveResult(code=record.code or "", replayed=True)
+
+    def detail(self, record_id: str) -> dict[str, Any] | None:
+        """The whole record with this id (header and othOutRecords), or None when BIP has none (1002)."""
+        try:
+            body = self.request("GET", DETAIL_PATH, params={"id": record_id})
+        except InvalidRequestError as exc:
+            if exc.code == NOT_FOUND_CODE:
+                return None
+            raise
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise APIConnectionError(f"bip GET {DETAIL_PATH}: data is {type(data).__name__}, not an object", api=API)
+        return data
 
     def find_by_code(self, code: str) -> list[dict[str, Any]]:
         """Records whose document code is exactly `code` (the list API may match loosely)."""
@@ -201,7 +221,7 @@ class BipClient:
     def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         body = {"pageIndex": page_index, "pageSize": page_size, **query}
         reply = self.request("POST", LIST_PATH, json=body)
-        data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        data: dict[str, Any] = reply["data"] if isinstance(reply.get("data"), dict) else {}
         records = data.get("recordList") or []
         if not isinstance(records, list):
             raise APIConnectionError(f"bip {LIST_PATH}: recordList is not a list", api=API)

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis as redis_lib
 import requests
@@ -30,6 +31,7 @@ from shared.bip.errors import API, code_of
 from shared.bip.sign import self_app_signature
 from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
 from shared.http import request_json
+from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
 
@@ -65,7 +67,7 @@ class GatewayResolver:
     discovery service, cached in memory and in Redis for a day (discovery answers slowly and
     rarely changes; one worker's answer serves all)."""
 
-    def __init__(self, settings, redis: redis_lib.Redis | None, session: requests.Session) -> None:
+    def __init__(self, settings: Settings, redis: redis_lib.Redis | None, session: requests.Session) -> None:
         self.settings = settings
         self.redis = redis
         self.session = session
@@ -101,7 +103,7 @@ class GatewayResolver:
                     pass  # unreadable cache: discover again
         reply = request_json(self.session, "GET", s.bip_discovery_url, api=API, params={"tenantId": s.bip_tenant_id})
         data = reply.data if isinstance(reply.data, dict) else {}
-        inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+        inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         gateway, token_url = inner.get("gatewayUrl"), inner.get("tokenUrl")
         if code_of(data) != "00000" or not gateway or not token_url:
             message = str(data.get("message") or "")
@@ -133,7 +135,7 @@ class GatewayResolver:
 class TokenProvider:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         redis: redis_lib.Redis,
         session: requests.Session,
         *,
@@ -258,7 +260,7 @@ class TokenProvider:
         reply = request_json(self.session, "GET", url, api=API, params=params)
         data = reply.data if isinstance(reply.data, dict) else {}
         code = code_of(data)
-        inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+        inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         token = inner.get("access_token")
         if code == "00000" and isinstance(token, str) and token:
             try:

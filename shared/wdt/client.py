@@ -9,17 +9,20 @@ How pages are ordered so that a stockout modified while we page is never missed:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import redis as redis_lib
 import requests
 
 from shared import metrics
 from shared.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
+from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
 from shared.wdt import errors as codes
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
@@ -37,7 +40,7 @@ __all__ = ["WdtClient", "WdtPage", "slice_range"]
 class WdtClient:
     def __init__(
         self,
-        settings,
+        settings: Settings,
         *,
         session: requests.Session | None = None,
         limiter: RateLimiter | None = None,
@@ -48,7 +51,9 @@ class WdtClient:
         self.url = settings.wdt_qimen_url
 
     @classmethod
-    def from_settings(cls, settings, redis=None, *, session: requests.Session | None = None) -> WdtClient:
+    def from_settings(
+        cls, settings: Settings, redis: redis_lib.Redis | None = None, *, session: requests.Session | None = None
+    ) -> WdtClient:
         limiter = None
         if redis is not None:
             limiter = RateLimiter(
@@ -204,9 +209,8 @@ class WdtClient:
         size = self._page_size(page_size)
         paginator = WdtPaginator(size)
         seen: set[str] = set()  # ids only: the window itself is never held
-        while not paginator.finished:
-            page_no = paginator.next_page_no
-            call = lambda: self.query_page(start, end, page_no, size, **filters)  # noqa: E731
+        while (page_no := paginator.next_page_no) is not None:  # None once finished
+            call = functools.partial(self.query_page, start, end, page_no, size, **filters)
             page = fetch(call) if fetch else call()
             paginator.advance(page)
             fresh: list[dict[str, Any]] = []
@@ -221,29 +225,34 @@ class WdtClient:
             yield page.model_copy(update={"stockouts": fresh, "rereads": rereads})
 
     def get_by_no(
-        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None
+        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None, status: str = ""
     ) -> dict[str, Any] | None:
-        """The stockout with this number, or None.
+        """The stockout with this number, or None; in WDT's default statuses (95, 110) unless
+        `status` names another.
 
         Looking up one order needs no window (so an order of any age is found); a gateway that
         insists on one (`40` missing start_time) is asked again for the last 30 days.
         """
+        query = {"stockout_no": stockout_no, **({"status": status} if status else {})}
         if start is None and end is None:
             try:
-                body = self.request({"stockout_no": stockout_no, "page_no": 0, "page_size": 100})
+                body = self.request({**query, "page_no": 0, "page_size": 100})
                 return self._match(self._page(body, 0, 100), stockout_no)
             except InvalidRequestError as exc:
                 if exc.code != "40":
                     raise
         end = end or now_beijing()
         start = start or (to_beijing(end) - MAX_WINDOW)
-        return self._match(self.query_page(start, end, 0, 100, stockout_no=stockout_no), stockout_no)
+        return self._match(self.query_page(start, end, 0, 100, **query), stockout_no)
 
     @staticmethod
     def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:
         for record in page.stockouts:
             # match on our side too: a gateway that ignored the filter must not hand back another order
-            if isinstance(record, dict) and stockout_no in (str(record.get("order_no", "")), str(record.get("stockout_no", ""))):
+            if isinstance(record, dict) and stockout_no in (
+                str(record.get("order_no", "")),
+                str(record.get("stockout_no", "")),
+            ):
                 return record
         return None
 

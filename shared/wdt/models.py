@@ -51,7 +51,9 @@ def _text(value: Any) -> str:
 
 
 # Serialised back to WDT's own string forms so a stockout round-trips through JSON unchanged.
-Num = Annotated[Decimal | None, BeforeValidator(_decimal), PlainSerializer(lambda v: "" if v is None else str(v), return_type=str)]
+Num = Annotated[
+    Decimal | None, BeforeValidator(_decimal), PlainSerializer(lambda v: "" if v is None else str(v), return_type=str)
+]
 Time = Annotated[
     datetime | None,
     BeforeValidator(_time),

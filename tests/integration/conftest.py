@@ -69,7 +69,9 @@ class Processes:
         return proc
 
     def beat(self, name: str = "beat"):
-        proc = start_beat(self.env, schedule_file=self.logdir / f"{name}.schedule", log_path=self.logdir / f"{name}.log")
+        proc = start_beat(
+            self.env, schedule_file=self.logdir / f"{name}.schedule", log_path=self.logdir / f"{name}.log"
+        )
         self.procs.append(proc)
         wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "producer", proc=proc,
                           ca_certs=self.env.get("REDIS_CA_CERTS", ""))

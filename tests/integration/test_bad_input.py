@@ -48,7 +48,9 @@ CASES = [
 ]
 
 
-def test_each_bad_stockout_is_dead_lettered_with_its_field_and_the_good_ones_are_saved(sandbox, processes, redis_client):
+def test_each_bad_stockout_is_dead_lettered_with_its_field_and_the_good_ones_are_saved(
+    sandbox, processes, redis_client
+):
     stockouts = recent(sandbox, 40)
     good = eligible(stockouts)
     templates = [s for s in stockouts if s["status"] in ("95", "110") and s["details_list"]]
@@ -81,7 +83,9 @@ def test_each_bad_stockout_is_dead_lettered_with_its_field_and_the_good_ones_are
             assert word in letter.message, f"{case}: {word!r} not in {letter.message!r}"
         assert letter.stockout["order_no"].startswith("CK-BAD-"), "the original is kept whole"
     assert set(reasons) == {c for c, _, _ in CASES}
-    row = outcome(f"bad input: {len(CASES)} kinds of broken stockout among good ones", sandbox, good | set(bad_keys), letters)
+    row = outcome(
+        f"bad input: {len(CASES)} kinds of broken stockout among good ones", sandbox, good | set(bad_keys), letters
+    )
     assert row["lost"] == 0 and row["duplicates"] == 0 and row["dead_lettered"] == len(CASES)
 
 

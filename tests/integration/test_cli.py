@@ -44,7 +44,13 @@ def test_backfill_publishes_a_past_range_once_and_keeps_the_cursor(sandbox, serv
     now = now_beijing()
     old = sandbox.generate(250, start=now - timedelta(days=9), end=now - timedelta(days=2))
     eligible = {s["stockout_id"] for s in old if s["status"] in ("95", "110")}
-    args = ["backfill", "--since", format_wire(now - timedelta(days=10)), "--until", format_wire(now - timedelta(days=1))]
+    args = [
+        "backfill",
+        "--since",
+        format_wire(now - timedelta(days=10)),
+        "--until",
+        format_wire(now - timedelta(days=1)),
+    ]
     first = cli(service, *args)
     assert first.returncode == 0, first.stderr
     assert f"published {len(eligible)}" in first.stdout

@@ -45,7 +45,7 @@ def sb(make_sandbox):
 
 
 # a prefix of this run's own: another test run sharing the Redis database must not lend us its token
-PREFIX = f"it{uuid.uuid4().hex[:8]}"
+PREFIX = f"ti{uuid.uuid4().hex[:8]}"
 
 
 def settings_for(sb, redis_url: str, **overrides) -> Settings:
@@ -153,7 +153,9 @@ def test_a_stockout_modified_while_paging_hides_no_other(sb, redis_url, edit_bef
     got = {r["stockout_id"] for p in client.iter_pages(start, end) for r in p.stockouts}
     assert {s["stockout_id"] for s in stockouts} - {victim} <= got
     # and the victim is in the next window, where the producer will find it
-    later = {r["stockout_id"] for p in client.iter_pages(end + timedelta(seconds=1), now_beijing()) for r in p.stockouts}
+    later = {
+        r["stockout_id"] for p in client.iter_pages(end + timedelta(seconds=1), now_beijing()) for r in p.stockouts
+    }
     assert victim in later
 
 
@@ -331,7 +333,9 @@ def test_discovered_gateway_is_cached_in_redis(sb, redis_url, redis_client):
     client.save(record("a"))
     assert redis_client.exists(f"{PREFIX}:bip:gateway") and redis_client.exists(f"{PREFIX}:bip:token")
     configured = BipClient.from_settings(
-        settings_for(sb, redis_url, bip_discovery_url="http://127.0.0.1:1/nowhere", bip_gateway_url=sb.url, bip_token_url=sb.url),
+        settings_for(
+            sb, redis_url, bip_discovery_url="http://127.0.0.1:1/nowhere", bip_gateway_url=sb.url, bip_token_url=sb.url
+        ),
         redis_client,
     )
     assert configured.save(record("b")).id

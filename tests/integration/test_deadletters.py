@@ -1,6 +1,7 @@
 """Dead letters an operator can see, understand and requeue: retries, routing, the `dlq` commands."""
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import redis
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetter, DeadLetterStore
+from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
@@ -62,14 +63,14 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     letter = letters.get(poison["stockout_id"])
     assert letter.attempts == 1, "a permanent error is not retried"
     assert letter.stage == "transform" and "WH-NEW9" in letter.message and "warehouses" in letter.message
-    assert letter.stockout == poison, "the original stockout is kept whole"
+    assert letter.stockout == redact(poison), "the original stockout is kept whole, but for the receiver's data"
     assert letters.queue_length() == 1
 
     # readable by a person, parseable by a program
     listing = cli(processes.env, "dlq", "list")
     assert listing.returncode == 0 and poison["stockout_id"] in listing.stdout and "WH-NEW9" in listing.stdout
     as_json = json.loads(cli(processes.env, "dlq", "list", "--json").stdout)
-    assert [l["stockout_id"] for l in as_json] == [poison["stockout_id"]]
+    assert [letter["stockout_id"] for letter in as_json] == [poison["stockout_id"]]
     shown = cli(processes.env, "dlq", "show", poison["stockout_id"], "--json")
     assert DeadLetter.model_validate_json(shown.stdout).stockout["warehouse_no"] == "WH-NEW9"
     assert cli(processes.env, "dlq", "show", "no-such-id").returncode == 1
@@ -181,3 +182,41 @@ def test_purge_asks_for_confirmation(service, redis_client):
     assert refused.returncode == 1 and len(store.ids()) == 2
     done = cli(env, "dlq", "purge", "900", "--yes")
     assert done.returncode == 0 and store.ids() == ["901"] and store.queue_length() == 1
+
+
+def _error_lines(logs: str) -> list[str]:
+    return [line for line in logs.splitlines() if " ERROR " in line]
+
+
+def test_one_error_line_per_dead_letter_and_a_requeue_that_fails_again_keeps_the_history(
+    sandbox, processes, redis_client
+):
+    stockout = next(s for s in recent(sandbox, 6) if s["status"] in ("95", "110"))
+    sandbox.set_faults(bip={"http_502": 1.0})
+    processes.env["MAX_ATTEMPTS"] = "2"
+    processes.worker(concurrency=1)
+    letters = DeadLetterStore(redis_client, "t")
+    publish_stockout(stockout, stockout["stockout_id"])
+    wait_until(lambda: letters.get(stockout["stockout_id"]), 30, message="dead letter")
+    first = letters.get(stockout["stockout_id"])
+    wait_until(lambda: " raised " in processes.logs(), 10, message="Celery's line about the task")
+    errors = _error_lines(processes.logs())
+    assert len(errors) == 1 and stockout["stockout_id"] in errors[0], errors
+
+    # the queue copy carries no receiver data either
+    copy = json.loads(redis_client.lindex("t:dead_letter", 0))
+    body = json.loads(base64.b64decode(copy["body"]))
+    assert body[1]["stockout"]["order_no"] == stockout["order_no"] and "receiver_zip" not in body[1]["stockout"]
+
+    # requeued by its order number, it fails again: the letter continues instead of starting over
+    requeued = cli(processes.env, "dlq", "requeue", stockout["order_no"])
+    assert requeued.returncode == 0 and "requeued 1" in requeued.stdout, requeued.stdout + requeued.stderr
+    wait_until(lambda: (letters.get(stockout["stockout_id"]) or first).attempts == 4, 30, message="second dead letter")
+    again = letters.get(stockout["stockout_id"])
+    assert again.first_failed_at == first.first_failed_at
+    assert [h.event for h in again.history] == ["dead_lettered", "requeued", "dead_lettered"]
+    assert [h.attempts for h in again.history if h.event == "dead_lettered"] == [2, 2]
+    assert letters.queue_length() == 1
+    shown = cli(processes.env, "dlq", "show", stockout["order_no"])
+    assert shown.returncode == 0 and "history (3)" in shown.stdout and "requeued" in shown.stdout, shown.stdout
+    assert len(_error_lines(processes.logs())) == 2

@@ -50,13 +50,15 @@ def test_pool_process_killed_mid_save(sandbox, processes, redis_client):
     poll_once(runtime(), publish_stockout)
     killed = 0
     for threshold in (10, 40, 70):
-        wait_until(lambda: len(sandbox.records()) >= threshold, 60, message=f"{threshold} saves")
+        wait_until(lambda n=threshold: len(sandbox.records()) >= n, 60, message=f"{threshold} saves")
         for pid in children(worker.pid)[:2]:
             os.kill(pid, signal.SIGKILL)  # mid-save: every pool process is inside a 250 ms save
             killed += 1
     assert killed >= 4
     settle(sandbox, expected, letters_of(redis_client), 120)
-    assert_exactly_once(outcome("pool process SIGKILLed mid-save (×%d)" % killed, sandbox, expected, letters_of(redis_client)))
+    assert_exactly_once(
+        outcome(f"pool process SIGKILLed mid-save (×{killed})", sandbox, expected, letters_of(redis_client))
+    )
     assert letters_of(redis_client).ids() == []
 
 
@@ -122,7 +124,9 @@ def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_c
     summary = poll_once(runtime(), publish_stockout)
     assert summary.published == len(expected) - published, "the next poll publishes exactly the rest"
     settle(sandbox, expected, letters_of(redis_client), 90)
-    assert_exactly_once(outcome("poll SIGKILLed half-way through a window", sandbox, expected, letters_of(redis_client)))
+    assert_exactly_once(
+        outcome("poll SIGKILLed half-way through a window", sandbox, expected, letters_of(redis_client))
+    )
 
 
 def test_two_polls_at_once_publish_each_stockout_once(sandbox, service, redis_client):
@@ -158,7 +162,9 @@ def test_two_beats_over_the_same_window(sandbox, processes, redis_client):
 def test_bip_faults_at_twenty_percent_and_a_revoked_token(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 200)
     expected = eligible(stockouts)
-    sandbox.set_faults(bip={"http_502": 0.05, "code_310504": 0.05, "rate_limit": 0.05, "slow_stored": 0.05, "slow_s": 4})
+    sandbox.set_faults(
+        bip={"http_502": 0.05, "code_310504": 0.05, "rate_limit": 0.05, "slow_stored": 0.05, "slow_s": 4}
+    )
     processes.env.update({"MAX_ATTEMPTS": "10", "HTTP_READ_TIMEOUT_S": "2"})
     processes.worker(concurrency=8)
     poll_once(runtime(), publish_stockout)
@@ -206,7 +212,9 @@ def test_wdt_faults_are_retried_and_the_cursor_waits(sandbox, service, processes
     processes.worker(concurrency=4)
     settle(sandbox, expected, letters_of(redis_client), 60)
     assert summary.published + summary.already_queued >= len(expected)
-    assert_exactly_once(outcome("WDT faults (5xx, 1012, malformed JSON, timeouts)", sandbox, expected, letters_of(redis_client)))
+    assert_exactly_once(
+        outcome("WDT faults (5xx, 1012, malformed JSON, timeouts)", sandbox, expected, letters_of(redis_client))
+    )
 
 
 def test_stockout_modified_after_sync_is_not_saved_again(sandbox, processes, redis_client, monkeypatch):

@@ -23,9 +23,9 @@ AUTH = ("operator", "flower-test-pass-Q7")
 def flower(service, tmp_path):
     port = free_port()
     env = {**service, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
-    log = open(tmp_path / "flower.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "flower", f"--port={port}"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "flower.log", "wb") as log:  # flower has its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "flower", f"--port={port}"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def up():

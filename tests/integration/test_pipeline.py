@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -102,11 +103,14 @@ def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_c
     assert max(saved_by_stockout(sandbox).values()) == 1
 
 
-def test_a_mapping_that_syncs_more_than_wdts_default_statuses_gets_them(sandbox, service, redis_client, tmp_path, monkeypatch):
+def test_a_mapping_that_syncs_more_than_wdts_default_statuses_gets_them(
+    sandbox, service, redis_client, tmp_path, monkeypatch
+):
     from producer.poll import status_queries
 
     mapping = tmp_path / "mapping.toml"
-    text = open(service["MAPPING_FILE"], encoding="utf-8").read().replace("statuses = [95, 110]", "statuses = [95, 110, 113]")
+    text = Path(service["MAPPING_FILE"]).read_text(encoding="utf-8")
+    text = text.replace("statuses = [95, 110]", "statuses = [95, 110, 113]")
     mapping.write_text(text, encoding="utf-8")
     monkeypatch.setenv("MAPPING_FILE", str(mapping))
     reset_service_caches()

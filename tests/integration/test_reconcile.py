@@ -21,14 +21,18 @@ pytestmark = pytest.mark.integration
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def saved(sandbox) -> Counter:
     return Counter(r["data"]["defines!define1"] for r in sandbox.records())
 
 
-def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the_missing(sandbox, processes, redis_client):
+def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the_missing(
+    sandbox, processes, redis_client
+):
     now = now_beijing()
     good = sandbox.generate(40, start=now - timedelta(hours=2), end=now - timedelta(hours=1))
     bad = sandbox.generate(3, bad=1, start=now - timedelta(minutes=50), end=now - timedelta(minutes=40))
@@ -55,7 +59,12 @@ def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the
     time.sleep(1.1)  # WDT and BIP times have whole seconds: the edit must come later than the save
     sandbox.modify(edited)
 
-    whole = ["--since", format_wire(now - timedelta(hours=3)), "--until", format_wire(now_beijing() + timedelta(minutes=1))]
+    whole = [
+        "--since",
+        format_wire(now - timedelta(hours=3)),
+        "--until",
+        format_wire(now_beijing() + timedelta(minutes=1)),
+    ]
     found = cli(processes.env, "reconcile", *whole, "--json")
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
@@ -72,8 +81,15 @@ def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the
 
     text = cli(processes.env, "reconcile", *whole)
     assert text.returncode == 1
-    for words in ("missing in BIP: 2", "present twice in BIP: 1", "changed in WDT since synced: 1", deleted, doubled, edited,
-                  "dead letters"):
+    for words in (
+        "missing in BIP: 2",
+        "present twice in BIP: 1",
+        "changed in WDT since synced: 1",
+        deleted,
+        doubled,
+        edited,
+        "dead letters",
+    ):
         assert words in text.stdout, text.stdout
 
     requeued = cli(processes.env, "reconcile", *whole, "--requeue-missing")
@@ -91,6 +107,8 @@ def test_reconcile_finds_deleted_duplicated_and_changed_records_and_requeues_the
 def test_reconcile_refuses_a_backward_range_and_names_wdt_errors(service):
     backward = cli(service, "reconcile", "--since", "2026-10-02", "--until", "2026-10-01")
     assert backward.returncode == 2 and "--until must be after --since" in backward.stderr
-    refused = cli({**service, "WDT_APP_SECRET": "not-the-secret"}, "reconcile", "--since", "2026-10-01", "--until", "2026-10-02")
+    refused = cli(
+        {**service, "WDT_APP_SECRET": "not-the-secret"}, "reconcile", "--since", "2026-10-01", "--until", "2026-10-02"
+    )
     assert refused.returncode == 2 and "WDT_APP_SECRET" in refused.stderr
     assert "not-the-secret" not in refused.stderr + refused.stdout

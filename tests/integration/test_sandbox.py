@@ -277,7 +277,9 @@ def test_token_refusals(sb, http):
 
 def test_bearer_header_is_not_a_token(sb, http):
     token = get_token(sb, http)
-    response = http.post(sb.url + SAVE, headers={"Authorization": f"Bearer {token}"}, json={"data": record()}, timeout=5)
+    response = http.post(
+        sb.url + SAVE, headers={"Authorization": f"Bearer {token}"}, json={"data": record()}, timeout=5
+    )
     assert response.json()["code"] == "310001"
     assert save(sb, http, "not-a-token", record())["code"] == "310036"
     assert sb.counters()["bip_token_rejections"] == 2 and sb.records() == []
@@ -332,7 +334,10 @@ def test_failed_saves_are_not_remembered(sb, http):
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"othOutRecords": [{"product": "SKU-GHOST", "qty": "1", "unit": "PCS", "_status": "Insert"}]}, "物料[SKU-GHOST]不存在"),
+        (
+            {"othOutRecords": [{"product": "SKU-GHOST", "qty": "1", "unit": "PCS", "_status": "Insert"}]},
+            "物料[SKU-GHOST]不存在",
+        ),
         ({"warehouse": "XX"}, "仓库[XX]不存在"),
         ({"warehouse": "WH-SH01"}, "仓库[WH-SH01]不存在"),
         ({"org": "ORG-WEST"}, "库存组织[ORG-WEST]不存在"),
@@ -345,10 +350,16 @@ def test_failed_saves_are_not_remembered(sb, http):
         ({"othOutRecords": []}, "othOutRecords不能为空"),
         ({"othOutRecords": [{"product": "SKU-0001", "qty": "0", "unit": "PCS", "_status": "Insert"}]}, "qty[0]"),
         ({"othOutRecords": [{"product": "SKU-0001", "qty": "abc", "unit": "PCS", "_status": "Insert"}]}, "qty[abc]"),
-        ({"othOutRecords": [{"product": "SKU-0001", "qty": "1", "unit": "KG", "_status": "Insert"}]}, "计量单位[KG]不存在"),
+        (
+            {"othOutRecords": [{"product": "SKU-0001", "qty": "1", "unit": "KG", "_status": "Insert"}]},
+            "计量单位[KG]不存在",
+        ),
         ({"othOutRecords": [{"product": "SKU-0001", "qty": "1", "unit": "PCS"}]}, "_status不能为空"),
         ({"othOutRecords": [{"product": "SKU-0042", "qty": "1", "unit": "PCS", "_status": "Insert"}]}, "batchno"),
-        ({"othOutRecords": [{"product": "SKU-0001", "qty": "1", "unit": "PCS", "_status": "Insert", "source": "x"}]}, "autoCalcCost"),
+        (
+            {"othOutRecords": [{"product": "SKU-0001", "qty": "1", "unit": "PCS", "_status": "Insert", "source": "x"}]},
+            "autoCalcCost",
+        ),
     ],
 )
 def test_save_validation_names_the_field_and_value(sb, http, change, words):

@@ -57,7 +57,9 @@ def redis_dump(client) -> str:
                 envelope = json.loads(text)
                 if isinstance(envelope, dict) and "body" in envelope:
                     parts.append(base64.b64decode(envelope["body"]).decode(errors="replace"))
-                elif isinstance(envelope, list) and envelope and isinstance(envelope[0], dict) and "body" in envelope[0]:
+                elif (
+                    isinstance(envelope, list) and envelope and isinstance(envelope[0], dict) and "body" in envelope[0]
+                ):
                     parts.append(base64.b64decode(envelope[0]["body"]).decode(errors="replace"))
             except (ValueError, TypeError):
                 pass
@@ -74,11 +76,12 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
     use_env(monkeypatch, env)
     procs = Processes(env, tmp_path)
     flower_port = free_port()
-    flower = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "flower", f"--port={flower_port}"],
-        env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
-        stdout=open(tmp_path / "flower.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with open(tmp_path / "flower.log", "wb") as log:  # flower has its own copy of the descriptor
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", "flower", f"--port={flower_port}"],
+            env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     flower_url = f"http://127.0.0.1:{flower_port}"
     try:
         wait_until(lambda: _up(flower_url), 30, message="flower")
@@ -104,7 +107,9 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
         queues = requests.get(f"{flower_url}/api/queues/length", auth=auth, timeout=10).text
         failed = requests.get(f"{flower_url}/api/tasks", params={"state": "FAILURE"}, auth=auth, timeout=10).json()
         assert failed, "the dead letters' failures are in flower"
-        details = "".join(requests.get(f"{flower_url}/api/task/info/{tid}", auth=auth, timeout=10).text for tid in failed)
+        details = "".join(
+            requests.get(f"{flower_url}/api/task/info/{tid}", auth=auth, timeout=10).text for tid in failed
+        )
         dlq_json = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "list", "--json"], env=env,
                                   capture_output=True, text=True, timeout=60)
         assert dlq_json.returncode == 0 and len(json.loads(dlq_json.stdout)) == 4

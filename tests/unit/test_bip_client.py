@@ -30,10 +30,11 @@ from tests.unit.fake_http import FakeAdapter
 
 SECRET = "bip-very-secret"
 # this run's own keys: another test run may share the Redis database
-P = f"u{uuid.uuid4().hex[:8]}"
+P = f"tu{uuid.uuid4().hex[:8]}"
 TOKEN_PATH = "/open-auth/selfAppAuth/base/v1/getAccessToken"
 SAVE = "/yonbip/scm/othoutrecord/single/save"
 LIST = "/yonbip/scm/othoutrecord/list"
+DETAIL = "/yonbip/scm/othoutrecord/detail"
 
 
 class FakeBip(FakeAdapter):
@@ -55,7 +56,10 @@ class FakeBip(FakeAdapter):
             path = urlsplit(request.url).path
             if path == TOKEN_PATH and self.token_reply is None:
                 self.tokens_issued += 1
-                out = (200, {"code": "00000", "data": {"access_token": f"tok+{self.tokens_issued}/=", "expire": self.expire}})
+                out = (
+                    200,
+                    {"code": "00000", "data": {"access_token": f"tok+{self.tokens_issued}/=", "expire": self.expire}},
+                )
             elif path == TOKEN_PATH:
                 out = self.token_reply
             elif path == "/discover":
@@ -143,7 +147,9 @@ def test_duplicate_submission_is_a_replay(redis_client, code):
 def test_duplicate_submission_fills_the_id_from_the_code(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[SAVE] = [bip("100004", "重复提交")]
-    fake.replies[LIST] = [(200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})]
+    fake.replies[LIST] = [
+        (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
+    ]
     assert client.save(record(code="SO-1")) == SaveResult(id="77", code="SO-1", replayed=True)
 
 
@@ -151,7 +157,13 @@ def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[SAVE] = [bip("999", "单据编号[SO-1]已存在")]
     fake.replies[LIST] = [
-        (200, {"code": "200", "data": {"recordCount": 2, "recordList": [{"id": "5", "code": "SO-10"}, {"id": "9", "code": "SO-1"}]}})
+        (
+            200,
+            {
+                "code": "200",
+                "data": {"recordCount": 2, "recordList": [{"id": "5", "code": "SO-10"}, {"id": "9", "code": "SO-1"}]},
+            },
+        )
     ]
     assert client.save(record(code="SO-1")) == SaveResult(id="9", code="SO-1", replayed=True)
     assert json.loads(fake.calls(LIST)[0].body)["code"] == "SO-1"
@@ -424,7 +436,13 @@ def test_find_stops_on_a_server_that_ignores_page_index(redis_client):
 def test_find_by_code_matches_exactly(redis_client):
     client, fake = make_client(redis_client)
     fake.replies[LIST] = [
-        (200, {"code": "200", "data": {"recordCount": 2, "recordList": [{"id": "1", "code": "A1"}, {"id": "2", "code": "A"}]}})
+        (
+            200,
+            {
+                "code": "200",
+                "data": {"recordCount": 2, "recordList": [{"id": "1", "code": "A1"}, {"id": "2", "code": "A"}]},
+            },
+        )
     ]
     assert client.find_by_code("A") == [{"id": "2", "code": "A"}]
 
@@ -443,3 +461,29 @@ def test_a_token_cached_for_another_gateway_is_not_used(redis_client):
     fake2.replies[SAVE] = [saved()]
     other.save(record())
     assert fake2.tokens_issued == 1  # its own token, not the one issued by tok.test
+
+
+def test_detail_by_id_with_the_token_in_the_query(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "1234567890123456789", "code": "QTCK1",
+                                                          "othOutRecords": [{"product": "SKU-0001"}]}})]
+    assert client.detail("1234567890123456789")["othOutRecords"] == [{"product": "SKU-0001"}]
+    query = parse_qs(urlsplit(fake.calls(DETAIL)[0].url).query)
+    assert query["id"] == ["1234567890123456789"] and query["access_token"] == ["tok+1/="]
+    assert fake.calls(DETAIL)[0].method == "GET"
+
+
+def test_detail_of_a_missing_record_is_none_and_other_codes_are_typed_errors(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [bip("1002", "单据[9]不存在")]
+    assert client.detail("9") is None
+    fake.replies[DETAIL] = [bip("310008", "参数错误")]
+    with pytest.raises(InvalidRequestError) as refused:
+        client.detail("9")
+    assert refused.value.code == "310008"
+    fake.replies[DETAIL] = [bip("310504", "网关超时")]
+    with pytest.raises(APIConnectionError):
+        client.detail("9")
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
+    with pytest.raises(APIConnectionError):
+        client.detail("9")

@@ -6,7 +6,7 @@ import uuid
 
 from shared import breaker, metrics
 
-P = f"b{uuid.uuid4().hex[:8]}"
+P = f"tb{uuid.uuid4().hex[:8]}"
 
 
 def fields(redis_client) -> dict[str, str]:
@@ -14,16 +14,18 @@ def fields(redis_client) -> dict[str, str]:
 
 
 def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
-    assert breaker.trip(redis_client, P, "BIP authentication failed — check BIP_APP_SECRET", "bip") is True
+    assert breaker.trip(redis_client, P, "BIP authentication failed — check BIP_APP_SECRET", "bip",
+                        observer=metrics.BREAKER_OBSERVER) is True
     state = fields(redis_client)
     assert state["state"] == "open" and state["api"] == "bip" and "BIP authentication" in state["cause"]
     assert state["since"].endswith("+00:00")
-    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 1 and metrics.BREAKER_TRIPS.labels("bip")._value.get() >= 1
+    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 1
+    assert metrics.BREAKER_TRIPS.labels("bip")._value.get() >= 1
     since = state["since"]
     time.sleep(1.1)
     assert breaker.trip(redis_client, P, "again", "bip") is False  # still open: `since` is kept
     assert fields(redis_client)["since"] == since
-    assert breaker.close(redis_client, P, "bip") is True
+    assert breaker.close(redis_client, P, "bip", observer=metrics.BREAKER_OBSERVER) is True
     assert fields(redis_client)["state"] == "closed" and "cause" not in fields(redis_client)
     assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 0
     assert breaker.close(redis_client, P, "bip") is False

@@ -28,7 +28,8 @@ def problem(text: str, name: str = "mapping.toml") -> str:
 def test_demo_mapping_fits_the_sandbox_master_data():
     m = load_mapping(DEMO)
     assert (m.header.org, m.header.accountOrg, m.header.bustype) == ("ORG-EAST", "ORG-EAST", "A10001")
-    assert {k: v.warehouse for k, v in m.warehouses.items()} == {"WH-SH01": "SH01", "WH-BJ02": "BJ02", "WH-GZ03": "GZ03"}
+    warehouses = {k: v.warehouse for k, v in m.warehouses.items()}
+    assert warehouses == {"WH-SH01": "SH01", "WH-BJ02": "BJ02", "WH-GZ03": "GZ03"}
     assert (m.warehouses["WH-BJ02"].org, m.warehouses["WH-BJ02"].accountOrg) == ("ORG-NORTH", "ORG-NORTH")
     assert m.warehouses["WH-SH01"].org is None and m.warehouses["WH-GZ03"].accountOrg is None
     assert m.material.field == "spec_no" and m.material.codes == {} and m.material.sku_field is None
@@ -76,7 +77,8 @@ def test_fingerprint_changes_with_content():
 
 MISTAKES = [
     # (what, change to the demo file, substrings the message must contain)
-    ("missing header key", lambda t: t.replace('bustype = "A10001"\n', ""), ["mapping.toml: header.bustype: field required"]),
+    ("missing header key", lambda t: t.replace('bustype = "A10001"\n', ""),
+     ["mapping.toml: header.bustype: field required"]),
     ("typo in a key", lambda t: t.replace("bustype =", "bustyp ="),
      ["mapping.toml: header.bustyp: unknown key", '"A10001"', "did you mean bustype?"]),
     ("typo in a warehouse key", lambda t: t.replace('warehouse = "BJ02"', 'warehous = "BJ02"'),
@@ -100,13 +102,16 @@ MISTAKES = [
      ['mapping.toml: warehouses."WH-GZ03".warehouse:', "at most 64 characters", '"GGGG']),
     ("unit code as a number", lambda t: t.replace('"个" = "EA"', '"个" = 5'),
      ['mapping.toml: units.codes."个": input should be a valid string, got 5']),
-    ("no units at all", lambda t: t.replace('default = "PCS"\n', "").replace('"件" = "PCS"\n"箱" = "BOX"\n"个" = "EA"\n', ""),
+    ("no units at all",
+     lambda t: t.replace('default = "PCS"\n', "").replace('"件" = "PCS"\n"箱" = "BOX"\n"个" = "EA"\n', ""),
      ["mapping.toml: units: set units.default or at least one entry in [units.codes]"]),
     ("unmapped=default without default", lambda t: t.replace('default = "PCS"', 'unmapped = "default"'),
      ['mapping.toml: units: unmapped = "default" needs units.default']),
-    ("unknown memo placeholder", lambda t: t.replace('bustype = "A10001"', 'bustype = "A10001"\nmemo = "{order_no} {nope}"'),
+    ("unknown memo placeholder",
+     lambda t: t.replace('bustype = "A10001"', 'bustype = "A10001"\nmemo = "{order_no} {nope}"'),
      ["mapping.toml: header.memo: unknown placeholder {nope}", '"{order_no} {nope}"']),
-    ("memo with an unbalanced brace", lambda t: t.replace('bustype = "A10001"', 'bustype = "A10001"\nmemo = "{order_no"'),
+    ("memo with an unbalanced brace",
+     lambda t: t.replace('bustype = "A10001"', 'bustype = "A10001"\nmemo = "{order_no"'),
      ["mapping.toml: header.memo: not a valid template"]),
     ("warehouses as a string", lambda t: 'warehouses = "SH01"\n' + re.sub(r'(?s)\[warehouses\.".*?(?=# SKU)', "", t),
      ['mapping.toml: warehouses: input should be a valid dictionary, got "SH01"']),
@@ -192,7 +197,8 @@ def test_values_are_normalised():
 
 def test_defaults_when_optional_sections_are_absent():
     m = Mapping.model_validate(
-        {"header": {"org": "O", "accountOrg": "A", "bustype": "B"}, "warehouses": {"W": {"warehouse": "W1"}}, "units": {"default": "PCS"}}
+        {"header": {"org": "O", "accountOrg": "A", "bustype": "B"}, "warehouses": {"W": {"warehouse": "W1"}},
+         "units": {"default": "PCS"}}
     )
     assert m.material.field == "spec_no"
     assert m.filters.statuses == ["95", "110"] and m.filters.order_types == []

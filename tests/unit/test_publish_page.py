@@ -28,7 +28,8 @@ def test_publishes_only_new_eligible_stockouts_and_marks_them_queued(fake_redis)
     summary = PollSummary()
     publish_page(page, store=store, mapping=Filters(), publish=lambda raw, key: sent.append(key), summary=summary)
     assert sent == ["3"]
-    assert (summary.fetched, summary.published, summary.already_done, summary.already_queued, summary.filtered_out) == (5, 1, 1, 2, 1)
+    counts = (summary.fetched, summary.published, summary.already_done, summary.already_queued, summary.filtered_out)
+    assert counts == (5, 1, 1, 2, 1)
     assert store.states(["3"]) == {"3": "q"}
 
 
@@ -39,6 +40,7 @@ def test_a_failed_publish_leaves_nothing_marked(fake_redis):
         raise ConnectionError("broker down")
 
     with contextlib.suppress(ConnectionError):
-        publish_page([{"stockout_id": "9", "status": "95"}], store=store, mapping=Filters(), publish=broken, summary=PollSummary())
+        publish_page([{"stockout_id": "9", "status": "95"}], store=store, mapping=Filters(), publish=broken,
+                     summary=PollSummary())
     # not marked queued, so the next poll publishes it
     assert store.states(["9"]) == {"9": None}

@@ -13,7 +13,7 @@ from shared.errors import RateLimitError
 from shared.ratelimit import Adaptive, RateLimiter
 
 RATE = 20.0
-P = f"x{uuid.uuid4().hex[:8]}"  # this run's own keys
+P = f"tx{uuid.uuid4().hex[:8]}"  # this run's own keys
 
 
 def test_try_acquire_grants_the_burst_then_reports_the_wait(redis_client):

@@ -233,7 +233,9 @@ def test_code_not_sent_by_default(demo):
 
 
 def test_memo_template_and_truncation():
-    m = mapping_with(('bustype = "A10001"', 'bustype = "A10001"\nmemo = "WDT {order_no} {{{operator_name}}}: {remark}"'))
+    m = mapping_with(
+        ('bustype = "A10001"', 'bustype = "A10001"\nmemo = "WDT {order_no} {{{operator_name}}}: {remark}"')
+    )
     assert preview(wdt_stockout(), m)["memo"] == "WDT CK2026110100012 {张三}: 样品出库 给华北客户"
     raw = wdt_stockout()
     raw["remark"] = "备" * 300
@@ -393,10 +395,16 @@ def test_unknown_unit_and_no_default():
     m = mapping_with(('default = "PCS"\n', ""))
     raw = wdt_stockout()
     raw["details_list"][0]["goods_unit"] = "套"
-    with pytest.raises(MappingError, match=r"details_list\[0\]\.goods_unit '套' has no entry in \[units.codes\] of mapping.toml and \[units\] has no default"):
+    with pytest.raises(
+        MappingError,
+        match=r"details_list\[0\]\.goods_unit '套' has no entry in \[units.codes\] of mapping.toml"
+        r" and \[units\] has no default",
+    ):
         preview(raw, m)
     raw = wdt_stockout()  # line 1 has an empty unit
-    with pytest.raises(MappingError, match=r"details_list\[1\]\.goods_unit is empty and \[units\] has no default") as info:
+    with pytest.raises(
+        MappingError, match=r"details_list\[1\]\.goods_unit is empty and \[units\] has no default"
+    ) as info:
         preview(raw, m)
     assert info.value.mapping_entry == "units.default"
 
@@ -515,7 +523,7 @@ def test_a_line_picked_from_two_batches_becomes_two_bip_lines(demo):
         {"batch_no": "B2", "position_goods_count": "2.0000", "expire_date": "2027-03-31 00:00:00"},
     ]
     lines = preview(raw, demo)["othOutRecords"]
-    first = [l for l in lines if l["sourceautoid"] == raw["details_list"][0]["rec_id"]]
-    assert [(l["batchno"], l["qty"], l["invaliddate"]) for l in first] == [
+    first = [line for line in lines if line["sourceautoid"] == raw["details_list"][0]["rec_id"]]
+    assert [(line["batchno"], line["qty"], line["invaliddate"]) for line in first] == [
         ("B1", "1.0000", "2027-01-31"), ("B2", "2.0000", "2027-03-31")]
     assert len(lines) == len(raw["details_list"]) + 1

@@ -76,7 +76,9 @@ def ok(records=None, total=None, bare=False, **extra):
 
 
 def fail(code, message="", sub_code="", sub_message="", key="response"):
-    return 200, {key: {"flag": "failure", "code": code, "message": message, "sub_code": sub_code, "sub_message": sub_message}}
+    return 200, {
+        key: {"flag": "failure", "code": code, "message": message, "sub_code": sub_code, "sub_message": sub_message}
+    }
 
 
 # ---- the request ------------------------------------------------------------------------------
@@ -100,7 +102,10 @@ def test_posts_signed_form_with_timeout():
     [
         ok([{"stockout_id": "1"}], total=1),
         ok([{"stockout_id": "1"}], total=1, bare=True),
-        (200, {"response": {"errorcode": "0", "code": "", "total_count": "1", "stockout_list": [{"stockout_id": "1"}]}}),
+        (
+            200,
+            {"response": {"errorcode": "0", "code": "", "total_count": "1", "stockout_list": [{"stockout_id": "1"}]}},
+        ),
         (200, {"code": 0, "total_count": 1, "stockout_list": [{"stockout_id": "1"}]}),
     ],
 )
@@ -136,7 +141,11 @@ def test_missing_total_and_list():
         (fail("40", "Missing required arguments", "isv.missing-parameter:start_time"), InvalidRequestError, "40"),
         (fail("41", "Invalid arguments", "isv.invalid-parameter:page_size"), InvalidRequestError, "41"),
         (fail("15", "Remote service error", "isp.remote-service-error"), APIConnectionError, "15"),
-        (fail("", "Remote", "isp.top-remote-connection-timeout"), APIConnectionError, "isp.top-remote-connection-timeout"),
+        (
+            fail("", "Remote", "isp.top-remote-connection-timeout"),
+            APIConnectionError,
+            "isp.top-remote-connection-timeout",
+        ),
         (fail("9999", "something new"), InvalidRequestError, "9999"),
         (fail("25", "Invalid signature", "isv.invalid-signature", key="error_response"), AuthenticationError, "25"),
         ((200, {"response": {"flag": "failure", "message": "no code at all"}}), InvalidRequestError, ""),
@@ -201,7 +210,9 @@ def test_secret_echoed_by_the_server_is_scrubbed():
         (200, b'{"response": {"flag": "succ'),
         (200, b"<html>gateway</html>"),
         (200, b"[1, 2]"),
-        requests.ConnectionError("HTTPSConnectionPool(host='wdt.test'): Max retries exceeded with url: /router/qm?sign=ABC&app_secret=x"),
+        requests.ConnectionError(
+            "HTTPSConnectionPool(host='wdt.test'): Max retries exceeded with url: /router/qm?sign=ABC&app_secret=x"
+        ),
         requests.ReadTimeout("read timed out"),
         requests.ConnectTimeout("connect timed out"),
     ],
@@ -292,7 +303,9 @@ def test_pages_backwards_then_rereads_page_zero():
     assert pages[-1].rereads == 3 and pages[-1].stockouts == []
 
 
-@pytest.mark.parametrize("n, expected", [(0, [0]), (2, [0]), (3, [0]), (4, [0, 1, 0]), (6, [0, 1, 0]), (7, [0, 2, 1, 0])])
+@pytest.mark.parametrize(
+    "n, expected", [(0, [0]), (2, [0]), (3, [0]), (4, [0, 1, 0]), (6, [0, 1, 0]), (7, [0, 2, 1, 0])]
+)
 def test_page_plan_for_sizes(n, expected):
     fake = FakeWdt(n)
     client, _ = client_with(fake)
@@ -427,7 +440,7 @@ def test_slice_range_contiguous_and_legal():
     end = datetime(2024, 3, 15, 12, 0, 0, tzinfo=BEIJING)
     windows = slice_range(start, end, timedelta(days=45))
     assert windows[0][0] == start.replace(microsecond=0) and windows[-1][1] == end
-    for (a, b), (c, _) in itertools.pairwise(windows):
+    for (_, b), (c, _) in itertools.pairwise(windows):
         assert c == b + timedelta(seconds=1)
     for a, b in windows:
         assert a <= b and b - a <= timedelta(days=30)

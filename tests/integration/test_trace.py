@@ -1,0 +1,103 @@
+"""`stockout-sync trace`: one stockout in each state it can be in, asked by order number or id, through
+the real command against the sandbox, real Redis and a real worker."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from ops.processes import wait_until
+from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
+from shared.messages import publish_stockout
+from shared.runtime import runtime
+from shared.timeutil import now_beijing
+
+pytestmark = pytest.mark.integration
+
+
+def trace(env, name, *extra) -> tuple[int, dict | str]:
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "trace", name, *extra], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, (json.loads(done.stdout) if "--json" in extra else done.stdout + done.stderr)
+
+
+def eligible(sandbox, n=6, **kw):
+    now = now_beijing()
+    made = sandbox.generate(n, start=now - timedelta(hours=1), end=now - timedelta(minutes=1), **kw)
+    return [s for s in made if s["status"] in ("95", "110")]
+
+
+def test_never_seen_and_filtered_out(sandbox, service):
+    code, t = trace(service, "CK-NO-SUCH", "--json")
+    assert code == 1 and t["verdict"] == "never seen" and not t["wdt"]["found"]
+    code, text = trace(service, "CK-NO-SUCH")
+    assert code == 1 and "nothing knows CK-NO-SUCH" in text
+
+    now = now_beijing()
+    cancelled = next(s for s in sandbox.generate(40, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
+                     if s["status"] not in ("95", "110"))
+    code, t = trace(service, cancelled["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "filtered out" and t["stockout_id"] == cancelled["stockout_id"]
+    assert t["wdt"]["passes_filters"] is False and f"status {cancelled['status']}" in t["wdt"]["filter_reason"]
+
+
+def test_queued_then_in_flight_then_done_with_the_bip_record(sandbox, processes, redis_client):
+    stockout = eligible(sandbox)[0]
+    poll_once(runtime(), publish_stockout)  # no worker yet: the messages wait
+    code, t = trace(processes.env, stockout["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "queued" and t["mark"] == "queued"
+    assert t["wdt"]["status"] == stockout["status"] and t["wdt"]["modified"] == stockout["modified"]
+    assert t["wdt"]["passes_filters"] is True
+    [task] = t["tasks"]
+    assert task["state"] == "queued" and task["task_id"] and t["result_backend"] is None
+
+    # BIP slower than the read timeout: the worker holds the lock, times out, waits to retry, tries
+    # again… until the fault is lifted, so the stockout is in flight for as long as the test needs
+    sandbox.set_faults(bip={"latency_ms": 4000})
+    processes.env["MAX_ATTEMPTS"] = "30"
+    processes.worker(concurrency=1)
+    lock = f"t:lock:{stockout['stockout_id']}"
+    wait_until(lambda: redis_client.get(lock), 30, interval=0.05, message="a worker on the stockout")
+    holder = redis_client.get(lock).decode()
+    code, t = trace(processes.env, stockout["stockout_id"], "--json")  # by id this time
+    assert t["verdict"] == "in flight", t
+    assert t["order_no"] == stockout["order_no"], "the message names the order number, WDT the rest"
+    assert t["wdt"]["found"] and t["mark"] == "queued"
+    [task] = [x for x in t["tasks"] if x["task_id"] == holder]
+    assert task["state"].startswith(("running", "waiting to retry", "reserved")), task
+    sandbox.set_faults()
+
+    wait_until(lambda: runtime().store.done(stockout["stockout_id"]), 60, message="saved")
+    code, t = trace(processes.env, stockout["order_no"], "--json")
+    [record] = [r for r in sandbox.records() if r["data"]["defines!define1"] == stockout["stockout_id"]]
+    assert t["verdict"] == "done" and t["bip_id"] == record["id"] and t["lock_holder"] == ""
+    assert t["bip"]["id"] == record["id"] and len(t["bip"]["othOutRecords"]) == len(record["data"]["othOutRecords"])
+    code, text = trace(processes.env, stockout["stockout_id"])  # by id, done: the order number from BIP
+    assert code == 0 and "done" in text and record["id"] in text and stockout["order_no"] in text
+
+
+def test_dead_lettered_with_its_history(sandbox, processes, redis_client):
+    stockout = eligible(sandbox)[0]
+    sandbox.set_faults(bip={"http_502": 1.0})
+    processes.env["MAX_ATTEMPTS"] = "2"
+    processes.worker(concurrency=1)
+    letters = DeadLetterStore(redis_client, "t")
+    publish_stockout(stockout, stockout["stockout_id"])
+    wait_until(lambda: letters.get(stockout["stockout_id"]), 30, message="dead letter")
+    letters.requeue([stockout["stockout_id"]], publish_stockout)
+    wait_until(lambda: (letters.get(stockout["stockout_id"]) or letters.history(stockout["stockout_id"])).attempts == 4,
+               30, message="dead-lettered again")
+
+    code, t = trace(processes.env, stockout["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "dead-lettered" and t["stockout_id"] == stockout["stockout_id"]
+    letter = t["dead_letter"]
+    assert letter["attempts"] == 4 and letter["http_status"] == 502
+    assert [h["event"] for h in letter["history"]] == ["dead_lettered", "requeued", "dead_lettered"]
+    assert any(x["state"] == "failed (dead-lettered)" and x["task_id"] == letter["task_id"] for x in t["tasks"])
+    code, text = trace(processes.env, stockout["stockout_id"])
+    assert code == 0 and "dead-lettered" in text and "history (3)" in text and stockout["order_no"] in text

@@ -1,0 +1,92 @@
+"""The dead-letter store on a real Redis: history across requeues, expiry, personal data, the order index."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared.deadletters import PERSONAL_FIELDS, DeadLetter, DeadLetterStore
+from shared.mapping import MEMO_FIELDS
+
+RECEIVER = {"receiver_name": "张三", "receiver_mobile": "13800000000", "receiver_telno": "021-1234567",
+            "receiver_address": "上海市浦东新区xx路1号", "receiver_zip": "200000"}
+
+
+def letter(sid: str, *, at: str = "2026-11-29 10:00:00", attempts: int = 3, message: str = "boom", **raw) -> DeadLetter:
+    stockout = {"stockout_id": sid, "order_no": f"CK{sid}", "receiver_province": "上海", **raw}
+    return DeadLetter(stockout_id=sid, order_no=f"CK{sid}", stage="save", error_class="APIConnectionError",
+                      message=message, attempts=attempts, first_failed_at=at, last_failed_at=at, stockout=stockout)
+
+
+@pytest.fixture
+def store(redis_client):
+    return DeadLetterStore(redis_client, "t", ttl_s=3600, keep_personal_data=False)
+
+
+def entry(sid: str) -> bytes:
+    return f'{{"headers": {{"id": "dlq-{sid}"}}, "body": "{sid}"}}'.encode()
+
+
+def test_a_requeued_letter_that_fails_again_continues_its_history(store):
+    store.put(letter("1", at="2026-11-29 10:00:00", attempts=6, message="first"))
+    sent = []
+    assert store.requeue(["1"], lambda raw, key: sent.append(key)) == ["1"]
+    assert store.get("1") is None and store.history("1").history[-1].event == "requeued"
+    again = store.put(letter("1", at="2026-11-29 12:00:00", attempts=6, message="second"))
+    assert again.attempts == 12 and again.first_failed_at == "2026-11-29 10:00:00"
+    assert again.last_failed_at == "2026-11-29 12:00:00"
+    assert [(h.event, h.message) for h in again.history] == [
+        ("dead_lettered", "first"), ("requeued", ""), ("dead_lettered", "second")]
+    assert store.history("1") is None and store.get("1") == again
+
+
+def test_purge_forgets_the_history(store):
+    store.put(letter("1"))
+    store.requeue(["1"], lambda raw, key: None)
+    store.put(letter("1"))
+    assert store.purge(["1"]) == ["1"]
+    assert store.put(letter("1")).history[0].event == "dead_lettered" and len(store.get("1").history) == 1
+
+
+def test_receiver_data_is_dropped_unless_kept(store, redis_client):
+    assert not set(PERSONAL_FIELDS) & set(MEMO_FIELDS), "no mapping may read what a letter drops"
+    kept = store.put(letter("1", **RECEIVER))
+    assert not set(kept.stockout) & set(PERSONAL_FIELDS) and kept.stockout["receiver_province"] == "上海"
+    assert "13800000000" not in redis_client.get("t:dlq:1").decode()
+    keeping = DeadLetterStore(redis_client, "t", ttl_s=3600, keep_personal_data=True)
+    assert keeping.put(letter("2", **RECEIVER)).stockout["receiver_mobile"] == "13800000000"
+
+
+def test_an_order_number_names_its_letter_until_the_letter_goes(store):
+    store.put(letter("1"))
+    assert store.find_order("CK1") == "1" and store.find_order("CK9") is None
+    store.purge(["1"])
+    assert store.find_order("CK1") is None
+
+
+def test_claims_remove_exactly_their_copy_from_the_queue(store, redis_client):
+    for sid in ("1", "2", "3"):
+        store.put(letter(sid))
+        store.push_copy(sid, entry(sid))
+    store.push_copy("2", entry("2") + b" ")  # dead-lettered again: its copy is replaced, not added
+    assert store.queue_length() == 3
+    assert store.purge(["2"]) == ["2"]
+    assert redis_client.lrange("t:dead_letter", 0, -1) == [entry("3"), entry("1")]
+    store.requeue(store.ids(), lambda raw, key: None)
+    assert store.queue_length() == 0 and redis_client.hlen("t:dlq:entries") == 0
+
+
+def test_letters_expire_after_the_ttl_with_their_index_entries(store, redis_client):
+    for sid in ("1", "2"):
+        store.put(letter(sid))
+        store.push_copy(sid, entry(sid))
+    redis_client.zadd("t:dlq:index", {"1": time.time() - 3601})  # last failed over an hour ago
+    assert store.expire() == 1
+    assert store.ids() == ["2"] and store.get("1") is None and store.queue_length() == 1
+    assert store.find_order("CK1") is None and 0 < redis_client.ttl("t:dlq:2") <= 3600 + 86400
+
+
+def test_iter_all_reads_in_batches_oldest_first(store):
+    for i in range(450):
+        store.put(letter(str(i)))
+    assert [x.stockout_id for x in store.iter_all()] == [str(i) for i in range(450)]

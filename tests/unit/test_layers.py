@@ -1,0 +1,129 @@
+"""The layers, read from the source: shared/ is the ground, producer/ and worker/ stand on it side by
+side, ops/ (the CLI) is the only package above them. Every import statement counts, wherever it is
+(TYPE_CHECKING blocks too: an annotation is a dependency as well)."""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = ("shared", "producer", "worker", "ops", "sandbox", "bench", "tests")
+
+# Function-level imports of our own modules in shared/, producer/ and worker/ hide a dependency (or a
+# cycle) from the module's head. The only ones allowed, each with its reason:
+# (file, function, module) pairs allowed to import inside a function. None today: the metrics
+# exporter's import of shared.metrics went with the monkeypatching it served (the rate limiter now
+# reports to an observer).
+ALLOWED_LOCAL_IMPORTS: set[tuple[str, str, str]] = set()
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str  # relative to the repository, with forward slashes
+    line: int
+    module: str  # absolute dotted name
+    function: str | None  # the enclosing function, None at module level (classes and ifs included)
+
+    @property
+    def top(self) -> str:
+        return self.module.split(".")[0]
+
+    def __str__(self) -> str:
+        where = f" in {self.function}()" if self.function else ""
+        return f"{self.path}:{self.line}{where} imports {self.module}"
+
+
+def _package_of(path: Path) -> list[str]:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return parts if parts[-1] == "__init__" else parts[:-1]
+
+
+def _resolve(node: ast.ImportFrom, path: Path) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        package = _package_of(path)
+        package = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+        base = ".".join([*package, *([node.module] if node.module else [])])
+    if node.module is None:  # `from . import x`: x is a module of the package
+        return [f"{base}.{alias.name}" for alias in node.names]
+    return [base]
+
+
+def imports_of(path: Path, text: str | None = None) -> list[Import]:
+    source = path.read_text(encoding="utf-8") if text is None else text
+    tree = ast.parse(source, filename=str(path))
+    rel = path.relative_to(ROOT).as_posix()
+    found: list[Import] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend(Import(rel, child.lineno, alias.name, function) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                found.extend(Import(rel, child.lineno, module, function) for module in _resolve(child, path))
+            inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function
+            visit(child, inner)
+
+    visit(tree, None)
+    return [i for i in found if i.top in PROJECT]
+
+
+def sources(*packages: str) -> list[Path]:
+    return sorted(p for package in packages for p in (ROOT / package).rglob("*.py") if ".venv" not in p.parts)
+
+
+def all_imports(*packages: str) -> list[Import]:
+    return [i for path in sources(*packages) for i in imports_of(path)]
+
+
+def test_the_scan_sees_the_imports_it_judges():
+    # a test that reads nothing would pass whatever the code does
+    assert len(sources("shared")) >= 20 and len(sources("producer", "worker")) >= 5
+    modules = {i.module for i in all_imports("worker")}
+    assert {"shared.state", "worker.transform"} <= modules
+    assert {"shared.errors", "shared.ratelimit"} <= {i.module for i in all_imports("shared")}
+
+
+def test_shared_imports_only_shared():
+    wrong = [str(i) for i in all_imports("shared") if i.top != "shared"]
+    assert wrong == [], "shared/ is the ground layer:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize(("package", "other"), [("producer", "worker"), ("worker", "producer")])
+def test_producer_and_worker_never_import_each_other(package, other):
+    wrong = [str(i) for i in all_imports(package) if i.top == other]
+    assert wrong == [], f"{package}/ and {other}/ share only shared/:\n" + "\n".join(wrong)
+
+
+def test_only_ops_tests_and_bench_import_ops():
+    wrong = [str(i) for i in all_imports("shared", "producer", "worker", "sandbox") if i.top == "ops"]
+    assert wrong == [], "ops/ is the top layer:\n" + "\n".join(wrong)
+
+
+def test_no_function_level_imports_of_our_own_modules():
+    local = [i for i in all_imports("shared", "producer", "worker") if i.function is not None]
+    unexplained = [str(i) for i in local if (i.path, i.function, i.module) not in ALLOWED_LOCAL_IMPORTS]
+    assert unexplained == [], "import at the module's head (or explain the exception here):\n" + "\n".join(unexplained)
+    stale = ALLOWED_LOCAL_IMPORTS - {(i.path, i.function, i.module) for i in local}
+    assert not stale, f"allowed exceptions that no longer exist, remove them: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import worker.tasks", [("worker.tasks", None)]),
+        ("from producer.poll import x", [("producer.poll", None)]),
+        ("from . import paging", [("shared.wdt.paging", None)]),
+        ("from ..errors import X", [("shared.errors", None)]),
+        ("import json\ndef f():\n    from ops import render", [("ops", "f")]),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sandbox", [("sandbox", None)]),
+        ("class C:\n    def m(self):\n        import shared.state", [("shared.state", "m")]),
+    ],
+)
+def test_the_scan_reads_every_form_of_import(source, expected):
+    probe = ROOT / "shared" / "wdt" / "probe.py"  # never read: the source is given
+    assert [(i.module, i.function) for i in imports_of(probe, source)] == expected
