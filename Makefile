@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint lock clean
 
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The image's pinned dependencies (Dockerfile): after any change to pyproject's dependencies, then
+# commit requirements.lock. tests/unit/test_image.py fails while the two disagree.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
+		--generate-hashes -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

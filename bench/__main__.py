@@ -30,7 +30,9 @@ FIGURES = {
     "5": ("memory", "Redis bytes per stockout"),
     "6": ("freshness", "WDT → BIP p95"),
     "7": ("dlq", "dlq requeue --all at scale"),
-    "8": ("adaptive", "adaptive rate limit against unknown server limits"),
+    "8": ("backfill", "backfill memory and live freshness"),
+    "9": ("lookback", "WDT calls per poll"),
+    "10": ("adaptive", "adaptive rate limit against unknown server limits"),
 }
 
 

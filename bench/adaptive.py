@@ -1,4 +1,4 @@
-"""Figure 8: the adaptive rate limit. The sandbox silently allows R calls in any second (a sliding
+"""Figure 10: the adaptive rate limit. The sandbox silently allows R calls in any second (a sliding
 window, answering 310046 / 1012 beyond it); the service keeps its default ceilings (BIP 20/s, WDT
 60 a minute, 1200 for R=3) and must learn R: achieved ≥ 0.85 × R, refusals ≤ 5 % of calls, no dead letter."""
 from __future__ import annotations
@@ -79,9 +79,10 @@ def rows_for(what: str, limit: float, achieved: float, refused: int, calls: int,
     ratio = achieved / limit
     share = refused / calls if calls else 0.0
     return [
-        Row(f"8. adaptive: {what}, achieved ÷ R", ratio, f"≥ {ACHIEVED}", ratio >= ACHIEVED,
+        Row(f"10. adaptive: {what}, achieved ÷ R", ratio, f"≥ {ACHIEVED}", ratio >= ACHIEVED,
             f"{achieved:.2f} calls/s accepted; {detail}"),
-        Row(f"8. adaptive: {what}, refused ÷ calls", share, f"≤ {REFUSED:.0%}", share <= REFUSED,
+        Row(f"10. adaptive: {what}, refused ÷ calls", share, f"≤ {REFUSED:.0%}", share <= REFUSED,
             f"{refused} of {calls} calls refused", fmt="{:.1%}"),
-        Row(f"8. adaptive: {what}, dead letters", dead, "= 0", dead == 0, "rate-limit replies are waits", fmt="{:.0f}"),
+        Row(f"10. adaptive: {what}, dead letters", dead, "= 0", dead == 0, "rate-limit replies are waits",
+            fmt="{:.0f}"),
     ]

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,11 +63,13 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIG
         pass
 
 
-def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 60.0,
+def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 120.0,
                       proc: subprocess.Popen | None = None,
-                      ca_certs: str = "") -> None:
-    """Until a worker has declared its queue binding in the broker (it is then consuming)."""
-    client = connect(redis_url, ca_certs)
+                      ca_certs: str = "", master: str = "") -> None:
+    """Until a worker has declared its queue binding in the broker (it is then consuming).
+
+    A process that exits ends the wait at once, so the long default only matters on a busy machine."""
+    client = connect(redis_url, ca_certs, master=master)
     deadline = time.monotonic() + timeout
     key = f"{prefix}:_kombu.binding.{queue}"
     try:
@@ -82,15 +84,40 @@ def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float
     raise TimeoutError(f"no consumer on {queue} after {timeout} s")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.2, message: str = "condition") -> T:
-    """Poll `predicate` until it returns something true (which is returned) or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float | None = None,
+    interval: float = 0.2,
+    message: str = "condition",
+    *,
+    progress: Callable[[], Hashable] | None = None,
+    stall: float = 30.0,
+) -> T:
+    """Poll `predicate` until it returns something true (which is returned).
+
+    Without `progress`: give up after `timeout` s (default 60). With `progress` (a measure of the work:
+    saves, calls, queue lengths…): wait as long as its value keeps changing, give up after `stall` s
+    without a change, or after `timeout` s in all (default 600) — see docs/design.md, "Waiting in tests"."""
+    started = time.monotonic()
+    cap = timeout if timeout is not None else (600.0 if progress else 60.0)
+    last = progress() if progress else None
+    moved = started
+    while True:
         value = predicate()
         if value:
             return value
+        now = time.monotonic()
+        if progress is not None:
+            seen = progress()
+            if seen != last:
+                last, moved = seen, now
+            elif now - moved >= stall:
+                raise TimeoutError(f"no progress for {stall:g} s (after {now - started:.0f} s) waiting for "
+                                   f"{message}; last progress: {last!r}")
+        if now - started >= cap:
+            detail = f"; last progress: {last!r}" if progress else ""
+            raise TimeoutError(f"timed out after {cap:g} s waiting for {message}{detail}")
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {message}")
 
 
 def delete_prefix(url: str, prefix: str, ca_certs: str = "") -> None:

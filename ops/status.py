@@ -1,15 +1,10 @@
-"""`stockout-sync status`: what an operator on call needs to know, read from Redis and the workers.
-
-Every number is one cheap read (a GET, an LLEN, an HLEN, one broadcast to the workers), so the
-command can run every few seconds as a health check; nothing here scans the keyspace, whose
-millions of done marks would make a SCAN slow and costly for the Redis everyone shares.
-
-`problems` lists what needs attention; the command exits non-zero when it is not empty.
-"""
+"""`stockout-sync status`: what an operator on call needs to know, read from Redis and the workers in
+cheap reads only; `problems` non-empty means exit 1 (docs/design.md, "Status")."""
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -17,10 +12,13 @@ from typing import TYPE_CHECKING, Literal
 import redis
 from pydantic import BaseModel, Field
 
+from producer.jobs import Job, JobStore, eta_s
 from shared import breaker
-from shared.celery_app import DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.backlog import PRIORITY_SUFFIXES, backlog
+from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.ratelimit import RateLimiter
+from shared.reconcile_reports import last_report
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -29,8 +27,8 @@ if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics,
     from shared.state import StateStore
 
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-QUEUES = (STOCKOUT_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
+_PRIORITY_SUFFIXES = PRIORITY_SUFFIXES
+QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 Role = Literal["worker", "beat"]
 
 
@@ -73,6 +71,14 @@ class BreakerState(BaseModel):
     scopes: list[dict[str, str]] = Field(default_factory=list)  # every open scope: api, state, cause, since
 
 
+class BackfillView(BaseModel):
+    """A backfill job as `status` and `backfill show` print it."""
+
+    job: Job
+    progress: float
+    eta_s: float | None = None
+
+
 class Status(BaseModel):
     now: str
     cursor: str | None = None
@@ -89,6 +95,10 @@ class Status(BaseModel):
     rate_limits: list[LimiterState] = Field(default_factory=list)
     breaker: BreakerState = Field(default_factory=BreakerState)
     workers: list[Worker] | None = None  # None: the broadcast itself failed
+    backlog: int = 0  # stockout messages in Redis (both queues + unacked): what backpressure goes by
+    high_water: int = 0
+    backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
+    last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     problems: list[str] = Field(default_factory=list)
 
 
@@ -99,13 +109,33 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     _cursor(status, rt.store, now)
     status.queues = queue_depths(r, p)
     status.in_flight = int(r.hlen(f"{p}:unacked"))
+    status.backlog, status.high_water = backlog(r, p), s.high_water
+    status.backfills = [v for v in backfill_views(rt) if not v.job.finished]
     status.synced = saved_count(r, p)
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
     status.breaker = breaker_state(r, p)
+    status.last_reconcile = last_report(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status
+
+
+def backfill_views(rt: Runtime, jobs: list[Job] | None = None) -> list[BackfillView]:
+    """Jobs with their progress and ETA (from the drain rate measured since each one began)."""
+    r, p = rt.redis, rt.settings.redis_prefix
+    jobs = JobStore(r, p).all() if jobs is None else jobs
+    synced, waiting = saved_count(r, p), backlog(r, p)
+    now = time.time()
+    return [
+        BackfillView(job=j, progress=round(j.progress(), 4),
+                     eta_s=_round(eta_s(j, synced_now=synced, waiting=waiting, now_epoch=now)))
+        for j in jobs
+    ]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _cursor(status: Status, store: StateStore, now: datetime) -> None:

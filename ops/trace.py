@@ -1,9 +1,5 @@
 """Where is stockout X: everything WDT, our Redis state, the queues and BIP know about one stockout.
-
-Celery keeps no results here (task_ignore_result: no result backend), so a task is known while its
-message is in Redis: waiting on `stockouts`, delivered to a worker (`unacked`), or holding the
-stockout's lock; afterwards the done mark or the dead letter tells its end (Flower has the rest).
-"""
+How a task is known without a result backend: docs/design.md, "Trace"."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,6 @@
-"""One poll: read WDT window by window, publish one message per new stockout, then move the cursor.
-
-The cursor is committed only when a whole slice has been published (`close_slice`): a poll that
-dies half-way re-reads that slice next time, and the Redis state makes the re-read publish nothing
-that was already queued or done.
-"""
+"""One poll: read the new slices of the window, publish one message per new stockout, move the cursor
+only past a slice published whole; check the lookback's counts when due; then give the backfill jobs
+the rest of the poll's budget (docs/design.md, "The poll and the cursor")."""
 from __future__ import annotations
 
 import logging
@@ -15,15 +12,20 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from producer.backfill import Gate, SliceRead, advance
+from producer.jobs import JobStore
+from producer.window import Segment, Window, runs, slices_for
 from shared import breaker, metrics
+from shared.backlog import live_backlog
 from shared.errors import StockoutSyncError
 from shared.retry import call_with_retries, in_process_policy
 from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
-from shared.wdt.paging import WdtPage, slice_range
+from shared.wdt.paging import WdtPage
 
 if TYPE_CHECKING:
     from shared.mapping import Mapping
+    from shared.messages import Publisher
     from shared.runtime import Runtime
     from shared.settings import Settings
     from shared.wdt.client import WdtClient
@@ -49,6 +51,9 @@ class PollSummary(BaseModel):
     already_queued: int = 0
     filtered_out: int = 0
     cursor: str = ""
+    lookback_probes: int = 0  # WDT calls comparing the lookback's counts
+    lookback_rereads: int = 0  # slices read again because their count changed
+    backfill_slices: int = 0  # backfill slices committed by this poll
     skipped: str = ""
     duration_s: float = 0.0
 
@@ -56,9 +61,12 @@ class PollSummary(BaseModel):
         if self.skipped:
             return f"poll skipped: {self.skipped}"
         return (
-            f"poll {self.window_start} → {self.window_end}: fetched {self.fetched}, published {self.published}, "
+            f"poll {self.window_start} → {self.window_end} (Beijing): "
+            f"fetched {self.fetched}, published {self.published}, "
             f"already done {self.already_done}, already queued {self.already_queued}, "
-            f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s)"
+            f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s); lookback "
+            f"{self.lookback_probes} probes, {self.lookback_rereads} slices re-read; "
+            f"{self.backfill_slices} backfill slices"
         )
 
 
@@ -99,12 +107,6 @@ def publish_page(
     metrics.count_page(before, summary)
 
 
-def slices_for(start: datetime, end: datetime, slice_days: float) -> list[tuple[datetime, datetime]]:
-    if end <= start:
-        return []
-    return slice_range(start, end, timedelta(days=slice_days))
-
-
 # What WDT returns when the query names no status (已发货, 已完成).
 WDT_DEFAULT_STATUSES = frozenset({"95", "110"})
 
@@ -119,15 +121,17 @@ def status_queries(mapping: Mapping | None) -> list[dict]:
 
 
 def read_slice(
-    wdt: WdtClient, start: datetime, end: datetime, *, on_page: Callable[[list[dict]], None], settings: Settings,
-    sleep: Callable[[float], None] = time.sleep, keepalive: Callable[[], None] = lambda: None,
-    mapping: Mapping | None = None, on_pause: Callable[[StockoutSyncError], None] | None = None,
-) -> int:
+    wdt: WdtClient, start: datetime, end: datetime, *, on_page: Callable[[WdtPage], bool | None],
+    settings: Settings, sleep: Callable[[float], None] = time.sleep, keepalive: Callable[[], None] = lambda: None,
+    mapping: Mapping | None = None, reread_first: bool = True,
+    on_pause: Callable[[StockoutSyncError], None] | None = None,
+) -> tuple[int, int]:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
     When a page still fails after its attempts the slice fails, and the caller leaves the cursor
-    where it was; a configuration error (`on_pause`: the breaker) fails it at once. Returns the
-    number of pages read.
+    where it was; a configuration error (`on_pause`: the breaker) fails it at once. `on_page`
+    returning False stops the slice (nothing more is read). Returns the pages
+    read and the slice's count: WDT's `total_count` on each query's first page (else what came).
     """
 
     def fetch(call: Callable[[], WdtPage]) -> WdtPage:
@@ -136,16 +140,52 @@ def read_slice(
             what=f"WDT page of {format_wire(start)} → {format_wire(end)}",
         )
 
-    pages = 0
+    pages = count = 0
     for query in status_queries(mapping):
-        for page in wdt.iter_pages(start, end, fetch=fetch, **query):
-            on_page(page.stockouts)
+        seen = 0
+        total: int | None = None
+        for page in wdt.iter_pages(start, end, fetch=fetch, reread_first=reread_first, **query):
+            if total is None and page.total_count is not None:
+                total = page.total_count
             pages += 1
-    return pages
+            seen += page.raw_count
+            if on_page(page) is False:
+                return pages, count + (total if total is not None else seen)
+        count += total if total is not None else seen
+    return pages, count
 
 
-def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None) -> PollSummary:
-    """The beat's poll: one at a time (Redis lock), from the cursor minus the lookback to now minus the settle delay."""
+def probe(
+    wdt: WdtClient, start: datetime, end: datetime, *, mapping: Mapping | None = None,
+    keepalive: Callable[[], None] = lambda: None,
+) -> int:
+    """How many stockouts WDT counts in [start, end] now: one call per status query (a page of one)."""
+    total = 0
+    for query in status_queries(mapping):
+        keepalive()
+        page = wdt.query_page(start, end, 0, 1, **query)
+        total += page.total_count if page.total_count is not None else len(page.stockouts)
+    return total
+
+
+class OnQueue:
+    """A publisher bound to one queue (`publish.many` kept, so a page is still one LPUSH)."""
+
+    def __init__(self, publisher: Publisher, queue: str) -> None:
+        self.publisher, self.queue = publisher, queue
+
+    def __call__(self, raw: dict, key: str) -> None:
+        self.publisher(raw, key, queue=self.queue)
+
+    def many(self, items: Iterable[tuple[dict, str]]) -> None:
+        self.publisher.many(items, queue=self.queue)
+
+
+def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, backfill_publish: Publish | None = None,
+              backfill_budget_s: float = 0.0) -> PollSummary:
+    """The beat's poll, one at a time (Redis lock): the new slices from the cursor to now − settle, the
+    lookback's counts when due (re-reading only slices whose count changed), then backfill jobs for
+    at most `backfill_budget_s`."""
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     now = now or now_beijing()
@@ -157,18 +197,15 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None) -> 
         log.info(summary.line(), extra={"stage": "poll", "outcome": "skipped"})
         return summary
     try:
-        since = store.cursor() or initial_since(settings, now)
-        start = since - timedelta(seconds=settings.lookback_s)
-        end = now - timedelta(seconds=settings.settle_s)
-        summary.window_start, summary.window_end = format_wire(start), format_wire(end)
+        window = Window(rt.redis, store, settings, initial_since(settings, now))
         mapping = rt.mapping
 
         def keepalive() -> None:
             if not store.renew_poll_lock(token, settings.poll_lock_ttl_s):
                 raise RuntimeError("the poll lock expired while paging; stopping so two polls never overlap")
 
-        def on_page(stockouts: list[dict]) -> None:
-            publish_page(stockouts, store=store, mapping=mapping, publish=publish, summary=summary)
+        def on_page(page: WdtPage) -> None:
+            publish_page(page.stockouts, store=store, mapping=mapping, publish=publish, summary=summary)
             summary.pages += 1
             keepalive()
 
@@ -176,15 +213,35 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None) -> 
             breaker.trip(rt.redis, settings.redis_prefix, str(error), error.api or "wdt",
                          probe_interval_s=settings.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
 
-        for s, e in slices_for(start, end, settings.slice_days):
-            read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive, mapping=mapping,
-                       on_pause=on_pause)
-            store.advance_cursor(e)  # close_slice: every page of [s, e] is published
-            summary.slices += 1
+        def read(s: datetime, e: datetime, *, reread_first: bool) -> int:
+            _, count = read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive,
+                                  mapping=mapping, reread_first=reread_first, on_pause=on_pause)
+            return count
+
+        with metrics.wdt_purpose("poll"):
+            for s, e in window.live_slices(now):
+                if not summary.window_start:
+                    summary.window_start = format_wire(s)
+                summary.window_end = format_wire(e)
+                _wait_for_live_room(rt, settings, keepalive)
+                # No closing re-read of page 0: a stockout a shift hid from this read changes the
+                # slice's count, and the lookback check below re-reads the slice for it.
+                window.close_slice(s, e, read(s, e, reread_first=False))
+                summary.slices += 1
+        if window.check_due(now):
+            with metrics.wdt_purpose("lookback"):
+                check_lookback(window, lambda s, e: probe(rt.wdt, s, e, mapping=mapping,
+                                                          keepalive=keepalive),
+                               lambda s, e: read(s, e, reread_first=True), summary)
+            window.checked(now)
+        summary.cursor = format_wire(window.cursor() or now)
         # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
         if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
             breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
-        summary.cursor = format_wire(store.cursor() or since)
+        if backfill_publish is not None and backfill_budget_s > 0:
+            with metrics.wdt_purpose("backfill"):
+                summary.backfill_slices = run_backfills(rt, backfill_publish, mapping=mapping, keepalive=keepalive,
+                                                        deadline=time.monotonic() + backfill_budget_s)
     except BaseException:
         metrics.observe_poll("failed", time.monotonic() - started)
         raise
@@ -197,31 +254,95 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None) -> 
     return summary
 
 
-def backfill(
-    rt: Runtime, publish: Publish, since: datetime, until: datetime, *,
-    on_progress: Callable[[PollSummary], None] | None = None, on_slice: Callable[[datetime], None] | None = None,
-) -> PollSummary:
-    """Publish a past range. Shares the de-duplication with the beat's polls, so it is safe beside
-    them, but takes no poll lock and never moves the cursor."""
+def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:
+    """Between slices of a long catch-up: wait while the live queue alone is over the high-water mark."""
+    prefix = settings.redis_prefix
+    if live_backlog(rt.redis, prefix) < settings.high_water:
+        return
+    while live_backlog(rt.redis, prefix) >= settings.low_water:
+        keepalive()
+        time.sleep(0.5)
+
+
+def check_lookback(window: Window, probe_count: Callable[[datetime, datetime], int],
+                   reread: Callable[[datetime, datetime], int], summary: PollSummary) -> None:
+    """Compare WDT's count of the lookback with the ledger's, and where they differ halve the range
+    until the slices that changed are found; only those are read again. Costs one call when nothing
+    changed, about log2(slices) + a slice's pages for each change."""
+
+    def check(segments: list[Segment], total: int) -> None:
+        if total == sum(seg.count for seg in segments):
+            return
+        if len(segments) == 1:
+            seg = segments[0]
+            summary.lookback_rereads += 1
+            window.recount(seg, reread(seg.start, seg.end))
+            return
+        mid = len(segments) // 2
+        left = probe_count(segments[0].start, segments[mid - 1].end)
+        summary.lookback_probes += 1
+        check(segments[:mid], left)
+        check(segments[mid:], total - left)
+
+    for run in runs(window.watched()):
+        summary.lookback_probes += 1
+        check(run, probe_count(run[0].start, run[-1].end))
+
+
+def run_backfills(
+    rt: Runtime, publish: Publish, *, mapping: Mapping, keepalive: Callable[[], None], deadline: float,
+) -> int:
+    """Advance the backfill jobs until `deadline`, each slice sized to the room the backlog leaves."""
+    settings = rt.settings
+    jobs = JobStore(rt.redis, settings.redis_prefix)
+    gate = Gate(rt.redis, settings.redis_prefix, settings.high_water, settings.low_water)
+    page_size = settings.wdt_page_size
+
+    def read(start: datetime, end: datetime, budget: int) -> SliceRead | None:
+        got = PollSummary()
+        first = True
+
+        def on_page(page: WdtPage) -> bool:
+            nonlocal first
+            # A slice that holds more than the room left is cut shorter before anything is published.
+            if first and page.total_count is not None and page.total_count > budget and end > start:
+                return False
+            first = False
+            publish_page(page.stockouts, store=rt.store, mapping=mapping, publish=publish, summary=got)
+            got.pages += 1
+            keepalive()
+            return True
+
+        pages, total = read_slice(rt.wdt, start, end, on_page=on_page, settings=settings, keepalive=keepalive,
+                                  mapping=mapping)
+        if first and pages and total > budget and end > start:
+            return None
+        return SliceRead(pages=pages, total=total, **got.model_dump(
+            include={"fetched", "published", "already_done", "already_queued", "filtered_out"}))
+
+    return advance(jobs, gate, read, deadline=deadline, keepalive=keepalive, min_budget=page_size,
+                   max_budget=max(page_size, settings.high_water - settings.low_water),
+                   max_span_s=int(settings.slice_days * 86400))
+
+
+def backfill(rt: Runtime, publish: Publish, since: datetime, until: datetime) -> PollSummary:
+    """Walk a past range in this process, at once and without backpressure: the producer's own speed
+    (bench figure 4). Operators use backfill jobs (`run_backfills`) instead."""
     started = time.monotonic()
     summary = PollSummary(
         started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)
     )
     mapping = rt.mapping
 
-    def on_page(stockouts: list[dict]) -> None:
-        publish_page(stockouts, store=rt.store, mapping=mapping, publish=publish, summary=summary)
+    def on_page(page: WdtPage) -> None:
+        publish_page(page.stockouts, store=rt.store, mapping=mapping, publish=publish, summary=summary)
         summary.pages += 1
-        if on_progress:
-            on_progress(summary)
 
-    for s, e in slices_for(since, until, rt.settings.slice_days):
-        read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings, mapping=mapping)
-        summary.slices += 1
-        if on_slice:
-            on_slice(e)
+    with metrics.wdt_purpose("backfill"):
+        for s, e in slices_for(since, until, timedelta(days=rt.settings.slice_days)):
+            read_slice(rt.wdt, s, e, on_page=on_page, settings=rt.settings, mapping=mapping)
+            summary.slices += 1
     summary.duration_s = round(time.monotonic() - started, 3)
-    log.info("backfill: " + summary.line())
     return summary
 
 

@@ -47,6 +47,8 @@ _HEADER_REFS = (("org", "org", "库存组织"), ("accountOrg", "org", "会计主
                 ("bustype", "bustype", "交易类型"), ("warehouse", "warehouse", "仓库"))
 _LIST_FIELDS = ("id", "code", "vouchdate", "org", "accountOrg", "warehouse", "bustype", "defines!define1",
                 "memo", "srcBillType", "status", "pubts")
+# what a tenant's list may be cut down to (docs/apis.md: "rows may carry only a few fields")
+_FEW_FIELDS = ("id", "code", "vouchdate", "warehouse", "status")
 
 
 def bip_reply(code: str, message: str, data: Any = None) -> Reply:
@@ -86,7 +88,19 @@ class BipApi:
         self._base_url = base_url
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token → monotonic expiry
+        self.set_list_mode(config.bip_list_ignores_filters, config.bip_list_omits_fields)
         self.clear()
+
+    def set_list_mode(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
+        """How `othoutrecord/list` behaves, as a real tenant's may (docs/apis.md, [I]):
+        `ignore_filters` honours only pageIndex, pageSize and code (simpleVOs are dropped);
+        `omit_fields` gives rows of id, code, vouchdate, warehouse and status only. None = unchanged."""
+        with self._lock:
+            if ignore_filters is not None:
+                self.list_ignores_filters = bool(ignore_filters)
+            if omit_fields is not None:
+                self.list_omits_fields = bool(omit_fields)
+            return {"ignore_filters": self.list_ignores_filters, "omit_fields": self.list_omits_fields}
 
     def clear(self) -> None:
         """Forget every record and resubmitCheckKey; issued tokens stay valid, as a client's
@@ -246,12 +260,14 @@ class BipApi:
             body = _json_object(request)
             page_index = _page_number(body, "pageIndex", 1, 1, None)
             page_size = _page_number(body, "pageSize", 10, 1, MAX_PAGE_SIZE)
-            wanted = _filters(body)
+            wanted = _filters(body, only_code=self.list_ignores_filters)
         except Invalid as e:
             return bip_reply(e.code, e.message)
         with self._lock:
             rows = [_list_row(r) for r in self._records.values()]
         rows = [row for row in rows if all(test(row) for test in wanted)]
+        if self.list_omits_fields:
+            rows = [{name: row[name] for name in _FEW_FIELDS} for row in rows]
         first = (page_index - 1) * page_size
         return ok({
             "pageIndex": page_index,
@@ -263,7 +279,9 @@ class BipApi:
 
     def detail(self, request: Request) -> Reply:
         self.counters.inc("bip_detail_calls")
-        refused = self._gate(request, limited=False)
+        if self.faults.roll("bip", "detail_http_502"):
+            return html_reply(502, "Bad Gateway")
+        refused = self._gate(request, limited=True)
         if refused is not None:
             return refused
         record_id = request.query.get("id", "")
@@ -461,7 +479,7 @@ _OPS: dict[str, Callable[[Any, Any, Any], bool]] = {
 }
 
 
-def _filters(body: dict[str, Any]) -> list[Callable[[dict[str, Any]], bool]]:
+def _filters(body: dict[str, Any], *, only_code: bool = False) -> list[Callable[[dict[str, Any]], bool]]:
     tests: list[Callable[[dict[str, Any]], bool]] = []
     if body.get("code"):
         code = str(body["code"])
@@ -469,6 +487,8 @@ def _filters(body: dict[str, Any]) -> list[Callable[[dict[str, Any]], bool]]:
     conditions = body.get("simpleVOs") or []
     if not isinstance(conditions, list):
         raise Invalid("参数错误: simpleVOs应为数组", "310008")
+    if only_code:  # a tenant whose list drops what it cannot filter on, silently
+        return tests
     for condition in conditions:
         tests.append(_condition(condition))
     return tests

@@ -200,7 +200,8 @@ class RateLimit:
 
 # probability kinds per side; `latency_ms` and `slow_s` are amounts, not probabilities
 FAULT_KINDS = {
-    "bip": ("http_502", "code_310504", "rate_limit", "slow_stored"),
+    # detail_http_502: only the detail endpoint fails (reconcile's proof of presence)
+    "bip": ("http_502", "code_310504", "rate_limit", "slow_stored", "detail_http_502"),
     "wdt": ("http_500", "rate_limit", "malformed_json", "slow"),
 }
 AMOUNT_KEYS = ("latency_ms", "slow_s")

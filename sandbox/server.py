@@ -50,6 +50,8 @@ class SandboxConfig(BaseModel):
     bip_rate_per_s: float | None = None
     rate_window_s: float | None = None  # None: token buckets; else sliding windows of this many seconds
     bip_latency_ms: float = 0
+    bip_list_ignores_filters: bool = False  # othoutrecord/list honours only pageIndex, pageSize, code
+    bip_list_omits_fields: bool = False  # its rows carry only id, code, vouchdate, warehouse, status
     wdt_latency_ms: float = 0
     fault_seed: int = 0
     data_seed: int = 42
@@ -229,6 +231,10 @@ class Sandbox(_Addresses):
     def revoke_tokens(self) -> None:
         self.bip.revoke()
 
+    def set_bip_list(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
+        """Switch BIP's list between honouring simpleVOs or not, and full or cut-down rows."""
+        return self.bip.set_list_mode(ignore_filters, omit_fields)
+
     # ---- faults, limits, counters
 
     def set_faults(self, bip: dict[str, float] | None = None, wdt: dict[str, float] | None = None) -> None:
@@ -260,6 +266,7 @@ class Sandbox(_Addresses):
         self._counters.reset()
         self._faults.set()
         self._default_rate_limits()
+        self.bip.set_list_mode(self.config.bip_list_ignores_filters, self.config.bip_list_omits_fields)
         with self._lock:
             self._bad_reasons.clear()
 
@@ -301,6 +308,12 @@ def _control_routes(sb: Sandbox) -> dict[tuple[str, str], Callable[[dict[str, An
         sb.set_rate_limits(bip_per_s=b.get("bip_per_s"), wdt_per_min=b.get("wdt_per_min"), window_s=b.get("window_s"))
         return {"ok": True}
 
+    def bip_list(b: dict[str, Any]) -> dict[str, Any]:
+        for name in ("ignore_filters", "omit_fields"):
+            if b.get(name) is not None and not isinstance(b[name], bool):
+                raise ValueError(f"{name} must be true, false or null, got {b[name]!r}")
+        return {"list": sb.set_bip_list(b.get("ignore_filters"), b.get("omit_fields"))}
+
     def run(action: Callable[[], object]) -> Callable[[dict[str, Any]], dict[str, Any]]:
         return lambda _b: (action(), {"ok": True})[1]
 
@@ -316,8 +329,10 @@ def _control_routes(sb: Sandbox) -> dict[tuple[str, str], Callable[[dict[str, An
         ("POST", f"{p}faults"): faults,
         ("GET", f"{p}faults"): lambda _b: {"faults": sb.faults()},
         ("POST", f"{p}revoke"): run(sb.revoke_tokens),
+        ("POST", f"{p}bip-list"): bip_list,
         ("POST", f"{p}rate-limits"): rate_limits,
         ("POST", f"{p}reset"): run(sb.reset),
+        ("GET", f"{p}statuses"): lambda _b: {"statuses": sb.wdt.statuses()},
         ("GET", f"{p}bad"): lambda _b: {"bad_ids": sorted(sb.bad_ids), "bad_reasons": sb.bad_reasons},
         ("GET", f"{p}config"): lambda _b: sb.config.model_dump(),
         ("GET", f"{p}env"): lambda _b: sb.env(),
@@ -492,12 +507,19 @@ class SandboxControl(_Addresses):
     def revoke_tokens(self) -> None:
         self._call("POST", "revoke")
 
+    def set_bip_list(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
+        return self._call("POST", "bip-list", {"ignore_filters": ignore_filters, "omit_fields": omit_fields})["list"]
+
     def set_rate_limits(self, bip_per_s: float | None = None, wdt_per_min: float | None = None,
                         window_s: float | None = None) -> None:
         self._call("POST", "rate-limits", {"bip_per_s": bip_per_s, "wdt_per_min": wdt_per_min, "window_s": window_s})
 
     def reset(self) -> None:
         self._call("POST", "reset")
+
+    def statuses(self) -> dict[str, str]:
+        """stockout_id → WDT status of every stockout the sandbox holds (a sandbox started with --stockouts)."""
+        return self._call("GET", "statuses")["statuses"]
 
     @property
     def bad_ids(self) -> set[str]:

@@ -116,6 +116,11 @@ class WdtApi:
             self._ordered = None
         return copy.deepcopy(raw)
 
+    def statuses(self) -> dict[str, str]:
+        """Every stockout's id and status: what a caller needs to know which ones a sync must save."""
+        with self._lock:
+            return {str(raw["stockout_id"]): str(raw.get("status", "")) for _, raw in self._stockouts.values()}
+
     def clear(self) -> None:
         with self._lock:
             self._stockouts.clear()

@@ -1,8 +1,7 @@
-"""The one Celery app and all of its configuration.
-
-Queues: `stockouts` (one message per stockout, consumed by `stockout-sync worker`), `producer` (the
-poll, consumed by the process `stockout-sync beat` runs so a poll never waits behind thousands of
-saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do list).
+"""The one Celery app and all of its configuration. Queues: `stockouts` (one message per stockout,
+for `stockout-sync worker`), `stockouts.backfill` (the same for backfill jobs, read only when
+`stockouts` is empty), `producer` (the poll, for the process `beat` runs, so a poll never waits behind
+thousands of saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do).
 """
 from __future__ import annotations
 
@@ -10,23 +9,31 @@ import ssl
 from functools import lru_cache
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from shared.broker import TRANSPORT
+from shared.broker import SENTINEL_TRANSPORT, TRANSPORT
 from shared.logs import configure_logging
+from shared.redis_conn import is_sentinel, parse_sentinel_url
 from shared.settings import Settings, get_settings
 
 POLL_TASK = "stockout_sync.poll"
 SYNC_TASK = "stockout_sync.sync_stockout"
+RECONCILE_TASK = "stockout_sync.reconcile_daily"
+# The daily reconcile may wait out a 40-calls-a-minute quota; it is acked on receipt, so running
+# longer than the visibility timeout never makes Redis hand it to a second process.
+RECONCILE_TIME_LIMIT_S = 4 * 3600
 STOCKOUT_QUEUE = "stockouts"
+# Backfill messages: a queue of their own that workers read only when `stockouts` is empty (below).
+BACKFILL_QUEUE = "stockouts.backfill"
 PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
 
 
 def celery_config(settings: Settings) -> dict:
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport": TRANSPORT,
+        "broker_url": broker_url(settings),
+        "broker_transport": SENTINEL_TRANSPORT if is_sentinel(settings.redis_url) else TRANSPORT,
         "broker_use_ssl": broker_tls(settings),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -41,6 +48,12 @@ def celery_config(settings: Settings) -> dict:
             "unacked_restore_interval": max(1, min(60, settings.broker_visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.http_connect_timeout_s,
+            **sentinel_transport_options(settings),
+            # Live first: kombu's default (round_robin) rotates the queues a worker reads after every
+            # message, so a live stockout would alternate with backfill ones; `sorted` issues one BRPOP
+            # over the queues in name order, and Redis pops from the first non-empty list, so
+            # `stockouts` always comes before `stockouts.backfill` (kombu #518, celery #5874).
+            "queue_order_strategy": "sorted",
         },
         # JSON only: pickle would let anyone who can write to Redis run code in the worker.
         "task_serializer": "json",
@@ -65,12 +78,14 @@ def celery_config(settings: Settings) -> dict:
         "task_soft_time_limit": soft_time_limit(settings),
         "task_queues": [
             Queue(STOCKOUT_QUEUE, Exchange(STOCKOUT_QUEUE), routing_key=STOCKOUT_QUEUE),
+            Queue(BACKFILL_QUEUE, Exchange(BACKFILL_QUEUE), routing_key=BACKFILL_QUEUE),
             Queue(PRODUCER_QUEUE, Exchange(PRODUCER_QUEUE), routing_key=PRODUCER_QUEUE),
             Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_QUEUE), routing_key=DEAD_LETTER_QUEUE),
         ],
         "task_default_queue": STOCKOUT_QUEUE,
         "task_routes": {
             POLL_TASK: {"queue": PRODUCER_QUEUE},
+            RECONCILE_TASK: {"queue": PRODUCER_QUEUE},
             SYNC_TASK: {"queue": STOCKOUT_QUEUE},
         },
         "task_create_missing_queues": False,
@@ -93,12 +108,46 @@ def celery_config(settings: Settings) -> dict:
                 "schedule": settings.poll_interval_s,
                 # A beat that fires while the producer is busy must not pile up polls.
                 "options": {"expires": max(1.0, settings.poll_interval_s)},
-            }
+            },
+            **daily_reconcile_schedule(settings),
         },
         "timezone": "Asia/Shanghai",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
         "include": ["producer.tasks", "worker.tasks"],
+    }
+
+
+def broker_url(settings: Settings) -> str:
+    return parse_sentinel_url(settings.redis_url).kombu_url() if is_sentinel(settings.redis_url) else settings.redis_url
+
+
+def sentinel_transport_options(settings: Settings) -> dict:
+    """kombu's Sentinel transport: the master's name, and the Sentinels' own password when they have one."""
+    if not is_sentinel(settings.redis_url):
+        return {}
+    options: dict = {"master_name": settings.redis_sentinel_master}
+    if settings.redis_sentinel_password.get_secret_value():
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
+    return options
+
+
+def daily_reconcile_schedule(settings: Settings) -> dict:
+    """The daily reconcile of the previous Beijing day, when RECONCILE_DAILY_AT is set (crontab in
+    the app's timezone, Asia/Shanghai)."""
+    at = settings.reconcile_daily_time()
+    if at is None:
+        return {}
+    return {
+        "reconcile-previous-day": {
+            "task": RECONCILE_TASK,
+            "schedule": crontab(hour=at[0], minute=at[1]),
+            "options": {
+                "expires": 3600.0,  # a beat down at that time does not run yesterday's twice later
+                "soft_time_limit": RECONCILE_TIME_LIMIT_S,
+                "time_limit": RECONCILE_TIME_LIMIT_S + 60,
+            },
+        }
     }
 
 

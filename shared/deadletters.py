@@ -1,9 +1,5 @@
-"""Dead letters: a failed stockout kept with the reason in words and its history, and the moves an operator makes.
-
-A dead letter is a record `{p}:dlq:{stockout_id}` (JSON, the source of truth) indexed by last
-failure time in `{p}:dlq:index`, plus a copy of the message on the `dead_letter` queue (consumed by
-nobody: its length is what Flower and `LLEN` show). The Redis layout is in DeadLetterStore.
-"""
+"""Dead letters: the store (record with its history, index, queue copy) and the operator's moves on
+it, requeue and purge, each claimed atomically. Layout and why: docs/design.md, "Dead letters"."""
 from __future__ import annotations
 
 import time

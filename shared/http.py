@@ -1,13 +1,5 @@
-"""One pooled HTTP session per process, and the one place where `requests` failures become typed errors.
-
-Retries are decided by `errors.resolve`, never here: urllib3's automatic retries are switched off so
-that a POST is never silently sent twice and every failed attempt is visible to the caller.
-
-Secrets travel in query strings (BIP `access_token`, the token request's `signature`), and both
-`requests` and urllib3 put the full URL into their exception texts. So nothing from an exception
-reaches a message before `safe_url`/`scrub_urls` have cut the query string off, and the original
-exception is not chained (a chained cause would print the URL in any traceback).
-"""
+"""One pooled HTTP session per process, and the one place where `requests` failures become typed errors
+(with every URL's query string cut off). Why: docs/design.md, "HTTP: retries and secrets in URLs"."""
 from __future__ import annotations
 
 import json

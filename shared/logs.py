@@ -1,7 +1,6 @@
-"""Logging: one line per event, readable text by default, JSON with LOG_FORMAT=json; secrets scrubbed.
-
-Scrubbing is the last line of defence, not the first: no code should log a secret. It replaces
-every configured secret value and anything that looks like a credential in a URL query.
+"""Logging: one line per event, readable text by default, JSON with LOG_FORMAT=json; each line's time
+ISO-8601 in Beijing time with +08:00 (docs/design.md, "Times"). Secrets scrubbed as the last line of
+defence, not the first (no code should log one): every configured secret, credentials in URL queries.
 """
 from __future__ import annotations
 
@@ -9,10 +8,11 @@ import json
 import logging
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TextIO
 
 from shared.settings import Settings
+from shared.timeutil import BEIJING, parse_wire
 
 # The event fields a log call may pass with `extra=`: JSON lines carry them as keys, text lines as
 # `key=value` after the message. Listed, not discovered, so a library's own extras (Celery passes
@@ -22,6 +22,10 @@ EVENT_FIELDS = (
     "bip_id", "bip_code", "error", "code", "retry_in_s",
     "window_start", "window_end", "fetched", "published", "cursor",
 )
+
+# Business times among the event fields: Beijing wall-clock strings from the wire, marked with
+# their offset in a log line (the one time convention: README "Times").
+TIME_FIELDS = frozenset({"window_start", "window_end", "cursor"})
 
 _QUERY_SECRET = re.compile(r"(?i)\b(access_token|signature|sign|app_secret|appSecret|password)=([^&\s'\"]+)")
 
@@ -59,8 +63,23 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+def log_time(created: float) -> str:
+    """A log line's time: ISO-8601, Beijing time with its offset, e.g. 2026-11-29T09:30:00.123+08:00."""
+    return datetime.fromtimestamp(created, BEIJING).isoformat(timespec="milliseconds")
+
+
+def _marked(field: str, value: object) -> object:
+    if field in TIME_FIELDS and isinstance(value, str):
+        try:
+            parsed = parse_wire(value)
+        except ValueError:
+            return value
+        return parsed.isoformat() if parsed else value
+    return value
+
+
 def event_fields(record: logging.LogRecord) -> dict:
-    return {f: getattr(record, f) for f in EVENT_FIELDS if getattr(record, f, None) not in (None, "")}
+    return {f: _marked(f, getattr(record, f)) for f in EVENT_FIELDS if getattr(record, f, None) not in (None, "")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,7 +87,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "ts": log_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -84,6 +103,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return log_time(record.created)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)

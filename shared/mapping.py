@@ -1,10 +1,5 @@
-"""The mapping file (TOML): how a 旺店通 stockout becomes a 用友BIP other outbound record.
-
-Loaded once at start-up (`load_mapping(settings.mapping_file)`) and validated strictly: a typo in a
-key or a code written as a number is caught before the first stockout is touched, with a message
-that names the file, the key and the value, because the person reading it is editing that file.
-`mapping.example.toml` documents every key.
-"""
+"""The mapping file (TOML): how a 旺店通 stockout becomes a 用友BIP other outbound record; loaded and
+validated strictly, errors naming file, key and value (docs/design.md, "The mapping file")."""
 from __future__ import annotations
 
 import difflib

@@ -1,21 +1,6 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy.
-
-Why messages go through the default (nameless) exchange straight to the queue's list: with the
-named direct exchange kombu reads the exchange's bindings from Redis (SMEMBERS) before every single
-publish, and a message could route nowhere if the bindings were lost (a FLUSHDB, a restore). The
-worker consumes the same `{prefix}:stockouts` list either way, and a redelivered message goes back
-to the queue its delivery info names.
-
-Why `declare=[]`: declaring the queue only writes its bindings, which this routing never reads;
-kombu would otherwise copy and check the queue entity on every publish.
-
-Why messages are built here rather than by kombu's publish: that path costs ~0.5 ms of Python per
-message (and a new Redis client object per command), which caps the producer far below what WDT's
-pages can deliver. Here Celery's own message (`create_task_message`: the same headers, properties
-and body) becomes the Redis entry kombu's Redis transport would write, and a page (`many`) goes out
-in one LPUSH. tests/integration/test_messages.py holds both paths to the same message. With
-`task_send_sent_event` on, messages go through kombu after all: the task-sent events are its to send.
-"""
+"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy, built here
+and pushed straight to the queue's list (a page in one LPUSH).
+Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
 
 import base64
@@ -54,22 +39,25 @@ class Publisher:
     def __init__(self) -> None:
         self._client: tuple[str, redis.Redis] | None = None
 
-    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None) -> str:
+    def __call__(self, raw: dict, key: str, *, queue: str = STOCKOUT_QUEUE, task_id: str | None = None,
+                 generation: int = 0) -> str:
+        """`generation` > 0 re-creates a record deleted in BIP under a new resubmitCheckKey
+        (worker.transform.resubmit_key); only reconcile --requeue-missing sends one."""
         if get_app().conf.task_send_sent_event:
             with get_app().producer_or_acquire() as producer:
-                return self._send(producer, raw, key, queue, task_id)
+                return self._send(producer, raw, key, queue, task_id, generation)
         page = _Page(queue)
-        task_id = page.add(raw, key, task_id)
+        task_id = page.add(raw, key, task_id, generation)
         self._push(queue, page.entries)
         page.published()
         return task_id
 
     @staticmethod
-    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None) -> str:
+    def _send(producer: Producer, raw: dict, key: str, queue: str, task_id: str | None, generation: int = 0) -> str:
         """kombu's own publish, which also sends the task-sent event."""
         task_id = task_id or uuid()
         message = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             create_sent_event=get_app().conf.task_send_sent_event, **_lineage(),
         )
         get_app().amqp.send_task_message(producer, SYNC_TASK, message, queue=queue, declare=[])
@@ -94,8 +82,11 @@ class Publisher:
         if self._client is None or self._client[0] != url:
             ca_certs = (get_app().conf.broker_use_ssl or {}).get("ssl_ca_certs", "")
             transport = get_app().conf.broker_transport_options or {}
+            # a sentinel:// broker: the master the Sentinels name, found again after a failover
+            sentinel = transport.get("sentinel_kwargs") or {}
             client = connect(
-                url, ca_certs, socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
+                url, ca_certs, master=transport.get("master_name", ""), sentinel_password=sentinel.get("password", ""),
+                socket_connect_timeout=transport.get("socket_connect_timeout"), socket_timeout=30,
                 health_check_interval=30,
             )
             self._client = (url, client)
@@ -146,10 +137,10 @@ class _Page:
         self.after = signals.after_task_publish.receivers
         self.retry_policy = get_app().conf.task_publish_retry_policy
 
-    def add(self, raw: dict, key: str, task_id: str | None = None) -> str:
+    def add(self, raw: dict, key: str, task_id: str | None = None, generation: int = 0) -> str:
         task_id = task_id or uuid()
         headers, properties, body, _ = get_app().amqp.create_task_message(
-            task_id, SYNC_TASK, (), {"stockout": raw}, kwargsrepr=message_label(raw, key), argsrepr="()",
+            task_id, SYNC_TASK, (), _kwargs(raw, generation), kwargsrepr=message_label(raw, key), argsrepr="()",
             origin=self.origin, **_lineage(),
         )
         if self.before:
@@ -173,6 +164,11 @@ class _Page:
         for body, headers in self.sent:
             signals.after_task_publish.send(sender=SYNC_TASK, body=body, headers=headers, exchange="",
                                             routing_key=self.queue)
+
+
+def _kwargs(raw: dict, generation: int) -> dict:
+    # generation 0 is left out: every ordinary message stays exactly what it always was
+    return {"stockout": raw, "generation": generation} if generation else {"stockout": raw}
 
 
 def _lineage() -> dict:

@@ -1,14 +1,10 @@
-"""Prometheus counters and histograms of the producer, the worker and both API clients.
-
-Everything here only counts; exposing the numbers is `shared.metrics_exporter`'s job. Without an
-exporter (the `poll`, `backfill` and `reconcile` commands, the tests' own process) the counters
-live in memory and cost next to nothing.
-
-Labels stay bounded: API codes, exception class names, stages and fixed endpoint names — never a
-stockout id, an order number or a URL with its query string.
-"""
+"""Prometheus counters and histograms of the producer, the worker and both API clients; it only counts
+(exposing is `shared.metrics_exporter`'s) and keeps labels bounded (docs/design.md, "Metrics")."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -126,6 +122,8 @@ def observe_task(outcome: str, duration_s: float, *, stage: str = "", error: str
 
 def observe_api_call(api: str, url: str, form: Any, duration_s: float, code: str) -> None:
     endpoint = endpoint_of(url, form)
+    if api == "wdt":
+        WDT_CALLS.labels(_wdt_purpose.get()).inc()
     API_CALLS.labels(api, endpoint, code).inc()
     API_SECONDS.labels(api, endpoint).observe(duration_s)
 
@@ -188,3 +186,29 @@ class _BreakerMetrics:
 
 
 BREAKER_OBSERVER = _BreakerMetrics()
+
+
+# -- WDT quota by purpose, backfill jobs, backlog (issue 12) ------------------------------------
+# WDT's quota (60 calls a minute) is shared by everything that reads it; this says who spent it.
+WDT_CALLS = Counter(  # purpose: poll, lookback, backfill, reconcile, preview, other
+    f"{_P}_wdt_calls", "WDT calls by purpose", ["purpose"], registry=REGISTRY
+)
+BACKFILL_JOBS = Gauge(
+    f"{_P}_backfill_jobs_running", "Backfill jobs not yet finished (as the producer last saw them)",
+    registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+BACKLOG = Gauge(
+    f"{_P}_backlog_messages", "Stockout messages in Redis (queues + unacked), as the producer last measured",
+    registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+_wdt_purpose: ContextVar[str] = ContextVar("wdt_purpose", default="other")
+
+
+@contextmanager
+def wdt_purpose(purpose: str) -> Iterator[None]:
+    """WDT calls made inside are counted under `purpose`."""
+    token = _wdt_purpose.set(purpose)
+    try:
+        yield
+    finally:
+        _wdt_purpose.reset(token)

@@ -1,15 +1,6 @@
-"""The `/metrics` endpoint of a worker or beat process (METRICS_PORT; 0 = off).
-
-Why prometheus_client's multiprocess mode rather than one exporter per process: a prefork worker
-runs its tasks in child processes that billiard replaces at will, so per-child ports would come and
-go. Instead every process writes its counters to mmap files in one directory
-(PROMETHEUS_MULTIPROC_DIR) and the parent, which owns the one port, adds them up at each scrape.
-The files of a child that exited stay, so totals never go backwards when a child is replaced.
-
-prometheus_client chooses between in-memory and file-backed values when it is first imported, so
-`start` runs in the worker and beat commands before the Celery app imports the tasks (and with them
-`shared.metrics`). Each exporter gets a fresh directory of its own unless the operator names one.
-"""
+"""The `/metrics` endpoint of a worker or beat process (METRICS_PORT; 0 = off), in prometheus_client's
+multiprocess mode, started before anything imports `shared.metrics`.
+Why: docs/design.md, "Metrics across processes"."""
 from __future__ import annotations
 
 import atexit

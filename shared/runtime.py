@@ -1,9 +1,5 @@
-"""The long-lived objects of one process: Redis, state, both clients, the mapping.
-
-Built lazily and once per process (after a prefork fork, never before), so each worker process has
-its own connection pools and the mapping file is parsed once, then re-read only when it changes —
-which is what makes "fix the mapping, requeue the dead letters" work without a restart.
-"""
+"""The long-lived objects of one process: Redis, state, both clients, the mapping; built lazily once per
+process, the mapping re-read when it changes (docs/design.md, "The per-process runtime")."""
 from __future__ import annotations
 
 import os
@@ -89,6 +85,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     return connect(
         settings.redis_url,
         settings.redis_ca_certs,
+        **settings.sentinel_options(),
         socket_connect_timeout=settings.http_connect_timeout_s,
         socket_timeout=30,
         health_check_interval=30,

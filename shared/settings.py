@@ -5,11 +5,14 @@ Secrets are `SecretStr` so that printing or logging a Settings object never show
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.redis_conn import is_sentinel, parse_sentinel_url
 
 
 class Settings(BaseSettings):
@@ -80,6 +83,38 @@ class Settings(BaseSettings):
     # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
     dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
     dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
+    # Scheduled reconcile (beat reconciles the previous Beijing day once a day)
+    reconcile_daily_at: str = Field("", description="HH:MM Beijing time of the daily run; empty = off")
+    reconcile_daily_max_calls: int = Field(
+        1000, ge=0, description="detail/code look-ups the daily run may spend (a random sample beyond); 0 = no limit"
+    )
+
+    # Redis Sentinel: REDIS_URL=sentinel://:password@host1:26379;sentinel://host2:26379/0 names the
+    # Sentinels; the broker and our own state client both follow the master they name after a failover.
+    redis_sentinel_master: str = Field("", description="the master's name in the Sentinels (`sentinel monitor NAME`)")
+    redis_sentinel_password: SecretStr = Field(SecretStr(""), description="the Sentinels' own password, if any")
+    # Backfill, backpressure and the lookback (docs: README "Backfilling history")
+    # Messages waiting in Redis (both stockout queues + unacked) at which backfills stop publishing,
+    # and below which they start again; 0 = 5 minutes of BIP_RATE_PER_SECOND, and half of that.
+    backlog_high_water: int = Field(0, ge=0, description="backfills pause at this many waiting messages")
+    backlog_low_water: int = Field(0, ge=0, description="backfills resume below this many waiting messages")
+    # The lookback is re-read only where WDT's counts say something changed; this is how often they are compared.
+    lookback_check_s: float = Field(120.0, ge=0, description="seconds between lookback count checks; 0 = every poll")
+
+    @field_validator("reconcile_daily_at")
+    @classmethod
+    def _check_daily_at(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"RECONCILE_DAILY_AT must be HH:MM in Beijing time (00:00–23:59) or empty, got {value!r}")
+        return value
+
+    def reconcile_daily_time(self) -> tuple[int, int] | None:
+        """(hour, minute) of the daily reconcile in Beijing time, None when it is off."""
+        if not self.reconcile_daily_at:
+            return None
+        hour, minute = self.reconcile_daily_at.split(":")
+        return int(hour), int(minute)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -103,17 +138,50 @@ class Settings(BaseSettings):
                 "HTTP_CONNECT_TIMEOUT_S + HTTP_READ_TIMEOUT_S must stay well under TASK_TIME_LIMIT_S, "
                 "so a hung call ends in a retry, never in the hard time limit"
             )
+        self._check_sentinel()
+        if self.backlog_low_water and self.backlog_low_water >= self.high_water:
+            raise ValueError(
+                f"BACKLOG_LOW_WATER={self.backlog_low_water} must be below the high-water mark ({self.high_water}; "
+                "BACKLOG_HIGH_WATER), or backfills never pause"
+            )
         return self
+
+    def _check_sentinel(self) -> None:
+        if is_sentinel(self.redis_url):
+            parse_sentinel_url(self.redis_url)  # its errors name REDIS_URL and the part
+            if not self.redis_sentinel_master:
+                raise ValueError("REDIS_URL is sentinel:// but REDIS_SENTINEL_MASTER (the master's name) is empty")
+            if self.redis_ca_certs:
+                raise ValueError("REDIS_CA_CERTS is set but REDIS_URL is sentinel://: TLS to Sentinel and its "
+                                 "master is not supported (rediss:// to a single server is)")
+        elif self.redis_sentinel_master:
+            raise ValueError(f"REDIS_SENTINEL_MASTER={self.redis_sentinel_master!r} is set but REDIS_URL is "
+                             "not sentinel://host:26379;sentinel://…")
+
+    def sentinel_options(self) -> dict[str, str]:
+        """What `shared.redis_conn.connect` needs besides the URL when REDIS_URL is sentinel://."""
+        return {"master": self.redis_sentinel_master,
+                "sentinel_password": self.redis_sentinel_password.get_secret_value()}
+
+    @property
+    def high_water(self) -> int:
+        return self.backlog_high_water or max(100, round(self.bip_rate_per_second * 300))
+
+    @property
+    def low_water(self) -> int:
+        return self.backlog_low_water or self.high_water // 2
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for scrubbing; includes the password inside REDIS_URL."""
-        values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value()]
-        from urllib.parse import urlsplit
+        values = [self.wdt_app_secret.get_secret_value(), self.bip_app_secret.get_secret_value(),
+                  self.redis_sentinel_password.get_secret_value()]
+        from urllib.parse import unquote, urlsplit
 
-        password = urlsplit(self.redis_url).password
-        if password:
-            values.append(password)
-        return [v for v in values if v]
+        for part in self.redis_url.split(";"):  # a sentinel:// URL may carry it on any of its parts
+            password = urlsplit(part).password
+            if password:
+                values += [password, unquote(password)]
+        return list(dict.fromkeys(v for v in values if v))
 
 
 @lru_cache(maxsize=1)

@@ -1,32 +1,5 @@
-"""Redis state by stockout_id: what is queued, what is done, who is working on what, and the cursor.
-
-Key layout (every key starts with REDIS_PREFIX, default `sos`; the broker's own keys share it):
-
-| key                       | value                                              | lives                     |
-|---------------------------|----------------------------------------------------|---------------------------|
-| `{p}:mark:{id // 100}`    | hash: field `{id % 100}` → `q` (queued) or `d|id|code` | STATE_TTL_DAYS after last write |
-| `{p}:mark:x{crc32 % 2¹⁶}` | the same for ids that are not plain numbers; field = the whole id | as above |
-| `{p}:lock:{stockout_id}`  | task id of the worker on it                        | task time limit + margin  |
-| `{p}:cursor`              | Beijing time the next poll reads from (minus lookback) | forever               |
-| `{p}:poll:lock`           | token of the running poll                          | renewed per page          |
-| `{p}:poll:last`           | JSON summary of the last poll                      | forever                   |
-
-`done` is the first de-duplication layer (BIP's resubmitCheckKey and the document code are the
-others). `queued` only saves publishing a message twice; the worker never trusts it.
-
-Why buckets: a mark is kept for every stockout for weeks, so its cost is what the state costs. A
-string key per stockout costs ~180 bytes of Redis memory (key object, dict entry, expiry entry,
-value); a field in a small hash ~50, because a hash of at most `hash-max-listpack-entries` (default
-128) fields of at most `hash-max-listpack-value` (64) bytes is one flat listpack, and WDT's numeric
-stockout ids put neighbours in one bucket. 100 fields per bucket stays under that default with room
-to spare (a longer value only turns its bucket into a plain hash: more memory, same behaviour).
-
-How marks expire: the TTL belongs to the bucket, and every write of a mark (queued or done) resets
-the whole bucket's TTL to STATE_TTL_DAYS. So a mark lives at least STATE_TTL_DAYS after its own
-last write — which is what must outlive LOOKBACK_S (Settings checks it) — and at most as long after
-the last write of any mark in its bucket. Ids are handed out in order, so a bucket fills within
-hours and then expires as one.
-"""
+"""Redis state by stockout_id: what is queued, what is done (marks in small hash buckets), who is
+working on what, and the cursor. Key layout and why: docs/design.md, "Redis state: marks, locks, cursor"."""
 from __future__ import annotations
 
 import hashlib
@@ -48,16 +21,18 @@ _MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stay
 # taking the lock in one script is what makes a second look at the mark after locking unnecessary.
 # The lock is also taken when the same task already holds it: a message redelivered after its
 # worker process died carries the same task id, and must not wait for the dead one.
-# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field. Returns {mark or false, pttl}.
+# The queued mark comes back too: `q|g` names the key generation a reconcile re-created it under.
+# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field.
+# Returns {done mark or false, pttl, mark or false}.
 _CLAIM = """
 local mark = redis.call('HGET', KEYS[2], ARGV[3])
-if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0} end
+if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0, mark} end
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {false, 0}
+  return {false, 0, mark}
 end
-return {false, redis.call('PTTL', KEYS[1])}
+return {false, redis.call('PTTL', KEYS[1]), mark}
 """
 
 # The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
@@ -69,6 +44,16 @@ if not (before and string.sub(before, 1, 2) == 'd|') then redis.call('INCR', KEY
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# Reconcile re-opens a stockout proven deleted in BIP: its done mark becomes `q|<generation>` only
+# while it is still the mark the reconcile read, so a worker's newer save is never undone.
+# KEYS: mark bucket. ARGV: field, expected mark, new mark, ttl s.
+_SWAP = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -88,6 +73,10 @@ return 0
 class Done:
     bip_id: str
     bip_code: str
+    generation: int = 0  # of the resubmitCheckKey the record was saved with (worker.transform.resubmit_key)
+
+    def mark(self) -> str:
+        return done_mark(self.bip_id, self.bip_code, self.generation)
 
 
 @dataclass(frozen=True)
@@ -97,6 +86,7 @@ class Claim:
 
     done: Done | None
     wait_s: float
+    generation: int = 0  # the key generation the queued mark names (`q|g`), 0 for plain `q`
 
     @property
     def acquired(self) -> bool:
@@ -122,6 +112,7 @@ class StateStore:
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._swap = client.register_script(_SWAP)
 
     # -- per stockout ----------------------------------------------------------------------
     def mark_slot(self, sid: str) -> tuple[str, str]:
@@ -170,12 +161,17 @@ class StateStore:
         value = self.r.hget(bucket, field)
         return parse_done(value.decode() if isinstance(value, bytes) else value)
 
-    def mark_done(self, sid: str, bip_id: str, bip_code: str) -> None:
+    def mark_done(self, sid: str, bip_id: str, bip_code: str, generation: int = 0) -> None:
         bucket, field = self.mark_slot(sid)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(bucket, field, f"d|{bip_id}|{bip_code}")
+        pipe.hset(bucket, field, done_mark(bip_id, bip_code, generation))
         pipe.expire(bucket, self.ttl_s)
         pipe.execute()
+
+    def swap_mark(self, sid: str, expected: str, new: str) -> bool:
+        """Replace the mark only while it still reads `expected` (compare-and-set)."""
+        bucket, field = self.mark_slot(sid)
+        return bool(self._swap(keys=[bucket], args=[field, expected, new, self.ttl_s]))
 
     def forget(self, sid: str) -> None:
         """Drop a `queued` mark whose message never left (publishing failed)."""
@@ -190,21 +186,22 @@ class StateStore:
         """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
         holder's lock expires), atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
-        mark, pttl = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
-        if mark:
-            return Claim(parse_done(mark.decode() if isinstance(mark, bytes) else mark), 0.0)
+        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
+        if done:
+            return Claim(parse_done(done.decode() if isinstance(done, bytes) else done), 0.0)
+        mark = rest[0] if rest else None
+        generation = mark_generation(mark.decode() if isinstance(mark, bytes) else mark)
         pttl = int(pttl)
-        return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000)
+        return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000, generation)
 
     def release(self, sid: str, owner: str) -> None:
         self._release(keys=[self._lock(sid)], args=[owner])
 
-    def finish(self, sid: str, owner: str, bip_id: str, bip_code: str) -> None:
+    def finish(self, sid: str, owner: str, bip_id: str, bip_code: str, generation: int = 0) -> None:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
-        self._finish(
-            keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, f"d|{bip_id}|{bip_code}", self.ttl_s]
-        )
+        mark = done_mark(bip_id, bip_code, generation)
+        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p)], args=[owner, field, mark, self.ttl_s])
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
@@ -234,8 +231,28 @@ class StateStore:
         return json.loads(value) if value else None
 
 
+def done_mark(bip_id: str, bip_code: str, generation: int = 0) -> str:
+    # The generation rides on the id (`~g`): BIP ids are digits, while a code may hold any character.
+    return f"d|{bip_id}~{generation}|{bip_code}" if generation else f"d|{bip_id}|{bip_code}"
+
+
+def queued_mark(generation: int = 0) -> str:
+    return f"q|{generation}" if generation else "q"
+
+
 def parse_done(value: str | None) -> Done | None:
     if not value or not value.startswith("d|"):
         return None
     _, bip_id, bip_code = ([*value.split("|", 2), "", ""])[:3]
-    return Done(bip_id, bip_code)
+    bip_id, _, generation = bip_id.partition("~")
+    return Done(bip_id, bip_code, int(generation) if generation.isdigit() else 0)
+
+
+def mark_generation(value: str | None) -> int:
+    """The key generation a mark names (0 for plain `q`, `d|id|code` and no mark)."""
+    done = parse_done(value)
+    if done is not None:
+        return done.generation
+    if value and value.startswith("q|") and value[2:].isdigit():
+        return int(value[2:])
+    return 0

@@ -1,10 +1,5 @@
-"""Running totals kept in Redis for `stockout-sync status`: one GET to read.
-
-Why not count the done marks: there are millions of them and counting means a SCAN of the whole
-keyspace. The worker's `StateStore.finish` increments the counter in the same script that writes
-the done mark, so a save is counted exactly when it is marked done; a stockout saved again after a
-reconcile cleared its mark is counted twice.
-"""
+"""Running totals kept in Redis for `stockout-sync status`: one GET to read, incremented with the done
+mark (docs/design.md, "Running totals")."""
 from __future__ import annotations
 
 import redis

@@ -1,9 +1,5 @@
-"""What the sync task reports about each attempt: one log line with the event's fields, and metrics.
-
-One place builds both, so the line an operator greps for and the counter a dashboard plots can not
-tell different stories. The fields (`extra=`) are the ones `shared.logs` prints: JSON keys with
-LOG_FORMAT=json, `key=value` after the message otherwise.
-"""
+"""What the sync task reports about each attempt: one log line with the event's fields, and metrics,
+built in one place (docs/design.md, "What an attempt reports")."""
 from __future__ import annotations
 
 import logging

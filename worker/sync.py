@@ -1,10 +1,5 @@
-"""Sync one stockout: the plain function behind the worker's task.
-
-skip if done → lock the stockout_id → validate and transform with the current mapping → save with
-the resubmitCheckKey derived from the stockout_id → mark done. Every step is safe to repeat, which is
-what lets the task use late acks: a redelivered message either finds the done mark or saves with the
-same key, and BIP answers with the record it already has.
-"""
+"""Sync one stockout, the plain function behind the worker's task: skip if done → lock → transform →
+save with the resubmitCheckKey → mark done. Why each step may repeat: docs/design.md, "Syncing one stockout"."""
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +33,11 @@ class Outcome(BaseModel):
     outcome: Literal["saved", "replayed", "already_done"]
     bip_id: str = ""
     bip_code: str = ""
+    generation: int = 0
     duration_s: float = 0.0
 
 
-def sync_one(raw: dict, rt: Runtime, *, task_id: str) -> Outcome:
+def sync_one(raw: dict, rt: Runtime, *, task_id: str, generation: int = 0) -> Outcome:
     started = time.monotonic()
     sid = stockout_key(raw)
     order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
@@ -55,10 +51,14 @@ def sync_one(raw: dict, rt: Runtime, *, task_id: str) -> Outcome:
         )
     if not claim.acquired:
         raise Deferred(claim.wait_s)
+    # A reconcile that re-created the record wrote its generation into the mark (`q|g`): a message
+    # that does not carry it (a dead letter requeued, an older copy) must not go out under the
+    # deleted record's key, which BIP would only answer with that record.
+    generation = max(generation, claim.generation)
     try:
-        record = to_bip(validate_stockout(raw), rt.mapping)
+        record = to_bip(validate_stockout(raw), rt.mapping, generation=generation)
         result = rt.bip.save(record)
-        store.finish(sid, task_id, result.id, result.code)  # the done mark, then the lock goes
+        store.finish(sid, task_id, result.id, result.code, generation)  # the done mark, then the lock goes
     except BaseException:
         with contextlib.suppress(redis.RedisError):  # the lock expires by itself
             store.release(sid, task_id)
@@ -69,5 +69,6 @@ def sync_one(raw: dict, rt: Runtime, *, task_id: str) -> Outcome:
         outcome="replayed" if result.replayed else "saved",
         bip_id=result.id,
         bip_code=result.code,
+        generation=generation,
         duration_s=round(time.monotonic() - started, 4),
     )

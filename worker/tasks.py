@@ -64,7 +64,7 @@ class DeadLettered(Exception, metaclass=_DeadLetteredMeta):
 
 
 @app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None, throws=(DeadLettered,))
-def sync_stockout(self: Task, stockout: dict) -> dict:
+def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     rt = runtime()
     prefix = rt.settings.redis_prefix
     sid = stockout_key(stockout)
@@ -78,7 +78,8 @@ def sync_stockout(self: Task, stockout: dict) -> dict:
     try:
         paused = rt.breaker.blocking()
         if paused is None:
-            outcome = sync_one(stockout, rt, task_id=self.request.id)
+            # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
+            outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
         failure = deferred

@@ -1,15 +1,6 @@
-"""One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file.
-
-Pure functions: no I/O, no clock, no Redis. The same stockout and mapping always give the same
-payload, which is what lets a retry, a redelivery or a requeue send the very same record again.
-
-Everything the mapping cannot express raises `TransformError` (a `MappingError`: permanent, never
-retried). Its message is read by an operator in the dead-letter queue, so it says which WDT field
-(with its line index), which value, and which mapping entry is missing. What only BIP can know (a
-material code it has never heard of, a closed period) is left to BIP to refuse.
-
-The full field table is in README.md ("The field table: WDT → BIP").
-"""
+"""One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file: pure
+functions, a `TransformError` naming field, index and value for what the mapping cannot express.
+Why: docs/design.md, "The transform"; the field table is in README.md."""
 from __future__ import annotations
 
 import hashlib
@@ -61,24 +52,33 @@ class TransformError(MappingError):
 
 # -- the idempotency key --------------------------------------------------------------------------
 
-def resubmit_key(stockout_id: str) -> str:
-    """BIP's resubmitCheckKey for a stockout: at most 32 characters, a function of the id alone.
+def resubmit_key(stockout_id: str, generation: int = 0) -> str:
+    """BIP's resubmitCheckKey for a stockout: at most 32 characters, a function of the id and the
+    key generation alone.
 
-    Readable form `wdtso-<id>` when the id is short ASCII (≤ 26 characters of [A-Za-z0-9_.]);
-    otherwise the MD5 hex (32 lower-case hex characters) of a fixed salt + the id.
+    Generation 0 (every ordinary save): readable form `wdtso-<id>` when the id is short ASCII
+    (≤ 26 characters of [A-Za-z0-9_.]); otherwise the MD5 hex (32 lower-case hex characters) of a
+    fixed salt + the id. Generation g > 0 exists because BIP remembers a key after its record was
+    deleted (the stored reply for an hour, then "duplicate submission"): a record proven deleted
+    can only be saved again under a new key, so `reconcile --requeue-missing` sends g + 1, and the
+    key becomes `wdtso-<id>-g<g>` (or the MD5 of salt + id + NUL + g).
 
-    Injective: two readable keys differ because their ids differ; a readable key always contains
-    `wdtso-` ('w', 's', '-' are not hex digits) so it can never equal a hashed key, which is hex only;
-    two hashed keys would need an MD5 collision between two WDT ids, which ids written by an ERP do
-    not produce (no adversary chooses them). Never include the attempt, the time or the worker: the
-    whole point is that every retry, redelivery and requeue sends the same key.
+    Injective: two readable keys differ because their ids (or generations) differ — `-` never
+    occurs in a readable id, so `wdtso-<id>-g<g>` cannot equal another id's generation-0 key; a
+    readable key always contains `wdtso-` ('w', 's', '-' are not hex digits) so it can never equal a
+    hashed key, which is hex only; two hashed keys would need an MD5 collision (or a WDT id holding
+    a NUL). Never include the attempt, the time or the worker: every retry, redelivery and requeue
+    of one generation sends the same key.
     """
     if not isinstance(stockout_id, str) or not stockout_id:
         raise ValueError(f"stockout_id must be a non-empty string, got {stockout_id!r}")
-    readable = _READABLE_PREFIX + stockout_id
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"generation must be an integer ≥ 0, got {generation!r}")
+    readable = _READABLE_PREFIX + stockout_id + (f"-g{generation}" if generation else "")
     if len(readable) <= RESUBMIT_KEY_MAX and _READABLE_ID.match(stockout_id):
         return readable
-    return hashlib.md5((_HASH_SALT + stockout_id).encode("utf-8")).hexdigest()
+    salted = _HASH_SALT + stockout_id + (f"\x00{generation}" if generation else "")
+    return hashlib.md5(salted.encode("utf-8")).hexdigest()
 
 
 # -- validation of the raw dict -------------------------------------------------------------------
@@ -142,8 +142,10 @@ def _show(value: Any, limit: int = 80) -> str:
 
 # -- the transform --------------------------------------------------------------------------------
 
-def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
-    """The BIP record for one validated stockout, or a `TransformError` saying what is missing."""
+def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0) -> OthOutRecord:
+    """The BIP record for one validated stockout, or a `TransformError` saying what is missing.
+
+    `generation` > 0 only for a record re-created after it was deleted in BIP (see resubmit_key)."""
     where = mapping.source
     _check_filters(stockout, mapping)
 
@@ -180,7 +182,7 @@ def to_bip(stockout: Stockout, mapping: Mapping) -> OthOutRecord:
         "bustype": mapping.header.bustype,
         "warehouse": entry.warehouse,
         "vouchdate": _vouchdate(stockout, mapping),
-        "resubmitCheckKey": resubmit_key(stockout.stockout_id),
+        "resubmitCheckKey": resubmit_key(stockout.stockout_id, generation),
         "code": code,
         "memo": _memo(stockout, mapping),
         "srcBillType": mapping.header.srcBillType,

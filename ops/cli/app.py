@@ -58,7 +58,8 @@ def start_metrics(port: int | None) -> None:
         fail(f"metrics port {port or get_settings().metrics_port}: {err}")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockout-sync", prog_name="stockout-sync", message="%(prog)s %(version)s")
 def main() -> None:
     """Move every 旺店通 stockout into 用友BIP as an other outbound record."""
 

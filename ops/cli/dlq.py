@@ -45,8 +45,9 @@ def _select(
 @dlq.command("list")
 @click.option("--reason", default=None, help="text the reason contains")
 @click.option("--code", default=None, help="the remote system's error code")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON list of the whole letters, for programs")
 def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
+    """List dead letters (all, or those matching --reason / --code)."""
     store = _dlq_store()
     letters = [letter for letter in store.iter_all() if letter.matches(reason=reason, code=code)]
     if as_json:
@@ -64,7 +65,7 @@ def dlq_list(reason: str | None, code: str | None, as_json: bool) -> None:
 
 @dlq.command("show")
 @click.argument("stockout_id_or_order_no")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="the letter as one JSON object, for programs")
 def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
     """One dead letter, by stockout id or WDT order number."""
     store = _dlq_store()
@@ -86,9 +87,9 @@ def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
 
 @dlq.command("requeue")
 @click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--reason", default=None)
-@click.option("--code", default=None)
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
+@click.option("--reason", default=None, help="those whose reason contains this text")
+@click.option("--code", default=None, help="those with this remote error code")
 def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
     """Send dead letters back through the current mapping."""
     store = _dlq_store()
@@ -98,7 +99,7 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
 
 @dlq.command("purge")
 @click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     """Delete dead letters for good."""

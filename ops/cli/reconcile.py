@@ -1,59 +1,101 @@
-"""`reconcile`: WDT, our marks and BIP compared over a range."""
+"""`reconcile`: WDT, our marks and BIP compared over a range, every answer from BIP verified."""
 from __future__ import annotations
 
 import sys
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ops.cli.app import check_mapping, main, parse_time
-from ops.render import err_console, fail, print_reconcile
+from ops.render import err_console, fail, print_reconcile, print_requeue
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
 
+EXIT_HELP = """\b
+Exit codes: 0 every check verified and nothing found; 1 a verified mismatch
+(missing, present twice, changed); 3 nothing proven wrong, but something could
+not be verified (BIP's list ignored the filter or omits fields, a detail call
+failed, the --max-calls budget ran out); 2 bad arguments or configuration."""
 
-@main.command()
+
+@main.command(epilog=EXIT_HELP)
 @click.option("--since", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]' (WDT modification time)")
 @click.option("--until", required=True, help="Beijing time, 'yyyy-MM-dd[ HH:mm:ss]'")
-@click.option("--requeue-missing", is_flag=True, help="publish the stockouts missing in BIP again (not dead letters)")
+@click.option("--requeue-missing", is_flag=True,
+              help="publish again what is proven missing in BIP (not dead letters, never the unknown); asks first")
+@click.option("--yes", is_flag=True, help="with --requeue-missing: do not ask for confirmation")
+@click.option("--max-calls", type=click.IntRange(min=0), default=None,
+              help="at most this many per-stockout BIP look-ups (detail, code); the rest is reported unknown")
+@click.option("--sample", is_flag=True,
+              help="with --max-calls: look up a random sample across the range, not the first N")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
-def reconcile(since: str, until: str, requeue_missing: bool, as_json: bool) -> None:
-    """Compare WDT, what this service marked synced, and BIP; exits 1 on any mismatch."""
+def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_calls: int | None, sample: bool,
+              as_json: bool) -> None:
+    """Compare WDT, what this service marked synced, and BIP; says what it could and could not verify."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from ops.reconcile import Reconcile
+    from producer.reconcile import Reconcile
     from shared.runtime import runtime
 
     check_mapping()
-
-
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     if end <= start:
         fail("--until must be after --since")
-    job = Reconcile(runtime())
+    if sample and max_calls is None:
+        fail("--sample needs --max-calls N (the size of the sample)")
+    job = Reconcile(runtime(), max_calls=max_calls, sample=sample, keep_raw=requeue_missing)
     total_s = (end - start).total_seconds()
     try:
         with Progress(
-            TextColumn("[bold]reconcile"),
-            BarColumn(),
-            TextColumn(
-                "{task.fields[pages]} pages · {task.fields[fetched]} stockouts · {task.fields[mismatches]} mismatches"
-            ),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
         ) as progress:
-            bar = progress.add_task("reconcile", total=total_s, pages=0, fetched=0, mismatches=0)
+            bar = progress.add_task("WDT range", total=total_s, info="")
+            probes: list[TaskID] = []
+
+            def on_probe(done: int, total: int) -> None:
+                # the look-ups by id go through the shared BIP rate limiter: at 40 a minute this is the long part
+                if not probes:
+                    probes.append(progress.add_task("BIP by id", total=total, info="detail / code look-ups"))
+                progress.update(probes[0], completed=done)
+
             report = job.run(
                 start, end,
-                on_page=lambda r: progress.update(bar, pages=r.pages, fetched=r.fetched, mismatches=r.mismatches),
+                on_page=lambda r: progress.update(
+                    bar, info=f"{r.pages} pages · {r.fetched} stockouts · {r.mismatches} mismatches so far"),
                 on_slice=lambda slice_end: progress.update(bar, completed=(slice_end - start).total_seconds()),
+                on_probe=on_probe,
             )
-        if requeue_missing:
-            job.requeue_missing(report, publish_stockout)
     except StockoutSyncError as err:
         fail(str(err))
+    if not as_json:
+        print_reconcile(report)
+    candidates = [m for m in report.missing if m.state != "dead_letter"]
+    acted = False
+    if requeue_missing and candidates:
+        ids = " ".join(m.stockout_id for m in candidates)
+        question = f"publish {len(candidates)} stockout(s) proven missing in BIP again ({ids})?"
+        try:
+            confirmed = yes or click.confirm(question, err=True)
+        except click.Abort:  # no terminal to answer on: as good as "no"
+            confirmed = False
+        if confirmed:
+            try:
+                job.requeue_missing(report, publish_stockout)
+            except StockoutSyncError as err:
+                fail(str(err))
+            acted = True
+        else:
+            err_console.print("nothing requeued")
     if as_json:
         click.echo(report.model_dump_json(indent=2))
-    else:
-        print_reconcile(report, requeue_missing)
-    sys.exit(1 if report.mismatches else 0)
+    elif requeue_missing and (acted or not candidates):
+        print_requeue(report)
+    sys.exit(report.exit_code)

@@ -11,17 +11,18 @@ from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
 from sandbox.server import serve
-from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.celery_app import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.settings import get_settings
 
 
 @main.command()
 @click.option("--concurrency", type=int, default=None, help="processes or threads (WORKER_CONCURRENCY)")
 @click.option("--pool", default=None, help="prefork, threads, solo (WORKER_POOL)")
-@click.option("--hostname", default="stockouts@%h")
+@click.option("--hostname", default="stockouts@%h", show_default=True,
+              help="the worker's node name in Celery and Flower (%h = this host)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
-    """Run a worker that saves stockouts to BIP (queue `stockouts`)."""
+    """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
     check_mapping()
     start_metrics(metrics_port)
 
@@ -30,7 +31,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
         [
             *json_lines_only(),
             "worker",
-            "-Q", STOCKOUT_QUEUE,
+            "-Q", f"{STOCKOUT_QUEUE},{BACKFILL_QUEUE}",  # live first: see queue_order_strategy
             f"--pool={pool or s.worker_pool}",
             f"--concurrency={concurrency or s.worker_concurrency}",
             f"--hostname={hostname}",
@@ -56,7 +57,8 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
             *json_lines_only(),
             "worker", "--beat",
             "-Q", PRODUCER_QUEUE,
-            "--concurrency=1",
+            # a second process when the daily reconcile is on: its hours of look-ups never hold up a poll
+            f"--concurrency={2 if s.reconcile_daily_at else 1}",
             "--hostname=producer@%h",
             f"--schedule={schedule_file}",
             f"--loglevel={s.log_level}",
@@ -66,8 +68,8 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
 
 
 @main.command()
-@click.option("--port", default=5555, type=int)
-@click.option("--address", default="127.0.0.1")
+@click.option("--port", default=5555, type=int, show_default=True, help="port Flower listens on")
+@click.option("--address", default="127.0.0.1", show_default=True, help="address Flower listens on")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
 def flower(port: int, address: str, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
@@ -82,19 +84,22 @@ def flower(port: int, address: str, insecure: bool) -> None:
 
 
 @main.command()
-@click.option("--port", default=8700, type=int)
-@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8700, type=int, show_default=True, help="port the sandbox listens on")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address the sandbox listens on")
 @click.option("--stockouts", default=0, type=int, help="generate this many stockouts at start")
 @click.option("--bad", default=0, type=int, help="of which this many cannot be mapped")
-def sandbox(port: int, host: str, stockouts: int, bad: int) -> None:
+@click.option("--public-url", envvar="SANDBOX_PUBLIC_URL", default=None,
+              help="the base other hosts reach it at, as BIP discovery answers it (SANDBOX_PUBLIC_URL; "
+                   "compose: http://sandbox:8700); default: the address it listens on")
+def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None) -> None:
     """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
 
-    serve(SandboxConfig(), host=host, port=port, stockouts=stockouts, bad=bad)
+    serve(SandboxConfig(), host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad)
 
 
 @main.command()
-@click.option("--stockouts", default=3000, type=int)
-@click.option("--bad", default=12, type=int)
+@click.option("--stockouts", default=3000, type=int, show_default=True, help="stockouts the sandbox starts with")
+@click.option("--bad", default=12, type=int, show_default=True, help="of which this many cannot be mapped")
 def demo(stockouts: int, bad: int) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
 

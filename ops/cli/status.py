@@ -28,7 +28,7 @@ def status(as_json: bool, timeout: float, health: report_status.Role | None) -> 
 
     rt = runtime()
     # a quick ping first: the service's own client retries a lost connection for many seconds
-    if not reachable(rt.settings.redis_url, timeout=max(timeout, 1.0)):
+    if not reachable(rt.settings.redis_url, timeout=max(timeout, 1.0), **rt.settings.sentinel_options()):
         fail("Redis does not answer at REDIS_URL")
     try:
         if health:

@@ -1,16 +1,6 @@
 """The 用友BIP requestor: other outbound record save, list and detail (protocol: docs/apis.md).
-
-It owns the token (query parameter `access_token`, never a header), the `{"code", "message",
-"data"}` envelope and the mapping of every BIP code to a typed error. It does not sleep-and-retry:
-the one exception is an invalid token (310036/310001), renewed once and the call repeated once
-inside the client, because that is a property of the session, not of the request.
-
-De-duplication, as far as the client is concerned: the worker sends a `resubmitCheckKey` derived
-from the stockout, so BIP replays the first result for an hour and answers "duplicate submission"
-(100004/10004) after that — both are success here. If the tenant numbers documents by hand and a
-save is refused because the `code` already exists, the record with that code *is* ours (the code
-comes from the stockout too), so it is looked up and returned as a replay: the third layer.
-"""
+It owns the token as a query parameter, the `{"code", "message", "data"}` envelope and a typed error
+per BIP code; a replay or a duplicate is success. Why: docs/design.md, "The BIP client and de-duplication"."""
 from __future__ import annotations
 
 import logging
@@ -176,7 +166,12 @@ class BipClient:
         return SaveResult(code=record.code or "", replayed=True)
 
     def detail(self, record_id: str) -> dict[str, Any] | None:
-        """The whole record with this id (header and othOutRecords), or None when BIP has none (1002)."""
+        """The record BIP holds under `record_id`, or None when BIP answers 1002 (not found).
+
+        Only 1002 means absent: every other failure (HTTP 5xx, a timeout, a gateway code) raises its
+        typed error, because "could not ask" must never be read as "not there"."""
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise ValueError(f"record_id must be a non-empty string, got {record_id!r}")
         try:
             body = self.request("GET", DETAIL_PATH, params={"id": record_id})
         except InvalidRequestError as exc:
@@ -185,7 +180,7 @@ class BipClient:
             raise
         data = body.get("data")
         if not isinstance(data, dict):
-            raise APIConnectionError(f"bip GET {DETAIL_PATH}: data is {type(data).__name__}, not an object", api=API)
+            raise APIConnectionError(f"bip GET {DETAIL_PATH}: reply has no data object", api=API)
         return data
 
     def find_by_code(self, code: str) -> list[dict[str, Any]]:
@@ -217,6 +212,11 @@ class BipClient:
                 raise APIConnectionError(
                     f"bip {LIST_PATH}: page {page_index} past recordCount={total}", api=API
                 )
+
+    def list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the list and its recordCount, rows as BIP sent them: the caller checks they
+        match the query (a tenant's list may ignore a filter it cannot apply)."""
+        return self._list_page(page_index, page_size, **query)
 
     def _list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         body = {"pageIndex": page_index, "pageSize": page_size, **query}

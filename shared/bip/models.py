@@ -1,9 +1,5 @@
-"""The other outbound record (其他出库单) as `/yonbip/scm/othoutrecord/single/save` takes it.
-
-Field names are BIP's own, including the awkward ones (`_status`, `defines!define1`) as aliases.
-Quantities are Decimal and go on the wire as strings, never floats. Optional fields left None are
-not sent.
-"""
+"""The other outbound record (其他出库单) as `/yonbip/scm/othoutrecord/single/save` takes it: BIP's own
+field names as aliases, Decimal quantities sent as strings (docs/design.md, "BIP's record model")."""
 from __future__ import annotations
 
 from decimal import Decimal

@@ -1,18 +1,6 @@
-"""用友BIP gateway discovery and the access token, shared by every worker on every machine.
-
-Why the token lives in Redis and is renewed under a lock: BIP has no refresh, each renewal is a
-signed request of its own, and a fleet of workers that all notice expiry at once would otherwise
-send one token request each (and some gateways count those against the app). So the token is
-cached in Redis with a TTL that ends `bip_token_margin_s` before BIP's own expiry, exactly one
-process renews it (`SET NX PX` lock), and the others poll the key briefly and use what it wrote.
-
-Why it is also kept in memory: a save must not cost a Redis read for the token. A process keeps
-the token until the Redis TTL it read runs out (measured on its own monotonic clock, so machine
-clocks never have to agree), or until a call says it is invalid.
-
-Why `invalidate` compares before deleting: a worker whose call failed with an old token must not
-delete the fresh one another worker has just fetched.
-"""
+"""用友BIP gateway discovery and the access token, shared by every worker on every machine: cached in
+Redis, renewed by one process under a lock, kept in memory per process.
+Why: docs/design.md, "The BIP token, shared through Redis"."""
 from __future__ import annotations
 
 import json

@@ -1,12 +1,6 @@
 """The 旺店通 requestor: `wdt.stockout.order.query` through the Qimen gateway (protocol: docs/apis.md).
-
-It owns signing, the envelope and the mapping of every failure to a typed error; it never sleeps
-and retries by itself (that is `errors.resolve`'s decision, made by the caller). It waits only for
-the shared rate limiter, so all workers on all machines together stay under WDT's quota.
-
-How pages are ordered so that a stockout modified while we page is never missed: see
-`shared.wdt.paging` (0, last … 1, 0).
-"""
+It owns signing, the envelope and the typed error for every failure; it never retries by itself.
+Why: docs/design.md, "The WDT client"."""
 from __future__ import annotations
 
 import functools
@@ -197,7 +191,7 @@ class WdtClient:
 
     def iter_pages(
         self, start: datetime, end: datetime, page_size: int | None = None, *,
-        fetch: Callable[[Callable[[], WdtPage]], WdtPage] | None = None, **filters: Any,
+        fetch: Callable[[Callable[[], WdtPage]], WdtPage] | None = None, reread_first: bool = True, **filters: Any,
     ) -> Iterator[WdtPage]:
         """Every page of one window, one at a time, in the order that cannot miss a stockout moved by
         an edit (paging.py). Records an earlier page already yielded are dropped from later pages
@@ -207,7 +201,7 @@ class WdtClient:
         asked again on its own instead of the whole window from the start."""
         start, end = self._check_window(start, end)
         size = self._page_size(page_size)
-        paginator = WdtPaginator(size)
+        paginator = WdtPaginator(size, reread_first=reread_first)
         seen: set[str] = set()  # ids only: the window itself is never held
         while (page_no := paginator.next_page_no) is not None:  # None once finished
             call = functools.partial(self.query_page, start, end, page_no, size, **filters)

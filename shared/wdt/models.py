@@ -1,9 +1,5 @@
-"""The stockout as `wdt.stockout.order.query` returns it (field table: ../shared/seed).
-
-WDT sends every value as a string. Numbers become Decimal (never float), `0000-00-00 00:00:00`
-becomes None, times become aware Beijing datetimes. Fields WDT adds that the table does not list
-are kept (extra="allow") so the dead-letter record and the transform can still see them.
-"""
+"""The stockout as `wdt.stockout.order.query` returns it: strings become Decimal, None and aware
+Beijing datetimes; fields the table does not list are kept (docs/design.md, "WDT's stockout model")."""
 from __future__ import annotations
 
 from datetime import datetime

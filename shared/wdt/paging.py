@@ -1,32 +1,6 @@
-"""Which WDT page to read next, and how a long range is cut into legal windows.
-
-Why pages are read in the order 0, last, last−1, …, 1, 0
-----------------------------------------------------------
-`wdt.stockout.order.query` filters on the last-modified time and orders by it, ascending. The
-producer only asks for windows that end at least `settle` seconds in the past, so while we page
-nothing can *enter* the window: an edit gives a stockout a modified time of "now", after the
-window's end. What can happen is that a stockout *leaves* the window, and every stockout after it
-moves one place earlier.
-
-Read forwards (0, 1, 2, …), that shift pushes the first stockout of the next, unread page onto the
-page we have just read: it is silently skipped. Read backwards, the same shift only moves an
-already-read stockout onto the next page to be read: a harmless re-read, never a miss. The one
-exception is page 0, which must be read first because it carries `total_count` (the only page on
-which WDT promises it); a shift that happens after that read can move the head of page 1 onto page
-0, so page 0 is read once more at the end. A window that fits on one page is read once.
-
-The stockout that left the window is not lost either: its new modified time lies in a later
-window, which the producer polls next (and its lookback re-reads the recent past).
-
-When page 0 has no `total_count` we cannot know where the last page is, so we fall back to
-forward paging until a short page; the producer's lookback overlap is then what catches a
-stockout skipped by a shift.
-
-Loop detection (Singer SDK style): a page number requested twice (other than the planned re-read
-of page 0), more pages than total/page_size + 1, a page number the plan did not ask for, or — in
-forward mode, where there is no total — a full page identical to the one before (a server ignoring
-`page_no`) or more than `max_pages` pages raise PaginationError instead of looping forever.
-"""
+"""Which WDT page to read next (0, last, last−1, …, 1, 0), how a long range is cut into legal
+windows, and the loop detection that stops a server ignoring `page_no`.
+Why that order: docs/design.md, "Paging WDT"."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,8 +45,11 @@ class WdtPaginator:
     """Decides the next page number from the page just read. `advance(page)` → `next_page_no`, until
     `finished`."""
 
-    def __init__(self, page_size: int, *, max_pages: int = 10_000) -> None:
+    def __init__(self, page_size: int, *, max_pages: int = 10_000, reread_first: bool = True) -> None:
         self.page_size = page_size
+        # False: skip the closing re-read of page 0, for a caller that checks the window's count
+        # later and re-reads it when a shift changed it (the producer's lookback ledger).
+        self.reread_first = reread_first
         self.max_pages = max_pages
         self.next_page_no: int | None = 0
         self.finished = False
@@ -113,8 +90,8 @@ class WdtPaginator:
                 self.total_count = max(0, int(total_count))
                 last = -(-self.total_count // self.page_size) - 1
                 if last >= 1:
-                    self._plan = [*list(range(last, 0, -1)), 0]
-                    self._reread_zero_planned = True
+                    self._plan = [*list(range(last, 0, -1)), *([0] if self.reread_first else [])]
+                    self._reread_zero_planned = self.reread_first
             else:
                 self.mode = "forward"
                 self._last_fingerprint = _fingerprint(records)

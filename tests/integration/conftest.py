@@ -65,7 +65,7 @@ class Processes:
                             hostname=f"{name}@%h", log_path=self.logdir / f"{name}.log")
         self.procs.append(proc)
         wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "stockouts", proc=proc,
-                          ca_certs=self.env.get("REDIS_CA_CERTS", ""))
+                          ca_certs=self.env.get("REDIS_CA_CERTS", ""), master=self.env.get("REDIS_SENTINEL_MASTER", ""))
         return proc
 
     def beat(self, name: str = "beat"):

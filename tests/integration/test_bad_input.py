@@ -18,6 +18,7 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.state import stockout_key
 from tests.integration.faults import eligible, outcome, recent, saved
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +71,8 @@ def test_each_bad_stockout_is_dead_lettered_with_its_field_and_the_good_ones_are
     summary = poll_once(runtime(), publish_stockout)
     assert summary.published == len(good) + len(CASES)
     letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: good <= set(saved(sandbox)) and set(bad_keys) <= set(letters.ids()), 60,
-               message="good saved, bad dead-lettered")
+    wait_until(lambda: good <= set(saved(sandbox)) and set(bad_keys) <= set(letters.ids()),
+               message="good saved, bad dead-lettered", progress=pipeline(sandbox, redis_client))
     assert max(saved(sandbox).values()) == 1
     reasons = {}
     for letter in letters.all():
@@ -120,7 +121,8 @@ def test_messages_that_are_not_json_are_refused_without_running_anything(sandbox
     # a good stockout after the bad messages is still saved by the same worker
     stockouts = recent(sandbox, 3)
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: eligible(stockouts) <= set(saved(sandbox)), 30, message="good saved after bad messages")
+    wait_until(lambda: eligible(stockouts) <= set(saved(sandbox)), message="good saved after bad messages",
+               progress=pipeline(sandbox, redis_client))
     assert not marker.exists(), "a pickled message was deserialised and ran code"
     assert app.conf.accept_content == ["json"]
     logs = processes.logs()

@@ -4,8 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -19,17 +17,15 @@ from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli
 from tests.integration.conftest import reset_service_caches
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
 
 def saved(sandbox) -> Counter:
     return Counter(r["data"]["defines!define1"] for r in sandbox.records())
-
-
-def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def recent(sandbox, count, **kw):
@@ -58,7 +54,8 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
     letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), 60, message="sync")
+    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), message="sync",
+               progress=pipeline(sandbox, redis_client))
 
     letter = letters.get(poison["stockout_id"])
     assert letter.attempts == 1, "a permanent error is not retried"
@@ -79,7 +76,8 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     mapping.write_text(mapping.read_text() + '\n[warehouses."WH-NEW9"]\nwarehouse = "SH01"\n')
     requeued = cli(processes.env, "dlq", "requeue", poison["stockout_id"])
     assert requeued.returncode == 0, requeued.stderr
-    wait_until(lambda: poison["stockout_id"] in saved(sandbox), 30, message="requeued stockout saved")
+    wait_until(lambda: poison["stockout_id"] in saved(sandbox), message="requeued stockout saved",
+               progress=pipeline(sandbox, redis_client))
     assert saved(sandbox)[poison["stockout_id"]] == 1
     assert letters.ids() == [] and letters.queue_length() == 0
     # requeueing it again is a no-op, and a new poll does not publish it again
@@ -95,7 +93,8 @@ def test_transient_faults_are_retried_and_each_stockout_is_saved_exactly_once(sa
     processes.worker(concurrency=4)
     poll_once(runtime(), publish_stockout)
     letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(saved(sandbox)) == expected, 90, message="all saved despite faults")
+    wait_until(lambda: set(saved(sandbox)) == expected, message="all saved despite faults",
+               progress=pipeline(sandbox, redis_client))
     faults = sandbox.counters()["faults"]
     assert faults.get("bip.http_502") and faults.get("bip.code_310504") and faults.get("bip.rate_limit")
     assert max(saved(sandbox).values()) == 1
@@ -110,7 +109,7 @@ def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sand
     processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
     letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(letters.ids()) == expected, 60, message="dead letters")
+    wait_until(lambda: set(letters.ids()) == expected, message="dead letters", progress=pipeline(sandbox, redis_client))
     for letter in letters.all():
         assert letter.attempts == 3 and letter.stage == "save"
         assert letter.error_class == "APIConnectionError" and letter.http_status == 502
@@ -121,7 +120,8 @@ def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sand
     # the outage ends: requeue --all saves every one exactly once
     sandbox.set_faults()
     assert cli(processes.env, "dlq", "requeue", "--all").returncode == 0
-    wait_until(lambda: set(saved(sandbox)) == expected, 30, message="requeued saved")
+    wait_until(lambda: set(saved(sandbox)) == expected, message="requeued saved",
+               progress=pipeline(sandbox, redis_client))
     assert max(saved(sandbox).values()) == 1
 
 
@@ -177,8 +177,7 @@ def test_a_requeue_killed_half_way_loses_nothing(service, redis_client):
 def test_purge_asks_for_confirmation(service, redis_client):
     store = _letters(redis_client, 2)
     env = dict(service)
-    refused = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "purge", "--all"], env=env,
-                             input="n\n", capture_output=True, text=True, timeout=60)
+    refused = cli(env, "dlq", "purge", "--all", input="n\n")
     assert refused.returncode == 1 and len(store.ids()) == 2
     done = cli(env, "dlq", "purge", "900", "--yes")
     assert done.returncode == 0 and store.ids() == ["901"] and store.queue_length() == 1
@@ -197,9 +196,10 @@ def test_one_error_line_per_dead_letter_and_a_requeue_that_fails_again_keeps_the
     processes.worker(concurrency=1)
     letters = DeadLetterStore(redis_client, "t")
     publish_stockout(stockout, stockout["stockout_id"])
-    wait_until(lambda: letters.get(stockout["stockout_id"]), 30, message="dead letter")
+    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
+               progress=pipeline(sandbox, redis_client))
     first = letters.get(stockout["stockout_id"])
-    wait_until(lambda: " raised " in processes.logs(), 10, message="Celery's line about the task")
+    wait_until(lambda: " raised " in processes.logs(), 60, message="Celery's line about the task")
     errors = _error_lines(processes.logs())
     assert len(errors) == 1 and stockout["stockout_id"] in errors[0], errors
 
@@ -211,7 +211,8 @@ def test_one_error_line_per_dead_letter_and_a_requeue_that_fails_again_keeps_the
     # requeued by its order number, it fails again: the letter continues instead of starting over
     requeued = cli(processes.env, "dlq", "requeue", stockout["order_no"])
     assert requeued.returncode == 0 and "requeued 1" in requeued.stdout, requeued.stdout + requeued.stderr
-    wait_until(lambda: (letters.get(stockout["stockout_id"]) or first).attempts == 4, 30, message="second dead letter")
+    wait_until(lambda: (letters.get(stockout["stockout_id"]) or first).attempts == 4, message="second dead letter",
+               progress=pipeline(sandbox, redis_client))
     again = letters.get(stockout["stockout_id"])
     assert again.first_failed_at == first.first_failed_at
     assert [h.event for h in again.history] == ["dead_lettered", "requeued", "dead_lettered"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,8 +16,10 @@ from shared.deadletters import DeadLetterStore
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
 from shared.runtime import runtime
+from tests.cli import command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
+from tests.progress import pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,9 +37,10 @@ def assert_exactly_once(row: dict) -> None:
     assert row["saved"] + row["dead_lettered"] == row["stockouts"], row
 
 
-def settle(sandbox, expected: set[str], letters: DeadLetterStore, timeout: float) -> None:
-    wait_until(lambda: expected <= set(saved(sandbox)) | set(letters.ids()), timeout,
-               message=f"{len(expected)} stockouts saved or dead-lettered")
+def settle(sandbox, expected: set[str], letters: DeadLetterStore) -> None:
+    # a stall window longer than a redelivery (FAST_REDELIVERY's visibility timeout): crashed work comes back
+    wait_until(lambda: expected <= set(saved(sandbox)) | set(letters.ids()), stall=60,
+               message=f"{len(expected)} stockouts saved or dead-lettered", progress=pipeline(sandbox, letters.r))
 
 
 def test_pool_process_killed_mid_save(sandbox, processes, redis_client):
@@ -50,12 +52,13 @@ def test_pool_process_killed_mid_save(sandbox, processes, redis_client):
     poll_once(runtime(), publish_stockout)
     killed = 0
     for threshold in (10, 40, 70):
-        wait_until(lambda n=threshold: len(sandbox.records()) >= n, 60, message=f"{threshold} saves")
+        wait_until(lambda n=threshold: len(sandbox.records()) >= n, message=f"{threshold} saves",
+                   progress=pipeline(sandbox))
         for pid in children(worker.pid)[:2]:
             os.kill(pid, signal.SIGKILL)  # mid-save: every pool process is inside a 250 ms save
             killed += 1
     assert killed >= 4
-    settle(sandbox, expected, letters_of(redis_client), 120)
+    settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(
         outcome(f"pool process SIGKILLed mid-save (×{killed})", sandbox, expected, letters_of(redis_client))
     )
@@ -69,12 +72,12 @@ def test_whole_worker_killed_and_restarted(sandbox, processes, redis_client):
     processes.env.update(FAST_REDELIVERY)
     worker = processes.worker(concurrency=4, name="first")
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: len(sandbox.records()) >= 20, 60, message="20 saves")
+    wait_until(lambda: len(sandbox.records()) >= 20, message="20 saves", progress=pipeline(sandbox))
     stop(worker, sig=signal.SIGKILL, timeout=1)  # the main process and its pool, without warning
     in_limbo = len(expected) - len(saved(sandbox))
     assert in_limbo > 0
     processes.worker(concurrency=4, name="second")
-    settle(sandbox, expected, letters_of(redis_client), 120)
+    settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(outcome("whole worker SIGKILLed, restarted", sandbox, expected, letters_of(redis_client)))
 
 
@@ -90,12 +93,12 @@ def test_redis_restarted_mid_run_with_aof(sandbox, service, tmp_path, monkeypatc
         sandbox.set_faults(bip={"latency_ms": 200})
         procs.worker(concurrency=4)
         poll_once(runtime(), publish_stockout)
-        wait_until(lambda: len(sandbox.records()) >= 20, 60, message="20 saves")
+        wait_until(lambda: len(sandbox.records()) >= 20, message="20 saves", progress=pipeline(sandbox))
         server.kill()
         time.sleep(2)
         server.start()  # same port, same AOF: the queue, the unacked messages and the marks come back
         client = redis.Redis.from_url(server.url)
-        settle(sandbox, expected, letters_of(client), 150)
+        settle(sandbox, expected, letters_of(client))
         row = outcome("Redis SIGKILLed and restarted (AOF)", sandbox, expected, letters_of(client))
         assert_exactly_once(row)
         assert row["dead_lettered"] == 0, procs.logs()[-3000:]
@@ -109,9 +112,10 @@ def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_c
     expected = eligible(stockouts)
     sandbox.set_faults(wdt={"latency_ms": 300})
     env = {**service, "WDT_PAGE_SIZE": "20", "POLL_LOCK_TTL_S": "3"}
-    poll = subprocess.Popen([sys.executable, "-m", "ops.cli", "poll"], env=env,
+    poll = subprocess.Popen(command("poll"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_until(lambda: redis_client.llen("t:stockouts") >= 60, 60, message="some pages published")
+    wait_until(lambda: redis_client.llen("t:stockouts") >= 60, message="some pages published",
+               progress=lambda: redis_client.llen("t:stockouts"), stall=60)
     os.killpg(poll.pid, signal.SIGKILL)
     poll.wait()
     published = redis_client.llen("t:stockouts")
@@ -123,7 +127,7 @@ def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_c
     processes.worker(concurrency=4)
     summary = poll_once(runtime(), publish_stockout)
     assert summary.published == len(expected) - published, "the next poll publishes exactly the rest"
-    settle(sandbox, expected, letters_of(redis_client), 90)
+    settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(
         outcome("poll SIGKILLed half-way through a window", sandbox, expected, letters_of(redis_client))
     )
@@ -134,7 +138,7 @@ def test_two_polls_at_once_publish_each_stockout_once(sandbox, service, redis_cl
     expected = eligible(stockouts)
     sandbox.set_faults(wdt={"latency_ms": 100})
     env = {**service, "WDT_PAGE_SIZE": "50"}
-    polls = [subprocess.Popen([sys.executable, "-m", "ops.cli", "poll"], env=env, stdout=subprocess.PIPE,
+    polls = [subprocess.Popen(command("poll"), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in polls]
     assert sum("another poll is running" in out for out in outputs) == 1, outputs
@@ -151,11 +155,12 @@ def test_two_beats_over_the_same_window(sandbox, processes, redis_client):
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.beat("beat-a")
     processes.beat("beat-b")
-    wait_until(lambda: redis_client.llen("t:stockouts") >= len(expected), 60, message="published")
+    wait_until(lambda: redis_client.llen("t:stockouts") >= len(expected), message="published",
+               progress=lambda: redis_client.llen("t:stockouts"), stall=60)
     time.sleep(3)  # several more beats from both
     assert redis_client.llen("t:stockouts") == len(expected)
     processes.worker(concurrency=4)
-    settle(sandbox, expected, letters_of(redis_client), 60)
+    settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(outcome("two beats polling the same window", sandbox, expected, letters_of(redis_client)))
 
 
@@ -168,9 +173,9 @@ def test_bip_faults_at_twenty_percent_and_a_revoked_token(sandbox, processes, re
     processes.env.update({"MAX_ATTEMPTS": "10", "HTTP_READ_TIMEOUT_S": "2"})
     processes.worker(concurrency=8)
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: len(sandbox.records()) >= 40, 60, message="40 saves")
+    wait_until(lambda: len(sandbox.records()) >= 40, message="40 saves", progress=pipeline(sandbox))
     sandbox.revoke_tokens()
-    settle(sandbox, expected, letters_of(redis_client), 150)
+    settle(sandbox, expected, letters_of(redis_client))
     row = outcome("BIP 20 % faults (502, 310504, rate limit, slow-but-stored) + token revoked", sandbox, expected,
                   letters_of(redis_client))
     assert_exactly_once(row)
@@ -210,7 +215,7 @@ def test_wdt_faults_are_retried_and_the_cursor_waits(sandbox, service, processes
     assert faults.get("wdt.rate_limit") or faults.get("wdt.malformed_json") or faults.get("wdt.slow")
     sandbox.set_faults()
     processes.worker(concurrency=4)
-    settle(sandbox, expected, letters_of(redis_client), 60)
+    settle(sandbox, expected, letters_of(redis_client))
     assert summary.published + summary.already_queued >= len(expected)
     assert_exactly_once(
         outcome("WDT faults (5xx, 1012, malformed JSON, timeouts)", sandbox, expected, letters_of(redis_client))
@@ -222,7 +227,7 @@ def test_stockout_modified_after_sync_is_not_saved_again(sandbox, processes, red
     expected = eligible(stockouts)
     processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
-    settle(sandbox, expected, letters_of(redis_client), 60)
+    settle(sandbox, expected, letters_of(redis_client))
     for sid in list(expected)[:10]:
         sandbox.modify(sid)  # edited in WDT: now at the end of the window, inside the lookback
     again = poll_once(runtime(), publish_stockout)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli, command
 
 pytestmark = pytest.mark.integration
 AUTH = ("operator", "flower-test-pass-Q7")
@@ -24,7 +24,7 @@ def flower(service, tmp_path):
     port = free_port()
     env = {**service, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
     with open(tmp_path / "flower.log", "wb") as log:  # flower has its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "flower", f"--port={port}"], env=env,
+        proc = subprocess.Popen(command("flower", f"--port={port}"), env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -34,15 +34,14 @@ def flower(service, tmp_path):
         except requests.ConnectionError:
             return False
 
-    wait_until(up, 30, message="flower listening")
+    wait_until(up, 90, message="flower listening")
     yield url
     stop(proc)
 
 
 def test_flower_refuses_to_start_without_auth(service):
     env = {k: v for k, v in service.items() if k != "FLOWER_BASIC_AUTH"}
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "flower", "--port=1"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = cli(env, "flower", "--port=1")
     assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr
 
 
@@ -62,7 +61,7 @@ def test_flower_shows_failures_and_dead_letter_length_behind_auth(sandbox, proce
         tasks = requests.get(f"{flower}/api/tasks", params={"state": "FAILURE"}, auth=AUTH, timeout=5).json()
         return list(tasks.values())
 
-    task = wait_until(failed, 30, message="a FAILURE in flower")[0]
+    task = wait_until(failed, 90, message="a FAILURE in flower")[0]
     assert task["name"] == "stockout_sync.sync_stockout"
     assert "TransformError" in task["exception"] and "WH-XX99" in task["exception"]
     assert poison["stockout_id"] in task["kwargs"] and poison["order_no"] in task["kwargs"]
@@ -71,4 +70,4 @@ def test_flower_shows_failures_and_dead_letter_length_behind_auth(sandbox, proce
         queues = requests.get(f"{flower}/api/queues/length", auth=AUTH, timeout=5).json()["active_queues"]
         return {q["name"]: q["messages"] for q in queues}.get("dead_letter")
 
-    assert wait_until(dead_letter_length, 30, message="dead_letter length") == 1
+    assert wait_until(dead_letter_length, 90, message="dead_letter length") == 1

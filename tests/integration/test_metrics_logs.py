@@ -15,6 +15,7 @@ from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,8 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
         dead = total(samples, "stockout_sync_dead_lettered_total")
         return samples if saved == len(good) and dead == 3 else None
 
-    samples = wait_until(worker_done, 60, 0.5, message="the worker's counters to show every stockout")
+    samples = wait_until(worker_done, interval=0.5, message="the worker's counters to show every stockout",
+                         progress=pipeline(sandbox, redis_client))
     assert len(sandbox.records()) == len(good)
     assert total(samples, "stockout_sync_saved_total", outcome="saved") == len(good)
     # two refused by the transform, one by BIP's validation (unknown material, code 999)
@@ -77,6 +79,11 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
     query = "wdt.stockout.order.query"
     assert total(beat, "stockout_sync_api_requests_total", api="wdt", endpoint=query, code="ok") >= 1
     assert total(beat, "stockout_sync_rate_limit_wait_seconds_count", limiter="wdt") >= 1
+    # every WDT call is counted by what it was for: the polls' reads and the lookback's count checks
+    by_purpose = {p: total(beat, "stockout_sync_wdt_calls_total", purpose=p) for p in ("poll", "lookback", "other")}
+    assert by_purpose["poll"] >= 1 and by_purpose["lookback"] >= 1 and by_purpose["other"] == 0
+    assert sum(by_purpose.values()) == total(beat, "stockout_sync_api_requests_total", api="wdt")
+    assert any(n == "stockout_sync_backfill_jobs_running" for n, _ in beat), "the jobs gauge is exported"
     assert total(beat, "stockout_sync_saved_total") == 0, "each exporter shows its own processes"
 
     # text logs (the default) carry the same fields as `key=value` after the message
@@ -92,7 +99,8 @@ def test_json_logs_are_one_object_per_line_with_the_event_fields(sandbox, proces
     worker = processes.worker(concurrency=2, env={"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
     letters = DeadLetterStore(redis_client, "t")
     poll_once(runtime(), publish_stockout)
-    wait_until(lambda: len(sandbox.records()) + len(letters.ids()) == len(eligible), 60, message="sync")
+    wait_until(lambda: len(sandbox.records()) + len(letters.ids()) == len(eligible), message="sync",
+               progress=pipeline(sandbox, redis_client))
     stop(worker)
 
     lines = (processes.logdir / "w1.log").read_text().splitlines()

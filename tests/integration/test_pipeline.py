@@ -14,6 +14,7 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     first = poll_once(runtime(), publish_stockout)
     assert first.published == len(expected)
     assert first.filtered_out == first.fetched - len(expected)
-    wait_until(lambda: settled(sandbox, expected, letters), 60, message="every stockout saved or dead-lettered")
+    wait_until(lambda: settled(sandbox, expected, letters), message="every stockout saved or dead-lettered",
+               progress=pipeline(sandbox, redis_client))
 
     saved = saved_by_stockout(sandbox)
     # an unknown material is refused by BIP itself; the other two never leave the worker
@@ -73,18 +75,25 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     assert record["vouchdate"] == one["consign_time"][:10]
     assert [line["product"] for line in record["othOutRecords"]] == [d["spec_no"] for d in one["details_list"]]
 
-    # the lookback re-reads the same window: nothing is published again
+    # the lookback compares WDT's count with the one recorded: unchanged, so nothing is read again
     second = poll_once(runtime(), publish_stockout)
-    assert second.fetched >= len(expected)
-    assert second.published == 0
-    assert second.already_done == len(expected) - len(bad)
+    assert second.published == 0 and second.lookback_probes == 1 and second.lookback_rereads == 0
+    assert second.fetched == 0
+
+    # a late write: a stockout WDT adds inside an already-read slice is found by the count and saved
+    late_write = sandbox.generate(3, start=now - timedelta(hours=2), end=now - timedelta(hours=2))
+    late_write_ids = eligible_ids(late_write)
+    found = poll_once(runtime(), publish_stockout)
+    assert found.lookback_rereads >= 1 and found.published == len(late_write_ids)
+    wait_until(lambda: late_write_ids <= set(saved_by_stockout(sandbox)), 30, message="late writes saved")
 
     # a stockout that appears after the first poll is saved by the next one
     late = sandbox.generate(5, start=now_beijing() - timedelta(minutes=1), end=now_beijing() - timedelta(seconds=1))
     late_ids = eligible_ids(late)
     third = poll_once(runtime(), publish_stockout)
     assert third.published == len(late_ids)
-    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), 30, message="late stockouts saved")
+    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), message="late stockouts saved",
+               progress=pipeline(sandbox, redis_client))
     assert max(saved_by_stockout(sandbox).values()) == 1
 
 
@@ -95,7 +104,8 @@ def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_c
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.worker(concurrency=2)
     processes.beat()
-    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), 60, message="beat-driven sync")
+    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), message="beat-driven sync",
+               progress=pipeline(sandbox, redis_client))
     store = runtime().store
     assert store.cursor() is not None and store.cursor() > now - timedelta(minutes=1)
     summary = store.last_poll_summary()

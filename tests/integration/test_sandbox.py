@@ -586,3 +586,27 @@ def test_save_needs_a_json_body(sb, http):
                        headers={"Content-Type": "application/json"}, timeout=5)
     assert broken.json()["code"] == "310008"
     assert sb.records() == []
+
+
+def test_list_modes_ignore_filters_and_omit_fields_and_a_detail_fault(sb, http):
+    token = get_token(sb, http)
+    saved = [save(sb, http, token, record(resubmitCheckKey=f"m{i}", **{"defines!define1": f"SO{i}"}))["data"]
+             for i in range(3)]
+    only = [{"field": "defines!define1", "op": "in", "value1": ["SO1"]}]
+    with SandboxControl(sb.url) as control:
+        assert control.set_bip_list(ignore_filters=True) == {"ignore_filters": True, "omit_fields": False}
+        ignored = bip_list(sb, http, token, simpleVOs=only)["data"]["recordList"]
+        assert [r["id"] for r in ignored] == [s["id"] for s in saved]  # the filter dropped, silently
+        by_code = bip_list(sb, http, token, code=saved[2]["code"])["data"]["recordList"]
+        assert [r["id"] for r in by_code] == [saved[2]["id"]]  # code is still honoured
+        control.set_bip_list(ignore_filters=False, omit_fields=True)
+        (row,) = bip_list(sb, http, token, simpleVOs=only)["data"]["recordList"]
+        assert sorted(row) == ["code", "id", "status", "vouchdate", "warehouse"] and row["id"] == saved[1]["id"]
+        with pytest.raises(ValueError, match="omit_fields"):
+            control._call("POST", "bip-list", {"omit_fields": "yes"})
+    sb.set_faults(bip={"detail_http_502": 1.0})
+    failed = http.get(sb.url + DETAIL, params={"access_token": token, "id": saved[0]["id"]}, timeout=5)
+    assert failed.status_code == 502
+    assert bip_list(sb, http, token, simpleVOs=only)["code"] == "200"  # only the detail path fails
+    sb.reset()
+    assert sb.bip.list_ignores_filters is False and sb.bip.list_omits_fields is False

@@ -7,7 +7,6 @@ import base64
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import requests
@@ -20,8 +19,10 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import connect, free_port
 from shared.runtime import runtime
+from tests.cli import cli, command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, recent, saved
+from tests.progress import pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,24 +79,25 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
     flower_port = free_port()
     with open(tmp_path / "flower.log", "wb") as log:  # flower has its own copy of the descriptor
         flower = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "flower", f"--port={flower_port}"],
+            command("flower", f"--port={flower_port}"),
             env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     flower_url = f"http://127.0.0.1:{flower_port}"
     try:
-        wait_until(lambda: _up(flower_url), 30, message="flower")
+        wait_until(lambda: _up(flower_url), 90, message="flower")
         stockouts = recent(sandbox, 60, bad=4)
         expected = eligible(stockouts)
         sandbox.set_faults(bip={"http_502": 0.1, "code_310504": 0.1, "rate_limit": 0.05})
         procs.worker(concurrency=4)
         procs.beat()
         poll_once(runtime(), publish_stockout)
-        wait_until(lambda: len(saved(sandbox)) >= 20, 60, message="saves under way")
+        wait_until(lambda: len(saved(sandbox)) >= 20, message="saves under way", progress=pipeline(sandbox))
         sandbox.revoke_tokens()  # a token renewal in the middle of it
         client = connect(server.url, str(server.ca))
         letters = DeadLetterStore(client, "t")
-        wait_until(lambda: expected <= set(saved(sandbox)) | set(letters.ids()), 120, message="settled")
+        wait_until(lambda: expected <= set(saved(sandbox)) | set(letters.ids()), message="settled",
+                   progress=pipeline(sandbox, client))
         assert len(letters.ids()) == 4 and sandbox.counters()["bip_token_rejections"] >= 1
         assert sum(sandbox.counters()["faults"].values()) > 0, "no retry happened"
 
@@ -110,8 +112,7 @@ def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, mon
         details = "".join(
             requests.get(f"{flower_url}/api/task/info/{tid}", auth=auth, timeout=10).text for tid in failed
         )
-        dlq_json = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "list", "--json"], env=env,
-                                  capture_output=True, text=True, timeout=60)
+        dlq_json = cli(env, "dlq", "list", "--json")
         assert dlq_json.returncode == 0 and len(json.loads(dlq_json.stdout)) == 4
         everything = {
             "logs": procs.logs() + (tmp_path / "flower.log").read_text(errors="replace"),

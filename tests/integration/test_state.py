@@ -118,3 +118,17 @@ def test_stockout_key_uses_the_id_or_a_stable_content_hash():
     assert a.startswith("noid-") and a == stockout_key({"order_no": "CK1", "stockout_id": ""})
     assert a != stockout_key({"stockout_id": "", "order_no": "CK2"})
     assert parse_done("q") is None and parse_done(None) is None
+
+
+def test_a_reopened_mark_keeps_its_generation_and_never_undoes_a_newer_save(redis_client):
+    store = make(redis_client)
+    store.finish("7", "task-a", "1900000000000000007", "C7")
+    old = store.states(["7"])["7"]
+    assert store.swap_mark("7", old, "q|1") and store.states(["7"])["7"] == "q|1"
+    claim = store.claim("7", "task-b", 10)
+    assert claim.acquired and claim.generation == 1, "a reopened stockout is worked on again, at its generation"
+    assert store.claim("7", "task-c", 10).generation == 1 and not store.claim("7", "task-c", 10).acquired
+    store.finish("7", "task-b", "1900000000000000077", "C77", 1)
+    assert store.done("7") == parse_done("d|1900000000000000077~1|C77") and store.done("7").generation == 1
+    assert not store.swap_mark("7", old, "q|2"), "the mark changed since it was read: left alone"
+    assert store.states(["7"])["7"] == "d|1900000000000000077~1|C77"

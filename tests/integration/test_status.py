@@ -3,31 +3,22 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
 from ops.processes import wait_until
+from producer.jobs import JobStore
+from shared.celery_app import BACKFILL_QUEUE
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.ratelimit import RateLimiter
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli, cli_all
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def cli_all(env, *argvs) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, "-m", "ops.cli", *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for argv in argvs]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs, strict=False)]
 
 
 def status_json(env, *args) -> tuple[int, dict]:
@@ -43,8 +34,8 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.worker(concurrency=2)
     processes.beat()
-    wait_until(lambda: len(sandbox.records()) == len(eligible), 60, message="sync")
-    wait_until(lambda: runtime().store.last_poll_summary(), 10, message="a poll summary")
+    wait_until(lambda: len(sandbox.records()) == len(eligible), message="sync", progress=pipeline(sandbox))
+    wait_until(lambda: runtime().store.last_poll_summary(), 60, message="a poll summary")
 
     # four commands at once: each mostly waits for the workers' answers
     runs = cli_all(processes.env, ["status", "--json"], ["status"], ["status", "--health", "worker"],
@@ -54,7 +45,8 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     assert report["problems"] == []
     assert 0 <= report["lag_s"] < 30 and report["cursor"]
     assert report["last_poll"]["fetched"] >= 0 and report["last_poll_age_s"] < 30
-    assert report["queues"] == {"stockouts": 0, "dead_letter": 0, "producer": 0}
+    assert report["queues"] == {"stockouts": 0, "stockouts.backfill": 0, "dead_letter": 0, "producer": 0}
+    assert report["backlog"] == 0 and report["high_water"] > 0 and report["backfills"] == []
     assert report["in_flight"] == 0
     assert report["synced"] == len(eligible)
     assert report["dead_letters"] == 0 and report["dead_letters_by_reason"] == []
@@ -62,7 +54,7 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     assert report["bip_token"]["renew_in_s"] < report["bip_token"]["expires_in_s"]
     assert {r["name"] for r in report["rate_limits"]} == {"wdt", "bip"}
     queues = {w["hostname"].split("@")[0]: w["queues"] for w in report["workers"]}
-    assert queues["w1"] == ["stockouts"] and queues["producer"] == ["producer"]
+    assert queues["w1"] == ["stockouts", "stockouts.backfill"] and queues["producer"] == ["producer"]
     assert not any(v in json.dumps(report) for k, v in sandbox.env().items() if "SECRET" in k)
 
     text = runs[1]
@@ -88,13 +80,19 @@ def test_lag_dead_letters_and_no_worker_need_attention(service, redis_client):
         publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
     for i in range(4):
         publish_stockout({"stockout_id": f"70{i}"}, f"70{i}")
+    publish_stockout({"stockout_id": "600"}, "600", queue=BACKFILL_QUEUE)
+    job = JobStore(redis_client, "t").create(now_beijing() - timedelta(days=9), now_beijing() - timedelta(days=8),
+                                             slice_s=3600, synced=0)
     # a call booked 100 s ahead on a slow limiter: no headroom left
     RateLimiter(redis_client, "bip", 0.01, prefix="t").acquire()
     env = {**service, "BIP_RATE_PER_SECOND": "0.01"}
 
     code, report = status_json(env, "--timeout", "0.5")
     assert code == 1
-    assert report["lag_s"] > 7000 and report["queues"] == {"stockouts": 4, "dead_letter": 3, "producer": 0}
+    assert report["lag_s"] > 7000
+    assert report["queues"] == {"stockouts": 4, "stockouts.backfill": 1, "dead_letter": 3, "producer": 0}
+    assert report["backlog"] == 5, "both stockout queues count, dead letters do not"
+    assert [(b["job"]["id"], b["progress"], b["job"]["state"]) for b in report["backfills"]] == [(job.id, 0, "running")]
     assert report["workers"] == [] and report["synced"] == 0 and report["bip_token"] == {
         "cached": False, "expires_at": None, "expires_in_s": None, "renew_in_s": None}
     assert [(g["reason"], g["count"]) for g in report["dead_letters_by_reason"]] == [

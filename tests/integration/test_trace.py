@@ -3,8 +3,6 @@ the real command against the sandbox, real Redis and a real worker."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -15,13 +13,14 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
+from tests.cli import cli
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
 
 def trace(env, name, *extra) -> tuple[int, dict | str]:
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "trace", name, *extra], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = cli(env, "trace", name, *extra)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, (json.loads(done.stdout) if "--json" in extra else done.stdout + done.stderr)
 
@@ -62,7 +61,8 @@ def test_queued_then_in_flight_then_done_with_the_bip_record(sandbox, processes,
     processes.env["MAX_ATTEMPTS"] = "30"
     processes.worker(concurrency=1)
     lock = f"t:lock:{stockout['stockout_id']}"
-    wait_until(lambda: redis_client.get(lock), 30, interval=0.05, message="a worker on the stockout")
+    wait_until(lambda: redis_client.get(lock), interval=0.05, message="a worker on the stockout",
+               progress=pipeline(sandbox, redis_client))
     holder = redis_client.get(lock).decode()
     code, t = trace(processes.env, stockout["stockout_id"], "--json")  # by id this time
     assert t["verdict"] == "in flight", t
@@ -72,7 +72,8 @@ def test_queued_then_in_flight_then_done_with_the_bip_record(sandbox, processes,
     assert task["state"].startswith(("running", "waiting to retry", "reserved")), task
     sandbox.set_faults()
 
-    wait_until(lambda: runtime().store.done(stockout["stockout_id"]), 60, message="saved")
+    wait_until(lambda: runtime().store.done(stockout["stockout_id"]), message="saved",
+               progress=pipeline(sandbox, redis_client))
     code, t = trace(processes.env, stockout["order_no"], "--json")
     [record] = [r for r in sandbox.records() if r["data"]["defines!define1"] == stockout["stockout_id"]]
     assert t["verdict"] == "done" and t["bip_id"] == record["id"] and t["lock_holder"] == ""
@@ -88,10 +89,11 @@ def test_dead_lettered_with_its_history(sandbox, processes, redis_client):
     processes.worker(concurrency=1)
     letters = DeadLetterStore(redis_client, "t")
     publish_stockout(stockout, stockout["stockout_id"])
-    wait_until(lambda: letters.get(stockout["stockout_id"]), 30, message="dead letter")
+    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
+               progress=pipeline(sandbox, redis_client))
     letters.requeue([stockout["stockout_id"]], publish_stockout)
     wait_until(lambda: (letters.get(stockout["stockout_id"]) or letters.history(stockout["stockout_id"])).attempts == 4,
-               30, message="dead-lettered again")
+               message="dead-lettered again", progress=pipeline(sandbox, redis_client))
 
     code, t = trace(processes.env, stockout["order_no"], "--json")
     assert code == 0 and t["verdict"] == "dead-lettered" and t["stockout_id"] == stockout["stockout_id"]

@@ -487,3 +487,30 @@ def test_detail_of_a_missing_record_is_none_and_other_codes_are_typed_errors(red
     fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
     with pytest.raises(APIConnectionError):
         client.detail("9")
+# ---- detail: presence by id -------------------------------------------------------------------
+
+
+
+def test_detail_returns_the_record_none_on_1002_and_raises_on_anything_else(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "2000000000000000001", "code": "QTCK1"}})]
+    assert client.detail("2000000000000000001") == {"id": "2000000000000000001", "code": "QTCK1"}
+    sent = fake.calls(DETAIL)[0]
+    assert sent.method == "GET" and parse_qs(urlsplit(sent.url).query)["id"] == ["2000000000000000001"]
+    assert parse_qs(urlsplit(sent.url).query)["access_token"] == ["tok+1/="]
+    fake.replies[DETAIL] = [bip("1002", "单据不存在")]
+    assert client.detail("2000000000000000001") is None
+    fake.replies[DETAIL] = [(502, b"<html>Bad Gateway</html>")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("310504", "网关超时")]
+    with pytest.raises(APIConnectionError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [bip("999", "系统异常")]
+    with pytest.raises(InvalidRequestError):
+        client.detail("2000000000000000001")
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": None})]
+    with pytest.raises(APIConnectionError, match="no data"):
+        client.detail("2000000000000000001")
+    with pytest.raises(ValueError, match="record_id"):
+        client.detail("")

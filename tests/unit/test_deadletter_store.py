@@ -90,3 +90,22 @@ def test_iter_all_reads_in_batches_oldest_first(store):
     for i in range(450):
         store.put(letter(str(i)))
     assert [x.stockout_id for x in store.iter_all()] == [str(i) for i in range(450)]
+
+
+def test_the_settings_name_their_variable_and_reach_every_store(redis_client, monkeypatch):
+    from pydantic import ValidationError
+
+    from shared.settings import Settings, get_settings
+
+    with pytest.raises(ValidationError, match="dlq_ttl_days"):
+        Settings(_env_file=None, dlq_ttl_days=0)
+    monkeypatch.setenv("DLQ_TTL_DAYS", "2")
+    monkeypatch.setenv("DLQ_KEEP_PERSONAL_DATA", "true")
+    get_settings.cache_clear()
+    try:
+        store = DeadLetterStore(redis_client, "t")  # as the worker and the CLI make it
+        assert store.ttl_s == 2 * 86400 and store.keep_personal_data
+        assert store.put(letter("1", **RECEIVER)).stockout["receiver_name"] == "张三"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

@@ -9,7 +9,7 @@ import pytest
 from shared.mapping import Mapping, MappingFileError, load_mapping, parse_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "demo" / "mapping.toml"
+DEMO = ROOT / "ops" / "demo_data" / "mapping.toml"
 EXAMPLE = ROOT / "mapping.example.toml"
 
 

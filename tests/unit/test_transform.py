@@ -16,12 +16,12 @@ from shared.wdt.models import Stockout
 from worker.transform import TransformError, preview, resubmit_key, to_bip, validate_stockout
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_TEXT = (ROOT / "demo" / "mapping.toml").read_text(encoding="utf-8")
+DEMO_TEXT = (ROOT / "ops" / "demo_data" / "mapping.toml").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_mapping(ROOT / "demo" / "mapping.toml")
+    return load_mapping(ROOT / "ops" / "demo_data" / "mapping.toml")
 
 
 def mapping_with(*replacements: tuple[str, str]):
@@ -527,3 +527,22 @@ def test_a_line_picked_from_two_batches_becomes_two_bip_lines(demo):
     assert [(line["batchno"], line["qty"], line["invaliddate"]) for line in first] == [
         ("B1", "1.0000", "2027-01-31"), ("B2", "2.0000", "2027-03-31")]
     assert len(lines) == len(raw["details_list"]) + 1
+
+
+def test_resubmit_key_generations_are_new_keys_of_the_same_stockout(demo):
+    assert resubmit_key("100231", 0) == resubmit_key("100231") == "wdtso-100231"
+    assert resubmit_key("100231", 1) == "wdtso-100231-g1" and resubmit_key("100231", 12) == "wdtso-100231-g12"
+    long_id = "A" * 26  # fits readable at generation 0 only
+    assert resubmit_key(long_id, 1) != resubmit_key(long_id) and re.fullmatch(r"[0-9a-f]{32}", resubmit_key(long_id, 1))
+    ids = [str(n) for n in range(2_000)] + ["X" * k for k in range(20, 30)] + [f"出库{n}" for n in range(200)]
+    keys = [resubmit_key(i, g) for i in ids for g in range(4)]
+    assert all(0 < len(k) <= 32 for k in keys) and len(set(keys)) == len(keys)
+    assert keys == [resubmit_key(i, g) for i in ids for g in range(4)]  # stable: no attempt, no clock
+    record = to_bip(Stockout.model_validate(wdt_stockout()), demo, generation=2)
+    assert record.resubmitCheckKey == "wdtso-100231-g2"
+
+
+@pytest.mark.parametrize("bad", [-1, True, "1", 1.0])
+def test_resubmit_key_refuses_a_bad_generation(bad):
+    with pytest.raises(ValueError, match="generation"):
+        resubmit_key("100231", bad)

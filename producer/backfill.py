@@ -1,0 +1,149 @@
+"""Walking backfill jobs: a slice at a time, round robin, only while the backlog leaves room.
+
+A producer that dies mid-slice leaves the job's cursor at its last committed slice, and the next one
+re-reads that slice, publishing nothing the queued/done marks already cover. Messages go to the
+backfill queue, which the workers read only when the live one is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from producer.jobs import Job, JobStore, parse_time
+from producer.window import slices_for
+from shared.backlog import backlog
+from shared.errors import StockoutSyncError
+from shared.metrics import BACKFILL_JOBS, BACKLOG
+from shared.timeutil import format_wire
+
+log = logging.getLogger("stockout_sync.producer")
+
+
+class Gate:
+    """Backpressure with hysteresis: room while the backlog is under the high-water mark; once it
+    reached it, none until the backlog drained below the low-water mark."""
+
+    def __init__(self, r: redis.Redis, prefix: str, high: int, low: int) -> None:
+        self.r, self.p, self.high, self.low = r, prefix, high, low
+        self.key = f"{prefix}:backfill:paused"
+
+    def room(self) -> int:
+        waiting = backlog(self.r, self.p)
+        BACKLOG.set(waiting)
+        paused = self.r.exists(self.key)
+        if paused and waiting >= self.low:
+            return 0
+        if paused:
+            self.r.delete(self.key)
+        room = self.high - waiting
+        if room <= 0:
+            self.r.set(self.key, "1")
+            return 0
+        return room
+
+
+Reader = Callable[[datetime, datetime, int], "SliceRead | None"]
+
+
+class SliceRead(BaseModel):
+    """What reading one slice added (None from the reader: the slice holds more than the budget)."""
+
+    pages: int = 0
+    fetched: int = 0
+    published: int = 0
+    already_done: int = 0
+    already_queued: int = 0
+    filtered_out: int = 0
+    total: int = 0
+
+
+def advance(
+    store: JobStore,
+    gate: Gate,
+    read: Reader,
+    *,
+    deadline: float,
+    keepalive: Callable[[], None],
+    min_budget: int,
+    max_budget: int,
+    max_span_s: int,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> int:
+    """Walk the running jobs a slice at a time, round robin, until `deadline` (monotonic) or none is
+    left; waits (calling `keepalive`) while the gate has no room. Returns the slices committed."""
+    committed = 0
+    while time.monotonic() < deadline:
+        jobs = store.active()
+        BACKFILL_JOBS.set(len(jobs))
+        if not jobs:
+            break
+        for job in jobs:
+            keepalive()
+            if store.cancelled(job.id):
+                continue
+            room = gate.room()
+            while room < min_budget and time.monotonic() < deadline:
+                sleep(0.25)  # waiting for the workers to drain it; our place is the job's cursor
+                keepalive()
+                room = gate.room()
+            if room < min_budget or time.monotonic() >= deadline:
+                return committed
+            done = _one_slice(store, job, read, min(room, max_budget), max_span_s)
+            if done is None:
+                return committed  # WDT failing: no use trying the other jobs in this poll
+            committed += done
+    return committed
+
+
+def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s: int) -> bool | None:
+    """Read and commit the job's next slice: True when committed, False when not (cut shorter, done,
+    cancelled), None when reading it failed."""
+    start, until = job.next_start(), parse_time(job.until)
+    if start > until:
+        job.state = "done"
+        store.save(job)
+        return False
+    span = timedelta(seconds=max(1, min(job.slice_s, max_span_s)))
+    end = slices_for(start, until, span)[0][1]
+    try:
+        got = read(start, end, budget)
+    except StockoutSyncError as err:
+        # The slice failed after its page retries: the cursor stays, the next poll tries again.
+        log.warning(
+            "backfill %s: slice %s → %s failed (%s); will try again",
+            job.id, format_wire(start), format_wire(end), type(err).__name__,
+        )
+        return None
+    if got is None:  # more stockouts than the budget: a shorter slice
+        job.slice_s = max(1, int(span.total_seconds()) // 4 if span.total_seconds() > 4 else 1)
+        store.save(job)
+        return False
+    if store.cancelled(job.id):
+        return False  # cancelled while it read: the slice is not committed, the job stops
+    job.cursor = format_wire(end)
+    job.slices += 1
+    for field in ("pages", "fetched", "published", "already_done", "already_queued", "filtered_out"):
+        setattr(job, field, getattr(job, field) + getattr(got, field))
+    if got.total * 4 < budget:  # room to spare: a longer slice next time
+        job.slice_s = min(max_span_s, int(span.total_seconds()) * 2)
+    if end >= until:
+        job.state = "done"
+    store.save(job)
+    log.info(
+        "backfill %s: slice %s → %s committed (%d published, %d already done, %d already queued)",
+        job.id,
+        format_wire(start),
+        format_wire(end),
+        got.published,
+        got.already_done,
+        got.already_queued,
+        extra={"stage": "backfill"},
+    )
+    return True
