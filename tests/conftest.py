@@ -77,11 +77,15 @@ def foreign_keys(client: redis.Redis, limit: int = 5) -> list[bytes]:
     return found
 
 
+_claimed: list[bool] = []  # set once this session has checked and flushed the database: from then on it is ours
+
+
 @pytest.fixture
 def redis_url():
     client = redis.Redis.from_url(TEST_REDIS_URL)
     try:
-        foreign = foreign_keys(client)
+        # Checked before the session's first flush only: later, keys under any prefix are our own tests'.
+        foreign = [] if _claimed else foreign_keys(client)
         if foreign:
             pytest.exit(
                 f"refusing to flush TEST_REDIS_URL={TEST_REDIS_URL}: it holds keys no test wrote "
@@ -90,6 +94,7 @@ def redis_url():
                 returncode=2,
             )
         client.flushdb()
+        _claimed.append(True)
     finally:
         client.close()
     yield TEST_REDIS_URL
