@@ -32,6 +32,7 @@ FIGURES = {
     "7": ("dlq", "dlq requeue --all at scale"),
     "8": ("backfill", "backfill memory and live freshness"),
     "9": ("lookback", "WDT calls per poll"),
+    "10": ("adaptive", "adaptive rate limit against unknown server limits"),
 }
 
 

@@ -91,7 +91,17 @@ def print_status(report: Status) -> None:
             if limiter.free_now
             else f"{limiter.booked_ahead_s:.2f} s booked ahead, next slot in {limiter.next_slot_in_s:.2f} s"
         )
-        table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:g}/s: {state}")
+        adapted = ""
+        if limiter.ceiling_per_s and limiter.rate_per_s < limiter.ceiling_per_s:
+            ago = f", last {seconds(limiter.since_refusal_s)} ago" if limiter.since_refusal_s is not None else ""
+            adapted = f" (lowered from {limiter.ceiling_per_s:g}/s after {limiter.refusals} refusal(s){ago})"
+        table.add_row(f"rate limit {limiter.name}", f"{limiter.rate_per_s:.3g}/s{adapted}: {state}")
+    if report.breaker.scopes:
+        for scope in report.breaker.scopes:
+            table.add_row(f"paused: {scope['api']}",
+                          f"[red]{scope['state']}[/red] since {scope['since']}: {escape(scope['cause'])}")
+    else:
+        table.add_row("circuit breaker", "closed")
     table.add_row("last reconcile", reconcile_line(report.last_reconcile))
     if report.mapping_problem is not None:
         table.add_row("mapping", f"[red]{escape(report.mapping_problem.line())}[/red]")

@@ -13,6 +13,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from producer.jobs import Job, JobStore, eta_s
+from shared import breaker
 from shared.backlog import PRIORITY_SUFFIXES, backlog
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
@@ -52,10 +53,23 @@ class TokenState(BaseModel):
 
 class LimiterState(BaseModel):
     name: str
-    rate_per_s: float
+    rate_per_s: float  # the shared rate now (adaptive: at most the ceiling)
+    ceiling_per_s: float = 0.0  # the configured rate
+    refusals: int = 0  # refusals by the API that lowered the rate so far
+    since_refusal_s: float | None = None
     booked_ahead_s: float  # slots already promised to waiting callers
     next_slot_in_s: float  # how long a call made now would wait
     free_now: bool
+
+
+class BreakerState(BaseModel):
+    """The circuit breaker (`{prefix}:breaker`): open while a configuration error pauses work."""
+
+    state: str = "closed"  # closed | open | half_open
+    cause: str = ""
+    api: str = ""
+    since: str = ""  # ISO time, UTC
+    scopes: list[dict[str, str]] = Field(default_factory=list)  # every open scope: api, state, cause, since
 
 
 class BackfillView(BaseModel):
@@ -80,6 +94,7 @@ class Status(BaseModel):
     dead_letters_by_reason: list[DeadLetterGroup] = Field(default_factory=list)
     bip_token: TokenState
     rate_limits: list[LimiterState] = Field(default_factory=list)
+    breaker: BreakerState = Field(default_factory=BreakerState)
     workers: list[Worker] | None = None  # None: the broadcast itself failed
     backlog: int = 0  # stockout messages in Redis (both queues + unacked): what backpressure goes by
     high_water: int = 0
@@ -101,6 +116,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.synced = saved_count(r, p)
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
+    status.breaker = breaker_state(r, p)
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
@@ -202,33 +218,36 @@ def token_state(r: redis.Redis, prefix: str) -> TokenState:
 
 
 def limiter_states(rt: Runtime) -> list[LimiterState]:
-
     s, r = rt.settings, rt.redis
     limiters = [
         RateLimiter(r, "wdt", s.wdt_rate_per_minute / 60.0, prefix=s.redis_prefix),
         RateLimiter(r, "bip", s.bip_rate_per_second, prefix=s.redis_prefix),
     ]
-    # The GCRA state is one number, the "theoretical arrival time" in µs of Redis's clock: how far
-    # it lies ahead of Redis's now is the time already promised to callers (shared.ratelimit).
-    pipe = r.pipeline(transaction=False)
-    pipe.time()
-    for limiter in limiters:
-        pipe.get(limiter.key)
-    (seconds, micros), *tats = pipe.execute()
-    now_us = int(seconds) * 1_000_000 + int(micros)
     rows = []
-    for limiter, tat in zip(limiters, tats, strict=False):
-        interval_us = 1_000_000 / limiter.rate_per_s
-        booked_us = max(0, int(float(tat)) - now_us) if tat else 0
-        wait_us = max(0.0, booked_us + interval_us - interval_us * limiter.burst)
+    for limiter in limiters:
+        state = limiter.state()  # one read-only script: the adaptive rate and what is booked
+        interval = 1 / state.rate_per_s
+        wait = max(0.0, state.booked_ahead_s + interval - interval * limiter.burst)
         rows.append(LimiterState(
             name=limiter.name,
-            rate_per_s=round(limiter.rate_per_s, 4),
-            booked_ahead_s=round(booked_us / 1e6, 3),
-            next_slot_in_s=round(wait_us / 1e6, 3),
-            free_now=wait_us == 0,
+            rate_per_s=round(state.rate_per_s, 4),
+            ceiling_per_s=round(state.ceiling_per_s, 4),
+            refusals=state.epoch,
+            since_refusal_s=None if state.since_refusal_s is None else round(state.since_refusal_s, 1),
+            booked_ahead_s=round(state.booked_ahead_s, 3),
+            next_slot_in_s=round(wait, 3),
+            free_now=wait == 0,
         ))
     return rows
+
+
+def breaker_state(r: redis.Redis, prefix: str) -> BreakerState:
+    found = breaker.opened(r, prefix)
+    if not found:
+        return BreakerState()
+    first = found[0]
+    return BreakerState(state=first.state, cause=first.cause, api=first.api, since=first.since,
+                        scopes=[{"api": o.api, "state": o.state, "cause": o.cause, "since": o.since} for o in found])
 
 
 def workers(timeout_s: float) -> list[Worker] | None:
@@ -264,6 +283,9 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
     if status.mapping_problem is not None:
         found.append(status.mapping_problem.line())
+    for scope in status.breaker.scopes:
+        found.append(f"paused since {scope['since']} (circuit breaker {scope['state']} for {scope['api']}): "
+                     f"{scope['cause']} — fix it and restart, or work resumes when a probe succeeds")
     return found
 
 

@@ -15,9 +15,10 @@ from pydantic import BaseModel
 from producer.backfill import Gate, SliceRead, advance
 from producer.jobs import JobStore
 from producer.window import Segment, Window, runs, slices_for
-from shared import metrics
+from shared import breaker, metrics
 from shared.backlog import live_backlog
-from shared.errors import Action, StockoutSyncError, resolve
+from shared.errors import StockoutSyncError
+from shared.retry import call_with_retries, in_process_policy
 from shared.state import StateStore, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import WdtPage
@@ -123,31 +124,21 @@ def read_slice(
     wdt: WdtClient, start: datetime, end: datetime, *, on_page: Callable[[WdtPage], bool | None],
     settings: Settings, sleep: Callable[[float], None] = time.sleep, keepalive: Callable[[], None] = lambda: None,
     mapping: Mapping | None = None, reread_first: bool = True,
+    on_pause: Callable[[StockoutSyncError], None] | None = None,
 ) -> tuple[int, int]:
     """Publish every page of one slice; a page that fails is asked again on its own.
 
     When a page still fails after its attempts the slice fails, and the caller leaves the cursor
-    where it was. `on_page` returning False stops the slice (nothing more is read). Returns the pages
+    where it was; a configuration error (`on_pause`: the breaker) fails it at once. `on_page`
+    returning False stops the slice (nothing more is read). Returns the pages
     read and the slice's count: WDT's `total_count` on each query's first page (else what came).
     """
 
     def fetch(call: Callable[[], WdtPage]) -> WdtPage:
-        attempt = 0
-        while True:
-            attempt += 1
-            keepalive()
-            try:
-                return call()
-            except StockoutSyncError as err:
-                decision = resolve(err, attempt, base_s=settings.retry_backoff_base_s,
-                                   max_s=min(30.0, settings.retry_backoff_max_s))
-                if decision.action is Action.FAIL or attempt >= PAGE_ATTEMPTS:
-                    raise
-                log.warning(
-                    "WDT page of %s → %s failed (%s, code %s); asking again in %.1f s",
-                    format_wire(start), format_wire(end), type(err).__name__, err.code, decision.delay_s,
-                )
-                sleep(decision.delay_s)
+        return call_with_retries(
+            call, in_process_policy(settings, PAGE_ATTEMPTS), sleep=sleep, before=keepalive, on_pause=on_pause,
+            what=f"WDT page of {format_wire(start)} → {format_wire(end)}",
+        )
 
     pages = count = 0
     for query in status_queries(mapping):
@@ -218,9 +209,13 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
             summary.pages += 1
             keepalive()
 
+        def on_pause(error: StockoutSyncError) -> None:
+            breaker.trip(rt.redis, settings.redis_prefix, str(error), error.api or "wdt",
+                         probe_interval_s=settings.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
+
         def read(s: datetime, e: datetime, *, reread_first: bool) -> int:
             _, count = read_slice(rt.wdt, s, e, on_page=on_page, settings=settings, keepalive=keepalive,
-                                  mapping=mapping, reread_first=reread_first)
+                                  mapping=mapping, reread_first=reread_first, on_pause=on_pause)
             return count
 
         with metrics.wdt_purpose("poll"):
@@ -240,6 +235,9 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
                                lambda s, e: read(s, e, reread_first=True), summary)
             window.checked(now)
         summary.cursor = format_wire(window.cursor() or now)
+        # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
+        if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
+            breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
         if backfill_publish is not None and backfill_budget_s > 0:
             with metrics.wdt_purpose("backfill"):
                 summary.backfill_slices = run_backfills(rt, backfill_publish, mapping=mapping, keepalive=keepalive,

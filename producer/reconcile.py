@@ -21,8 +21,9 @@ from producer.poll import read_slice
 from producer.window import slices_for
 from shared import metrics
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, RateLimitError, StockoutSyncError, resolve
+from shared.errors import RateLimitError, StockoutSyncError
 from shared.reconcile_reports import push_report
+from shared.retry import call_with_retries, in_process_policy
 from shared.state import Done, mark_generation, parse_done, queued_mark, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import WdtPage
@@ -519,18 +520,11 @@ class Reconcile:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _with_retries(self, call: Callable[[], Any], report: Report) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
+        def count() -> None:
             report.bip_calls["list"] += 1
-            try:
-                return call()
-            except StockoutSyncError as err:
-                s = self.rt.settings
-                decision = resolve(err, attempt, base_s=s.retry_backoff_base_s, max_s=min(30.0, s.retry_backoff_max_s))
-                if decision.action is Action.FAIL or attempt >= LIST_ATTEMPTS:
-                    raise
-                self.sleep(decision.delay_s)
+
+        return call_with_retries(call, in_process_policy(self.rt.settings, LIST_ATTEMPTS), what="BIP lookup",
+                                 sleep=self.sleep, before=count)
 
 
 def _spent(budget: int | None, used: int) -> bool:

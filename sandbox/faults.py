@@ -6,6 +6,7 @@ in exactly the same, reproducible way (one seeded RNG, one counter set).
 """
 from __future__ import annotations
 
+import collections
 import json
 import random
 import threading
@@ -150,14 +151,44 @@ class TokenBucket:
             return False
 
 
+class SlidingWindow:
+    """At most `rate` × `window_s` accepted calls in any `window_s` seconds (a sliding log, as
+    gateways that count "calls in the last second" do); a refused call costs nothing. Perfectly
+    spaced calls at exactly the rate can still be refused: jitter puts one more into a window."""
+
+    def __init__(self, rate_per_s: float, window_s: float = 1.0) -> None:
+        if rate_per_s <= 0 or window_s <= 0:
+            raise ValueError("rate and window must be positive")
+        self.window_s = window_s
+        self.allowed = max(1, int(rate_per_s * window_s + 1e-9))
+        self._accepted: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            while self._accepted and self._accepted[0] <= now - self.window_s:
+                self._accepted.popleft()
+            if len(self._accepted) < self.allowed:
+                self._accepted.append(now)
+                return True
+            return False
+
+
 class RateLimit:
     """A limit that can be switched off (None) or replaced while requests are running."""
 
     def __init__(self) -> None:
-        self._bucket: TokenBucket | None = None
+        self._bucket: TokenBucket | SlidingWindow | None = None
 
-    def set(self, rate_per_s: float | None, burst: float | None = None) -> None:
-        self._bucket = None if not rate_per_s else TokenBucket(rate_per_s, burst or rate_per_s)
+    def set(self, rate_per_s: float | None, burst: float | None = None, *, window_s: float | None = None) -> None:
+        """A token bucket of `burst`, or with `window_s` a sliding window of that many seconds."""
+        if not rate_per_s:
+            self._bucket = None
+        elif window_s:
+            self._bucket = SlidingWindow(rate_per_s, window_s)
+        else:
+            self._bucket = TokenBucket(rate_per_s, burst or rate_per_s)
 
     def allow(self) -> bool:
         bucket = self._bucket

@@ -48,6 +48,7 @@ class SandboxConfig(BaseModel):
     wdt_total_count_every_page: bool = False
     wdt_rate_per_min: float | None = None
     bip_rate_per_s: float | None = None
+    rate_window_s: float | None = None  # None: token buckets; else sliding windows of this many seconds
     bip_latency_ms: float = 0
     bip_list_ignores_filters: bool = False  # othoutrecord/list honours only pageIndex, pageSize, code
     bip_list_omits_fields: bool = False  # its rows carry only id, code, vouchdate, warehouse, status
@@ -242,13 +243,17 @@ class Sandbox(_Addresses):
     def faults(self) -> dict[str, dict[str, float]]:
         return self._faults.settings()
 
-    def set_rate_limits(self, bip_per_s: float | None = None, wdt_per_min: float | None = None) -> None:
-        """None switches a limit off. BIP: bursts of `bip_per_s`; WDT: bursts of `wdt_per_min`."""
-        self._bip_limit.set(bip_per_s, burst=bip_per_s)
-        self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min)
+    def set_rate_limits(self, bip_per_s: float | None = None, wdt_per_min: float | None = None,
+                        window_s: float | None = None) -> None:
+        """None switches a limit off. Token buckets (BIP: bursts of `bip_per_s`; WDT: bursts of
+        `wdt_per_min`), or with `window_s` sliding windows: at most rate × window_s accepted calls in
+        any window_s seconds. Refusals answer 310046 (BIP) and 1012 (WDT)."""
+        self._bip_limit.set(bip_per_s, burst=bip_per_s, window_s=window_s)
+        self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min, window_s=window_s)
 
     def _default_rate_limits(self) -> None:
-        self.set_rate_limits(bip_per_s=self.config.bip_rate_per_s, wdt_per_min=self.config.wdt_rate_per_min)
+        self.set_rate_limits(bip_per_s=self.config.bip_rate_per_s, wdt_per_min=self.config.wdt_rate_per_min,
+                             window_s=self.config.rate_window_s)
 
     def counters(self) -> dict[str, Any]:
         return {**self._counters.snapshot(), "duplicate_stockouts": self.bip.duplicate_stockouts()}
@@ -300,7 +305,7 @@ def _control_routes(sb: Sandbox) -> dict[tuple[str, str], Callable[[dict[str, An
         return {"faults": sb.faults()}
 
     def rate_limits(b: dict[str, Any]) -> dict[str, Any]:
-        sb.set_rate_limits(bip_per_s=b.get("bip_per_s"), wdt_per_min=b.get("wdt_per_min"))
+        sb.set_rate_limits(bip_per_s=b.get("bip_per_s"), wdt_per_min=b.get("wdt_per_min"), window_s=b.get("window_s"))
         return {"ok": True}
 
     def bip_list(b: dict[str, Any]) -> dict[str, Any]:
@@ -505,8 +510,9 @@ class SandboxControl(_Addresses):
     def set_bip_list(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
         return self._call("POST", "bip-list", {"ignore_filters": ignore_filters, "omit_fields": omit_fields})["list"]
 
-    def set_rate_limits(self, bip_per_s: float | None = None, wdt_per_min: float | None = None) -> None:
-        self._call("POST", "rate-limits", {"bip_per_s": bip_per_s, "wdt_per_min": wdt_per_min})
+    def set_rate_limits(self, bip_per_s: float | None = None, wdt_per_min: float | None = None,
+                        window_s: float | None = None) -> None:
+        self._call("POST", "rate-limits", {"bip_per_s": bip_per_s, "wdt_per_min": wdt_per_min, "window_s": window_s})
 
     def reset(self) -> None:
         self._call("POST", "reset")

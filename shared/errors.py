@@ -1,13 +1,28 @@
-"""One flat, typed error hierarchy for both APIs and the transform.
+"""One flat, typed error hierarchy for both APIs and the transform, and the one decision about it.
 
-Deciding what to do about an error (`resolve`) is kept apart from doing it (the task): the same
-decision serves the worker's retries, the producer's page retries and the CLI's messages.
+Each error carries a `kind` (from the per-API reply-code tables in `shared.wdt.errors` and
+`shared.bip.errors`); `resolve` turns the kind into an action, and `shared.retry` or the worker's
+task carries it out (deciding is kept apart from acting, as in Airbyte's ErrorResolution).
 """
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    """What a failure is, whatever API or code it came from: what the tables map every code to."""
+
+    RATE_LIMITED = "rate_limited"  # "too frequent": wait, it costs no attempt
+    CONFIG = "config"  # authentication, grants, discovery, an unreadable mapping: pause everything
+    TOKEN_EXPIRED = "token_expired"  # BIP token refused: the client renews it once and repeats
+    TRANSIENT = "transient"  # network, 5xx, gateway timeout, clock: retry with backoff
+    INVALID_DATA = "invalid_data"  # the remote side refused this content: no retry
+    NOT_FOUND = "not_found"
+    DUPLICATE = "duplicate_submission"  # BIP's resubmitCheckKey replay after an hour: success
+    SUCCESS = "success"
 
 
 class StockoutSyncError(Exception):
@@ -18,6 +33,7 @@ class StockoutSyncError(Exception):
     """
 
     should_retry: bool = False
+    kind: Kind = Kind.INVALID_DATA
 
     def __init__(
         self,
@@ -29,6 +45,7 @@ class StockoutSyncError(Exception):
         http_status: int | None = None,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        kind: Kind | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -39,11 +56,13 @@ class StockoutSyncError(Exception):
         self.retry_after = retry_after
         if should_retry is not None:
             self.should_retry = should_retry
+        if kind is not None:
+            self.kind = kind
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep the typed fields across Celery's result serialisation
         return (_rebuild, (type(self), self.message, self.__dict__))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "error": type(self).__name__,
             "message": self.message,
@@ -52,6 +71,7 @@ class StockoutSyncError(Exception):
             "api_message": self.api_message,
             "http_status": self.http_status,
             "should_retry": self.should_retry,
+            "kind": self.kind.value,
         }
 
 
@@ -62,69 +82,119 @@ def _rebuild(cls: type[StockoutSyncError], message: str, state: dict[str, Any]) 
     return err
 
 
-class RemoteFields(TypedDict, total=False):
-    """The remote system's side of an error, built once and passed to whichever class fits."""
-
-    api: str
-    code: str
-    api_message: str
-    http_status: int | None
-
-
 class APIConnectionError(StockoutSyncError):
     """Network failure, timeout, 5xx, unreadable body. Retry unless told otherwise."""
 
     should_retry = True
+    kind = Kind.TRANSIENT
 
 
 class RateLimitError(StockoutSyncError):
-    """The remote side said "too frequent"; wait `retry_after` seconds."""
+    """The remote side said "too frequent"; wait (at least `retry_after` seconds when it said so)."""
 
     should_retry = True
+    kind = Kind.RATE_LIMITED
 
 
 class TokenExpiredError(StockoutSyncError):
-    """BIP token invalid or expired (310036): renew it once and repeat the call."""
+    """BIP token invalid or expired (310036) even right after a renewal: try again later."""
 
     should_retry = True
+    kind = Kind.TOKEN_EXPIRED
 
 
 class AuthenticationError(StockoutSyncError):
-    """Bad signature, unknown app key, API not granted: a configuration error, never retried."""
+    """Bad signature, unknown app key, API not granted, discovery failing: a configuration error
+    that hits every stockout alike, so it pauses the pipeline (shared.breaker) instead of failing one."""
+
+    kind = Kind.CONFIG
+
+
+class ConfigurationError(StockoutSyncError):
+    """A local setting or file that cannot work (e.g. the mapping file unreadable): pauses too."""
+
+    kind = Kind.CONFIG
 
 
 class InvalidRequestError(StockoutSyncError):
     """The remote side refused the content (parameters, business validation). Not retried."""
 
+    kind = Kind.INVALID_DATA
+
 
 class MappingError(StockoutSyncError):
     """A stockout the mapping cannot express; the message names the field and the value."""
 
+    kind = Kind.INVALID_DATA
+
+
+# The class each kind is raised as: what callers catch (`except RateLimitError`) stays stable.
+ERROR_CLASS: dict[Kind, type[StockoutSyncError]] = {
+    Kind.RATE_LIMITED: RateLimitError,
+    Kind.CONFIG: AuthenticationError,
+    Kind.TOKEN_EXPIRED: TokenExpiredError,
+    Kind.TRANSIENT: APIConnectionError,
+    Kind.INVALID_DATA: InvalidRequestError,
+    Kind.NOT_FOUND: InvalidRequestError,
+}
+
+
+def make_error(
+    kind: Kind, message: str, *, api: str, code: str = "", api_message: str = "", http_status: int | None = None,
+    retry_after: float | None = None,
+) -> StockoutSyncError:
+    """The typed error for `kind`; the per-API factories (`wdt.errors.error`, `bip.errors.error`) word it."""
+    cls = ERROR_CLASS.get(kind, InvalidRequestError)
+    return cls(message, api=api, code=code, api_message=api_message, http_status=http_status,
+               retry_after=retry_after, kind=kind)
+
 
 class Action(enum.Enum):
-    RETRY = "retry"
-    RATE_LIMITED = "rate_limited"
-    REFRESH_TOKEN_AND_RETRY = "refresh_token_and_retry"
-    FAIL = "fail"
+    RETRY = "retry"  # try again after `delay_s`; uses an attempt
+    WAIT_RATE_LIMITED = "wait_rate_limited"  # try again after `delay_s`; never uses an attempt
+    PAUSE = "pause"  # systemic (configuration): open the circuit breaker, keep the work, use no attempt
+    FAIL = "fail"  # this stockout or this call cannot succeed: give up (dead letter, error line)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_s: float = 2.0
+    max_s: float = 300.0
 
 
 @dataclass(frozen=True)
 class Resolution:
     action: Action
     delay_s: float = 0.0
+    kind: Kind = Kind.INVALID_DATA
+
+    @property
+    def uses_attempt(self) -> bool:
+        return self.action in (Action.RETRY, Action.FAIL)
 
 
-def resolve(error: BaseException, attempt: int, *, base_s: float = 2.0, max_s: float = 300.0) -> Resolution:
-    """The one predicate that decides retry. `attempt` counts from 1 (the attempt that just failed)."""
-    import random
+def kind_of(error: BaseException) -> Kind:
+    if isinstance(error, StockoutSyncError):
+        return error.kind
+    return Kind.INVALID_DATA
 
-    if isinstance(error, RateLimitError):
-        wait = error.retry_after if error.retry_after is not None else base_s * 2 ** (attempt - 1)
-        return Resolution(Action.RATE_LIMITED, min(max_s, wait) + random.uniform(0, 0.25))
-    if isinstance(error, TokenExpiredError):
-        return Resolution(Action.REFRESH_TOKEN_AND_RETRY, 0.0)
-    if isinstance(error, StockoutSyncError) and error.should_retry:
-        delay = min(max_s, base_s * 2 ** (attempt - 1))
+
+def resolve(error: BaseException, attempt: int, policy: RetryPolicy | None = None) -> Resolution:
+    """The one decision about a failure. `attempt` counts real attempts from 1 (the one that just
+    failed); waits for a rate limit and pauses are not attempts and never exhaust them."""
+    policy = policy or RetryPolicy()
+    kind = kind_of(error)
+    if kind is Kind.RATE_LIMITED:
+        hinted = getattr(error, "retry_after", None)
+        wait = hinted if hinted is not None else 1.0
+        # a little jitter so the processes refused together do not come back together
+        return Resolution(Action.WAIT_RATE_LIMITED, min(policy.max_s, wait) + random.uniform(0, 0.25), kind)
+    if kind is Kind.CONFIG:
+        return Resolution(Action.PAUSE, 0.0, kind)
+    retriable = isinstance(error, StockoutSyncError) and error.should_retry
+    if retriable and attempt < policy.max_attempts:
+        delay = min(policy.max_s, policy.base_s * 2 ** (attempt - 1))
         # full jitter: spread the retries of many workers hit by the same outage
-        return Resolution(Action.RETRY, random.uniform(delay / 2, delay))
-    return Resolution(Action.FAIL)
+        return Resolution(Action.RETRY, random.uniform(delay / 2, delay), kind)
+    return Resolution(Action.FAIL, 0.0, kind)

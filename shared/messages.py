@@ -4,7 +4,6 @@ Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,7 +18,9 @@ from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
 from shared.deadletters import DeadLetterStore
+from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
+from shared.retry import call_with_retries
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
 _BODY_ENCODING = "base64"
@@ -98,18 +99,19 @@ class Publisher:
 
     @staticmethod
     def retrying(send: Callable[[], object]) -> None:
-        policy = get_app().conf.task_publish_retry_policy or {}
-        retries = policy.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
-        wait = policy.get("interval_start", 0)
-        for attempt in range(retries + 1):
-            try:
-                send()
-                break
-            except (redis.ConnectionError, redis.TimeoutError):
-                if attempt >= retries:
-                    raise
-                time.sleep(wait)
-                wait = min(wait + policy.get("interval_step", 0.2), policy.get("interval_max", 1))
+        """`send()`, waiting out a Redis restart of a few seconds as task_publish_retry says."""
+        conf = get_app().conf.task_publish_retry_policy or {}
+        retries = conf.get("max_retries", 3) if get_app().conf.task_publish_retry else 0
+        first = max(0.01, conf.get("interval_start", 0) or conf.get("interval_step", 0.2))
+        policy = RetryPolicy(retries + 1, first, conf.get("interval_max", 1))
+        call_with_retries(send, policy, what="publish", classify=_broker_error)
+
+
+def _broker_error(error: BaseException) -> BaseException | None:
+    # a Redis restart of a few seconds is waited out; anything else is raised as it is
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return APIConnectionError(f"Redis unavailable while publishing: {type(error).__name__}", api="redis")
+    return None
 
 
 def _key_prefix() -> str:

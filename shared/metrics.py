@@ -2,7 +2,6 @@
 (exposing is `shared.metrics_exporter`'s) and keeps labels bounded (docs/design.md, "Metrics")."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -11,7 +10,9 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.ratelimit import RateLimiter
+from shared.bip import errors as bip_codes
+from shared.errors import Kind
+from shared.wdt import errors as wdt_codes
 
 _P = "stockout_sync"
 # Not prometheus_client's default registry: Flower imports the tasks, hence this module, and would
@@ -72,7 +73,25 @@ RATE_LIMIT_WAIT = Histogram(
     registry=REGISTRY, buckets=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
-_SUCCESS_CODES = {"bip": {"200", "00000"}, "wdt": {"", "0"}}
+RATE_LIMIT_RATE = Gauge(  # the adaptive shared rate (Redis holds it; every process sees the same)
+    f"{_P}_rate_limit_current_per_second", "The shared limiter's current rate (the configured one is its ceiling)",
+    ["limiter"], registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+RATE_LIMIT_REFUSALS = Counter(
+    f"{_P}_rate_limit_refusals", "Calls the remote API refused as too frequent, by limiter; lowered: the refusal "
+    "lowered the shared rate", ["limiter", "lowered"], registry=REGISTRY,
+)
+
+# -- the circuit breaker (shared.breaker) ------------------------------------------------------
+BREAKER_OPEN = Gauge(
+    f"{_P}_breaker_open", "1 while the circuit breaker for this API is open (work paused on a configuration error)",
+    ["api"], registry=REGISTRY, multiprocess_mode="mostrecent",
+)
+BREAKER_TRIPS = Counter(f"{_P}_breaker_trips", "Times the circuit breaker opened, by API", ["api"], registry=REGISTRY)
+DEFERRED = Counter(
+    f"{_P}_deferred", "Task runs put off without using an attempt, by reason: rate_limited, paused, locked",
+    ["reason"], registry=REGISTRY,
+)
 
 
 class PageCounts(Protocol):
@@ -129,23 +148,14 @@ def endpoint_of(url: str, form: Any) -> str:
 
 
 def answer_code(api: str, status: int, data: Any) -> str:
-    """`ok`, or the code the remote system answered with (BIP `code`, WDT `code`/`sub_code`)."""
-    body = data
-    if isinstance(data, dict):
-        for key in ("response", "error_response"):
-            if isinstance(data.get(key), dict):
-                body = data[key]
-                break
-    code = ""
-    if isinstance(body, dict):
-        for key in ("code", "errorcode"):
-            value = body.get(key)
-            if value not in (None, "", 0, "0"):
-                code = str(value).strip()
-                break
-        if not code and str(body.get("flag", "")).lower() == "failure":
-            code = str(body.get("sub_code") or "failure")
-    if not code or code in _SUCCESS_CODES.get(api, set()):
+    """`ok`, or the code the remote system answered with: the API's own code table reads the reply."""
+    if api == "bip":
+        code = bip_codes.code_of(data)
+        success = not code or bip_codes.kind_of(code) is Kind.SUCCESS
+    else:
+        code = wdt_codes.code_of(data)
+        success = not code
+    if success:
         return "ok" if status < 400 else f"http_{status}"
     return code
 
@@ -154,25 +164,40 @@ def observe_rate_limit_wait(limiter: str, waited_s: float) -> None:
     RATE_LIMIT_WAIT.labels(limiter).observe(waited_s)
 
 
-def instrument_rate_limiter() -> None:
-    """Time every wait for the shared rate limiter.
+def observe_breaker(api: str, is_open: bool, *, tripped: bool = False) -> None:
+    BREAKER_OPEN.labels(api).set(1 if is_open else 0)
+    if tripped:
+        BREAKER_TRIPS.labels(api).inc()
 
-    Wrapped from here rather than written into `shared.ratelimit`, which stays free of metrics (it
-    is owned and tested on its own); a line `observe_rate_limit_wait(self.name, wait)` in
-    `RateLimiter.acquire` would replace this.
-    """
-    original = RateLimiter.acquire
-    if getattr(original, "_observed", False):
-        return
 
-    @functools.wraps(original)
-    def acquire(self: RateLimiter, *args: Any, **kwargs: Any) -> float:
-        waited = original(self, *args, **kwargs)
-        observe_rate_limit_wait(self.name, waited)
-        return waited
+def observe_deferred(reason: str) -> None:
+    DEFERRED.labels(reason).inc()
 
-    acquire._observed = True  # type: ignore[attr-defined]
-    RateLimiter.acquire = acquire  # type: ignore[method-assign]
+
+class _LimiterMetrics:
+    """The metrics side of `shared.ratelimit.LimiterObserver`: the limiter calls it, nothing is patched."""
+
+    def waited(self, name: str, seconds: float) -> None:
+        RATE_LIMIT_WAIT.labels(name).observe(seconds)
+
+    def rate(self, name: str, rate_per_s: float, *, refused: bool = False) -> None:
+        RATE_LIMIT_RATE.labels(name).set(rate_per_s)
+
+    def refusal(self, name: str, *, lowered: bool) -> None:
+        RATE_LIMIT_REFUSALS.labels(name, "yes" if lowered else "no").inc()
+
+
+LIMITER_OBSERVER = _LimiterMetrics()
+
+
+class _BreakerMetrics:
+    """The metrics side of `shared.breaker.BreakerObserver`."""
+
+    def breaker(self, api: str, is_open: bool, *, tripped: bool = False) -> None:
+        observe_breaker(api, is_open, tripped=tripped)
+
+
+BREAKER_OBSERVER = _BreakerMetrics()
 
 
 # -- WDT quota by purpose, backfill jobs, backlog (issue 12) ------------------------------------

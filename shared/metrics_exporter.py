@@ -48,9 +48,5 @@ def start(settings: Settings, port: int | None = None) -> int:
     MultiProcessCollector(registry, path=directory)
     registry.register(PipelineCollector(settings))  # the pipeline's state, read from Redis per scrape
     start_http_server(port, addr=settings.metrics_address, registry=registry)
-
-    from shared.metrics import instrument_rate_limiter
-
-    instrument_rate_limiter()
     log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
     return port

@@ -14,6 +14,7 @@ from redis.retry import Retry
 
 from shared import metrics
 from shared.bip.client import BipClient
+from shared.breaker import Breaker
 from shared.mapping import Mapping
 from shared.mapping_cache import MappingProblem, mapping_cache, mapping_problem_key
 from shared.redis_conn import connect
@@ -45,6 +46,13 @@ class Runtime:
     @cached_property
     def bip(self) -> BipClient:
         return BipClient.from_settings(self.settings, self.redis)
+
+    @cached_property
+    def breaker(self) -> Breaker:
+        """The scopes the worker's saves need: BIP and the mapping file."""
+        s = self.settings
+        return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s,
+                       observer=metrics.BREAKER_OBSERVER)
 
     @property
     def mapping(self) -> Mapping:

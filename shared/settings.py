@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     status_max_lag_s: int = Field(900, gt=0, description="`status` needs attention when the cursor lags more")
 
+    # Rate limits and the circuit breaker (issue 10): WDT_RATE_PER_MINUTE and BIP_RATE_PER_SECOND
+    # are ceilings; the shared rate adapts below them when the API refuses calls as too frequent.
+    breaker_probe_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="while paused on a configuration error, one probe call this often"
+    )
     # Dead letters (issue 11): how long they are kept, and whether receivers' personal data is kept in them
     dlq_ttl_days: int = Field(30, ge=1, le=3650, description="letters go this long after their last failure")
     dlq_keep_personal_data: bool = Field(False, description="keep receiver_name/mobile/telno/address/zip in letters")
@@ -182,6 +187,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S, "
                 "or Redis hands a running or waiting task to a second worker"
+            )
+        if 1.25 * self.breaker_probe_interval_s + self.task_time_limit_s >= self.broker_visibility_timeout_s:
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + 1.25 × BREAKER_PROBE_INTERVAL_S: a task "
+                "paused by the breaker waits that long and must not be handed to a second worker meanwhile"
             )
         if self.http_connect_timeout_s + self.http_read_timeout_s >= 0.8 * self.task_time_limit_s:
             raise ValueError(

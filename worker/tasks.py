@@ -1,23 +1,29 @@
-"""The worker's task: thin. It runs worker.sync.sync_one and turns errors into retries or dead letters."""
+"""The worker's task: thin. It runs worker.sync.sync_one and carries out what `errors.resolve` decides:
+a wait (rate limit), a pause (circuit breaker), a retry or a dead letter."""
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from shared import metrics
+from shared.breaker import Opened
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, APIConnectionError, MappingError, resolve
+from shared.errors import Action, APIConnectionError, ConfigurationError, MappingError, RetryPolicy, resolve
 from shared.mapping import MappingFileError
 from shared.messages import message_label, publish_dead_letter
 from shared.runtime import Runtime, runtime
+from shared.settings import Settings
 from shared.state import stockout_key
+from worker import attempts
 from worker.events import task_event
 from worker.letters import make_letter, stage_of
 from worker.sync import Deferred, sync_one
@@ -27,12 +33,24 @@ MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's 
 
 
 def classify(error: BaseException) -> BaseException:
-    """Errors from below our own hierarchy, as the transient errors they are."""
+    """Errors from below our own hierarchy, as the kinds they are."""
     if isinstance(error, redis.RedisError):
         return APIConnectionError(f"Redis unavailable: {type(error).__name__}", api="redis")
     if isinstance(error, SoftTimeLimitExceeded):
         return APIConnectionError("task ran out of time", should_retry=True)
+    if isinstance(error, MappingFileError):
+        # no mapping to work with at all: every stockout would fail alike, so it pauses
+        return ConfigurationError(f"mapping file unreadable — check MAPPING_FILE: {error}", api="mapping")
     return error
+
+
+def policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(settings.max_attempts, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
+
+
+def pause_countdown(settings: Settings) -> float:
+    # about one probe interval: sooner would only find the breaker still open
+    return settings.breaker_probe_interval_s * random.uniform(1.0, 1.25)
 
 
 class _DeadLetteredMeta(type):
@@ -49,80 +67,104 @@ class DeadLettered(Exception, metaclass=_DeadLetteredMeta):
 @app.task(name=SYNC_TASK, bind=True, acks_late=True, max_retries=None, throws=(DeadLettered,))
 def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     rt = runtime()
-    attempt = self.request.retries + 1
+    prefix = rt.settings.redis_prefix
+    sid = stockout_key(stockout)
     started = time.monotonic()
-    about = {"stockout": stockout, "task_id": self.request.id, "attempt": attempt, "started": started}
+    # `attempt` in the success lines is the run of this message; a failure reports its real attempt
+    about = {"stockout": stockout, "task_id": self.request.id, "attempt": self.request.retries + 1, "started": started}
     # The raises below happen outside the except blocks on purpose: an implicitly chained
     # exception drags every frame of the original traceback through the pool's result pipe.
     failure: BaseException | None = None
+    paused: Opened | None = None
     try:
-        # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
-        outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
+        paused = rt.breaker.blocking()
+        if paused is None:
+            # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
+            outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
         failure = deferred
-    except Exception as raw_error:  # every failure ends in a retry or a dead letter, never silence
+    except Exception as raw_error:  # every failure ends in a retry, a pause or a dead letter, never silence
         failure = raw_error
+    if paused is not None:
+        countdown = pause_countdown(rt.settings)
+        metrics.observe_deferred("paused")
+        task_event(logging.INFO, f"stockout {sid} waits: {paused.api} paused since {paused.since} ({paused.cause}); "
+                   f"again in {countdown:.0f} s", **about, outcome="paused", stage="breaker",
+                   retry_in_s=round(countdown, 1))
+        raise retry_or_requeue(self, countdown=countdown)
     if failure is None:
-        task_event(
-            logging.INFO,
-            f"stockout {outcome.stockout_id} {outcome.outcome}",
-            **about,
-            outcome=outcome.outcome,
-            stage="save" if outcome.outcome != "already_done" else "dedup",
-            bip_id=outcome.bip_id,
-            bip_code=outcome.bip_code,
-        )
+        if outcome.outcome != "already_done":
+            rt.breaker.succeeded(("bip", "mapping"))
+        if self.request.retries:
+            attempts.forget(rt.redis, prefix, sid)
+        task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
+                   stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id,
+                   bip_code=outcome.bip_code)
         return outcome.model_dump()
     if isinstance(failure, Deferred):
-        task_event(logging.INFO, f"stockout {stockout_key(stockout)} is being worked on by another task; later",
+        metrics.observe_deferred("locked")
+        task_event(logging.INFO, f"stockout {sid} is being worked on by another task; later",
                    **about, outcome="deferred", stage="dedup", retry_in_s=failure.wait_s + 1)
         raise retry_or_requeue(self, countdown=failure.wait_s + 1)
-
     if waits_for_mapping(failure, rt):
-        task_event(logging.WARNING, f"stockout {stockout_key(stockout)} waits for a valid mapping file ({failure}); "
+        metrics.observe_deferred("mapping")
+        task_event(logging.WARNING, f"stockout {sid} waits for a valid mapping file ({failure}); "
                    f"again in {MAPPING_WAIT_S:.0f} s", **about, outcome="retry", stage=stage_of(failure), error=failure,
                    retry_in_s=MAPPING_WAIT_S)
-        raise wait_without_attempt(self, countdown=MAPPING_WAIT_S)
-
-    error = classify(failure)
-    decision = resolve(error, attempt, base_s=rt.settings.retry_backoff_base_s, max_s=rt.settings.retry_backoff_max_s)
-    sid = stockout_key(stockout)
-    if decision.action is not Action.FAIL and attempt < rt.settings.max_attempts:
-        task_event(logging.WARNING, f"stockout {sid} attempt {attempt} failed ({type(error).__name__}: {error}); "
-                   f"retry in {decision.delay_s:.1f} s", **about, outcome="retry", stage=stage_of(error), error=error,
-                   retry_in_s=round(decision.delay_s, 3))
-        raise retry_or_requeue(self, countdown=decision.delay_s, exc=error)
-    try:
-        dead_letter(rt, stockout, sid, error, attempts=attempt, task_id=self.request.id)
-    except Exception as dl_error:
-        # No record, so the message must not be acked: back on the queue, it is tried again.
-        log.error("stockout %s could not be dead-lettered (%s); requeued", sid, type(dl_error).__name__)
-        raise Reject(f"dead-lettering failed: {type(dl_error).__name__}", requeue=True) from None
-    task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
-               outcome="dead_letter", stage=stage_of(error), error=error)
-    # Raised so Flower shows the task failed and why; marked so Celery does not log it twice.
-    with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
-        error.dead_lettered = True  # type: ignore[attr-defined]
-    raise error
+        raise retry_or_requeue(self, countdown=MAPPING_WAIT_S)  # attempts are counted on failures only
+    return act(self, rt, stockout, sid, classify(failure), about)
 
 
 def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
     """While the mapping file does not validate, a stockout the last good mapping cannot express may
-    need just what the new file adds: it waits for the fix rather than become a dead letter."""
-    return isinstance(error, MappingFileError) or (isinstance(error, MappingError) and rt.mappings.problem is not None)
+    need just what the new file adds: it waits for the fix rather than become a dead letter. (No mapping
+    at all, MappingFileError, pauses the whole `mapping` scope instead: see classify.)"""
+    return isinstance(error, MappingError) and rt.mappings.problem is not None
 
 
-def wait_without_attempt(task: Task, countdown: float) -> BaseException:
-    """Run again later without counting an attempt (waiting is not failing): `task.retry` with the
-    message's retry count kept as it is, so the attempts left after the wait are the same as before."""
-    request = task.request
-    later = task.signature_from_request(request, None, None, countdown=countdown, retries=request.retries)
+def act(task: Task, rt: Runtime, stockout: dict, sid: str, error: BaseException, about: dict[str, Any]) -> NoReturn:
+    """Carry out what `resolve` decides about a failed run: wait, pause, retry or dead-letter."""
+    prefix = rt.settings.redis_prefix
+    decision = resolve(error, attempts.failed_so_far(rt.redis, prefix, sid) + 1, policy(rt.settings))
+    kind = decision.kind.value
+    if decision.action is Action.WAIT_RATE_LIMITED:
+        # a wait, not a failure: no attempt is used, so no number of refusals can dead-letter it
+        metrics.observe_deferred("rate_limited")
+        api = getattr(error, "api", "")
+        task_event(logging.INFO, f"stockout {sid}: {api} rate limited; again in {decision.delay_s:.1f} s",
+                   **about, outcome="rate_limited", stage=stage_of(error), error=error, kind=kind,
+                   retry_in_s=round(decision.delay_s, 3))
+        raise retry_or_requeue(task, countdown=decision.delay_s)
+    if decision.action is Action.PAUSE:
+        api = getattr(error, "api", "") or "bip"
+        rt.breaker.trip(str(error), api)
+        countdown = pause_countdown(rt.settings)
+        metrics.observe_deferred("paused")
+        task_event(logging.WARNING, f"stockout {sid} waits: configuration error ({type(error).__name__}: {error}); "
+                   f"{api} paused, again in {countdown:.0f} s", **about, outcome="paused", stage=stage_of(error),
+                   error=error, kind=kind, retry_in_s=round(countdown, 1))
+        raise retry_or_requeue(task, countdown=countdown)
+    attempt = attempts.record_failure(rt.redis, prefix, sid)
+    about = {**about, "attempt": attempt}
+    if decision.action is Action.RETRY:
+        task_event(logging.WARNING, f"stockout {sid} attempt {attempt} failed ({type(error).__name__}: {error}); "
+                   f"retry in {decision.delay_s:.1f} s", **about, outcome="retry", stage=stage_of(error), error=error,
+                   kind=kind, retry_in_s=round(decision.delay_s, 3))
+        raise retry_or_requeue(task, countdown=decision.delay_s, exc=error)
     try:
-        later.apply_async()
-    except Exception as err:  # not published (broker down): put the message back, as retry_or_requeue does
-        return Reject(f"could not schedule the wait: {type(err).__name__}", requeue=True)
-    return Retry(when=countdown, sig=later)
+        dead_letter(rt, stockout, sid, error, attempts=attempt, task_id=task.request.id)
+    except Exception as dl_error:
+        # No record, so the message must not be acked: back on the queue, it is tried again.
+        log.error("stockout %s could not be dead-lettered (%s); requeued", sid, type(dl_error).__name__)
+        raise Reject(f"dead-lettering failed: {type(dl_error).__name__}", requeue=True) from None
+    attempts.forget(rt.redis, prefix, sid)
+    task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
+               outcome="dead_letter", stage=stage_of(error), error=error, kind=kind)
+    # Raised so Flower shows the task failed and why; marked so Celery does not log it twice.
+    with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
+        error.dead_lettered = True  # type: ignore[attr-defined]
+    raise error
 
 
 def retry_or_requeue(task: Task, **options: Any) -> BaseException:

@@ -11,16 +11,17 @@ from typing import Any
 import redis as redis_lib
 import requests
 
+from shared import metrics
+from shared.bip import errors as codes
+from shared.bip.errors import API, code_of, message_of
 from shared.bip.models import OthOutRecord, SaveResult
-from shared.bip.token import API, RATE_LIMIT_CODES, TRANSIENT_CODES, GatewayResolver, TokenProvider
+from shared.bip.token import GatewayResolver, TokenProvider
 from shared.errors import (
     APIConnectionError,
-    AuthenticationError,
     InvalidRequestError,
+    Kind,
     RateLimitError,
-    RemoteFields,
     StockoutSyncError,
-    TokenExpiredError,
 )
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
@@ -33,11 +34,6 @@ LIST_PATH = "/yonbip/scm/othoutrecord/list"
 DETAIL_PATH = "/yonbip/scm/othoutrecord/detail"
 NOT_FOUND_CODE = "1002"
 
-SUCCESS_CODES = {"200", "00000"}
-TOKEN_CODES = {"310036", "310001"}
-REPLAY_CODES = {"100004", "10004"}
-AUTH_CODES = {"310037", "10018"}
-PARAMETER_CODES = {"310008", "310015", "310023"}
 _DUPLICATE_CODE_WORDS = ("已存在", "重复")
 _SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|seconds?|秒)", re.I)
 
@@ -64,7 +60,8 @@ class BipClient:
     def from_settings(
         cls, settings: Settings, redis: redis_lib.Redis, *, session: requests.Session | None = None
     ) -> BipClient:
-        limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix)
+        limiter = RateLimiter(redis, "bip", settings.bip_rate_per_second, burst=1, prefix=settings.redis_prefix,
+                              observer=metrics.LIMITER_OBSERVER)
         return cls(settings, redis, session=session, limiter=limiter)
 
     def __repr__(self) -> str:
@@ -78,20 +75,18 @@ class BipClient:
         Replies with a "duplicate submission" code are returned too (the caller decides)."""
         token = self.tokens.get()
         body = self._send(method, path, token, json=json, params=params)
-        if _code(body) in TOKEN_CODES:
+        if codes.kind_of(code_of(body)) is Kind.TOKEN_EXPIRED:
             # the token died before its time (revoked, or another app session replaced it)
             self.tokens.invalidate(token)
             token = self.tokens.get()
             body = self._send(method, path, token, json=json, params=params)
-            if _code(body) in TOKEN_CODES:
-                raise TokenExpiredError(
-                    f"bip {method} {path}: token refused again right after renewal (code={_code(body)})",
-                    api=API,
-                    code=_code(body),
-                    api_message=self._scrub(_message(body), token),
+            if codes.kind_of(code_of(body)) is Kind.TOKEN_EXPIRED:
+                raise codes.error(
+                    Kind.TOKEN_EXPIRED,
+                    f"bip {method} {path}: token refused again right after renewal (code={code_of(body)})",
+                    code=code_of(body), api_message=self._scrub(message_of(body), token),
                 )
-        code = _code(body)
-        if code in SUCCESS_CODES or code in REPLAY_CODES:
+        if codes.kind_of(code_of(body)) in (Kind.SUCCESS, Kind.DUPLICATE):
             return body
         raise self._error(method, path, body, token)
 
@@ -101,14 +96,20 @@ class BipClient:
         url = self.tokens.endpoints().gateway_url + path
         query = dict(params or {})
         query["access_token"] = token
-        reply = request_json(self.session, method, url, api=API, params=query, json=json)
+        try:
+            reply = request_json(self.session, method, url, api=API, params=query, json=json)
+        except RateLimitError as exc:  # HTTP 429: the same wait as BIP's own rate codes
+            if self.limiter is not None:
+                exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())
+            raise
         if not isinstance(reply.data, dict):
             raise APIConnectionError(
                 f"bip {method} {path}: reply is {type(reply.data).__name__}, not an object",
                 api=API,
                 http_status=reply.status,
             )
-        if reply.status >= 400 and _code(reply.data) in SUCCESS_CODES | {""}:
+        code = code_of(reply.data)
+        if reply.status >= 400 and (not code or codes.kind_of(code) is Kind.SUCCESS):
             raise InvalidRequestError(f"bip {method} {path}: HTTP {reply.status}", api=API, http_status=reply.status)
         return reply.data
 
@@ -119,25 +120,19 @@ class BipClient:
         return text.replace(secret, "***") if secret else text
 
     def _error(self, method: str, path: str, body: dict[str, Any], token: str | None) -> StockoutSyncError:
-        code, message = _code(body), self._scrub(_message(body), token)
-        common: RemoteFields = {"api": API, "code": code, "api_message": message}
+        code, message = code_of(body), self._scrub(message_of(body), token)
+        kind = codes.kind_of(code)
         said = f"bip {method} {path}: code={code or '-'} {message}".rstrip()
-        if code in TRANSIENT_CODES:
-            return APIConnectionError(f"{said} (retry with the same resubmitCheckKey)", should_retry=True, **common)
-        if code in RATE_LIMIT_CODES:
+        retry_after = None
+        if kind is Kind.RATE_LIMITED:
             match = _SECONDS.search(message)
-            retry_after = float(match.group(1)) if match else 1.0
-            return RateLimitError(said, retry_after=retry_after, **common)
-        if code in AUTH_CODES:
-            return AuthenticationError(
-                f"{said} — configuration error: check BIP_APP_KEY / BIP_APP_SECRET and the API grants of the app",
-                **common,
-            )
-        if code in TOKEN_CODES:
-            return TokenExpiredError(said, **common)
+            retry_after = float(match.group(1)) if match else None
+            # the shared rate comes down for every process; come back no sooner than its next slot
+            next_slot = self.limiter.refused() if self.limiter is not None else 1.0  # no shared limiter: a second
+            retry_after = max(retry_after or 0.0, next_slot)
         # 310008/310015/310023 parameters, 999 business validation (BIP's words name the field and
         # value), 1002 not found, and any code we do not know: refused content, not retried
-        return InvalidRequestError(said, **common)
+        return codes.error(kind, said, code=code, api_message=message, retry_after=retry_after)
 
     # other outbound records ---------------------------------------------------------------------
 
@@ -153,8 +148,7 @@ class BipClient:
                         id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True
                     )
             raise
-        code = _code(body)
-        if code in REPLAY_CODES:
+        if codes.kind_of(code_of(body)) is Kind.DUPLICATE:
             return self._replayed(record)
         data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
@@ -237,17 +231,6 @@ class BipClient:
         except (TypeError, ValueError):
             total = None
         return [r for r in records if isinstance(r, dict)], total
-
-
-def _code(body: Any) -> str:
-    if isinstance(body, dict):
-        value = body.get("code")
-        return "" if value is None else str(value).strip()
-    return ""
-
-
-def _message(body: dict[str, Any]) -> str:
-    return str(body.get("message") or body.get("msg") or "")
 
 
 def _str(value: Any) -> str:

@@ -14,20 +14,18 @@ from typing import Any
 import redis as redis_lib
 import requests
 
+from shared.bip import errors as codes
+from shared.bip.errors import API, code_of
 from shared.bip.sign import self_app_signature
-from shared.errors import APIConnectionError, AuthenticationError, RateLimitError, RemoteFields, StockoutSyncError
+from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
 from shared.http import request_json
 from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
 
-API = "bip"
 TOKEN_PATH = "/open-auth/selfAppAuth/base/v1/getAccessToken"
 GATEWAY_CACHE_TTL_S = 86400
 POLL_INTERVAL_S = 0.05
-
-RATE_LIMIT_CODES = {"310032", "310039", "310042", "310046"}
-TRANSIENT_CODES = {"202", "310504", "310043"}
 
 # compare-and-delete for JSON values {"token": ...}: only the token the caller saw is removed
 _INVALIDATE = """
@@ -50,13 +48,6 @@ return 0
 class Endpoints:
     gateway_url: str
     token_url: str
-
-
-def _code(data: object) -> str:
-    if isinstance(data, dict):
-        value = data.get("code")
-        return "" if value is None else str(value)
-    return ""
 
 
 class GatewayResolver:
@@ -102,16 +93,16 @@ class GatewayResolver:
         data = reply.data if isinstance(reply.data, dict) else {}
         inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         gateway, token_url = inner.get("gatewayUrl"), inner.get("tokenUrl")
-        if _code(data) != "00000" or not gateway or not token_url:
+        if code_of(data) != "00000" or not gateway or not token_url:
             message = str(data.get("message") or "")
-            raise AuthenticationError(
-                f"bip discovery {reply.url} failed (code={_code(data) or '-'} {message}) — "
-                "configuration error: check BIP_TENANT_ID or set BIP_GATEWAY_URL and BIP_TOKEN_URL",
-                api=API,
-                code=_code(data),
-                api_message=message,
-                http_status=reply.status,
-            )
+            # a wrong tenant is a configuration error, but a busy or failing discovery service is not
+            kind = codes.kind_of(code_of(data))
+            kind = kind if kind in (Kind.RATE_LIMITED, Kind.TRANSIENT) else Kind.CONFIG
+            said = f"bip discovery {reply.url} failed (code={code_of(data) or '-'} {message})"
+            if kind is Kind.CONFIG:
+                said += (" — BIP discovery failed, configuration error: check BIP_TENANT_ID or set BIP_GATEWAY_URL"
+                         " and BIP_TOKEN_URL")
+            raise make_error(kind, said, api=API, code=code_of(data), api_message=message, http_status=reply.status)
         found = Endpoints(str(gateway).rstrip("/"), str(token_url).rstrip("/"))
         if self.redis is not None:
             self.redis.set(
@@ -256,7 +247,7 @@ class TokenProvider:
         self.requests_made += 1
         reply = request_json(self.session, "GET", url, api=API, params=params)
         data = reply.data if isinstance(reply.data, dict) else {}
-        code = _code(data)
+        code = code_of(data)
         inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         token = inner.get("access_token")
         if code == "00000" and isinstance(token, str) and token:
@@ -269,15 +260,11 @@ class TokenProvider:
 
 
 def _token_error(code: str, message: str, where: str, status: int) -> StockoutSyncError:
-    common: RemoteFields = {"api": API, "code": code, "api_message": message, "http_status": status}
+    kind = codes.token_kind(code, message)
     said = f"bip token request {where}: code={code or '-'} {message}".rstrip()
-    if code in RATE_LIMIT_CODES:
-        return RateLimitError(said, retry_after=1.0, **common)
-    if code in TRANSIENT_CODES:
-        return APIConnectionError(said, should_retry=True, **common)
-    if "timestamp" in message.lower():
-        # our clock against the gateway's: worth another try, and not a credentials problem
-        return APIConnectionError(f"{said} (check the host clock)", should_retry=True, **common)
-    if code == "00000":
-        return APIConnectionError(f"{said}: no access_token in the reply", should_retry=True, **common)
-    return AuthenticationError(f"{said} — configuration error: check BIP_APP_KEY / BIP_APP_SECRET", **common)
+    if kind is Kind.TRANSIENT and "timestamp" in message.lower():
+        said += " (check the host clock)"
+    elif code == "00000":
+        said += ": no access_token in the reply"
+    return codes.error(kind, said, code=code, api_message=message, http_status=status,
+                       retry_after=1.0 if kind is Kind.RATE_LIMITED else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -13,18 +12,13 @@ from typing import Any
 import redis as redis_lib
 import requests
 
-from shared.errors import (
-    APIConnectionError,
-    AuthenticationError,
-    InvalidRequestError,
-    RateLimitError,
-    RemoteFields,
-    StockoutSyncError,
-)
+from shared import metrics
+from shared.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
 from shared.http import make_session, request_json
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
+from shared.wdt import errors as codes
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
 
@@ -33,16 +27,6 @@ log = logging.getLogger("stockout_sync.wdt")
 METHOD = "wdt.stockout.order.query"
 API = "wdt"
 DEFAULT_PAGE_SIZE = 40
-
-# TOP/Qimen gateway codes (doc 101617) and WDT's own
-_RATE_LIMIT_CODES = {"7", "1012"}
-_AUTH_CODES = {"11", "12", "25", "26", "27", "28", "29"}
-_CLOCK_CODES = {"31"}  # invalid timestamp: our clock or the gateway's, often transient
-_ARGUMENT_CODES = {"40", "41"}
-_REMOTE_CODES = {"10", "15"}  # service unavailable / remote service error
-_AUTH_SUBCODE = re.compile(r"signature|app-?key|appkey|permission|secret|isv\.invalid-app", re.I)
-_LIMIT_SUBCODE = re.compile(r"call-limited|accesscontrol\.limited|too-frequent|frequency", re.I)
-_BAN_SECONDS = re.compile(r"(\d+)\s*(?:more\s+seconds|seconds?|秒)", re.I)
 
 __all__ = ["WdtClient", "WdtPage", "slice_range"]
 
@@ -67,7 +51,8 @@ class WdtClient:
         limiter = None
         if redis is not None:
             limiter = RateLimiter(
-                redis, "wdt", settings.wdt_rate_per_minute / 60.0, burst=1, prefix=settings.redis_prefix
+                redis, "wdt", settings.wdt_rate_per_minute / 60.0, burst=1, prefix=settings.redis_prefix,
+                observer=metrics.LIMITER_OBSERVER,
             )
         return cls(settings, session=session, limiter=limiter)
 
@@ -110,41 +95,34 @@ class WdtClient:
         if self.limiter is not None:
             self.limiter.acquire()
         params = self.signed_params(business)
-        reply = request_json(self.session, "POST", self.url, api=API, data=params)
+        try:
+            reply = request_json(self.session, "POST", self.url, api=API, data=params)
+        except RateLimitError as exc:  # HTTP 429: the same wait as WDT's own 1012
+            if self.limiter is not None:
+                exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())
+            raise
         body = self._unwrap(reply.data, reply.url)
-        failure = self._failure(body)
+        failure = codes.failure_of(body)
         if failure is not None:
-            raise self._error(failure, reply.url, reply.status)
+            error = self._error(failure, reply.url, reply.status)
+            if error.kind is Kind.RATE_LIMITED:
+                # the shared rate comes down for every process; come back no sooner than its next slot
+                next_slot = (self.limiter.refused() if self.limiter is not None
+                             else max(10.0, 60.0 / self.settings.wdt_rate_per_minute))  # no shared limiter: be patient
+                error.retry_after = max(error.retry_after or 0.0, next_slot)
+            raise error
         if reply.status >= 400:
             raise InvalidRequestError(f"wdt {METHOD}: HTTP {reply.status}", api=API, http_status=reply.status)
         return body
 
     @staticmethod
     def _unwrap(data: Any, where: str) -> dict[str, Any]:
-        if isinstance(data, dict):
-            for key in ("response", "error_response"):
-                inner = data.get(key)
-                if isinstance(inner, dict):
-                    return inner
-            return data
+        inner = codes.unwrap(data)
+        if isinstance(inner, dict):
+            return inner
         raise APIConnectionError(
             f"wdt {METHOD} {where}: reply is {type(data).__name__}, not an object", api=API, should_retry=True
         )
-
-    @staticmethod
-    def _failure(body: dict[str, Any]) -> dict[str, str] | None:
-        def nonzero(value: Any) -> bool:
-            return value not in (None, "", 0, "0")
-
-        code = next((body[k] for k in ("code", "errorcode") if nonzero(body.get(k))), None)
-        if code is None and str(body.get("flag", "")).lower() != "failure":
-            return None
-        return {
-            "code": "" if code is None else str(code),
-            "message": str(body.get("message") or body.get("msg") or ""),
-            "sub_code": str(body.get("sub_code") or ""),
-            "sub_message": str(body.get("sub_message") or body.get("sub_msg") or ""),
-        }
 
     def _scrub(self, text: str) -> str:
         secret = self.settings.wdt_app_secret.get_secret_value()
@@ -153,29 +131,11 @@ class WdtClient:
     def _error(self, f: dict[str, str], where: str, status: int) -> StockoutSyncError:
         code, sub_code = f["code"], f["sub_code"]
         api_message = self._scrub(" / ".join(m for m in (f["message"], f["sub_code"], f["sub_message"]) if m))
-        common: RemoteFields = {"api": API, "code": code or sub_code, "api_message": api_message, "http_status": status}
         said = f"wdt {METHOD} {where}: code={code or '-'}{' sub_code=' + sub_code if sub_code else ''} {api_message}"
-
-        if code in _RATE_LIMIT_CODES or _LIMIT_SUBCODE.search(sub_code):
-            match = _BAN_SECONDS.search(f["message"] + " " + f["sub_message"])
-            retry_after = float(match.group(1)) if match else max(10.0, 60.0 / self.settings.wdt_rate_per_minute)
-            return RateLimitError(
-                f"{said} (rate limited, retry after {retry_after:g}s)", retry_after=retry_after, **common
-            )
-        if code in _AUTH_CODES or _AUTH_SUBCODE.search(sub_code):
-            return AuthenticationError(
-                f"{said} — configuration error: check WDT_APP_KEY / WDT_APP_SECRET / WDT_SID / WDT_TARGET_APP_KEY",
-                **common,
-            )
-        if sub_code.endswith((":sid", ":app_key", ":target_app_key")):
-            return AuthenticationError(f"{said} — configuration error: check WDT_SID / WDT_APP_KEY", **common)
-        if code in _CLOCK_CODES or "timestamp" in sub_code.lower():
-            return APIConnectionError(f"{said} (timestamp refused: check the host clock)", should_retry=True, **common)
-        if code in _ARGUMENT_CODES or sub_code.startswith(("isv.missing", "isv.invalid")):
-            return InvalidRequestError(said, **common)
-        if code in _REMOTE_CODES or sub_code.startswith("isp."):
-            return APIConnectionError(said, should_retry=True, **common)
-        return InvalidRequestError(said, **common)
+        kind = codes.kind_of(code, sub_code)
+        retry_after = codes.retry_after_of(f) if kind is Kind.RATE_LIMITED else None
+        return codes.error(kind, said, code=code, sub_code=sub_code, api_message=api_message, http_status=status,
+                           retry_after=retry_after)
 
     # queries ------------------------------------------------------------------------------------
 

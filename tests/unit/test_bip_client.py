@@ -187,12 +187,12 @@ def test_duplicate_code_without_a_record_stays_an_error(redis_client):
         (bip("202", "处理中"), APIConnectionError, "202", Action.RETRY),
         (bip("310504", "网关超时"), APIConnectionError, "310504", Action.RETRY),
         (bip("310043", "熔断"), APIConnectionError, "310043", Action.RETRY),
-        (bip("310032", "访问频率超限"), RateLimitError, "310032", Action.RATE_LIMITED),
-        (bip("310039", "x"), RateLimitError, "310039", Action.RATE_LIMITED),
-        (bip("310042", "x"), RateLimitError, "310042", Action.RATE_LIMITED),
-        (bip("310046", "访问频率超限"), RateLimitError, "310046", Action.RATE_LIMITED),
-        (bip("310037", "API未授权"), AuthenticationError, "310037", Action.FAIL),
-        (bip("10018", "appKey不存在"), AuthenticationError, "10018", Action.FAIL),
+        (bip("310032", "访问频率超限"), RateLimitError, "310032", Action.WAIT_RATE_LIMITED),
+        (bip("310039", "x"), RateLimitError, "310039", Action.WAIT_RATE_LIMITED),
+        (bip("310042", "x"), RateLimitError, "310042", Action.WAIT_RATE_LIMITED),
+        (bip("310046", "访问频率超限"), RateLimitError, "310046", Action.WAIT_RATE_LIMITED),
+        (bip("310037", "API未授权"), AuthenticationError, "310037", Action.PAUSE),
+        (bip("10018", "appKey不存在"), AuthenticationError, "10018", Action.PAUSE),
         (bip("310008", "参数错误"), InvalidRequestError, "310008", Action.FAIL),
         (bip("310015", "参数错误"), InvalidRequestError, "310015", Action.FAIL),
         (bip("310023", "参数错误"), InvalidRequestError, "310023", Action.FAIL),
@@ -240,7 +240,7 @@ def test_rate_limit_retry_after_from_message(redis_client):
     fake.replies[SAVE] = [bip("310046", "访问频率超限")]
     with pytest.raises(RateLimitError) as info:
         client.save(record())
-    assert info.value.retry_after == 1.0
+    assert info.value.retry_after == 1.0  # no hint and no shared limiter: a second
 
 
 # ---- the token --------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_token_refused_twice_raises_token_expired(redis_client):
     fake.replies[SAVE] = [bip("310036", "非法token")]
     with pytest.raises(TokenExpiredError) as info:
         client.save(record())
-    assert info.value.code == "310036" and resolve(info.value, 1).action is Action.REFRESH_TOKEN_AND_RETRY
+    assert info.value.code == "310036" and resolve(info.value, 1).action is Action.RETRY
     assert len(fake.calls(SAVE)) == 2 and fake.tokens_issued == 2
     assert "tok+" not in str(info.value)
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared.errors import RateLimitError
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import Adaptive, RateLimiter
 
 RATE = 20.0
 P = f"tx{uuid.uuid4().hex[:8]}"  # this run's own keys
@@ -117,3 +117,94 @@ def test_processes_share_the_limit(redis_url):
         p.join(timeout=10)
     assert len(stamps) > 20
     _check_rate(stamps, 2)
+
+
+# ---- the adaptive rate (AIMD) -----------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.rates: list[tuple[str, float, bool]] = []
+        self.waits: list[float] = []
+        self.refusals: list[bool] = []
+
+    def waited(self, name: str, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def rate(self, name: str, rate_per_s: float, *, refused: bool = False) -> None:
+        self.rates.append((name, rate_per_s, refused))
+
+    def refusal(self, name: str, *, lowered: bool) -> None:
+        self.refusals.append(lowered)
+
+
+def test_no_refusal_means_the_ceiling(redis_client):
+    limiter = RateLimiter(redis_client, "a1", 20, prefix=P)
+    state = limiter.state()
+    assert state.rate_per_s == 20 and state.epoch == 0 and state.since_refusal_s is None
+
+
+def test_a_refusal_lowers_the_shared_rate_to_what_the_server_accepted(redis_client):
+    seen = Recorder()
+    limiter = RateLimiter(redis_client, "a2", 20, prefix=P, observer=seen)
+    for _ in range(5):  # 5 calls in a quarter second, all accepted
+        limiter.acquire()
+    limiter.refused()  # the fifth was refused: the server took 4 in the last second
+    state = limiter.state()
+    assert state.epoch == 1 and state.refused_rate_per_s == 4
+    assert state.rate_per_s == pytest.approx(0.9 * 4, rel=0.05)
+    # another process sees the same rate: it lives in Redis
+    other = RateLimiter(redis.Redis(connection_pool=redis_client.connection_pool), "a2", 20, prefix=P)
+    assert other.state().rate_per_s == pytest.approx(state.rate_per_s, rel=0.05)
+    assert seen.refusals == [True] and seen.rates[-1][1] == pytest.approx(3.6, rel=0.05)
+    assert len(seen.waits) == 5
+
+
+def test_refusals_of_calls_granted_before_the_decrease_do_not_lower_it_again(redis_client):
+    limiter = RateLimiter(redis_client, "a3", 20, prefix=P)
+    for _ in range(4):
+        limiter.acquire()
+    limiter.refused()
+    lowered = limiter.state().rate_per_s
+    limiter.refused()  # the same (old) grant again: a refusal already answered
+    assert limiter.state().epoch == 1 and limiter.state().rate_per_s == pytest.approx(lowered, rel=0.01)
+
+
+def test_without_an_estimate_the_rate_is_halved(redis_client):
+    limiter = RateLimiter(redis_client, "a4", 10, prefix=P)
+    limiter.acquire()
+    redis_client.delete(limiter.grants_key)  # nothing known of what the server accepted
+    limiter.refused()
+    assert limiter.state().rate_per_s == pytest.approx(5, rel=0.02)
+
+
+def test_the_rate_probes_back_up_slowly_and_never_past_the_ceiling(redis_client):
+    limiter = RateLimiter(redis_client, "a5", 10, prefix=P, adaptive=Adaptive(slow=0.1, doubling_s=0.1))
+    limiter.acquire()
+    redis_client.delete(limiter.grants_key)
+    limiter.refused()  # 5/s, the refused rate was 10: fast to 9 (in 0.085 s), then +1/s a second
+    time.sleep(0.3)
+    assert 9 <= limiter.state().rate_per_s < 9.6
+    time.sleep(1.0)
+    assert limiter.state().rate_per_s == 10
+
+
+def test_waiting_callers_book_again_at_the_lowered_rate(redis_client):
+    limiter = RateLimiter(redis_client, "a6", 4, prefix=P)
+    limiter.acquire()
+    redis_client.delete(limiter.grants_key)
+    done: list[float] = []
+
+    def late() -> None:
+        own = RateLimiter(redis.Redis(connection_pool=redis_client.connection_pool), "a6", 4, prefix=P)
+        own.acquire()  # booked for 0.25 s from now at 4/s
+        done.append(time.monotonic())
+
+    started = time.monotonic()
+    thread = threading.Thread(target=late)
+    thread.start()
+    time.sleep(0.05)
+    limiter._local.grant = (0, "")  # this thread's grant was the refused one (epoch 0)
+    limiter.refused()  # 2/s: the booked slot is void
+    thread.join()
+    assert done[0] - started >= 0.45  # one new interval (0.5 s) after the refusal, not 0.25 s

@@ -166,16 +166,25 @@ def test_auth_error_names_the_settings_not_the_secret():
     client, _ = client_with(lambda form, req: fail("25", "Invalid signature", "isv.invalid-signature"))
     with pytest.raises(AuthenticationError) as info:
         client.query_page(T0, T1, 0)
-    assert "WDT_APP_KEY / WDT_APP_SECRET" in str(info.value)
-    assert resolve(info.value, 1).action is Action.FAIL
+    assert "check WDT_APP_SECRET" in str(info.value) and "WDT authentication" in str(info.value)
+    assert resolve(info.value, 1).action is Action.PAUSE
+
+
+def test_sign_check_failure_is_wdt_authentication():
+    client, _ = client_with(lambda form, req: fail("", "", "isv.sign-check-failure", "签名错误"))
+    with pytest.raises(AuthenticationError) as info:
+        client.query_page(T0, T1, 0)
+    assert "WDT authentication failed" in str(info.value) and "check WDT_APP_SECRET" in str(info.value)
+    assert resolve(info.value, 1).action is Action.PAUSE
 
 
 def test_rate_limit_retry_after():
     client, _ = client_with(lambda form, req: fail("1012", "调用太频繁"))
     with pytest.raises(RateLimitError) as info:
         client.query_page(T0, T1, 0)
-    assert info.value.retry_after == 10.0
-    assert resolve(info.value, 1).action is Action.RATE_LIMITED
+    assert info.value.retry_after == 10.0  # no hint and no shared limiter: a patient default
+    decision = resolve(info.value, 1)
+    assert decision.action is Action.WAIT_RATE_LIMITED and 10.0 <= decision.delay_s <= 10.25
     client, _ = client_with(lambda form, req: fail("7", "This ban will last 23 more seconds"))
     with pytest.raises(RateLimitError) as info:
         client.query_page(T0, T1, 0)
