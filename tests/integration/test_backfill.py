@@ -15,6 +15,7 @@ from ops.processes import stop, wait_until
 from producer.jobs import JobStore
 from shared.timeutil import format_wire, now_beijing
 from tests.integration.conftest import use_env
+from tests.progress import pipeline
 
 # Small pages and slices and a slow WDT, so a job takes many slices and a kill lands inside one.
 ENV = {
@@ -68,7 +69,8 @@ def test_a_job_survives_sigkill_mid_slice_and_a_restart_of_every_process(sandbox
     processes.worker(concurrency=4)
     processes.beat(name="beat2")
     wait_until(lambda: (j := jobs.get(job.id)) and j.state == "done", 120, message="the job done after the restart")
-    wait_until(lambda: expected <= set(saved(sandbox)), 120, message="every stockout saved")
+    wait_until(lambda: expected <= set(saved(sandbox)), message="every stockout saved",
+               progress=pipeline(sandbox, redis_client))
 
     done = jobs.get(job.id)
     assert done is not None
@@ -89,7 +91,8 @@ def test_overlapping_jobs_save_each_stockout_once_and_cancel_stops_a_job(sandbox
     processes.worker(concurrency=4)
     processes.beat()
     wait_until(lambda: all((j := jobs.get(x.id)) and j.state == "done" for x in (a, b)), 120, message="both jobs done")
-    wait_until(lambda: expected <= set(saved(sandbox)), 60, message="every stockout saved")
+    wait_until(lambda: expected <= set(saved(sandbox)), message="every stockout saved",
+               progress=pipeline(sandbox, redis_client))
     counts = saved(sandbox)
     assert set(counts) == expected and max(counts.values()) == 1
     ja, jb = jobs.get(a.id), jobs.get(b.id)

@@ -4,8 +4,6 @@ follow it, and the sandbox's BIP ends with every stockout once. The pause is pri
 tightly (a shared machine's timing is not the code's), except against a generous ceiling."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -20,6 +18,7 @@ from shared.messages import publish_stockout
 from shared.redis_conn import connect
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
+from tests.cli import cli
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import eligible, outcome, recent, saved
 from tests.integration.sentinel_cluster import MASTER_NAME, SentinelCluster
@@ -104,9 +103,8 @@ def test_master_killed_mid_sync_sentinel_promotes_the_replica_nothing_lost_or_do
                 missing = expected - set(saved(sandbox)) - set(_ids(letters))
                 recovered = len(missing)
                 now = now_beijing()
-                subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", "--since",
-                                format_wire(now - timedelta(hours=3)), "--until", format_wire(now),
-                                "--requeue-missing"], env=env, capture_output=True, timeout=120)
+                cli(env, "reconcile", "--since", format_wire(now - timedelta(hours=3)), "--until", format_wire(now),
+                    "--requeue-missing")
                 try:
                     wait_until(settled, 60, message="the stockouts reconcile sent again, saved")
                 except TimeoutError:

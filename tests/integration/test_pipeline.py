@@ -85,7 +85,8 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     late_write_ids = eligible_ids(late_write)
     found = poll_once(runtime(), publish_stockout)
     assert found.lookback_rereads >= 1 and found.published == len(late_write_ids)
-    wait_until(lambda: late_write_ids <= set(saved_by_stockout(sandbox)), 30, message="late writes saved")
+    wait_until(lambda: late_write_ids <= set(saved_by_stockout(sandbox)), message="late writes saved",
+               progress=pipeline(sandbox, redis_client))
 
     # a stockout that appears after the first poll is saved by the next one
     late = sandbox.generate(5, start=now_beijing() - timedelta(minutes=1), end=now_beijing() - timedelta(seconds=1))
