@@ -59,7 +59,9 @@ class Window:
         never into the current second: a stockout written later in it would carry a modified time the
         cursor has already passed (even with SETTLE_S=0)."""
         cursor = self.cursor()
-        start = cursor + ONE_SECOND if cursor is not None else self.initial_since
+        # The very first poll reaches one lookback before INITIAL_SINCE, as every later window's
+        # lookback does: a stockout written late just before that start is not left behind.
+        start = cursor + ONE_SECOND if cursor is not None else self.initial_since - self.lookback
         end = min(now - self.settle, now.replace(microsecond=0) - ONE_SECOND)
         return slices_for(start, end, self.span)
 

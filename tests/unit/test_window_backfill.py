@@ -23,9 +23,11 @@ def make_window(r, **settings) -> Window:
 
 def test_live_slices_start_one_second_after_the_cursor_and_close_slice_records_the_count(fake_redis):
     w = make_window(fake_redis)
-    # never into the current second: at 08:01:00.5 the slice ends at 08:00:59
-    assert w.live_slices(T0 + timedelta(minutes=1, microseconds=500_000)) == [(T0, T0 + timedelta(seconds=59))]
-    assert w.live_slices(T0 + timedelta(minutes=1, seconds=1)) == [(T0, T0 + timedelta(minutes=1))]
+    # the first poll reaches one lookback before INITIAL_SINCE, and never into the current second:
+    # at 08:01:00.5 the slice ends at 08:00:59
+    first = T0 - timedelta(hours=1)
+    assert w.live_slices(T0 + timedelta(minutes=1, microseconds=500_000)) == [(first, T0 + timedelta(seconds=59))]
+    assert w.live_slices(T0 + timedelta(minutes=1, seconds=1)) == [(first, T0 + timedelta(minutes=1))]
     w.close_slice(T0, T0 + timedelta(minutes=1), 7)
     assert w.cursor() == T0 + timedelta(minutes=1)
     assert w.live_slices(T0 + timedelta(minutes=2, seconds=1)) == [
