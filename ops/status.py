@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from producer.jobs import Job, JobStore, eta_s
 from shared import breaker
-from shared.backlog import PRIORITY_SUFFIXES, backlog
+from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
 from shared.mapping_cache import MappingProblem, mapping_problem_key
@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics,
     from shared.state import StateStore
 
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
-_PRIORITY_SUFFIXES = PRIORITY_SUFFIXES
 QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 Role = Literal["worker", "beat"]
 
@@ -160,13 +159,7 @@ def _parse(text: object) -> datetime | None:
 
 
 def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
-    pipe = r.pipeline(transaction=False)
-    for queue in QUEUES:
-        for suffix in _PRIORITY_SUFFIXES:
-            pipe.llen(f"{prefix}:{queue}{suffix}")
-    lengths = pipe.execute()
-    n = len(_PRIORITY_SUFFIXES)
-    return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(QUEUES)}
+    return queue_lengths(r, prefix, QUEUES)
 
 
 def _dead_letters(status: Status, rt: Runtime) -> None:

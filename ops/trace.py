@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ops.status import _PRIORITY_SUFFIXES  # kombu's Redis priority queues, as `status` counts them
+from shared.backlog import PRIORITY_SUFFIXES  # kombu's Redis priority queues, as `status` counts them
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import StockoutSyncError
@@ -180,7 +180,7 @@ def _needle(sid: str) -> str:
 def _tasks(rt: Runtime, t: Trace, scan_limit: int) -> None:
     p, r, needle = rt.settings.redis_prefix, rt.redis, _needle(t.stockout_id)
     find = r.register_script(_FIND)
-    for suffix in _PRIORITY_SUFFIXES:
+    for suffix in PRIORITY_SUFFIXES:
         key = f"{p}:{STOCKOUT_QUEUE}{suffix}"
         length = min(int(r.llen(key)), scan_limit)
         for start in range(0, length, SCAN_CHUNK):

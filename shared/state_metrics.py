@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.backlog import PRIORITY_SUFFIXES
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
@@ -31,7 +32,6 @@ log = logging.getLogger("stockout_sync.metrics")
 _P = "stockout_sync"
 QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 BREAKER_STATES = ("closed", "half_open", "open")
 DLQ_RECOUNT_S = 30.0
 STAGES = ("fetch", "transform", "save", "internal")
@@ -74,7 +74,7 @@ class PipelineCollector(Collector):
         p, r = self.p, self.r
         pipe = r.pipeline(transaction=False)
         for queue in QUEUES:
-            for suffix in _PRIORITY_SUFFIXES:
+            for suffix in PRIORITY_SUFFIXES:
                 pipe.llen(f"{p}:{queue}{suffix}")
         pipe.hlen(f"{p}:unacked")
         pipe.get(f"{p}:cursor")
@@ -86,7 +86,7 @@ class PipelineCollector(Collector):
         values = pipe.execute()
         now = time.time()
 
-        n = len(_PRIORITY_SUFFIXES)
+        n = len(PRIORITY_SUFFIXES)
         depth = GaugeMetricFamily(f"{_P}_queue_depth", "Messages waiting on each queue (LLEN)", labels=["queue"])
         for i, queue in enumerate(QUEUES):
             depth.add_metric([queue], sum(values[i * n:(i + 1) * n]))
