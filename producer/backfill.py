@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from pydantic import BaseModel
 
+from producer.counts import PageCounts
 from producer.jobs import Job, JobStore, parse_time
 from producer.window import slices_for
 from shared.backlog import backlog
@@ -52,15 +52,9 @@ class Gate:
 Reader = Callable[[datetime, datetime, int], "SliceRead | None"]
 
 
-class SliceRead(BaseModel):
+class SliceRead(PageCounts):
     """What reading one slice added (None from the reader: the slice holds more than the budget)."""
 
-    pages: int = 0
-    fetched: int = 0
-    published: int = 0
-    already_done: int = 0
-    already_queued: int = 0
-    filtered_out: int = 0
     total: int = 0
 
 
@@ -129,8 +123,7 @@ def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s:
         return False  # cancelled while it read: the slice is not committed, the job stops
     job.cursor = format_wire(end)
     job.slices += 1
-    for field in ("pages", "fetched", "published", "already_done", "already_queued", "filtered_out"):
-        setattr(job, field, getattr(job, field) + getattr(got, field))
+    job.add(got)
     if got.total * 4 < budget:  # room to spare: a longer slice next time
         job.slice_s = min(max_span_s, int(span.total_seconds()) * 2)
     if end >= until:

@@ -14,15 +14,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel
 
+from producer.counts import PageCounts
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import ONE_SECOND
 
 State = Literal["running", "done", "cancelled", "failed"]
 
 
-class Job(BaseModel):
+class Job(PageCounts):
     id: str
     since: str
     until: str
@@ -33,12 +33,6 @@ class Job(BaseModel):
     finished_at: str = ""
     slice_s: int = 86400  # span of the next slice: shrinks when a slice would overfill the backlog
     slices: int = 0
-    pages: int = 0
-    fetched: int = 0
-    published: int = 0
-    already_done: int = 0
-    already_queued: int = 0
-    filtered_out: int = 0
     error: str = ""
     synced_at_start: int = 0  # the synced counter when the job was created: the drain rate's base
     created_epoch: float = 0.0

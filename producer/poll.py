@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
 from producer.backfill import Gate, SliceRead, advance
+from producer.counts import PageCounts
 from producer.jobs import JobStore
 from producer.window import Segment, Window, runs, slices_for
 from shared import breaker, metrics
@@ -37,19 +36,13 @@ PAGE_ATTEMPTS = 5
 _LOGGED = {"window_start", "window_end", "fetched", "published", "cursor", "duration_s"}
 
 
-class PollSummary(BaseModel):
+class PollSummary(PageCounts):
     """What one poll did; Flower shows it as the task's result and `status` reads the last one."""
 
     started_at: str = ""
     window_start: str = ""
     window_end: str = ""
     slices: int = 0
-    pages: int = 0
-    fetched: int = 0
-    published: int = 0
-    already_done: int = 0
-    already_queued: int = 0
-    filtered_out: int = 0
     cursor: str = ""
     lookback_probes: int = 0  # WDT calls comparing the lookback's counts
     lookback_rereads: int = 0  # slices read again because their count changed
