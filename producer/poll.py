@@ -175,10 +175,11 @@ class OnQueue:
 
 
 def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, backfill_publish: Publish | None = None,
-              backfill_budget_s: float = 0.0) -> PollSummary:
+              backfill_budget_s: float = 0.0, trips_breaker: bool = True) -> PollSummary:
     """The beat's poll, one at a time (Redis lock): the new slices from the cursor to now − settle, the
     lookback's counts when due (re-reading only slices whose count changed), then backfill jobs for
-    at most `backfill_budget_s`."""
+    at most `backfill_budget_s`. `trips_breaker`: this poll opens and closes WDT's breaker (beat's, not a
+    one-off `stockout-sync poll` run from a shell with an environment of its own)."""
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     now = now or now_beijing()
@@ -203,6 +204,8 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
             keepalive()
 
         def on_pause(error: StockoutSyncError) -> None:
+            if not trips_breaker:
+                return
             breaker.trip(rt.redis, settings.redis_prefix, str(error), error.api or "wdt",
                          probe_interval_s=settings.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
 
@@ -229,7 +232,7 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
             window.checked(now)
         summary.cursor = format_wire(window.cursor() or now)
         # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
-        if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
+        if trips_breaker and breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
             breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
         if backfill_publish is not None and backfill_budget_s > 0:
             with metrics.wdt_purpose("backfill"):

@@ -70,7 +70,7 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     prefix = rt.settings.redis_prefix
     sid = stockout_key(stockout)
     started = time.monotonic()
-    # `attempt` in the success lines is the run of this message; a failure reports its real attempt
+    # `attempt` is the real attempt once a message has been retried (the success line looks it up)
     about = {"stockout": stockout, "task_id": self.request.id, "attempt": self.request.retries + 1, "started": started}
     # The raises below happen outside the except blocks on purpose: an implicitly chained
     # exception drags every frame of the original traceback through the pool's result pipe.
@@ -97,6 +97,8 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
         if outcome.outcome != "already_done":
             rt.breaker.succeeded(("bip", "mapping"))
         if self.request.retries:
+            # the real attempt (waits for rate limits, the breaker or the mapping are not attempts)
+            about["attempt"] = attempts.failed_so_far(rt.redis, prefix, sid) + 1
             attempts.forget(rt.redis, prefix, sid)
         task_event(logging.INFO, f"stockout {outcome.stockout_id} {outcome.outcome}", **about, outcome=outcome.outcome,
                    stage="save" if outcome.outcome != "already_done" else "dedup", bip_id=outcome.bip_id,

@@ -33,7 +33,7 @@ def poll(as_json: bool) -> None:
     check_mapping()
 
     try:
-        summary = poll_once(runtime(), publish_stockout)
+        summary = poll_once(runtime(), publish_stockout, trips_breaker=False)
     except StockoutSyncError as err:
         api_failure(err)
     if as_json:

@@ -238,7 +238,9 @@ class LocalCompose:
         if isinstance(environment, list):
             environment = dict(item.split("=", 1) for item in environment)
         env.update({k: "" if v is None else str(v) for k, v in environment.items()})
-        replica.env = {k: local(v) for k, v in env.items()}
+        # PATH is the host's (where the entry point is installed), never a container path to map: a
+        # checkout under /tmp would otherwise be taken for the container's /tmp.
+        replica.env = {k: v if k == "PATH" else local(v) for k, v in env.items()}
 
         words = [str(w) for w in _as_list(spec.get("command"))]
         command: list[str] = []
