@@ -17,8 +17,7 @@ from math import ceil
 from sandbox import Sandbox
 from sandbox.data import generate_stockouts
 from sandbox.faults import Reply
-from sandbox.server import WDT_PATH
-from sandbox.wdt import WdtApi, failure
+from sandbox.wdt import WDT_PATH, WdtApi, failure
 from shared.timeutil import format_wire, to_beijing
 
 _ID, _NO, _MOD = "@@sid@@", "@@no@@", "@@mod@@"

@@ -6,6 +6,8 @@ outbound record save/list/detail) over real HTTP, with fault injection, for test
         ...  # point the service at sb.env()
         assert sb.counters()["duplicate_stockouts"] == 0
 """
-from .server import Sandbox, SandboxConfig, SandboxControl, serve
+from .config import SandboxConfig
+from .control import SandboxControl
+from .server import Sandbox, serve
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxControl", "serve"]

@@ -20,16 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.bip.sign import self_app_signature
 from shared.timeutil import format_wire, now_beijing
 
+from .config import SandboxConfig
 from .data import MASTER, MATERIALS
 from .faults import Counters, Faults, RateLimit, Reply, Request, html_reply, json_reply
-
-if TYPE_CHECKING:
-    from .server import SandboxConfig
 
 DISCOVERY_PATH = "/open-auth/dataCenter/getGatewayAddress"
 TOKEN_PATHS = ("/open-auth/selfAppAuth/base/v1/getAccessToken", "/open-auth/selfAppAuth/getAccessToken")
@@ -116,7 +114,7 @@ class BipApi:
         table: dict[tuple[str, str], Callable[[Request], Reply]] = {
             ("GET", DISCOVERY_PATH): self.discovery,
             ("POST", SAVE_PATH): self.save,
-            ("POST", LIST_PATH): self.list,
+            ("POST", LIST_PATH): self.list_records,
             ("GET", DETAIL_PATH): self.detail,
         }
         table.update({("GET", path): self.token for path in TOKEN_PATHS})
@@ -240,7 +238,7 @@ class BipApi:
                 return code
 
     def _insert(self, data: dict[str, Any], code: str, key: str | None = None) -> dict[str, Any]:
-        record = {
+        record: dict[str, Any] = {
             "id": str(next(self._ids)),
             "code": code,
             "resubmitCheckKey": data.get("resubmitCheckKey") if key is None else key,
@@ -251,7 +249,7 @@ class BipApi:
         self._codes.add(code)
         return record
 
-    def list(self, request: Request) -> Reply:
+    def list_records(self, request: Request) -> Reply:
         self.counters.inc("bip_list_calls")
         refused = self._gate(request, limited=False)
         if refused is not None:

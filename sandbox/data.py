@@ -222,9 +222,9 @@ def generate_stockouts(
 
 
 def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    if start is None and end is None:
-        return default_window()
     if start is None:
+        if end is None:
+            return default_window()
         start = to_beijing(end) - timedelta(hours=24)
     if end is None:
         end = to_beijing(start) + timedelta(hours=24)
@@ -322,7 +322,8 @@ def _detail(
     }
 
 
-def _positions(rng, rec_id, count, cost, batch_no, expire, modified, created) -> list[dict[str, str]]:
+def _positions(rng: random.Random, rec_id: str, count: int, cost: Decimal, batch_no: str, expire: str,
+               modified: datetime, created: datetime) -> list[dict[str, str]]:
     split = rng.randint(1, count - 1) if count > 1 and rng.random() < 0.5 else count
     parts = [split, count - split] if split < count else [count]
     return [

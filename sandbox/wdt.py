@@ -11,17 +11,16 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.timeutil import BEIJING, WIRE_FORMAT, format_wire, now_beijing
 from shared.wdt.sign import top_md5_sign
 
+from .config import SandboxConfig
 from .data import FETCHED_STATUSES
 from .faults import Counters, Faults, RateLimit, Reply, Request, html_reply, json_reply, truncated
 
-if TYPE_CHECKING:
-    from .server import SandboxConfig
-
+WDT_PATH = "/router/qm"
 METHOD = "wdt.stockout.order.query"
 MAX_SPAN = timedelta(days=30)
 _WIRE_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
@@ -153,7 +152,7 @@ class WdtApi:
             return failure(e.code, e.message, e.sub_code, e.sub_message)
         return self._reply(query)
 
-    def _reply(self, query) -> Reply:
+    def _reply(self, query: Query) -> Reply:
         """The page a checked, signed query asks for (a benchmark's virtual feed replaces this)."""
         return json_reply(self._page(query))
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from sandbox import Sandbox, SandboxConfig, SandboxControl
+from sandbox.control import ROUTES, Controls
 from sandbox.data import BAD_KINDS, BIP_WAREHOUSES, MATERIALS
 from shared.bip.sign import self_app_signature
 from shared.timeutil import BEIJING, format_wire, now_beijing
@@ -555,6 +556,27 @@ def test_control_over_http(sb, http):
         assert control.records() == [] and control.bad_ids == set() and control.counters()["wdt_calls"] == 0
 
 
+def test_every_control_is_routed_and_carried_out_the_same_both_ways(sb):
+    carried_out = {name.removeprefix("_do_") for name in dir(Sandbox) if name.startswith("_do_")}
+    assert carried_out == set(ROUTES)
+    # SandboxControl adds no control of its own: every one is a Controls method, written once
+    own = {n for n, v in vars(SandboxControl).items() if callable(v) and not n.startswith("_")}
+    assert own <= {"config", "close"} and "generate" in vars(Controls)
+
+
+@pytest.mark.parametrize(("path", "body", "error"), [
+    ("generate", {"count": "many"}, "count: input should be a valid integer, got 'many'"),
+    ("generate", {"count": 1, "colour": "red"}, "colour: unexpected keyword argument, got 'red'"),
+    ("records/delete", {}, "record_id: missing required argument"),
+    ("bip-list", {"omit_fields": "yes"}, "omit_fields: input should be a valid boolean, got 'yes'"),
+    ("generate", {"count": 1, "start": "yesterday"}, "start must be 'yyyy-MM-dd HH:mm:ss' (Beijing), got 'yesterday'"),
+])
+def test_a_bad_control_argument_is_refused_by_name(sb, http, path, body, error):
+    answer = http.post(f"{sb.url}/_sandbox/{path}", json=body, timeout=5)
+    assert (answer.status_code, answer.json()) == (400, {"error": error})
+    assert sb.records() == [] and sb.statuses() == {}
+
+
 def test_generated_ids_keep_increasing(sb):
     first = sb.generate(3)
     sb.add_stockouts([{**first[0], "stockout_id": "9000000"}])
@@ -603,7 +625,7 @@ def test_list_modes_ignore_filters_and_omit_fields_and_a_detail_fault(sb, http):
         (row,) = bip_list(sb, http, token, simpleVOs=only)["data"]["recordList"]
         assert sorted(row) == ["code", "id", "status", "vouchdate", "warehouse"] and row["id"] == saved[1]["id"]
         with pytest.raises(ValueError, match="omit_fields"):
-            control._call("POST", "bip-list", {"omit_fields": "yes"})
+            control._control("set_bip_list", {"omit_fields": "yes"})
     sb.set_faults(bip={"detail_http_502": 1.0})
     failed = http.get(sb.url + DETAIL, params={"access_token": token, "id": saved[0]["id"]}, timeout=5)
     assert failed.status_code == 502

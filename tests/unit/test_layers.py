@@ -112,6 +112,56 @@ def test_no_function_level_imports_of_our_own_modules():
     assert not stale, f"allowed exceptions that no longer exist, remove them: {stale}"
 
 
+def test_the_sandbox_leans_on_shared_only():
+    # it stands in for the remote systems: it may share their signing with the clients, nothing more
+    wrong = [str(i) for i in all_imports("sandbox") if i.top not in ("sandbox", "shared")]
+    assert wrong == [], "sandbox/ imports only itself and shared/:\n" + "\n".join(wrong)
+
+
+def _module_of(path: Path) -> str:
+    return ".".join(_package_of(path) if path.name == "__init__.py" else path.relative_to(ROOT).with_suffix("").parts)
+
+
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk, each once (as first met)."""
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt):], nxt])
+            elif nxt not in state:
+                walk(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            walk(node)
+    return cycles
+
+
+def test_no_import_cycles_anywhere():
+    packages = ("shared", "producer", "worker", "ops", "sandbox")
+    edges: dict[str, set[str]] = {}
+    for path in sources(*packages):
+        me = _module_of(path)
+        # a module's import of its own package's __init__ is how Python loads it anyway: not an arrow
+        edges[me] = {i.module for i in imports_of(path) if i.module != me and not me.startswith(i.module + ".")}
+    assert len(edges) >= 60 and "sandbox.server" in edges
+    cycles = import_cycles(edges)
+    assert cycles == [], "modules that import each other (annotations count):\n" + "\n".join(map(" → ".join, cycles))
+
+
+def test_the_cycle_walk_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
