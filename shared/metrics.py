@@ -73,20 +73,14 @@ RATE_LIMIT_WAIT = Histogram(
     registry=REGISTRY, buckets=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
-RATE_LIMIT_RATE = Gauge(  # the adaptive shared rate (Redis holds it; every process sees the same)
-    f"{_P}_rate_limit_current_per_second", "The shared limiter's current rate (the configured one is its ceiling)",
-    ["limiter"], registry=REGISTRY, multiprocess_mode="mostrecent",
-)
+# The shared rate and the breaker's state live in Redis: they are read at scrape time
+# (shared.state_metrics: rate_limit_rate_per_second, breaker_state), not kept per process.
 RATE_LIMIT_REFUSALS = Counter(
     f"{_P}_rate_limit_refusals", "Calls the remote API refused as too frequent, by limiter; lowered: the refusal "
     "lowered the shared rate", ["limiter", "lowered"], registry=REGISTRY,
 )
 
 # -- the circuit breaker (shared.breaker) ------------------------------------------------------
-BREAKER_OPEN = Gauge(
-    f"{_P}_breaker_open", "1 while the circuit breaker for this API is open (work paused on a configuration error)",
-    ["api"], registry=REGISTRY, multiprocess_mode="mostrecent",
-)
 BREAKER_TRIPS = Counter(f"{_P}_breaker_trips", "Times the circuit breaker opened, by API", ["api"], registry=REGISTRY)
 DEFERRED = Counter(
     f"{_P}_deferred", "Task runs put off without using an attempt, by reason: rate_limited, paused, locked",
@@ -165,7 +159,6 @@ def observe_rate_limit_wait(limiter: str, waited_s: float) -> None:
 
 
 def observe_breaker(api: str, is_open: bool, *, tripped: bool = False) -> None:
-    BREAKER_OPEN.labels(api).set(1 if is_open else 0)
     if tripped:
         BREAKER_TRIPS.labels(api).inc()
 
@@ -179,9 +172,6 @@ class _LimiterMetrics:
 
     def waited(self, name: str, seconds: float) -> None:
         RATE_LIMIT_WAIT.labels(name).observe(seconds)
-
-    def rate(self, name: str, rate_per_s: float, *, refused: bool = False) -> None:
-        RATE_LIMIT_RATE.labels(name).set(rate_per_s)
 
     def refusal(self, name: str, *, lowered: bool) -> None:
         RATE_LIMIT_REFUSALS.labels(name, "yes" if lowered else "no").inc()

@@ -141,8 +141,6 @@ class LimiterObserver(Protocol):
 
     def waited(self, name: str, seconds: float) -> None: ...
 
-    def rate(self, name: str, rate_per_s: float, *, refused: bool = False) -> None: ...
-
     def refusal(self, name: str, *, lowered: bool) -> None: ...
 
 
@@ -217,12 +215,10 @@ class RateLimiter:
     def _call(self, max_wait_s: float | None) -> tuple[bool, float, int, str]:
         max_wait_us = -1 if max_wait_s is None else int(max_wait_s * 1_000_000)
         a = self.adaptive
-        granted, wait_us, epoch, rate, member = self._gcra(
+        granted, wait_us, epoch, _rate, member = self._gcra(
             keys=self._keys(),
             args=[f"{self.rate_per_s}", self.burst, max_wait_us, f"{a.knee}", f"{a.slow}", f"{a.doubling_s}"],
         )
-        if self.observer is not None:
-            self.observer.rate(self.name, float(rate))
         grant = member.decode() if isinstance(member, bytes) else str(member)
         return bool(granted), int(wait_us) / 1_000_000, int(epoch), grant
 
@@ -272,7 +268,6 @@ class RateLimiter:
         )
         if self.observer is not None:
             self.observer.refusal(self.name, lowered=bool(lowered))
-            self.observer.rate(self.name, float(rate), refused=bool(lowered))
         return 1.0 / float(rate)
 
     def state(self) -> LimiterState:

@@ -19,7 +19,6 @@ def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
     state = fields(redis_client)
     assert state["state"] == "open" and state["api"] == "bip" and "BIP authentication" in state["cause"]
     assert state["since"].endswith("+00:00")
-    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 1
     assert metrics.BREAKER_TRIPS.labels("bip")._value.get() >= 1
     since = state["since"]
     time.sleep(1.1)
@@ -27,7 +26,6 @@ def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
     assert fields(redis_client)["since"] == since
     assert breaker.close(redis_client, P, "bip", observer=metrics.BREAKER_OBSERVER) is True
     assert fields(redis_client)["state"] == "closed" and "cause" not in fields(redis_client)
-    assert metrics.BREAKER_OPEN.labels("bip")._value.get() == 0
     assert breaker.close(redis_client, P, "bip") is False
 
 
