@@ -12,9 +12,12 @@ from pathlib import Path
 
 import redis
 
-from shared.deadletters import DeadLetterStore
+from ops.processes import wait_until
+from shared.deadletters import DeadLetter, DeadLetterStore
+from shared.messages import publish_stockout
 from shared.redis_conn import connect, free_port
 from shared.timeutil import now_beijing
+from tests.progress import pipeline
 
 # Each fault test appends its row here; test_zz_report prints the table README shows.
 RESULTS: list[dict] = []
@@ -48,6 +51,29 @@ def outcome(fault: str, sandbox, expected: set[str], letters: DeadLetterStore) -
     }
     RESULTS.append(row)
     return row
+
+
+def dead_lettered(sandbox, processes, redis_client, stockout: dict) -> tuple[DeadLetterStore, DeadLetter]:
+    """Every BIP save answers 502 and one worker gives up after two attempts: the stockout's letter."""
+    sandbox.set_faults(bip={"http_502": 1.0})
+    processes.env["MAX_ATTEMPTS"] = "2"
+    processes.worker(concurrency=1)
+    letters = DeadLetterStore(redis_client, "t")
+    publish_stockout(stockout, stockout["stockout_id"])
+    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
+               progress=pipeline(sandbox, redis_client))
+    return letters, letters.get(stockout["stockout_id"])
+
+
+def wait_for_attempts(letters: DeadLetterStore, stockout_id: str, attempts: int, sandbox, redis_client) -> DeadLetter:
+    """Until the stockout's letter (or, while it is requeued, its history) counts `attempts`."""
+    def count() -> int:
+        letter = letters.get(stockout_id) or letters.history(stockout_id)
+        return letter.attempts if letter else 0
+
+    wait_until(lambda: count() == attempts, message=f"dead-lettered after {attempts} attempts",
+               progress=pipeline(sandbox, redis_client))
+    return letters.get(stockout_id)
 
 
 def make_certificate(directory: Path) -> None:

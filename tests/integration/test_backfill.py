@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from ops.processes import stop, wait_until
 from producer.jobs import JobStore
 from shared.timeutil import format_wire, now_beijing
 from tests.integration.conftest import use_env
+from tests.integration.faults import eligible, saved
 from tests.progress import pipeline
 
 # Small pages and slices and a slow WDT, so a job takes many slices and a kill lands inside one.
@@ -25,14 +25,6 @@ ENV = {
     "WDT_RATE_PER_MINUTE": "300",
     "POLL_LOCK_TTL_S": "5",
 }  # a killed beat's lock expires within the test
-
-
-def eligible(stockouts) -> set[str]:
-    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
-
-
-def saved(sandbox) -> Counter:
-    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ import base64
 import json
 import shutil
 import threading
-from collections import Counter
-from datetime import timedelta
 
 import pytest
 import redis
@@ -16,25 +14,12 @@ from producer.poll import poll_once
 from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.messages import publish_dead_letter, publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches
+from tests.integration.faults import dead_lettered, eligible, recent, saved, wait_for_attempts
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def saved(sandbox) -> Counter:
-    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
-
-
-def recent(sandbox, count, **kw):
-    now = now_beijing()
-    return sandbox.generate(count, start=now - timedelta(hours=1), end=now - timedelta(minutes=1), **kw)
-
-
-def only_eligible(stockouts):
-    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
 
 
 def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it_once(
@@ -50,7 +35,7 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     poison = dict(next(s for s in stockouts if s["status"] in ("95", "110")))
     poison["warehouse_no"] = "WH-NEW9"  # a warehouse the mapping does not know yet
     sandbox.add_stockouts([poison])
-    expected = only_eligible(stockouts)
+    expected = eligible(stockouts)
     processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
     letters = DeadLetterStore(redis_client, "t")
@@ -87,7 +72,7 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
 
 def test_transient_faults_are_retried_and_each_stockout_is_saved_exactly_once(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 40)
-    expected = only_eligible(stockouts)
+    expected = eligible(stockouts)
     sandbox.set_faults(bip={"http_502": 0.2, "code_310504": 0.15, "rate_limit": 0.15})
     processes.env["MAX_ATTEMPTS"] = "12"
     processes.worker(concurrency=4)
@@ -103,7 +88,7 @@ def test_transient_faults_are_retried_and_each_stockout_is_saved_exactly_once(sa
 
 def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 3)
-    expected = only_eligible(stockouts)
+    expected = eligible(stockouts)
     sandbox.set_faults(bip={"http_502": 1.0})
     processes.env["MAX_ATTEMPTS"] = "3"
     processes.worker(concurrency=2)
@@ -191,14 +176,7 @@ def test_one_error_line_per_dead_letter_and_a_requeue_that_fails_again_keeps_the
     sandbox, processes, redis_client
 ):
     stockout = next(s for s in recent(sandbox, 6) if s["status"] in ("95", "110"))
-    sandbox.set_faults(bip={"http_502": 1.0})
-    processes.env["MAX_ATTEMPTS"] = "2"
-    processes.worker(concurrency=1)
-    letters = DeadLetterStore(redis_client, "t")
-    publish_stockout(stockout, stockout["stockout_id"])
-    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
-               progress=pipeline(sandbox, redis_client))
-    first = letters.get(stockout["stockout_id"])
+    letters, first = dead_lettered(sandbox, processes, redis_client, stockout)
     wait_until(lambda: " raised " in processes.logs(), 60, message="Celery's line about the task")
     errors = _error_lines(processes.logs())
     assert len(errors) == 1 and stockout["stockout_id"] in errors[0], errors
@@ -211,9 +189,7 @@ def test_one_error_line_per_dead_letter_and_a_requeue_that_fails_again_keeps_the
     # requeued by its order number, it fails again: the letter continues instead of starting over
     requeued = cli(processes.env, "dlq", "requeue", stockout["order_no"])
     assert requeued.returncode == 0 and "requeued 1" in requeued.stdout, requeued.stdout + requeued.stderr
-    wait_until(lambda: (letters.get(stockout["stockout_id"]) or first).attempts == 4, message="second dead letter",
-               progress=pipeline(sandbox, redis_client))
-    again = letters.get(stockout["stockout_id"])
+    again = wait_for_attempts(letters, stockout["stockout_id"], 4, sandbox, redis_client)
     assert again.first_failed_at == first.first_failed_at
     assert [h.event for h in again.history] == ["dead_lettered", "requeued", "dead_lettered"]
     assert [h.attempts for h in again.history if h.event == "dead_lettered"] == [2, 2]

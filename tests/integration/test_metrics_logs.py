@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 
 import pytest
 import requests
@@ -15,7 +14,7 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
+from tests.integration.faults import recent
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
@@ -33,11 +32,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 def total(samples, name: str, **labels) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
-
-
-def recent(sandbox, count, bad=0):
-    now = now_beijing()
-    return sandbox.generate(count, bad=bad, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
 
 
 def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):

@@ -1,7 +1,6 @@
 """The main job end to end: real Redis, real worker processes, the sandbox over HTTP, no mocks."""
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,23 +13,16 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
+from tests.integration.faults import eligible, saved
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
 
-def eligible_ids(stockouts):
-    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
-
-
-def saved_by_stockout(sandbox) -> Counter:
-    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
-
-
 def settled(sandbox, expected: set[str], letters: DeadLetterStore):
-    saved = set(saved_by_stockout(sandbox))
+    stored = set(saved(sandbox))
     dead = set(letters.ids())
-    return expected <= saved | dead
+    return expected <= stored | dead
 
 
 def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox, processes, redis_client, monkeypatch):
@@ -39,7 +31,7 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     reset_service_caches()
     now = now_beijing()
     stockouts = sandbox.generate(80, bad=3, start=now - timedelta(hours=3), end=now - timedelta(minutes=5))
-    expected = eligible_ids(stockouts)
+    expected = eligible(stockouts)
     bad = set(sandbox.bad_ids)
     assert bad <= expected and len(bad) == 3
     processes.worker(concurrency=4)
@@ -51,10 +43,10 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
     wait_until(lambda: settled(sandbox, expected, letters), message="every stockout saved or dead-lettered",
                progress=pipeline(sandbox, redis_client))
 
-    saved = saved_by_stockout(sandbox)
+    counts = saved(sandbox)
     # an unknown material is refused by BIP itself; the other two never leave the worker
-    assert set(saved) == expected - bad
-    assert max(saved.values()) == 1, "a stockout was saved twice"
+    assert set(counts) == expected - bad
+    assert max(counts.values()) == 1, "a stockout was saved twice"
     assert sandbox.counters()["duplicate_stockouts"] == 0
     assert set(letters.ids()) == bad
     for letter in letters.all():
@@ -69,7 +61,7 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
             assert "details_list" in letter.message and letter.stage == "transform"
 
     # the fields BIP got for one good stockout
-    one = next(s for s in stockouts if s["stockout_id"] in saved and s["warehouse_no"] == "WH-BJ02")
+    one = next(s for s in stockouts if s["stockout_id"] in counts and s["warehouse_no"] == "WH-BJ02")
     record = next(r["data"] for r in sandbox.records() if r["data"]["defines!define1"] == one["stockout_id"])
     assert record["warehouse"] == "BJ02" and record["org"] == "ORG-NORTH" and record["bustype"] == "A10001"
     assert record["vouchdate"] == one["consign_time"][:10]
@@ -82,36 +74,36 @@ def test_stockouts_reach_bip_exactly_once_and_bad_ones_fail_with_reason(sandbox,
 
     # a late write: a stockout WDT adds inside an already-read slice is found by the count and saved
     late_write = sandbox.generate(3, start=now - timedelta(hours=2), end=now - timedelta(hours=2))
-    late_write_ids = eligible_ids(late_write)
+    late_write_ids = eligible(late_write)
     found = poll_once(runtime(), publish_stockout)
     assert found.lookback_rereads >= 1 and found.published == len(late_write_ids)
-    wait_until(lambda: late_write_ids <= set(saved_by_stockout(sandbox)), message="late writes saved",
+    wait_until(lambda: late_write_ids <= set(saved(sandbox)), message="late writes saved",
                progress=pipeline(sandbox, redis_client))
 
     # a stockout that appears after the first poll is saved by the next one
     late = sandbox.generate(5, start=now_beijing() - timedelta(minutes=1), end=now_beijing() - timedelta(seconds=1))
-    late_ids = eligible_ids(late)
+    late_ids = eligible(late)
     third = poll_once(runtime(), publish_stockout)
     assert third.published == len(late_ids)
-    wait_until(lambda: late_ids <= set(saved_by_stockout(sandbox)), message="late stockouts saved",
+    wait_until(lambda: late_ids <= set(saved(sandbox)), message="late stockouts saved",
                progress=pipeline(sandbox, redis_client))
-    assert max(saved_by_stockout(sandbox).values()) == 1
+    assert max(saved(sandbox).values()) == 1
 
 
 def test_beat_polls_on_schedule_and_the_cursor_moves(sandbox, processes, redis_client, monkeypatch):
     now = now_beijing()
     stockouts = sandbox.generate(30, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
-    expected = eligible_ids(stockouts)
+    expected = eligible(stockouts)
     processes.env["POLL_INTERVAL_S"] = "1"
     processes.worker(concurrency=2)
     processes.beat()
-    wait_until(lambda: expected <= set(saved_by_stockout(sandbox)), message="beat-driven sync",
+    wait_until(lambda: expected <= set(saved(sandbox)), message="beat-driven sync",
                progress=pipeline(sandbox, redis_client))
     store = runtime().store
     assert store.cursor() is not None and store.cursor() > now - timedelta(minutes=1)
     summary = store.last_poll_summary()
     assert summary is not None and not summary["skipped"]
-    assert max(saved_by_stockout(sandbox).values()) == 1
+    assert max(saved(sandbox).values()) == 1
 
 
 def test_a_mapping_that_syncs_more_than_wdts_default_statuses_gets_them(

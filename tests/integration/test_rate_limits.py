@@ -19,19 +19,11 @@ from shared.ratelimit import RateLimiter
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
-from tests.integration.faults import outcome
+from tests.integration.faults import eligible, outcome, saved
 
 pytestmark = pytest.mark.integration
 
 DEFAULT_CEILING = "20"  # Settings' default BIP_RATE_PER_SECOND
-
-
-def eligible_ids(stockouts) -> set[str]:
-    return {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
-
-
-def saved(sandbox) -> Counter:
-    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
 
 
 def status(env) -> tuple[int, dict]:
@@ -51,7 +43,7 @@ def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
     monkeypatch.setenv("BIP_RATE_PER_SECOND", DEFAULT_CEILING)
     reset_service_caches()
     now = now_beijing()
-    expected = eligible_ids(sandbox.generate(count, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    expected = eligible(sandbox.generate(count, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
     processes.worker(concurrency=4)
     assert poll_once(runtime(), publish_stockout).published == len(expected)
 
@@ -71,7 +63,7 @@ def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
 
 def test_a_wrong_bip_secret_pauses_then_a_fix_and_restart_saves_everything(sandbox, processes, redis_client):
     now = now_beijing()
-    expected = eligible_ids(sandbox.generate(16, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    expected = eligible(sandbox.generate(16, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
     assert poll_once(runtime(), publish_stockout).published == len(expected)
     wrong = processes.worker(concurrency=2, env={"BIP_APP_SECRET": "not-the-secret"})
 
@@ -111,7 +103,7 @@ def test_a_poll_under_a_wdt_limit_waits_instead_of_failing_its_pages(sandbox, se
     monkeypatch.setenv("WDT_PAGE_SIZE", "5")
     reset_service_caches()
     now = now_beijing()
-    expected = eligible_ids(sandbox.generate(40, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
+    expected = eligible(sandbox.generate(40, start=now - timedelta(hours=2), end=now - timedelta(minutes=5)))
     summary = poll_once(runtime(), publish_stockout)
     assert summary.published == len(expected)
     assert sandbox.counters()["wdt_rate_limited"] >= 1, "WDT's limit was never reached: this test proves nothing"

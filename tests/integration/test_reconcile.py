@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from shared.reconcile_reports import recent_reports, reports_key
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
+from tests.integration.faults import saved
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def saved(sandbox) -> Counter:
-    return Counter(r["data"]["defines!define1"] for r in sandbox.records())
 
 
 def sync(sandbox, processes, redis_client, count: int, bad: int = 0) -> tuple[set[str], list[str], list[dict]]:

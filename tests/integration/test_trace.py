@@ -9,11 +9,11 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.cli import cli
+from tests.integration.faults import dead_lettered, wait_for_attempts
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
@@ -84,16 +84,9 @@ def test_queued_then_in_flight_then_done_with_the_bip_record(sandbox, processes,
 
 def test_dead_lettered_with_its_history(sandbox, processes, redis_client):
     stockout = eligible(sandbox)[0]
-    sandbox.set_faults(bip={"http_502": 1.0})
-    processes.env["MAX_ATTEMPTS"] = "2"
-    processes.worker(concurrency=1)
-    letters = DeadLetterStore(redis_client, "t")
-    publish_stockout(stockout, stockout["stockout_id"])
-    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
-               progress=pipeline(sandbox, redis_client))
+    letters, _ = dead_lettered(sandbox, processes, redis_client, stockout)
     letters.requeue([stockout["stockout_id"]], publish_stockout)
-    wait_until(lambda: (letters.get(stockout["stockout_id"]) or letters.history(stockout["stockout_id"])).attempts == 4,
-               message="dead-lettered again", progress=pipeline(sandbox, redis_client))
+    wait_for_attempts(letters, stockout["stockout_id"], 4, sandbox, redis_client)
 
     code, t = trace(processes.env, stockout["order_no"], "--json")
     assert code == 0 and t["verdict"] == "dead-lettered" and t["stockout_id"] == stockout["stockout_id"]
