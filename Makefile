@@ -31,10 +31,10 @@ $(PROMTOOL): | $(STAMP)
 
 # lint first: a lint finding fails the tests as a failing test would
 test: $(STAMP) lint $(PROMTOOL)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(STAMP) $(PROMTOOL)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

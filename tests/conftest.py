@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
 import pytest
@@ -25,15 +26,29 @@ DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 TEST_KEY = re.compile(rb"^t[A-Za-z0-9_-]*:")
 
 
+def for_this_worker(url: str, worker: str | None) -> str:
+    """Under pytest-xdist, worker gwN takes database N after the one given (gw0 the given one), so
+    two workers never flush each other's keys; a plain run uses the URL as it is."""
+    if not worker or not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise pytest.UsageError(f"TEST_REDIS_URL={url!r}: parallel runs need a redis:// or rediss:// URL")
+    database = int(parts.path.strip("/") or 0) + int(worker.removeprefix("gw"))
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
 def _test_redis_url() -> tuple[str, EmbeddedRedis | None]:
     """TEST_REDIS_URL as given (it must answer), or the default when it answers, else an embedded server.
     Never REDIS_URL: that names the service's own database, which tests must not flush."""
     given = os.environ.get("TEST_REDIS_URL", "")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
     if given:
-        if not reachable(given):
-            raise pytest.UsageError(f"TEST_REDIS_URL={given!r}: no Redis answers there")
-        return given, None
-    return resolve_redis_url(DEFAULT_TEST_REDIS_URL)
+        url = for_this_worker(given, worker)
+        if not reachable(url):
+            raise pytest.UsageError(f"TEST_REDIS_URL={url!r}: no Redis answers there")
+        return url, None
+    return resolve_redis_url(for_this_worker(DEFAULT_TEST_REDIS_URL, worker))
 
 
 TEST_REDIS_URL, _embedded = _test_redis_url()
@@ -59,6 +74,11 @@ TEST_ENV = {
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # an xdist worker is handed COLUMNS=80 and LINES=24 though no terminal is there: the CLI would wrap
+    # its piped output at 80 columns, which tests check it never does by itself
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -110,3 +130,20 @@ def redis_client(redis_url):
 @pytest.fixture
 def fake_redis():
     return fakeredis.FakeRedis()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability table (README's "Reliability"), from the rows the fault tests put on their
+    reports (tests/integration/conftest.py). Here, not there: under xdist only this conftest is
+    loaded in the controller that prints the summary."""
+    rows = [value for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
+            for name, value in getattr(report, "user_properties", ()) if name == "reliability"]
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("| fault | stockouts | saved | duplicates | lost | dead-lettered | BIP replays |")
+    write("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        write(f"| {r['fault']} | {r['stockouts']} | {r['saved']} | {r['duplicates']} | {r['lost']} | "
+              f"{r['dead_lettered']} | {r['replays']} |")

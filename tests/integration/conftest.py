@@ -8,6 +8,7 @@ import kombu.pools
 import pytest
 
 from ops.processes import start_beat, start_worker, stop, wait_for_consumer
+from tests.integration.faults import RESULTS
 
 
 @pytest.fixture
@@ -92,16 +93,12 @@ def processes(service, tmp_path):
     procs.stop_all()
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The reliability table (README's "Reliability"), from the fault tests that ran."""
-    from tests.integration.faults import RESULTS
-
-    if not RESULTS:
-        return
-    write = terminalreporter.write_line
-    write("")
-    write("| fault | stockouts | saved | duplicates | lost | dead-lettered | BIP replays |")
-    write("|---|---:|---:|---:|---:|---:|---:|")
-    for r in RESULTS:
-        write(f"| {r['fault']} | {r['stockouts']} | {r['saved']} | {r['duplicates']} | {r['lost']} | "
-              f"{r['dead_lettered']} | {r['replays']} |")
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A fault test's reliability row rides on its report: under xdist the table is printed by the
+    controller, which ran no test itself."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        report.user_properties.extend(("reliability", row) for row in RESULTS)
+        RESULTS.clear()
