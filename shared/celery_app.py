@@ -33,6 +33,10 @@ PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
 
 
+def _restore_every(settings: Settings) -> int:
+    return max(1, min(60, settings.broker_visibility_timeout_s // 4))
+
+
 def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": broker_url(settings),
@@ -48,8 +52,12 @@ def celery_config(settings: Settings) -> dict:
             # Running workers sweep for messages whose worker died a few times per visibility
             # timeout (kombu's default is every ~100 s), so a lost worker's messages come back
             # soon after the timeout rather than after the next worker restart.
-            "unacked_restore_interval": max(1, min(60, settings.broker_visibility_timeout_s // 4)),
+            "unacked_restore_interval": _restore_every(settings),
             "unacked_restore_throttle": 1,
+            # The sweep's lock. kombu's 300 s means a worker killed inside a sweep (SIGKILL, the OOM
+            # killer) stops every redelivery for five minutes; a sweep takes milliseconds, and two
+            # sweeps at once are harmless (each restore is a WATCHed transaction on the unacked hash).
+            "unacked_mutex_expire": max(5, _restore_every(settings)),
             "socket_connect_timeout": settings.http_connect_timeout_s,
             **sentinel_transport_options(settings),
             # Live first: kombu's default (round_robin) rotates the queues a worker reads after every

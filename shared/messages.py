@@ -190,9 +190,9 @@ def _json(value: Any) -> bytes:
 publish_stockout = Publisher()
 
 
-def dead_letter_entry(raw: dict, key: str, task_id: str) -> bytes:
-    """The Redis entry of a letter's copy on the dead_letter queue, as kombu's transport writes it."""
-    page = _Page(DEAD_LETTER_QUEUE)
+def queue_entry(raw: dict, key: str, task_id: str, queue: str = STOCKOUT_QUEUE) -> bytes:
+    """The Redis entry of one stockout's message on `queue`, as kombu's transport writes it."""
+    page = _Page(queue)
     page.add(raw, key, task_id)
     return page.entries[0]
 
@@ -202,6 +202,6 @@ def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
     it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
     `purge` remove the copy by value instead of searching the queue for it."""
     store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
-    entry = dead_letter_entry(store.clean(raw), key, task_id)
+    entry = queue_entry(store.clean(raw), key, task_id, DEAD_LETTER_QUEUE)
     publish_stockout.retrying(lambda: store.push_copy(key, entry))
     return task_id

@@ -37,12 +37,9 @@ def what_is_wrong(entry: bytes, *, max_bytes: int, tasks: Mapping[str, Callable[
     needs to decode the entry is checked."""
     if len(entry) > max_bytes:
         return f"{len(entry)} bytes, over MAX_MESSAGE_BYTES={max_bytes}"
-    try:
-        envelope = json.loads(entry.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return f"not UTF-8 text (byte {err.start})"
-    except (ValueError, RecursionError) as err:
-        return f"not JSON ({err})"
+    envelope, problem = _decoded(entry)
+    if problem:
+        return problem
     if not isinstance(envelope, dict):
         return f"a JSON {_kind(envelope)}, not an object"
     properties, headers = envelope.get("properties"), envelope.get("headers")
@@ -71,13 +68,20 @@ def what_is_wrong(entry: bytes, *, max_bytes: int, tasks: Mapping[str, Callable[
         payload = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         return "body is not base64"
-    try:
-        decoded = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return f"body is not UTF-8 text (byte {err.start})"
-    except (ValueError, RecursionError) as err:
-        return f"body is not JSON ({err})"
+    decoded, problem = _decoded(payload)
+    if problem:
+        return f"body is {problem}"
     return _check_task(headers, decoded, tasks)
+
+
+def _decoded(data: bytes) -> tuple[Any, str | None]:
+    """The JSON in `data`, or what keeps it from being JSON text."""
+    try:
+        return json.loads(data.decode("utf-8")), None
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text (byte {err.start})"
+    except (ValueError, RecursionError) as err:
+        return None, f"not JSON ({err})"
 
 
 def _check_task(headers: dict[str, Any], body: Any, tasks: Mapping[str, Callable[..., Any]]) -> str | None:

@@ -55,6 +55,9 @@ def use_env(monkeypatch, env: dict[str, str]) -> None:
     reset_service_caches()
 
 
+LOG_TAIL = 60
+
+
 class Processes:
     def __init__(self, env: dict[str, str], logdir: Path) -> None:
         self.env = env
@@ -102,3 +105,11 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         report.user_properties.extend(("reliability", row) for row in RESULTS)
         RESULTS.clear()
+    # a failed test shows what its worker and beat processes said: a flake seen once in CI is
+    # explained by its own logs, not by a rerun that passes
+    procs = getattr(item, "funcargs", {}).get("processes")
+    if report.failed and isinstance(procs, Processes):
+        for path in sorted(procs.logdir.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            report.sections.append((f"{path.name} (last {min(len(lines), LOG_TAIL)} lines)",
+                                    "\n".join(lines[-LOG_TAIL:])))

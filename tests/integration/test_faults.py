@@ -2,6 +2,7 @@
 failing) and the test counts what reached BIP. Nothing lost, nothing duplicated."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,10 +13,12 @@ import redis
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared.celery_app import celery_config
 from shared.deadletters import DeadLetterStore
 from shared.errors import StockoutSyncError
-from shared.messages import publish_stockout
+from shared.messages import publish_stockout, queue_entry
 from shared.runtime import runtime
+from shared.settings import Settings
 from tests.cli import command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
@@ -79,6 +82,26 @@ def test_whole_worker_killed_and_restarted(sandbox, processes, redis_client):
     processes.worker(concurrency=4, name="second")
     settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(outcome("whole worker SIGKILLed, restarted", sandbox, expected, letters_of(redis_client)))
+
+
+def test_a_worker_killed_inside_its_redelivery_sweep_holds_redelivery_up_seconds_not_minutes(
+        sandbox, processes, redis_client, monkeypatch):
+    """A dead worker's message (in kombu's unacked hash for longer than the visibility timeout) and the
+    sweep's lock that worker held when it died: kombu's own lock lasts 300 s, ours a few seconds."""
+    stockout = next(s for s in recent(sandbox, 6) if s["stockout_id"] in eligible([s]))
+    sid = stockout["stockout_id"]
+    entry = json.loads(queue_entry(stockout, sid, f"dead-worker-{sid}"))
+    tag = entry["properties"]["delivery_tag"]
+    redis_client.hset("t:unacked", tag, json.dumps([entry, "", "stockouts"]))
+    redis_client.zadd("t:unacked_index", {tag: time.time() - 60})
+    processes.env.update(FAST_REDELIVERY)  # visibility 15 s: a sweep every 3 s
+    use_env(monkeypatch, processes.env)
+    # the lock as the dead worker took it, for as long as our configuration tells kombu to keep it
+    options = celery_config(Settings())["broker_transport_options"]
+    redis_client.set("t:unacked_mutex", "killed-worker", px=1000 * options.get("unacked_mutex_expire", 300))
+    processes.worker(concurrency=1)
+    wait_until(lambda: runtime().store.done(sid), 40, message="the dead worker's stockout redelivered and saved")
+    assert saved(sandbox)[sid] == 1 and redis_client.hlen("t:unacked") == 0
 
 
 def test_redis_restarted_mid_run_with_aof(sandbox, service, tmp_path, monkeypatch):

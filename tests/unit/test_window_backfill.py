@@ -111,17 +111,12 @@ def test_jobs_advance_round_robin_shrink_an_overfull_slice_and_stop_when_cancell
         return SliceRead(pages=1, fetched=100, published=100, total=100)
 
     gate = Gate(fake_redis, "t", high=1000, low=500)
-    advance(
-        store,
-        gate,
-        read,
-        deadline=time.monotonic() + 5,
-        keepalive=lambda: None,
-        min_budget=1,
-        max_budget=100,
-        max_span_s=3600,
-        sleep=lambda s: None,
-    )
+
+    def run(seconds: float) -> None:
+        advance(store, gate, read, deadline=time.monotonic() + seconds, keepalive=lambda: None, min_budget=1,
+                max_budget=100, max_span_s=3600, sleep=lambda s: None)
+
+    run(5)
     a, b = store.get(a.id), store.get(b.id)
     assert a and b and a.state == "done" and b.state == "done"
     assert a.published == 1600 and b.published == 800  # slices cut to 15 min: 16 and 8 of them
@@ -129,17 +124,7 @@ def test_jobs_advance_round_robin_shrink_an_overfull_slice_and_stop_when_cancell
 
     c = store.create(T0, T0 + timedelta(hours=4), slice_s=900, synced=0)
     store.cancel(c.id)
-    advance(
-        store,
-        gate,
-        read,
-        deadline=time.monotonic() + 1,
-        keepalive=lambda: None,
-        min_budget=1,
-        max_budget=100,
-        max_span_s=3600,
-        sleep=lambda s: None,
-    )
+    run(1)
     c2 = store.get(c.id)
     assert c2 and c2.state == "cancelled" and c2.published == 0
 
