@@ -14,7 +14,7 @@ from shared.celery_app import DEAD_LETTER_QUEUE
 from shared.settings import get_settings
 from shared.timeutil import format_wire, now_beijing
 
-Stage = Literal["fetch", "transform", "save", "internal", "receive"]
+Stage = Literal["fetch", "transform", "save", "internal", "receive", "publish"]
 LEASE_S = 60  # longer than publishing one message can take
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
 BATCH = 200  # letters claimed, published and unparked per round trip
@@ -219,13 +219,13 @@ class DeadLetterStore:
         since) keeps its first failure time and history, and its attempts add up."""
         letter = letter.model_copy(update={"stockout": self.clean(letter.stockout)})
         sid = letter.stockout_id
-        key, history_key = self._key(sid), self._history_key(sid)
+        key, history_key, parked_key = self._key(sid), self._history_key(sid), self._parked_key(sid)
         while True:
             with self.r.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(key, history_key)  # a concurrent put or claim of this letter: merge again
-                    previous = pipe.get(key) or pipe.get(history_key)
-                    merged = merge(DeadLetter.model_validate_json(previous) if previous else None, letter)
+                    # a concurrent put, claim or unpark of this letter: merge again
+                    pipe.watch(key, history_key, parked_key)
+                    merged = merge(self._story_so_far(pipe, key, parked_key, history_key), letter)
                     pipe.multi()
                     pipe.set(key, merged.model_dump_json(), ex=self.ttl_s + 86400)
                     pipe.delete(history_key)
@@ -238,6 +238,20 @@ class DeadLetterStore:
                     continue
         self.expire()
         return merged
+
+    @staticmethod
+    def _story_so_far(pipe: Any, key: str, parked_key: str, history_key: str) -> DeadLetter | None:
+        """What a new failure continues: the letter itself; else, while a requeue of it is in flight
+        (published, not yet unparked: a fast worker or the publisher's own size check fails it that
+        soon), its parked copy and that requeue; else the history a finished requeue left."""
+        if current := pipe.get(key):
+            return DeadLetter.model_validate_json(current)
+        if parked := pipe.get(parked_key):
+            letter = DeadLetter.model_validate_json(parked)
+            requeued = HistoryEntry(at=format_wire(now_beijing()), event="requeued")
+            return letter.model_copy(update={"history": trimmed([*letter.history, requeued])})
+        history = pipe.get(history_key)
+        return DeadLetter.model_validate_json(history) if history else None
 
     def push_copy(self, sid: str, entry: bytes) -> None:
         """The letter's copy on the dead_letter queue, remembered byte for byte so a claim removes it by value."""

@@ -4,6 +4,9 @@ Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
 
 import base64
+import functools
+import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,11 +19,16 @@ from kombu import Producer
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
+from shared import metrics
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
-from shared.deadletters import DeadLetterStore
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
+from shared.settings import get_settings
+from shared.timeutil import format_wire, now_beijing
+
+log = logging.getLogger("stockout_sync.messages")
 
 # kombu's Redis transport: message bodies are base64 text inside the JSON entry
 _BODY_ENCODING = "base64"
@@ -46,10 +54,11 @@ class Publisher:
         if get_app().conf.task_send_sent_event:
             with get_app().producer_or_acquire() as producer:
                 return self._send(producer, raw, key, queue, task_id, generation)
-        page = _Page(queue)
+        page = _Page(queue, max_bytes=get_settings().max_message_bytes)
         task_id = page.add(raw, key, task_id, generation)
         self._push(queue, page.entries)
         page.published()
+        self._hold(page)
         return task_id
 
     @staticmethod
@@ -71,11 +80,26 @@ class Publisher:
             # A task-sent event each is kombu's to publish; still one round trip for the page.
             with get_app().producer_or_acquire() as producer, producer.batch(max_size=4 * len(items)):
                 return [self._send(producer, raw, key, queue, None) for raw, key in items]
-        page = _Page(queue)
+        page = _Page(queue, max_bytes=get_settings().max_message_bytes)
         ids = [page.add(raw, key) for raw, key in items]
         self._push(queue, page.entries)
         page.published()
+        self._hold(page)
         return ids
+
+    def _hold(self, page: _Page) -> None:
+        """A stockout whose message would be over MAX_MESSAGE_BYTES is not sent (every worker would
+        quarantine it unread, and a malformed letter cannot be requeued): it becomes a dead letter of
+        its own, kept whole, that `dlq requeue` sends once the limit is raised."""
+        if not page.too_large:
+            return
+        store = DeadLetterStore(self._broker(), _key_prefix().removesuffix(":"))
+        for raw, key, size in page.too_large:
+            letter = too_large_letter(raw, key, size, page.max_bytes or 0)
+            self.retrying(functools.partial(store.put, letter))
+            metrics.observe_task("dead_letter", 0.0, stage="publish", error="MessageTooLarge")
+            log.error("stockout %s not published: %s; kept as a dead letter", key, letter.message,
+                      extra={"stage": "publish", "outcome": "dead_letter", "stockout_id": key})
 
     def _broker(self) -> redis.Redis:
         url = get_app().conf.broker_url
@@ -94,6 +118,8 @@ class Publisher:
 
     def _push(self, queue: str, entries: list[bytes]) -> None:
         """One LPUSH for the page (atomic: all of it or none), retried as task_publish_retry says."""
+        if not entries:  # every one of them held back as too large
+            return
         # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
         self.retrying(lambda: self._broker().lpush(f"{_key_prefix()}{queue}", *entries))
 
@@ -122,9 +148,11 @@ class _Page:
     """The Redis entries of one page, as kombu's Redis transport writes them: Celery's own message
     (`create_task_message`), its body as base64 JSON, inside a JSON envelope."""
 
-    def __init__(self, queue: str) -> None:
+    def __init__(self, queue: str, *, max_bytes: int | None = None) -> None:
         self.queue = queue
+        self.max_bytes = max_bytes
         self.entries: list[bytes] = []
+        self.too_large: list[tuple[dict, str, int]] = []  # (stockout, key, entry size) left out
         self.sent: list[tuple] = []
         self.origin = anon_nodename()  # what Celery would look up again for every message
         self.fixed = {
@@ -148,16 +176,20 @@ class _Page:
                 sender=SYNC_TASK, body=body, exchange="", routing_key=self.queue, declare=[], headers=headers,
                 properties=properties, retry_policy=self.retry_policy,
             )
-        if self.after:
-            self.sent.append((body, headers))
         properties.update(self.fixed, delivery_tag=uuid())
-        self.entries.append(_json({
+        entry = _json({
             "body": base64.b64encode(_json(body)).decode("ascii"),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": headers,
             "properties": properties,
-        }))
+        })
+        if self.max_bytes is not None and len(entry) > self.max_bytes:
+            self.too_large.append((raw, key, len(entry)))
+            return task_id
+        if self.after:
+            self.sent.append((body, headers))
+        self.entries.append(entry)
         return task_id
 
     def published(self) -> None:
@@ -188,6 +220,23 @@ def _json(value: Any) -> bytes:
 
 
 publish_stockout = Publisher()
+
+
+def too_large_letter(raw: dict, key: str, size: int, max_bytes: int) -> DeadLetter:
+    now = format_wire(now_beijing())
+    order_no = raw.get("order_no", "")
+    return DeadLetter(
+        stockout_id=key,
+        order_no=order_no if isinstance(order_no, str) else str(order_no),
+        stage="publish",
+        error_class="MessageTooLarge",
+        message=f"its message is {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}: raise MAX_MESSAGE_BYTES "
+                f"(producer and workers alike), then `dlq requeue {key}`",
+        first_failed_at=now,
+        last_failed_at=now,
+        worker_host=socket.gethostname(),
+        stockout=raw,
+    )
 
 
 def queue_entry(raw: dict, key: str, task_id: str, queue: str = STOCKOUT_QUEUE) -> bytes:

@@ -14,13 +14,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.backlog import PRIORITY_SUFFIXES
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
+from shared.deadletters import Stage
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
 from shared.settings import Settings
@@ -34,7 +35,7 @@ QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 BREAKER_STATES = ("closed", "half_open", "open")
 DLQ_RECOUNT_S = 30.0
-STAGES = ("fetch", "transform", "save", "internal")
+STAGES: tuple[str, ...] = get_args(Stage)  # malformed letters (receive) and too large ones (publish) too
 
 
 class PipelineCollector(Collector):

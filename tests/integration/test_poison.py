@@ -12,11 +12,16 @@ from collections.abc import Callable
 import pytest
 
 from ops.processes import wait_until
+from producer.poll import poll_once
 from shared.celery_app import POLL_TASK, SYNC_TASK
 from shared.deadletters import DeadLetterStore
-from shared.messages import _Page
+from shared.messages import _Page, publish_stockout
 from shared.poison import malformed_letter
+from shared.runtime import runtime
+from tests.cli import cli
+from tests.integration.conftest import use_env
 from tests.integration.faults import eligible, outcome, recent, saved
+from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +180,42 @@ def test_a_fatal_worker_error_exits_non_zero(service, tmp_path):
                           capture_output=True, text=True, timeout=90)
     assert "Unrecoverable error: RuntimeError('injected consumer failure')" in done.stderr, done.stderr[-2000:]
     assert done.returncode == 1
+
+
+def test_a_stockout_too_large_for_a_message_is_held_as_its_own_letter_and_requeued_once_the_limit_is_raised(
+        sandbox, processes, redis_client, monkeypatch):
+    """The producer never sends what every worker would quarantine unread (and a malformed letter
+    cannot be requeued): the stockout becomes a dead letter kept whole, `dlq requeue` sends it later."""
+    stockouts = recent(sandbox, 8)
+    wanted = eligible(stockouts)
+    big_id = sorted(wanted)[0]
+    big = next({**s, "attachment_note": "附" * 30_000} for s in stockouts if s["stockout_id"] == big_id)
+    sandbox.add_stockouts([big])  # ~90 KB of UTF-8 in one field: over the 64 KiB limit once encoded
+    small = {**processes.env, "MAX_MESSAGE_BYTES": str(MAX_BYTES)}
+    use_env(monkeypatch, small)
+
+    summary = poll_once(runtime(), publish_stockout)
+    assert summary.fetched >= len(wanted)
+    letters = DeadLetterStore(redis_client, "t")
+    letter = letters.get(big_id)
+    assert letter is not None and letter.stage == "publish" and letter.error_class == "MessageTooLarge"
+    assert f"over MAX_MESSAGE_BYTES={MAX_BYTES}" in letter.message and f"dlq requeue {big_id}" in letter.message
+    assert letter.stockout["attachment_note"] == big["attachment_note"]  # kept whole, to be sent later
+    queued = redis_client.lrange("t:stockouts", 0, -1)
+    assert len(queued) == len(wanted) - 1 and all(len(e) <= MAX_BYTES for e in queued)
+    assert not any(big_id.encode() in e for e in queued)
+
+    # requeued at the same limit, it is held again (the letter goes on, with its history)
+    again = cli(small, "dlq", "requeue", big_id)
+    assert again.returncode == 0, again.stderr
+    assert [h.event for h in letters.get(big_id).history] == ["dead_lettered", "requeued", "dead_lettered"]
+
+    # the operator raises the limit for producer and workers alike, then requeues: saved once
+    raised = {**processes.env, "MAX_MESSAGE_BYTES": str(1024 * 1024)}
+    processes.env = raised
+    processes.worker(concurrency=2)
+    done = cli(raised, "dlq", "requeue", big_id)
+    assert done.returncode == 0 and "requeued 1" in done.stdout, done.stdout + done.stderr
+    wait_until(lambda: wanted <= set(saved(sandbox)), message="every stockout saved, the large one too",
+               progress=pipeline(sandbox, redis_client))
+    assert saved(sandbox)[big_id] == 1 and letters.get(big_id) is None

@@ -40,6 +40,27 @@ def test_a_requeued_letter_that_fails_again_continues_its_history(store):
     assert store.history("1") is None and store.get("1") == again
 
 
+def test_a_letter_failing_again_before_its_requeue_is_finished_keeps_its_history(store):
+    # a worker that fails the message within milliseconds, or the publisher's own size check, puts the
+    # new letter while the requeue still holds the parked copy (it unparks after publishing)
+    store.put(letter("1", at="2026-11-29 10:00:00", attempts=6, message="first"))
+
+    def publish_and_fail_at_once(raw, key):
+        store.put(letter(key, at="2026-11-29 12:00:00", attempts=1, message="second"))
+
+    assert store.requeue(["1"], publish_and_fail_at_once) == ["1"]
+    again = store.get("1")
+    assert again.attempts == 7 and again.first_failed_at == "2026-11-29 10:00:00"
+    assert [(h.event, h.message) for h in again.history] == [
+        ("dead_lettered", "first"), ("requeued", ""), ("dead_lettered", "second")]
+    assert store.parked() == []
+    # the story goes on the same way after an ordinary requeue
+    store.requeue(["1"], lambda raw, key: None)
+    third = store.put(letter("1", at="2026-11-29 13:00:00", attempts=1, message="third"))
+    assert [h.message for h in third.history if h.event == "dead_lettered"] == ["first", "second", "third"]
+    assert len(third.history) == 5 and third.attempts == 8
+
+
 def test_purge_forgets_the_history(store):
     store.put(letter("1"))
     store.requeue(["1"], lambda raw, key: None)

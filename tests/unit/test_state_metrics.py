@@ -22,14 +22,14 @@ def test_dead_letters_by_stage_follow_the_index(fake_redis):
     assert sum(letters(collector).values()) == 0
     put(fake_redis, "1", "transform", 100.0)
     put(fake_redis, "2", "save", 101.0)
-    assert letters(collector) == {"fetch": 0, "transform": 1, "save": 1, "internal": 0}
+    assert letters(collector) == {"fetch": 0, "transform": 1, "save": 1, "internal": 0, "receive": 0, "publish": 0}
     put(fake_redis, "3", "transform", 102.0)  # new: added without a recount
     assert letters(collector)["transform"] == 2
     # a requeue removes one; the sum no longer adds up, so everything is counted again
     fake_redis.delete("t:dlq:1")
     fake_redis.zrem("t:dlq:index", "1")
     collector._dlq = (collector._dlq[0], 0.0, collector._dlq[2])  # the last full count is old
-    assert letters(collector) == {"fetch": 0, "transform": 1, "save": 1, "internal": 0}
+    assert letters(collector) == {"fetch": 0, "transform": 1, "save": 1, "internal": 0, "receive": 0, "publish": 0}
 
 
 def test_unreadable_redis_answers_state_up_zero():
