@@ -102,8 +102,9 @@ class Pinger:
 def _fill(ctx: Context, prefix: str, n: int) -> float:
     """`n` letters as workers write them (record, index, queue copy), realistic stockouts inside."""
     from sandbox.data import generate_stockouts
+    from shared.celery_app import DEAD_LETTER_QUEUE
     from shared.deadletters import DeadLetter, DeadLetterStore
-    from shared.messages import dead_letter_entry
+    from shared.messages import queue_entry
 
     started = time.monotonic()
     client = ctx.client()
@@ -116,7 +117,7 @@ def _fill(ctx: Context, prefix: str, n: int) -> float:
                              message="bip POST /yonbip/scm/othoutrecord/single/save: HTTP 502", http_status=502,
                              attempts=6, first_failed_at="2026-11-29 10:00:00", last_failed_at="2026-11-29 10:05:00",
                              message_id=message_id, stockout=raw))
-        store.push_copy(sid, dead_letter_entry(store.clean(raw), sid, message_id))
+        store.push_copy(sid, queue_entry(store.clean(raw), sid, message_id, DEAD_LETTER_QUEUE))
     client.close()
     return time.monotonic() - started
 
