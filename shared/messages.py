@@ -19,7 +19,6 @@ from kombu import Producer
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
-from shared import metrics
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import APIConnectionError, RetryPolicy
@@ -90,14 +89,15 @@ class Publisher:
     def _hold(self, page: _Page) -> None:
         """A stockout whose message would be over MAX_MESSAGE_BYTES is not sent (every worker would
         quarantine it unread, and a malformed letter cannot be requeued): it becomes a dead letter of
-        its own, kept whole, that `dlq requeue` sends once the limit is raised."""
+        its own, kept whole, that `dlq requeue` sends once the limit is raised. (Counted by the scrape-time
+        gauge `dead_letters{stage="publish"}`: this module must not load shared.metrics, which a
+        process's metrics exporter has to set up first.)"""
         if not page.too_large:
             return
         store = DeadLetterStore(self._broker(), _key_prefix().removesuffix(":"))
         for raw, key, size in page.too_large:
             letter = too_large_letter(raw, key, size, page.max_bytes or 0)
             self.retrying(functools.partial(store.put, letter))
-            metrics.observe_task("dead_letter", 0.0, stage="publish", error="MessageTooLarge")
             log.error("stockout %s not published: %s; kept as a dead letter", key, letter.message,
                       extra={"stage": "publish", "outcome": "dead_letter", "stockout_id": key})
 

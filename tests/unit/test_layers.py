@@ -4,6 +4,8 @@ side, ops/ (the CLI) is the only package above them. Every import statement coun
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,3 +179,16 @@ def test_the_cycle_walk_finds_a_cycle():
 def test_the_scan_reads_every_form_of_import(source, expected):
     probe = ROOT / "shared" / "wdt" / "probe.py"  # never read: the source is given
     assert [(i.module, i.function) for i in imports_of(probe, source)] == expected
+
+
+def test_the_cli_loads_no_counters_before_a_process_starts_its_metrics_exporter():
+    # prometheus_client's multiprocess mode must be set up before shared.metrics makes its counters;
+    # `worker` and `beat` start the exporter after the CLI's modules are loaded, so none may load it
+    probe = ("import importlib, pkgutil, sys, ops.cli\n"
+             "for m in pkgutil.iter_modules(ops.cli.__path__):\n"
+             "    if m.name != '__main__': importlib.import_module('ops.cli.' + m.name)\n"
+             "print('shared.metrics' in sys.modules, len([k for k in sys.modules if k.startswith('shared.')]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    loaded, shared_modules = done.stdout.split()
+    assert done.returncode == 0 and int(shared_modules) > 10, done.stderr
+    assert loaded == "False", "an ops.cli module imports shared.metrics (directly or through a shared module)"
