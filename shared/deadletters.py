@@ -142,6 +142,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('SET', KEYS[2], '1', 'NX', 
 return 0
 """
 
+# KEYS: record, history. ARGV: the history (JSON), ttl s. A record written meanwhile (the stockout
+# failed again before its requeue finished) already holds the whole story: no history beside it.
+_KEEP_HISTORY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+"""
+
 
 class DeadLetterStore:
     """Redis layout (`{p}` = REDIS_PREFIX):
@@ -176,6 +182,7 @@ class DeadLetterStore:
         self._claim = client.register_script(_CLAIM)
         self._push = client.register_script(_PUSH)
         self._lease = client.register_script(_LEASE)
+        self._keep_history = client.register_script(_KEEP_HISTORY)
 
     def _key(self, sid: str) -> str:
         return f"{self.p}:dlq:{sid}"
@@ -341,7 +348,8 @@ class DeadLetterStore:
         for letter in letters:
             history = trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])
             kept = letter.model_copy(update={"stockout": {}, "history": history})
-            pipe.set(self._history_key(letter.stockout_id), kept.model_dump_json(), ex=self.ttl_s)
+            self._keep_history(keys=[self._key(letter.stockout_id), self._history_key(letter.stockout_id)],
+                               args=[kept.model_dump_json(), self.ttl_s], client=pipe)
             pipe.delete(self._parked_key(letter.stockout_id), self._lease_key(letter.stockout_id))
         pipe.srem(self.parked_set_key, *[letter.stockout_id for letter in letters])
         pipe.execute()

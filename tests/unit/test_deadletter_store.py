@@ -53,7 +53,7 @@ def test_a_letter_failing_again_before_its_requeue_is_finished_keeps_its_history
     assert again.attempts == 7 and again.first_failed_at == "2026-11-29 10:00:00"
     assert [(h.event, h.message) for h in again.history] == [
         ("dead_lettered", "first"), ("requeued", ""), ("dead_lettered", "second")]
-    assert store.parked() == []
+    assert store.parked() == [] and store.history("1") is None  # the record holds the whole story
     # the story goes on the same way after an ordinary requeue
     store.requeue(["1"], lambda raw, key: None)
     third = store.put(letter("1", at="2026-11-29 13:00:00", attempts=1, message="third"))
