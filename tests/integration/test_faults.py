@@ -79,8 +79,14 @@ def test_whole_worker_killed_and_restarted(sandbox, processes, redis_client):
     stop(worker, sig=signal.SIGKILL, timeout=1)  # the main process and its pool, without warning
     in_limbo = len(expected) - len(saved(sandbox))
     assert in_limbo > 0
+    held = redis_client.hkeys("t:unacked")  # what the dead worker had taken and never acked
+    assert held
     processes.worker(concurrency=4, name="second")
     settle(sandbox, expected, letters_of(redis_client))
+    # every message the dead worker held came back after the visibility timeout and was acked (its
+    # stockout saved or, already saved by BIP, answered as done): none is left behind
+    wait_until(lambda: not set(held) & set(redis_client.hkeys("t:unacked")), 60, interval=1,
+               message="the dead worker's messages redelivered and acked")
     assert_exactly_once(outcome("whole worker SIGKILLed, restarted", sandbox, expected, letters_of(redis_client)))
 
 
