@@ -58,7 +58,7 @@ class Sandbox(Controls):
         self._bad_reasons: dict[str, str] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._do_set_rate_limits(self.config.bip_rate_per_s, self.config.wdt_rate_per_min, self.config.rate_window_s)
+        self._default_rate_limits()
 
     # ---- lifecycle
 
@@ -201,6 +201,9 @@ class Sandbox(Controls):
         self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min, window_s=window_s)
         return {"ok": True}
 
+    def _default_rate_limits(self) -> None:
+        self._do_set_rate_limits(self.config.bip_rate_per_s, self.config.wdt_rate_per_min, self.config.rate_window_s)
+
     def _do_counters(self) -> dict[str, Any]:
         return {**self._counters.snapshot(), "duplicate_stockouts": self.bip.duplicate_stockouts()}
 
@@ -209,7 +212,7 @@ class Sandbox(Controls):
         self.bip.clear()
         self._counters.reset()
         self._faults.set()
-        self._do_set_rate_limits(self.config.bip_rate_per_s, self.config.wdt_rate_per_min, self.config.rate_window_s)
+        self._default_rate_limits()
         self.bip.set_list_mode(self.config.bip_list_ignores_filters, self.config.bip_list_omits_fields)
         with self._lock:
             self._bad_reasons.clear()

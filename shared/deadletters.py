@@ -254,9 +254,7 @@ class DeadLetterStore:
         if current := pipe.get(key):
             return DeadLetter.model_validate_json(current)
         if parked := pipe.get(parked_key):
-            letter = DeadLetter.model_validate_json(parked)
-            requeued = HistoryEntry(at=format_wire(now_beijing()), event="requeued")
-            return letter.model_copy(update={"history": trimmed([*letter.history, requeued])})
+            return requeued(DeadLetter.model_validate_json(parked), format_wire(now_beijing()))
         history = pipe.get(history_key)
         return DeadLetter.model_validate_json(history) if history else None
 
@@ -346,8 +344,7 @@ class DeadLetterStore:
         at = format_wire(now_beijing())
         pipe = self.r.pipeline(transaction=True)
         for letter in letters:
-            history = trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])
-            kept = letter.model_copy(update={"stockout": {}, "history": history})
+            kept = requeued(letter, at).model_copy(update={"stockout": {}})
             self._keep_history(keys=[self._key(letter.stockout_id), self._history_key(letter.stockout_id)],
                                args=[kept.model_dump_json(), self.ttl_s], client=pipe)
             pipe.delete(self._parked_key(letter.stockout_id), self._lease_key(letter.stockout_id))
@@ -393,6 +390,11 @@ def merge(previous: DeadLetter | None, letter: DeadLetter) -> DeadLetter:
         "attempts": previous.attempts + letter.attempts,
         "history": trimmed([*previous.history, letter.failure()]),
     })
+
+
+def requeued(letter: DeadLetter, at: str) -> DeadLetter:
+    """The letter with its requeue at `at` added to the history."""
+    return letter.model_copy(update={"history": trimmed([*letter.history, HistoryEntry(at=at, event="requeued")])})
 
 
 def trimmed(history: list[HistoryEntry]) -> list[HistoryEntry]:

@@ -25,6 +25,7 @@ from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
 from shared.settings import get_settings
+from shared.state import order_no_of
 from shared.timeutil import format_wire, now_beijing
 
 log = logging.getLogger("stockout_sync.messages")
@@ -55,9 +56,7 @@ class Publisher:
                 return self._send(producer, raw, key, queue, task_id, generation)
         page = _Page(queue, max_bytes=get_settings().max_message_bytes)
         task_id = page.add(raw, key, task_id, generation)
-        self._push(queue, page.entries)
-        page.published()
-        self._hold(page)
+        self._flush(page)
         return task_id
 
     @staticmethod
@@ -81,10 +80,14 @@ class Publisher:
                 return [self._send(producer, raw, key, queue, None) for raw, key in items]
         page = _Page(queue, max_bytes=get_settings().max_message_bytes)
         ids = [page.add(raw, key) for raw, key in items]
-        self._push(queue, page.entries)
+        self._flush(page)
+        return ids
+
+    def _flush(self, page: _Page) -> None:
+        """The page's messages in one LPUSH, Celery's after-publish signals, then the ones held back."""
+        self._push(page.queue, page.entries)
         page.published()
         self._hold(page)
-        return ids
 
     def _hold(self, page: _Page) -> None:
         """A stockout whose message would be over MAX_MESSAGE_BYTES is not sent (every worker would
@@ -224,10 +227,9 @@ publish_stockout = Publisher()
 
 def too_large_letter(raw: dict, key: str, size: int, max_bytes: int) -> DeadLetter:
     now = format_wire(now_beijing())
-    order_no = raw.get("order_no", "")
     return DeadLetter(
         stockout_id=key,
-        order_no=order_no if isinstance(order_no, str) else str(order_no),
+        order_no=order_no_of(raw),
         stage="publish",
         error_class="MessageTooLarge",
         message=f"its message is {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}: raise MAX_MESSAGE_BYTES "

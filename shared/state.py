@@ -8,6 +8,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -104,6 +105,11 @@ def stockout_key(raw: dict) -> str:
         return str(sid).strip()
     blob = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return "noid-" + hashlib.sha1(blob).hexdigest()[:16]
+
+
+def order_no_of(raw: Any) -> str:
+    """The stockout's order number as text ("" when it has none or is no stockout at all)."""
+    return str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
 
 
 class StateStore:

@@ -6,7 +6,7 @@ import logging
 import time
 
 from shared import metrics
-from shared.state import stockout_key
+from shared.state import order_no_of, stockout_key
 
 log = logging.getLogger("stockout_sync.worker")
 
@@ -27,10 +27,9 @@ def task_event(
     duration_s = round(time.monotonic() - started, 4)
     error_name = type(error).__name__ if error is not None else ""
     metrics.observe_task(outcome, duration_s, stage=stage, error=error_name)
-    order_no = stockout.get("order_no", "") if isinstance(stockout, dict) else ""
     extra = {
         "stockout_id": stockout_key(stockout),
-        "order_no": str(order_no),
+        "order_no": order_no_of(stockout),
         "task_id": task_id,
         "stage": stage,
         "attempt": attempt,

@@ -7,6 +7,7 @@ from typing import Any
 from shared.deadletters import DeadLetter, Stage
 from shared.errors import MappingError, StockoutSyncError
 from shared.mapping import Mapping
+from shared.state import order_no_of
 from shared.timeutil import format_wire, now_beijing
 from worker.transform import locate_rejection
 
@@ -30,10 +31,9 @@ def make_letter(
         where = locate_rejection(fields["api_message"], raw, mapping)
         if where:
             message = f"{message} (in the stockout: {where})"
-    order_no = raw.get("order_no", "") if isinstance(raw, dict) else ""
     return DeadLetter(
         stockout_id=sid,
-        order_no=order_no if isinstance(order_no, str) else str(order_no),
+        order_no=order_no_of(raw),
         stage=stage_of(error),
         error_class=type(error).__name__,
         message=message,

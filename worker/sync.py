@@ -11,7 +11,7 @@ import redis
 from pydantic import BaseModel
 
 from shared.runtime import Runtime
-from shared.state import stockout_key
+from shared.state import order_no_of, stockout_key
 from worker.transform import to_bip, validate_stockout
 
 log = logging.getLogger("stockout_sync.worker")
@@ -40,7 +40,7 @@ class Outcome(BaseModel):
 def sync_one(raw: dict, rt: Runtime, *, task_id: str, generation: int = 0) -> Outcome:
     started = time.monotonic()
     sid = stockout_key(raw)
-    order_no = str(raw.get("order_no", "")) if isinstance(raw, dict) else ""
+    order_no = order_no_of(raw)
     store = rt.store
     # The done mark and the lock in one atomic step: a holder we had to wait for may have saved it.
     claim = store.claim(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)

@@ -19,7 +19,8 @@ from shared.redis_conn import connect, free_port
 from shared.timeutil import now_beijing
 from tests.progress import pipeline
 
-# Each fault test appends its row here; test_zz_report prints the table README shows.
+# Each fault test appends its row here; it travels on the test's report (tests/integration/conftest.py)
+# to the summary that prints the table README shows (tests/conftest.py).
 RESULTS: list[dict] = []
 
 
@@ -60,9 +61,9 @@ def dead_lettered(sandbox, processes, redis_client, stockout: dict) -> tuple[Dea
     processes.worker(concurrency=1)
     letters = DeadLetterStore(redis_client, "t")
     publish_stockout(stockout, stockout["stockout_id"])
-    wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
-               progress=pipeline(sandbox, redis_client))
-    return letters, letters.get(stockout["stockout_id"])
+    letter = wait_until(lambda: letters.get(stockout["stockout_id"]), message="dead letter",
+                        progress=pipeline(sandbox, redis_client))
+    return letters, letter
 
 
 def wait_for_attempts(letters: DeadLetterStore, stockout_id: str, attempts: int, sandbox, redis_client) -> DeadLetter:
