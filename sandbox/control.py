@@ -23,6 +23,7 @@ CONTROL_PREFIX = "/_sandbox/"
 ROUTES: dict[str, tuple[str, str]] = {
     "generate": ("POST", "generate"),
     "add_stockouts": ("POST", "stockouts"),
+    "add_raw_stockouts": ("POST", "stockouts/raw"),
     "modify": ("POST", "modify"),
     "statuses": ("GET", "statuses"),
     "bad": ("GET", "bad"),
@@ -78,6 +79,11 @@ class Controls(ABC):
     def add_stockouts(self, stockouts: list[dict[str, Any]]) -> int:
         """Add or replace (by stockout_id, like an edit in WDT) raw stockouts."""
         return cast(int, self._control("add_stockouts", {"stockouts": stockouts}))
+
+    def add_raw_stockouts(self, rows: list[str]) -> int:
+        """Add or replace stockouts given as JSON object text, served byte for byte (a quantity
+        written `1e3` or `1e999999999` reaches the client as written); each needs its `modified`."""
+        return cast(int, self._control("add_raw_stockouts", {"rows": rows}))
 
     def modify(self, stockout_id: str) -> dict[str, Any]:
         """Edit a stockout as WDT would: its `modified` moves to now."""

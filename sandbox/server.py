@@ -160,6 +160,9 @@ class Sandbox(Controls):
                 self._next_id = max(self._next_id, max(numeric) + 1)
         return added
 
+    def _do_add_raw_stockouts(self, rows: list[str]) -> int:
+        return self.wdt.add_raw(rows)
+
     def _do_modify(self, stockout_id: str) -> dict[str, Any]:
         return self.wdt.modify(stockout_id)
 

@@ -7,6 +7,7 @@ a client that would be refused in production is refused here.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -18,13 +19,43 @@ from shared.wdt.sign import top_md5_sign
 
 from .config import SandboxConfig
 from .data import FETCHED_STATUSES
-from .faults import Counters, Faults, RateLimit, Reply, Request, html_reply, json_reply, truncated
+from .faults import Counters, Faults, RateLimit, Reply, Request, dumps, html_reply, json_reply, truncated
 
 WDT_PATH = "/router/qm"
 METHOD = "wdt.stockout.order.query"
 MAX_SPAN = timedelta(days=30)
 _WIRE_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _STATUS_RE = re.compile(r"^\d+(,\d+)*$")
+
+
+class RawRow(dict):
+    """A stockout given as JSON text (`add_raw`), served byte for byte: numbers such as `1e3` or
+    `1e999999999` reach the client as written. The dict (numbers as their text) serves the filters."""
+
+    text: str
+
+
+def raw_row(text: str) -> RawRow:
+    try:
+        parsed = json.loads(text, parse_float=str, parse_int=str, parse_constant=str)
+    except ValueError as e:
+        raise ValueError(f"a raw stockout must be one JSON object: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"a raw stockout must be one JSON object, got {type(parsed).__name__}")
+    row = RawRow(parsed)
+    row.text = text
+    return row
+
+
+def page_body(payload: dict[str, Any]) -> bytes:
+    """The reply's JSON, raw rows spliced in as they were given."""
+    rows = payload["response"].get("stockout_list") or []
+    if not any(isinstance(row, RawRow) for row in rows):
+        return dumps(payload)
+    marker = "\x00stockout_list\x00"
+    body = dumps({**payload, "response": {**payload["response"], "stockout_list": marker}})
+    listed = ",".join(row.text if isinstance(row, RawRow) else dumps(row).decode() for row in rows)
+    return body.replace(dumps(marker), f"[{listed}]".encode())
 
 
 class WdtError(Exception):
@@ -104,6 +135,18 @@ class WdtApi:
             self._ordered = None
         return len(entries)
 
+    def add_raw(self, rows: list[str]) -> int:
+        """Add or replace stockouts given as JSON text, each served exactly as written."""
+        parsed = [raw_row(text) for text in rows]
+        if any(not row.get("modified") for row in parsed):
+            raise ValueError("a raw stockout needs its `modified` time: it is served as written")
+        entries = [_entry(row) for row in parsed]  # a copy of a RawRow is a RawRow with the same text
+        with self._lock:
+            for modified, raw in entries:
+                self._stockouts[raw["stockout_id"].strip() or f"~{raw['order_no']}"] = (modified, raw)
+            self._ordered = None
+        return len(entries)
+
     def modify(self, stockout_id: str) -> dict[str, Any]:
         """The stockout edited in WDT just now: it moves to the end of the modified order."""
         now = now_beijing().replace(microsecond=0)
@@ -154,7 +197,7 @@ class WdtApi:
 
     def _reply(self, query: Query) -> Reply:
         """The page a checked, signed query asks for (a benchmark's virtual feed replaces this)."""
-        return json_reply(self._page(query))
+        return Reply(200, page_body(self._page(query)))
 
     def _too_frequent(self) -> Reply:
         self.counters.inc("wdt_rate_limited")

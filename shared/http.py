@@ -107,6 +107,7 @@ def request_json(
     url: str,
     *,
     api: str,
+    numbers_as_text: bool = False,
     **kwargs: Any,
 ) -> JsonResponse:
     """Send one request and return the decoded JSON body.
@@ -154,7 +155,8 @@ def request_json(
             retry_after=_retry_after(response.headers.get("Retry-After")),
         )
     try:
-        data = response.json()
+        data = (response.json(parse_float=str, parse_int=_int_or_text, parse_constant=str) if numbers_as_text
+                else response.json())
     except (ValueError, json.JSONDecodeError):
         observe(f"http_{status}" if status >= 400 else "not_json")
         if status >= 400:
@@ -169,6 +171,11 @@ def request_json(
         ) from None
     observe(metrics.answer_code(api, status, data))
     return JsonResponse(status=status, data=data, url=where)
+
+
+def _int_or_text(text: str) -> int | str:
+    # a code or a count is an int; a run of digits longer than any is text (and never int()'s cost)
+    return int(text) if len(text) <= 18 else text
 
 
 def _retry_after(value: str | None) -> float | None:

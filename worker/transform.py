@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from shared.errors import MappingError
 from shared.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
 from shared.timeutil import beijing_date
 from shared.validation import describe, message_of
-from shared.wdt.models import Stockout, StockoutDetail
+from shared.wdt.models import Stockout, StockoutDetail, bounded
 
 # BIP's text limits are not published. Identifiers longer than this are refused, never cut: a cut
 # code would point at a different (or no) record. Free text is cut to MAX_TEXT_LEN instead, because
@@ -135,8 +136,14 @@ def _describe(err: ErrorDetails) -> tuple[str, str]:
 
 def _show(value: Any, limit: int = 80) -> str:
     # the type is worth saying for containers: "list ['2']" reads better than "['2']"
-    text = f"{type(value).__name__} {value!r}" if isinstance(value, (dict, list)) else repr(value)
+    if isinstance(value, (str, int)):  # never the whole of an untrusted value, not even for a moment
+        return bounded(value, limit // 2)
+    text = f"{type(value).__name__} {_REPR.repr(value)}" if isinstance(value, (dict, list)) else _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 
 # -- the transform --------------------------------------------------------------------------------

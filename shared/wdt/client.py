@@ -96,7 +96,7 @@ class WdtClient:
             self.limiter.acquire()
         params = self.signed_params(business)
         try:
-            reply = request_json(self.session, "POST", self.url, api=API, data=params)
+            reply = request_json(self.session, "POST", self.url, api=API, data=params, numbers_as_text=True)
         except RateLimitError as exc:  # HTTP 429: the same wait as WDT's own 1012
             if self.limiter is not None:
                 exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())

@@ -2,27 +2,60 @@
 Beijing datetimes; fields the table does not list are kept (docs/design.md, "WDT's stockout model")."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from shared.timeutil import format_wire, parse_wire
 
+# A number as WDT writes one: ASCII digits with at most one point (and a minus), nothing else. The
+# shape is checked on the text before Decimal ever sees it: `1e999999999` would otherwise become a
+# gigabyte of digits on its way to BIP (docs/design.md, "Quantities exactly as written").
+_PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+MAX_NUMBER_CHARS = 40
+MAX_SIGNIFICANT_DIGITS = 28  # Decimal's default precision: sums and comparisons stay exact
+
 
 def _decimal(value: Any) -> Decimal | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"expected a number as a string, got {type(value).__name__} {value!r}")
-    try:
-        result = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"not a number: {value!r}") from None
-    if not result.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return result
+        raise ValueError(f"expected a number as a string, got {type(value).__name__} {bounded(value)}")
+    if isinstance(value, Decimal):  # built by our own code (tests, a copy): back to its text
+        if not value.is_finite() or len(value.as_tuple().digits) > MAX_SIGNIFICANT_DIGITS:
+            raise ValueError(f"not a plain decimal, got {bounded(value)}")
+        value = format(value, "f")
+    if isinstance(value, int) and value.bit_length() > 128:  # too long to be a quantity, too long for str()
+        raise ValueError(_not_plain(value))
+    text = value if isinstance(value, str) else repr(value)  # an int or float from a Python caller
+    if len(text) > 2 * MAX_NUMBER_CHARS:  # not even worth stripping
+        raise ValueError(_not_plain(text))
+    text = text.strip()
+    if not text:
+        return None
+    if len(text) > MAX_NUMBER_CHARS or not _PLAIN.fullmatch(text):
+        raise ValueError(_not_plain(text))
+    if len(text.lstrip("-").replace(".", "").lstrip("0")) > MAX_SIGNIFICANT_DIGITS:
+        raise ValueError(_not_plain(text))
+    return Decimal(text)
+
+
+def _not_plain(text: str | int) -> str:
+    return (f"not a plain decimal (ASCII digits, at most one point, {MAX_NUMBER_CHARS} characters and "
+            f"{MAX_SIGNIFICANT_DIGITS} significant digits at most), got {bounded(text)}")
+
+
+def bounded(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to about `limit` characters with its length said: WDT's text is untrusted."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    text = repr(value)
+    return text if len(text) <= 2 * limit else text[: 2 * limit] + "…"
 
 
 def _time(value: Any) -> datetime | None:

@@ -445,7 +445,7 @@ def test_several_bad_fields_are_all_listed():
     assert message.startswith("invalid stockout from WDT: ")
     assert "stockout_id: empty" in message
     assert "consign_time: expected 'yyyy-MM-dd HH:mm:ss', got '2026/11/01'" in message
-    assert "details_list[1].goods_count: not a number: 'x'" in message
+    assert "details_list[1].goods_count: not a plain decimal" in message and message.endswith("got 'x'")
 
 
 def test_validation_error_names_the_stockout():
