@@ -19,9 +19,10 @@ LEASE_S = 60  # longer than publishing one message can take
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
 BATCH = 200  # letters claimed, published and unparked per round trip
 
-# The receiver's personal data in a WDT stockout (field table in docs/seed; WDT marks most of them
-# deprecated, but a tenant may still fill them). No mapping reads them (MEMO_FIELDS has none of
-# them), so a letter requeued without them becomes the same BIP record.
+# The receiver's personal data in a WDT stockout: every `receiver_*` field (field table in docs/seed;
+# WDT marks most of them deprecated, but a tenant may still fill them). No mapping reads them
+# (MEMO_FIELDS has none of them), so a stockout without them becomes the same BIP record.
+PERSONAL_PREFIX = "receiver_"
 PERSONAL_FIELDS = ("receiver_name", "receiver_mobile", "receiver_telno", "receiver_address", "receiver_zip")
 
 
@@ -93,10 +94,11 @@ class DeadLetter(BaseModel):
 
 
 def redact(raw: Any) -> Any:
-    """The stockout without the receiver's personal data (a copy; anything not a dict as it is)."""
-    if not isinstance(raw, dict) or not any(f in raw for f in PERSONAL_FIELDS):
+    """The stockout without the receiver's personal data, every `receiver_*` field (a copy; anything
+    not a dict as it is)."""
+    if not isinstance(raw, dict) or not any(isinstance(k, str) and k.startswith(PERSONAL_PREFIX) for k in raw):
         return raw
-    return {k: v for k, v in raw.items() if k not in PERSONAL_FIELDS}
+    return {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(PERSONAL_PREFIX))}
 
 
 # KEYS: record, index, queue, parked, lease, entries, orders, parked set, history.

@@ -20,7 +20,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
-from shared.deadletters import DeadLetter, DeadLetterStore
+from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.errors import APIConnectionError, RetryPolicy
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
@@ -202,8 +202,11 @@ class _Page:
 
 
 def _kwargs(raw: dict, generation: int) -> dict:
+    # Data minimisation: the receiver's fields (never sent to BIP) do not travel in a message, so no
+    # queue, retry or Flower page holds them — unless DLQ_KEEP_PERSONAL_DATA asks letters to keep them.
+    stockout = raw if get_settings().dlq_keep_personal_data else redact(raw)
     # generation 0 is left out: every ordinary message stays exactly what it always was
-    return {"stockout": raw, "generation": generation} if generation else {"stockout": raw}
+    return {"stockout": stockout, "generation": generation} if generation else {"stockout": stockout}
 
 
 def _lineage() -> dict:

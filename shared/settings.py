@@ -6,13 +6,15 @@ Secrets are `SecretStr` so that printing or logging a Settings object never show
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from redis.connection import parse_url
 
 from shared.redis_conn import is_sentinel, parse_sentinel_url
@@ -22,6 +24,24 @@ from shared.validation import describe, message_of
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `<SECRET>_FILE` (Docker secrets) comes before the variables themselves; both set is an error
+        sources = [getattr(env_settings, "env_vars", {}), getattr(dotenv_settings, "env_vars", {})]
+        files = SecretFiles(settings_cls, sources)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _secret_file_problem(cls, value: Any) -> Any:
+        if isinstance(value, SecretFileProblem):
+            raise ValueError(str(value))
+        return value
 
     # 旺店通 through the Qimen gateway
     wdt_qimen_url: str = "https://hu3cgwt0tc.api.taobao.com/router/qm"
@@ -252,6 +272,58 @@ class Settings(BaseSettings):
         return list(dict.fromkeys(v for v in values if v))
 
 
+
+
+class SecretFileProblem(str):
+    """Why `<NAME>_FILE` gave no secret, in words (its path, never its content): raised as the
+    variable's validation error, so it is one start-up line like any other setting's."""
+
+
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a secret is a line; /dev/zero or a log file is a mistake, not a secret
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Every secret (a SecretStr setting) may come from a file named by `<NAME>_FILE` instead, as Docker
+    secrets are mounted, so it need not sit in the process's environment. The file's content is the
+    secret, without a trailing newline."""
+
+    def __init__(self, settings_cls: type[BaseSettings], sources: list[Mapping[str, str | None]]) -> None:
+        super().__init__(settings_cls)
+        self.variables: dict[str, str] = {}
+        for source in reversed(sources):  # the environment wins over .env
+            self.variables.update({k.upper(): v for k, v in source.items() if v is not None})
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # all the work is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            path = self.variables.get(f"{name.upper()}_FILE", "")
+            if field.annotation is SecretStr and path:
+                found[name] = read_secret_file(name.upper(), path, also_set=bool(self.variables.get(name.upper())))
+        return found
+
+
+def read_secret_file(name: str, path: str, *, also_set: bool = False) -> str:
+    """The secret in `path`, or a SecretFileProblem naming the variable and the path."""
+    where = f"{name}_FILE={path!r}"
+    if also_set:
+        return SecretFileProblem(f"both {name} and {where} are set: use one of them")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as err:
+        return SecretFileProblem(f"{where} cannot be read ({err.strerror or type(err).__name__})")
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        return SecretFileProblem(f"{where} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB: not a secret file")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return SecretFileProblem(f"{where} is not UTF-8 text")
+    if not text:
+        return SecretFileProblem(f"{where} is empty")
+    return text
 
 
 ALERT_URLS = ("alert_webhook_url", "alert_dingtalk_url", "alert_wecom_url", "alert_feishu_url")

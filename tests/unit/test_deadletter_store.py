@@ -72,7 +72,7 @@ def test_purge_forgets_the_history(store):
 def test_receiver_data_is_dropped_unless_kept(store, redis_client):
     assert not set(PERSONAL_FIELDS) & set(MEMO_FIELDS), "no mapping may read what a letter drops"
     kept = store.put(letter("1", **RECEIVER))
-    assert not set(kept.stockout) & set(PERSONAL_FIELDS) and kept.stockout["receiver_province"] == "上海"
+    assert not [k for k in kept.stockout if k.startswith("receiver_")] and kept.stockout["order_no"]
     assert "13800000000" not in redis_client.get("t:dlq:1").decode()
     keeping = DeadLetterStore(redis_client, "t", ttl_s=3600, keep_personal_data=True)
     assert keeping.put(letter("2", **RECEIVER)).stockout["receiver_mobile"] == "13800000000"
