@@ -105,12 +105,16 @@ def print_status(report: Status) -> None:
     table.add_row("last reconcile", reconcile_line(report.last_reconcile))
     if report.mapping_problem is not None:
         table.add_row("mapping", f"[red]{escape(report.mapping_problem.line())}[/red]")
+    if report.redis is not None:
+        table.add_row("redis", escape(report.redis.line()))
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
     else:
         alive = ", ".join(f"{escape(w.hostname)} ({', '.join(w.queues)})" for w in report.workers)
         table.add_row("workers", alive or "none answered")
     console.print(table)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if report.problems:
         console.print("[bold red]needs attention:[/bold red]")
         for problem in report.problems:

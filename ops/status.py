@@ -20,6 +20,8 @@ from shared.deadletters import DeadLetterStore
 from shared.mapping_cache import MappingProblem, mapping_problem_key
 from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
+from shared.redis_durability import Durability
+from shared.redis_durability import inspect as inspect_redis
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -100,7 +102,9 @@ class Status(BaseModel):
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
+    redis: Durability | None = None  # maxmemory-policy and persistence, as the server tells them
     problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # worth knowing, not worth exit 1
 
 
 def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
@@ -120,7 +124,17 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
     status.problems = problems(status)
+    _redis_durability(status, rt)
     return status
+
+
+def _redis_durability(status: Status, rt: Runtime) -> None:
+    """An evicting Redis is a problem (unless REDIS_ALLOW_EVICTION), no persistence a warning."""
+    status.redis = inspect_redis(rt.redis)
+    allowed = rt.settings.redis_allow_eviction
+    problem = status.redis.eviction_problem(allowed=allowed)
+    status.problems += [problem] if problem else []
+    status.warnings += status.redis.warnings(allowed=allowed)
 
 
 def backfill_views(rt: Runtime, jobs: list[Job] | None = None) -> list[BackfillView]:

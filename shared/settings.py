@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sos"
     redis_ca_certs: str = Field("", description="CA bundle to verify a rediss:// server; empty = the system's")
+    # An evicting maxmemory-policy drops done marks and the cursor: stockouts saved twice. Only this runs with one.
+    redis_allow_eviction: bool = Field(False, description="let worker and beat start on an evicting Redis")
     # Longer than any task can run: a message unacked for this long is handed to another worker.
     broker_visibility_timeout_s: int = 3600
     task_time_limit_s: int = 300

@@ -133,6 +133,33 @@ def redis_problem(settings: Settings) -> str | None:
     return None
 
 
+def check_redis_keeps_keys() -> None:
+    """worker and beat: refuse a Redis whose maxmemory-policy may evict our keys (one line, exit 2,
+    unless REDIS_ALLOW_EVICTION=true); warn of one without persistence or that will not say."""
+    import logging
+
+    import redis
+
+    from shared.redis_conn import connect
+    from shared.redis_durability import inspect
+
+    settings = get_settings()
+    client = connect(settings.redis_url, settings.redis_ca_certs, master=settings.redis_sentinel_master,
+                     sentinel_password=settings.redis_sentinel_password.get_secret_value(),
+                     socket_connect_timeout=3, socket_timeout=3)
+    try:
+        found = inspect(client)
+    except redis.RedisError as err:
+        fail(f"REDIS_URL={masked_url(settings.redis_url)!r}: Redis did not answer INFO ({type(err).__name__})")
+    finally:
+        client.close()
+    problem = found.eviction_problem(allowed=settings.redis_allow_eviction)
+    if problem:
+        fail(problem)
+    for warning in found.warnings(allowed=settings.redis_allow_eviction):
+        logging.getLogger("stockout_sync.startup").warning("%s", warning)
+
+
 def api_failure(err: StockoutSyncError) -> NoReturn:
     """A remote system's refusal as one line an operator can act on: exit 2 for credentials it
     refuses (a configuration error, as at start-up), 1 for anything else."""

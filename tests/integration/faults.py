@@ -107,8 +107,10 @@ class RedisServer:
     """A redis-server of the test's own, with AOF persistence like compose.yaml runs it, that the test may
     kill and start again on the same port and data directory."""
 
-    def __init__(self, directory: Path, password: str | None = None, tls: bool = False) -> None:
+    def __init__(self, directory: Path, password: str | None = None, tls: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
+        self.extra = extra  # more redis-server options: `--maxmemory-policy allkeys-lru`…
         self.port = free_port()
         self.password = password
         self.tls = tls
@@ -136,6 +138,7 @@ class RedisServer:
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = connect(self.url, str(self.ca) if self.tls else "")
         deadline = time.monotonic() + 20
