@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROMTOOL := $(VENV)/bin/promtool
+FAKETIME := $(VENV)/lib/libfaketime.so.1
 
 .PHONY: demo test test-fast bench lint lock clean
 
@@ -29,11 +30,24 @@ $(PROMTOOL): | $(STAMP)
 	  rm -rf $$tmp; \
 	else echo "promtool: no apt here; the rules get the schema-level test only"; fi
 
+# libfaketime shifts the clock of a worker or beat process in tests/integration/test_clock.py (LD_PRELOAD):
+# the system's when installed, else unpacked from Debian's package; without apt those tests are skipped.
+$(FAKETIME): | $(STAMP)
+	@lib=$$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -1); \
+	if [ -n "$$lib" ]; then ln -sf "$$lib" $@; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then \
+	  tmp=$$(mktemp -d); \
+	  (cd $$tmp && apt-get download libfaketime >/dev/null 2>&1 && dpkg-deb -x libfaketime_*.deb x \
+	   && cp x/usr/lib/*/faketime/libfaketime.so.1 $(CURDIR)/$@ && echo "libfaketime: from Debian's package") \
+	  || echo "libfaketime: could not be fetched with apt; the skewed-clock tests are skipped"; \
+	  rm -rf $$tmp; \
+	else echo "libfaketime: no apt here; the skewed-clock tests are skipped"; fi
+
 # lint first: a lint finding fails the tests as a failing test would
-test: $(STAMP) lint $(PROMTOOL)
+test: $(STAMP) lint $(PROMTOOL) $(FAKETIME)
 	$(PY) -m pytest -n 2 --dist worksteal
 
-test-fast: $(STAMP) $(PROMTOOL)
+test-fast: $(STAMP) $(PROMTOOL) $(FAKETIME)
 	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 lint: $(STAMP)

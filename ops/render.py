@@ -107,6 +107,9 @@ def print_status(report: Status) -> None:
         table.add_row("mapping", f"[red]{escape(report.mapping_problem.line())}[/red]")
     if report.redis is not None:
         table.add_row("redis", escape(report.redis.line()))
+    if report.clocks:
+        table.add_row("clocks", escape(", ".join(f"{c.who} {c.skew_s:+.1f} s" for c in report.clocks))
+                      + " (against Redis TIME)")
     if report.workers is None:
         table.add_row("workers", "could not ask (broker unreachable?)")
     else:

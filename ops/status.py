@@ -13,7 +13,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from producer.jobs import Job, JobStore, eta_s
-from shared import breaker
+from shared import breaker, clock
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
@@ -104,6 +104,7 @@ class Status(BaseModel):
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     redis: Durability | None = None  # maxmemory-policy and persistence, as the server tells them
+    clocks: list[clock.Reading] = Field(default_factory=list)  # each process's clock against Redis TIME
     problems: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # worth knowing, not worth exit 1
 
@@ -126,7 +127,20 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     _redis_durability(status, rt)
+    _clocks(status, rt)
     return status
+
+
+def _clocks(status: Status, rt: Runtime) -> None:
+    """Every worker's and beat's last clock reading, and this host's own (status may run elsewhere); a
+    skew over a minute, or polls that keep reading an empty window, is a problem."""
+    r = rt.redis
+    status.clocks = clock.readings(r, rt.settings.redis_prefix)
+    skew, at = clock.measure(r)
+    status.clocks.append(clock.Reading(who=f"status@{socket.gethostname()}", skew_s=skew, at=at))
+    status.problems += [p for p in (reading.problem() for reading in status.clocks) if p]
+    idle = clock.idle_problem(status.last_poll)
+    status.problems += [idle] if idle else []
 
 
 def _redis_durability(status: Status, rt: Runtime) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
+from shared import clock
 from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_from_settings
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
@@ -59,7 +60,7 @@ class Watch:
         now = time.time() if now is None else now
         self._unreachable = False
         alerts: list[Alert] = []
-        for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.reconcile):
+        for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.reconcile, self.clock):
             try:
                 alerts += step(now)
             except (redis.RedisError, ValueError, TypeError, KeyError) as err:
@@ -189,6 +190,18 @@ class Watch:
                    "polls are failing or falling behind: see `stockout-sync status` and the beat's log"
                    if status == "firing" else "polls keep up again"],
             details={"lag_s": round(lag, 1), "max_lag_s": limit, "cursor": format_wire(cursor)},
+        ))
+
+    def clock(self, now: float) -> list[Alert]:
+        """A process's clock over a minute off Redis TIME, or polls that keep reading an empty window."""
+        found = [p for p in (reading.problem() for reading in clock.readings(self.r, self.settings.redis_prefix)) if p]
+        idle = clock.idle_problem(_json_object(self.r.get(self.keys.poll_last)))
+        found += [idle] if idle else []
+        return self._condition("clock", bool(found), now, lambda status: Alert(
+            kind="clock", status=status, severity="critical",
+            title="a clock is wrong: polls or saves are off" if status == "firing" else "the clocks agree again",
+            lines=found if status == "firing" else ["every worker and beat is within a minute of Redis TIME"],
+            details={"problems": found},
         ))
 
     def no_worker(self, now: float) -> list[Alert]:

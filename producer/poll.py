@@ -14,7 +14,7 @@ from producer.backfill import Gate, SliceRead, advance
 from producer.counts import PageCounts
 from producer.jobs import JobStore
 from producer.window import Segment, Window, runs, slices_for
-from shared import breaker, metrics
+from shared import breaker, clock, metrics
 from shared.backlog import live_backlog
 from shared.errors import StockoutSyncError
 from shared.retry import call_with_retries, in_process_policy
@@ -47,6 +47,8 @@ class PollSummary(PageCounts):
     lookback_probes: int = 0  # WDT calls comparing the lookback's counts
     lookback_rereads: int = 0  # slices read again because their count changed
     backfill_slices: int = 0  # backfill slices committed by this poll
+    clock_skew_s: float | None = None  # this host's clock minus Redis TIME when the poll began
+    idle_polls: int = 0  # polls in a row, this one included, whose live window was empty or inverted
     skipped: str = ""
     duration_s: float = 0.0
 
@@ -183,7 +185,8 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     now = now or now_beijing()
-    summary = PollSummary(started_at=format_wire(now))
+    skew = watch_clock(rt, "beat" if trips_breaker else "poll")
+    summary = PollSummary(started_at=format_wire(now), clock_skew_s=skew)
     token = uuid.uuid4().hex
     if not store.acquire_poll_lock(token, settings.poll_lock_ttl_s):
         summary.skipped = "another poll is running"
@@ -231,6 +234,9 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
                                lambda s, e: read(s, e, reread_first=True), summary)
             window.checked(now)
         summary.cursor = format_wire(window.cursor() or now)
+        # A clock behind makes every window empty (or inverted: the cursor ahead of now − settle), so
+        # polls "succeed" reading nothing; `status` and the alerts count them.
+        summary.idle_polls = 0 if summary.slices else _idle_before(store) + 1
         # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
         if trips_breaker and breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
             breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
@@ -248,6 +254,29 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
     metrics.observe_poll("ok", summary.duration_s)
     log.info(summary.line(), extra={"stage": "poll", "outcome": "ok", **summary.model_dump(include=_LOGGED)})
     return summary
+
+
+def watch_clock(rt: Runtime, role: str) -> float | None:
+    """Record this host's clock against Redis TIME (every poll); a skew over a minute is logged."""
+    try:
+        reading = clock.record(rt.redis, rt.settings.redis_prefix, role,
+                               keep_s=max(clock.RECORD_S, 3 * rt.settings.poll_interval_s))
+    except Exception as err:  # the poll's own Redis calls will fail louder; the reading is not worth a poll
+        log.warning("the clock could not be compared with Redis TIME (%s)", type(err).__name__)
+        return None
+    metrics.CLOCK_SKEW.set(reading.skew_s)
+    problem = reading.problem()
+    if problem:
+        log.error("%s", problem, extra={"stage": "clock", "outcome": "skew", "skew_s": reading.skew_s})
+    return reading.skew_s
+
+
+def _idle_before(store: StateStore) -> int:
+    last = store.last_poll_summary() or {}
+    try:
+        return int(last.get("idle_polls") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:

@@ -163,6 +163,11 @@ class Keys:
         return f"{self.p}:breaker"
 
     @property
+    def clocks(self) -> str:
+        """hash: `<role>@<host>` → JSON {skew_s, at, until}: each process's clock against Redis TIME."""
+        return f"{self.p}:clocks"
+
+    @property
     def mapping_invalid(self) -> str:
         return f"{self.p}:mapping:invalid"
 

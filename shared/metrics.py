@@ -50,6 +50,10 @@ MAPPING_INVALID = Gauge(  # the most recent process to look decides: 1 while the
     f"{_P}_mapping_file_invalid", "1 while the mapping file does not validate and the last good mapping is used",
     registry=REGISTRY, multiprocess_mode="mostrecent",
 )
+CLOCK_SKEW = Gauge(  # every process of a host shares its clock: the latest reading stands
+    f"{_P}_clock_skew_seconds", "This host's clock minus Redis TIME at its last reading (positive: ahead)",
+    registry=REGISTRY, multiprocess_mode="mostrecent",
+)
 MAPPING_RELOAD_FAILURES = Counter(
     f"{_P}_mapping_reload_failures", "Changes of the mapping file that did not validate (the last good one stayed)",
     registry=REGISTRY,
@@ -83,7 +87,8 @@ RATE_LIMIT_REFUSALS = Counter(
 # -- the circuit breaker (shared.breaker) ------------------------------------------------------
 BREAKER_TRIPS = Counter(f"{_P}_breaker_trips", "Times the circuit breaker opened, by API", ["api"], registry=REGISTRY)
 DEFERRED = Counter(
-    f"{_P}_deferred", "Task runs put off without using an attempt, by reason: rate_limited, paused, locked",
+    f"{_P}_deferred",
+    "Task runs put off without using an attempt, by reason: rate_limited, paused, locked, mapping, clock",
     ["reason"], registry=REGISTRY,
 )
 

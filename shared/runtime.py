@@ -15,6 +15,7 @@ from redis.retry import Retry
 from shared import metrics
 from shared.bip.client import BipClient
 from shared.breaker import Breaker
+from shared.clock import ClockWatch
 from shared.keys import Keys
 from shared.mapping import Mapping
 from shared.mapping_cache import MappingProblem, mapping_cache
@@ -54,6 +55,11 @@ class Runtime:
         s = self.settings
         return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s,
                        observer=metrics.BREAKER_OBSERVER)
+
+    @cached_property
+    def clock(self) -> ClockWatch:
+        """This (worker) process's clock against Redis TIME, measured every few seconds."""
+        return ClockWatch(self.redis, self.settings.redis_prefix, "worker")
 
     @property
     def mapping(self) -> Mapping:

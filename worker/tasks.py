@@ -76,6 +76,10 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
     # exception drags every frame of the original traceback through the pool's result pipe.
     failure: BaseException | None = None
     paused: Opened | None = None
+    clock = rt.clock.beyond_token_window()
+    metrics.CLOCK_SKEW.set(rt.clock.off_by())
+    if clock is not None:
+        raise clock_pause(rt, sid, clock, about)
     try:
         paused = rt.breaker.blocking()
         if paused is None:
@@ -116,6 +120,18 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
                    retry_in_s=MAPPING_WAIT_S)
         raise retry_or_requeue(self, countdown=MAPPING_WAIT_S)  # attempts are counted on failures only
     return act(self, rt, stockout, sid, classify(failure), about)
+
+
+def clock_pause(rt: Runtime, sid: str, why: str, about: dict[str, Any]) -> Reject:
+    """A worker whose clock is far off would only have every BIP token request refused (and dead-letter
+    each stockout): it holds the message a probe interval, then puts it back on the queue as it was.
+    Not a retry with a countdown: its ETA would be reckoned by the wrong clock."""
+    wait_s = pause_countdown(rt.settings)
+    metrics.observe_deferred("clock")
+    task_event(logging.WARNING, f"stockout {sid} waits: {why}; back on the queue in {wait_s:.0f} s", **about,
+               outcome="paused", stage="clock", retry_in_s=round(wait_s, 1))
+    time.sleep(wait_s)
+    return Reject(f"this host's clock: {why}", requeue=True)
 
 
 def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:

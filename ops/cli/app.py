@@ -133,13 +133,15 @@ def redis_problem(settings: Settings) -> str | None:
     return None
 
 
-def check_redis_keeps_keys() -> None:
+def check_redis(role: str) -> None:
     """worker and beat: refuse a Redis whose maxmemory-policy may evict our keys (one line, exit 2,
-    unless REDIS_ALLOW_EVICTION=true); warn of one without persistence or that will not say."""
+    unless REDIS_ALLOW_EVICTION=true); warn of one without persistence or that will not say; record
+    this host's clock against Redis TIME (an error line when it is over a minute off)."""
     import logging
 
     import redis
 
+    from shared import clock
     from shared.redis_conn import connect
     from shared.redis_durability import inspect
 
@@ -149,15 +151,19 @@ def check_redis_keeps_keys() -> None:
                      socket_connect_timeout=3, socket_timeout=3)
     try:
         found = inspect(client)
+        problem = found.eviction_problem(allowed=settings.redis_allow_eviction)
+        if problem:
+            fail(problem)
+        reading = clock.record(client, settings.redis_prefix, role)
     except redis.RedisError as err:
-        fail(f"REDIS_URL={masked_url(settings.redis_url)!r}: Redis did not answer INFO ({type(err).__name__})")
+        fail(f"REDIS_URL={masked_url(settings.redis_url)!r}: Redis did not answer INFO or TIME ({type(err).__name__})")
     finally:
         client.close()
-    problem = found.eviction_problem(allowed=settings.redis_allow_eviction)
-    if problem:
-        fail(problem)
+    log = logging.getLogger("stockout_sync.startup")
     for warning in found.warnings(allowed=settings.redis_allow_eviction):
-        logging.getLogger("stockout_sync.startup").warning("%s", warning)
+        log.warning("%s", warning)
+    if reading.problem():
+        log.error("%s", reading.problem())
 
 
 def api_failure(err: StockoutSyncError) -> NoReturn:

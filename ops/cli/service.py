@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import click
 
-from ops.cli.app import check_mapping, check_redis_keeps_keys, json_lines_only, main, require, start_metrics
+from ops.cli.app import check_mapping, check_redis, json_lines_only, main, require, start_metrics
 from ops.demo import run_demo
 from ops.render import console, fail
 from sandbox import SandboxConfig
@@ -27,7 +27,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
     require("bip")
     check_mapping()
     start_metrics(metrics_port)
-    check_redis_keeps_keys()  # last: its warnings follow every check that may still refuse
+    check_redis("worker")  # last: its warnings follow every check that may still refuse
 
     s = get_settings()
     run_celery(
@@ -51,7 +51,7 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     require("wdt")
     check_mapping()
     start_metrics(metrics_port)
-    check_redis_keeps_keys()
+    check_redis("beat")
 
     s = get_settings()
     from producer.alerts import install as install_alerts

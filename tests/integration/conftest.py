@@ -72,9 +72,10 @@ class Processes:
                           ca_certs=self.env.get("REDIS_CA_CERTS", ""), master=self.env.get("REDIS_SENTINEL_MASTER", ""))
         return proc
 
-    def beat(self, name: str = "beat"):
+    def beat(self, name: str = "beat", env: dict | None = None):
         proc = start_beat(
-            self.env, schedule_file=self.logdir / f"{name}.schedule", log_path=self.logdir / f"{name}.log"
+            {**self.env, **(env or {})}, schedule_file=self.logdir / f"{name}.schedule",
+            log_path=self.logdir / f"{name}.log",
         )
         self.procs.append(proc)
         wait_for_consumer(self.env["REDIS_URL"], self.env["REDIS_PREFIX"], "producer", proc=proc,
