@@ -17,7 +17,7 @@ from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
-from tests.integration.faults import eligible, recent, saved
+from tests.integration.faults import eligible, outcome, recent, saved
 from tests.progress import pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +89,6 @@ def test_a_worker_beyond_bips_token_window_pauses_and_a_right_clock_saves_each_o
                progress=pipeline(sandbox, redis_client))
     assert max(saved(sandbox).values()) == 1 and not letters.ids()
     assert not any("clock of worker@" in p for p in status(processes.env)[1]["problems"])
+    row = outcome("worker clock 15 min ahead (libfaketime): paused, then a worker with a right clock", sandbox, want,
+                  letters)
+    assert row["duplicates"] == 0 and row["lost"] == 0 and row["dead_lettered"] == 0

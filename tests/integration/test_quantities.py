@@ -13,7 +13,7 @@ from producer.poll import poll_once
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
-from tests.integration.faults import recent, saved
+from tests.integration.faults import outcome, recent, saved
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
@@ -57,3 +57,6 @@ def test_every_quantity_form_is_a_dead_letter_or_its_exact_text(sandbox, process
         assert "details_list[0].goods_count: not a plain decimal" in letter.message, letter.message
         assert literal.strip('"')[:20].replace("\\u0663", "\u0663") in letter.message, (literal[:30], letter.message)
         assert len(letter.message) < 600, "the message is bounded whatever the value's length"
+    row = outcome(f"quantities: {len(bad)} forms that are not plain decimals (1e3, NaN, +2, 0x10, １２, 1e999999999, "
+                  f"200,000 digits…), {len(good)} that are", sandbox, set(expected), letters)
+    assert row["duplicates"] == 0 and row["lost"] == 0 and row["dead_lettered"] == len(bad)
