@@ -8,12 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from shared.metrics import REGISTRY
 from shared.settings import Settings
 from shared.state_metrics import PipelineCollector
+from tests.prerequisites import prerequisite
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus-rules.yml"
@@ -78,7 +78,7 @@ def test_dashboard_panels_are_placed_and_queried():
         assert panel["datasource"]["uid"] == "${datasource}"
 
 
-@pytest.mark.skipif(_PROMTOOL is None, reason="promtool not installed (`make test` fetches it where apt is available)")
+@prerequisite(_PROMTOOL is not None, "promtool not installed (`make test` fetches it where apt is available)")
 def test_promtool_checks_and_tests_the_rules():
     check = subprocess.run([_PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
