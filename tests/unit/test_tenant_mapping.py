@@ -231,3 +231,12 @@ def test_the_example_file_loads_and_shows_each_new_table():
     load_mapping(root / "mapping.example.toml")
     for table in ("[bustypes]", "[fields]", "[line_fields]", "unmapped ="):
         assert table in text
+
+
+def test_mapping_show_prints_toml_that_reads_back_as_the_same_mapping():
+    from ops.cli.mapping import toml_text
+
+    for text in (FIELDS, with_warehouse_bustype(BUSTYPES), V1_EXAMPLE.read_text(encoding="utf-8")):
+        m = parse_mapping(text)
+        shown = toml_text(m.model_dump(mode="json"))
+        assert parse_mapping(shown).fingerprint() == m.fingerprint(), shown
