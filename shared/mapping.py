@@ -31,6 +31,8 @@ from shared.validation import describe, message_of
 # BIP's field limits are not published; 64 is the longest code we have seen and the limit
 # worker.transform enforces for identifiers taken from WDT, so the two sides agree.
 MAX_CODE_LEN = 64
+# Free text (memo, remarks, the tenant's text fields) is cut to this: BIP publishes no limit either.
+MAX_TEXT_LEN = 255
 
 # Stockout fields a header memo template may use. Only plain text fields: a template must not be
 # able to reach numbers, times or lines whose string form is an implementation detail.
@@ -236,6 +238,18 @@ LineFields = dict[
 ]
 
 
+def render_field(value: FieldValue, values: dict[str, str], identifiers: frozenset[str]) -> tuple[str, str]:
+    """A [fields]/[line_fields] value filled from `values` (the stockout's or line's text fields,
+    stripped): (text, "") trimmed and cut to MAX_TEXT_LEN, or (the value whole, its field) when it is
+    one identifier alone, which the caller refuses past MAX_CODE_LEN instead of cutting."""
+    if isinstance(value, Fixed):
+        return value.value.strip()[:MAX_TEXT_LEN], ""
+    if is_identifier(value, identifiers):
+        source = placeholders(value)[0]
+        return values[source], source
+    return value.format_map(values).strip()[:MAX_TEXT_LEN], ""
+
+
 def is_identifier(value: FieldValue, identifiers: frozenset[str]) -> bool:
     """Whether a [fields] value gives an identifier: one identifier placeholder and nothing else."""
     if isinstance(value, Fixed):
@@ -322,6 +336,11 @@ class Mapping(_Strict):
             isinstance(w, dict) and (w.get("bustype") or w.get("bustypes")) for w in warehouses.values()
         ))
         return {**data, "header": {**data["header"], "bustype": None}} if named else data
+
+    def header_fields(self, values: dict[str, str]) -> dict[str, str]:
+        """The [fields] a stockout's text fields give (empty results left out); identifiers whole."""
+        rendered = {name: render_field(v, values, IDENTIFIER_FIELDS)[0] for name, v in self.fields.items()}
+        return {name: text for name, text in rendered.items() if text}
 
     def bustype_for(self, warehouse_no: str, order_type: Any) -> tuple[str | None, str]:
         """The BIP 交易类型 for a stockout and the key that gave it (None and the key to add when none

@@ -21,12 +21,11 @@ from shared.mapping import (
     LINE_FIELDS,
     LINE_IDENTIFIER_FIELDS,
     MAX_CODE_LEN,
+    MAX_TEXT_LEN,
     MEMO_FIELDS,
     FieldValue,
-    Fixed,
     Mapping,
-    is_identifier,
-    placeholders,
+    render_field,
 )
 from shared.timeutil import beijing_date
 from shared.validation import describe, message_of
@@ -36,7 +35,6 @@ from shared.wdt.models import Stockout, StockoutDetail
 # code would point at a different (or no) record. Free text is cut to MAX_TEXT_LEN instead, because
 # losing the end of a remark is better than losing the record.
 MAX_IDENTIFIER_LEN = MAX_CODE_LEN
-MAX_TEXT_LEN = 255
 
 RESUBMIT_KEY_MAX = 32
 _READABLE_PREFIX = "wdtso-"
@@ -324,20 +322,14 @@ def _custom(fields: dict[str, FieldValue], values: dict[str, str], identifiers: 
     cut and refused past MAX_IDENTIFIER_LEN; text is trimmed and cut; an empty result is not sent."""
     out: dict[str, str] = {}
     for name, value in fields.items():
-        if isinstance(value, Fixed):
-            text = _text(value.value)
-        elif is_identifier(value, identifiers):
-            source = placeholders(value)[0]
-            text = values[source]
-            if len(text) > MAX_IDENTIFIER_LEN:
-                raise TransformError(
-                    f"{at}{source} is {len(text)} characters, longer than the {MAX_IDENTIFIER_LEN} allowed for an "
-                    f"identifier ([{table}].\"{name}\" sends it; identifiers are never cut): {text[:40]!r}…",
-                    field=f"{at}{source}",
-                    value=text[:MAX_IDENTIFIER_LEN] + "…",
-                )
-        else:
-            text = _text(value.format_map(values))
+        text, source = render_field(value, values, identifiers)
+        if source and len(text) > MAX_IDENTIFIER_LEN:
+            raise TransformError(
+                f"{at}{source} is {len(text)} characters, longer than the {MAX_IDENTIFIER_LEN} allowed for an "
+                f"identifier ([{table}].\"{name}\" sends it; identifiers are never cut): {text[:40]!r}…",
+                field=f"{at}{source}",
+                value=text[:MAX_IDENTIFIER_LEN] + "…",
+            )
         if text:
             out[name] = text
     return out

@@ -4,6 +4,7 @@ predicting exactly what the pipeline then dead-letters (the same stockouts, the 
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import backfill
+from producer.reconcile import Reconcile
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.runtime import runtime
@@ -82,6 +84,18 @@ def test_three_types_three_bustypes_and_the_tenants_fields_reach_bip(sandbox, pr
         assert {line["sourceautoid"] for line in record["othOutRecords"]} == set(goods_no)
         for line in record["othOutRecords"]:
             assert line["defines!define1"] == goods_no[line["sourceautoid"]]
+
+    # reconcile compares the tenant's fields too: clean now, "changed" once a template changes
+    assert Reconcile(runtime()).run(since, until).changed == []
+    path.write_text(TENANT.replace("{operator_name} / {order_type_name}", "{operator_name}"), encoding="utf-8")
+    later = path.stat().st_mtime + 2
+    os.utime(path, (later, later))
+    rt = runtime()
+    wait_until(lambda: "{operator_name} /" not in str(rt.mapping.fields), 10, message="the new mapping read")
+    changed = Reconcile(rt).run(since, until).changed
+    assert {c.stockout_id for c in changed} == expected
+    one = next(c for c in changed if c.stockout_id == stockouts[0]["stockout_id"])
+    assert one.why.startswith("the tenant's [fields] differ from the mapping's values now: defines!define3 (BIP '")
 
 
 # Everything the sandbox's stockouts use, except what the test takes away: WH-GZ03 and the unit 盒
