@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # annotations only: ops.mapping_check loads the pipeline, whi
     from ops.mapping_check import CheckReport
 
 EXAMPLES_SHOWN = 3  # order numbers printed per group; --json has up to mapping_check.EXAMPLES
-SHOWN_CHARS = 80
+SHOWN_CHARS = 80  # a name (entry, order number) as printed
+SHOWN_MESSAGE_CHARS = 240
 
 
 @main.group()
@@ -107,10 +108,10 @@ def _check_file(as_json: bool) -> None:
                   "line fields of the tenant's own. Over past stockouts: mapping check --since … --until …")
 
 
-def _shown(text: str) -> str:
+def _shown(text: str, limit: int = SHOWN_CHARS) -> str:
     """Text from WDT as the terminal may show it: control characters escaped, bounded, markup escaped."""
     text = ascii_safe(text)
-    return escape(text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…")
+    return escape(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _print_report(report: CheckReport) -> None:
@@ -125,7 +126,7 @@ def _print_report(report: CheckReport) -> None:
         names = ", ".join(_shown(f.order_no or f.stockout_id) for f in group.stockouts[:EXAMPLES_SHOWN])
         noun = "stockout" if group.count == 1 else "stockouts"
         console.print(f"  {_shown(group.entry)}: {group.count} {noun}, e.g. {names}", soft_wrap=True)
-        console.print(f"    {_shown(group.stockouts[0].message)}", soft_wrap=True, style="dim")
+        console.print(f"    {_shown(group.stockouts[0].message, SHOWN_MESSAGE_CHARS)}", soft_wrap=True, style="dim")
 
 
 @mapping.command("show")

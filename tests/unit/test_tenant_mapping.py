@@ -240,3 +240,27 @@ def test_mapping_show_prints_toml_that_reads_back_as_the_same_mapping():
         m = parse_mapping(text)
         shown = toml_text(m.model_dump(mode="json"))
         assert parse_mapping(shown).fingerprint() == m.fingerprint(), shown
+
+
+# -- the dry run's grouping -----------------------------------------------------------------------
+
+def test_dry_run_counts_and_groups_by_the_entry_to_add():
+    from ops.mapping_check import DATA, DryRun
+
+    m = mapping(DEMO_TEXT.replace('[warehouses."WH-GZ03"]\nwarehouse = "GZ03"\n', ""))
+    good = stockout("WH-SH01", stockout_id="1")
+    cancelled = stockout(stockout_id="2", status="5")
+    gz = [stockout("WH-GZ03", stockout_id=str(n), order_no=f"CK-{n}") for n in (3, 4)]
+    box = stockout(stockout_id="5")
+    box["details_list"][1]["goods_unit"] = "盒"
+    no_qty = stockout(stockout_id="6")
+    no_qty["details_list"][1]["goods_count"] = "0"
+    run = DryRun(m, "mapping.toml")
+    run.add([good, cancelled, *gz, box, no_qty, dict(good)])  # the repeat is counted once
+    report = run.finish()
+    assert (report.fetched, report.passed, report.filtered_out, report.failed) == (6, 1, 1, 4)
+    assert [(g.entry, g.count) for g in report.groups] == [
+        ('warehouses."WH-GZ03"', 2), (DATA + "details_list[].goods_count", 1), ('units.codes."盒"', 1)]
+    assert [f.order_no for f in report.groups[0].stockouts] == ["CK-3", "CK-4"]
+    assert report.groups[0].stockouts[0].message.startswith("warehouse_no 'WH-GZ03' has no entry in [warehouses]")
+    assert report.exit_code == 1
