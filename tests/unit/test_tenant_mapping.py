@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.mapping import RESERVED_FIELDS, RESERVED_LINE_FIELDS, MappingFileError, load_mapping, parse_mapping
+from shared.mapping import (
+    LINE_FIELDS,
+    MEMO_FIELDS,
+    RESERVED_FIELDS,
+    RESERVED_LINE_FIELDS,
+    MappingFileError,
+    load_mapping,
+    parse_mapping,
+)
 from tests.unit.test_transform import DEMO_TEXT, EXPECTED_WIRE, wdt_stockout
 from worker.transform import TransformError, preview
 
@@ -138,6 +146,29 @@ def test_line_fields_go_on_every_batch_line_of_the_wdt_line():
     m = mapping(DEMO_TEXT + '\n[line_fields]\n"free2" = "{brand_name}"\n')
     lines = preview(raw, m)["othOutRecords"]
     assert [(x["batchno"], x["free2"]) for x in lines[:2]] == [("B20261001", "品牌一"), ("B2", "品牌一")]
+
+
+@pytest.mark.parametrize("name", MEMO_FIELDS)
+def test_every_header_placeholder_fills_a_field(name):
+    raw = stockout()
+    # stockout_id, status, warehouse_no and order_type must stay usable: the others take a padded value
+    raw[name] = {"stockout_id": "v-id", "status": "95", "warehouse_no": "WH-SH01", "order_type": "7"}.get(
+        name, f" v-{name} ")
+    m = mapping(DEMO_TEXT + f'\n[fields]\n"free1" = "{{{name}}}"\n"free2" = "<{{{name}}}>"\n')
+    payload = preview(raw, m)
+    expected = str(raw[name]).strip()
+    assert (payload["free1"], payload["free2"]) == (expected, f"<{expected}>")
+
+
+@pytest.mark.parametrize("name", LINE_FIELDS)
+def test_every_line_placeholder_fills_a_line_field(name):
+    raw = stockout()
+    raw["details_list"][1][name] = f" l-{name} "
+    if name == "goods_unit":
+        raw["details_list"][1][name] = "箱"
+    m = mapping(DEMO_TEXT + f'\n[line_fields]\n"free1" = "{{{name}}}"\n')
+    line = preview(raw, m)["othOutRecords"][1]
+    assert line["free1"] == raw["details_list"][1][name].strip()
 
 
 def test_text_values_are_cut_identifiers_are_refused():
