@@ -204,7 +204,7 @@ def placeholders(template: str) -> list[str]:
 class Fixed(_Strict):
     """`{ value = "..." }`: sent exactly as written, braces included (no placeholders)."""
 
-    value: Annotated[str, StringConstraints(strict=True)]
+    value: Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT_LEN)]
 
 
 def _field_name(reserved: dict[str, str], table: str) -> Any:

@@ -218,6 +218,7 @@ def test_names_we_set_are_refused_in_line_fields(name):
      'fields."defines!define2": expected a template in quotes or { value = "..." }'),
     ('[fields]\n"defines!define2" = { valu = "x" }\n', 'fields."defines!define2".valu: unknown key'),
     ('[line_fields]\n"free1" = "{order_no}"\n', 'line_fields."free1": unknown placeholder {order_no}'),
+    ('[fields]\n"free1" = { value = "' + "x" * 256 + '" }\n', 'fields."free1".value: string should have at most 255'),
 ])
 def test_bad_fields_are_refused_naming_key_and_value(extra, expected):
     with pytest.raises(MappingFileError) as info:
@@ -295,3 +296,13 @@ def test_dry_run_counts_and_groups_by_the_entry_to_add():
     assert [f.order_no for f in report.groups[0].stockouts] == ["CK-3", "CK-4"]
     assert report.groups[0].stockouts[0].message.startswith("warehouse_no 'WH-GZ03' has no entry in [warehouses]")
     assert report.exit_code == 1
+
+
+def test_a_refused_bustype_is_located_in_the_mapping():
+    from worker.transform import locate_rejection
+
+    m = mapping()
+    where = locate_rejection("交易类型[A10001]不存在", stockout(order_type="2"), m)
+    assert where == "A10001 = order_type 2 via [header.bustype]"
+    where = locate_rejection("交易类型[BT-PURCHASE-RETURN]不存在", stockout(order_type="3"), m)
+    assert where == 'BT-PURCHASE-RETURN = order_type 3 via [bustypes."3"]'
