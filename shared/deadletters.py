@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
 from shared.keys import Keys
+from shared.personal import redact
 from shared.settings import get_settings
 from shared.timeutil import format_wire, now_beijing
 
@@ -20,11 +21,6 @@ LEASE_S = 60  # longer than publishing one message can take
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
 BATCH = 200  # letters claimed, published and unparked per round trip
 
-# The receiver's personal data in a WDT stockout: every `receiver_*` field (field table in docs/seed;
-# WDT marks most of them deprecated, but a tenant may still fill them). No mapping reads them
-# (MEMO_FIELDS has none of them), so a stockout without them becomes the same BIP record.
-PERSONAL_PREFIX = "receiver_"
-PERSONAL_FIELDS = ("receiver_name", "receiver_mobile", "receiver_telno", "receiver_address", "receiver_zip")
 
 
 class HistoryEntry(BaseModel):
@@ -92,14 +88,6 @@ class DeadLetter(BaseModel):
     def failure(self) -> HistoryEntry:
         return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
                             message=self.message, attempts=self.attempts, task_id=self.task_id)
-
-
-def redact(raw: Any) -> Any:
-    """The stockout without the receiver's personal data, every `receiver_*` field (a copy; anything
-    not a dict as it is)."""
-    if not isinstance(raw, dict) or not any(isinstance(k, str) and k.startswith(PERSONAL_PREFIX) for k in raw):
-        return raw
-    return {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(PERSONAL_PREFIX))}
 
 
 # KEYS: record, index, queue, parked, lease, entries, orders, parked set, history.

@@ -20,9 +20,10 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
-from shared.deadletters import DeadLetter, DeadLetterStore, redact
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import RetryPolicy, foreign
 from shared.keys import Keys
+from shared.personal import redact
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
 from shared.settings import get_settings

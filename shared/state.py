@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from shared.keys import Keys
+from shared.personal import redact
 from shared.timeutil import format_wire, parse_wire
 
 BUCKET = 100
@@ -103,7 +104,8 @@ def stockout_key(raw: dict) -> str:
     sid = raw.get("stockout_id") if isinstance(raw, dict) else None
     if isinstance(sid, (str, int)) and str(sid).strip():
         return str(sid).strip()
-    blob = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    # without the receiver's fields: the publisher drops them, and the worker must find the same key
+    blob = json.dumps(redact(raw), sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return "noid-" + hashlib.sha1(blob).hexdigest()[:16]
 
 

@@ -18,13 +18,14 @@ from shared.messages import publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.faults import eligible, outcome, recent, saved
+from tests.prerequisites import prerequisite
 from tests.progress import pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBFAKETIME = next((str(p) for p in [ROOT / ".venv" / "lib" / "libfaketime.so.1",
                                      *Path("/usr/lib").glob("*/faketime/libfaketime.so.1")] if p.exists()), None)
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime not found (make fetches it with apt)")]
+pytestmark = pytest.mark.integration
+needs_faketime = prerequisite(LIBFAKETIME is not None, "libfaketime not found (`make test` fetches it with apt)")
 
 
 SITE = Path(__file__).resolve().parent / "faketime_site"  # its sitecustomize mends time.sleep under libfaketime
@@ -46,6 +47,7 @@ def reading_of(role: str):
     return next((r for r in readings(runtime().redis, "t") if r.who.startswith(f"{role}@")), None)
 
 
+@needs_faketime
 @pytest.mark.parametrize("offset", ["-15m", "+15m"])
 def test_a_beat_15_minutes_off_is_a_status_problem_naming_its_clock(sandbox, processes, offset):
     recent(sandbox, 5)
@@ -67,6 +69,8 @@ def test_a_beat_15_minutes_off_is_a_status_problem_naming_its_clock(sandbox, pro
         assert any("polls read nothing new from WDT" in p for p in report["problems"]), report["problems"]
 
 
+@needs_faketime
+@pytest.mark.invariant(7)
 def test_a_worker_beyond_bips_token_window_pauses_and_a_right_clock_saves_each_once(sandbox, processes,
                                                                                     redis_client, tmp_path):
     stockouts = recent(sandbox, 8)

@@ -11,8 +11,9 @@ import redis
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetter, DeadLetterStore, redact
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_dead_letter, publish_stockout
+from shared.personal import redact
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches

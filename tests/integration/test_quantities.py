@@ -29,6 +29,7 @@ FORMS = [
 MARK = "@@goods_count@@"
 
 
+@pytest.mark.invariant(11)
 def test_every_quantity_form_is_a_dead_letter_or_its_exact_text(sandbox, processes, redis_client):
     template = next(s for s in recent(sandbox, 20) if s["status"] in ("95", "110") and s["details_list"])
     rows, expected = [], {}

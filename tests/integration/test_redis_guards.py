@@ -32,6 +32,7 @@ def own_redis(tmp_path, request):
                                        ("--maxmemory-policy", "volatile-ttl", "--rename-command", "CONFIG", "")],
                          ids=["allkeys-lru", "volatile-lru", "CONFIG renamed"], indirect=True)
 @pytest.mark.parametrize("command", ["worker", "beat"])
+@pytest.mark.invariant(10)
 def test_an_evicting_redis_stops_start_up_in_one_line(service, own_redis, command):
     policy = own_redis.extra[1]
     result = cli({**service, "REDIS_URL": own_redis.url}, command)

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from shared.deadletters import PERSONAL_FIELDS, DeadLetter, DeadLetterStore
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.mapping import MEMO_FIELDS
+from shared.personal import PERSONAL_FIELDS
 
 RECEIVER = {"receiver_name": "张三", "receiver_mobile": "13800000000", "receiver_telno": "021-1234567",
             "receiver_address": "上海市浦东新区xx路1号", "receiver_zip": "200000"}
