@@ -31,6 +31,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "duplicate_record": ("POST", "records/duplicate"),
     "revoke_tokens": ("POST", "revoke"),
     "set_bip_list": ("POST", "bip-list"),
+    "set_wdt_lookup": ("POST", "wdt-lookup"),
     "set_faults": ("POST", "faults"),
     "faults": ("GET", "faults"),
     "set_rate_limits": ("POST", "rate-limits"),
@@ -116,6 +117,10 @@ class Controls(ABC):
         """Switch BIP's list between honouring simpleVOs or not, and full or cut-down rows (None: keep)."""
         args = {"ignore_filters": ignore_filters, "omit_fields": omit_fields}
         return cast(dict[str, bool], self._control("set_bip_list", args))
+
+    def set_wdt_lookup(self, needs_window: bool) -> dict[str, bool]:
+        """Whether a stockout_no query without start_time/end_time is refused (11000000), as some editions do."""
+        return cast(dict[str, bool], self._control("set_wdt_lookup", {"needs_window": needs_window}))
 
     # ---- faults, limits, counters
 

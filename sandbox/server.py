@@ -187,6 +187,10 @@ class Sandbox(Controls):
     def _do_set_bip_list(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
         return self.bip.set_list_mode(ignore_filters, omit_fields)
 
+    def _do_set_wdt_lookup(self, needs_window: bool) -> dict[str, bool]:
+        self.wdt.lookup_needs_window = needs_window
+        return {"needs_window": needs_window}
+
     def _do_set_faults(self, bip: dict[str, float] | None = None,
                        wdt: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
         self._faults.set(bip=bip, wdt=wdt)
@@ -214,6 +218,7 @@ class Sandbox(Controls):
         self._faults.set()
         self._default_rate_limits()
         self.bip.set_list_mode(self.config.bip_list_ignores_filters, self.config.bip_list_omits_fields)
+        self.wdt.lookup_needs_window = self.config.wdt_lookup_needs_window
         with self._lock:
             self._bad_reasons.clear()
         return {"ok": True}

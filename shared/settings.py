@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     wdt_target_app_key: str = "21363512"
     wdt_page_size: int = Field(100, ge=1, le=100)
     wdt_rate_per_minute: float = Field(60, gt=0, description="calls a minute for the whole tenant")
+    wdt_lookup_horizon_days: int = Field(
+        365, ge=30, le=3650, description="trace/preview look a number up in 30-day windows back this far")
 
     # 用友BIP
     bip_tenant_id: str = ""

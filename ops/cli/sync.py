@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
@@ -154,22 +155,26 @@ def _follow(rt: Runtime, job_id: str) -> None:
 @main.command()
 @click.argument("stockout_no")
 def preview(stockout_no: str) -> None:
-    """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error)."""
+    """Fetch one stockout from WDT and print the BIP payload it would become (or the mapping error).
+
+    Looked up as `trace` does: from the times a dead letter knows, then in 30-day windows back to
+    WDT_LOOKUP_HORIZON_DAYS; the calls it took go to stderr."""
     require("wdt")
     check_mapping()
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    from ops.trace import letter_times
     from shared import metrics
     from shared.runtime import runtime
     rt = runtime()
+    with metrics.wdt_purpose("preview"):
+        found = rt.wdt.find_by_no(stockout_no, near=letter_times(rt, stockout_no))
+    if found.error is not None:
+        api_failure(found.error)
+    if found.record is None:
+        fail(f"stockout {stockout_no} not found in WDT ({found.line()})", 1)
+    err_console.print(f"stockout {escape(stockout_no)}: {escape(found.line())}")
     try:
-        with metrics.wdt_purpose("preview"):
-            raw = rt.wdt.get_by_no(stockout_no)
-    except StockoutSyncError as err:
-        api_failure(err)
-    if raw is None:
-        fail(f"stockout {stockout_no} not found in WDT", 1)
-    try:
-        payload = make_preview(raw, rt.mapping)
+        payload = make_preview(found.record, rt.mapping)
     except StockoutSyncError as err:
         fail(f"stockout {stockout_no} cannot be mapped: {err}", 1)
     console.print_json(json.dumps({"data": payload}, ensure_ascii=False))
