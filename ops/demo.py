@@ -20,7 +20,7 @@ from rich.table import Table
 from ops.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
-from shared.deadletters import DeadLetterStore
+from shared.deadletters import DeadLetterStore, fix_key
 from shared.redis_conn import resolve_redis_url
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
@@ -130,7 +130,7 @@ def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], cons
     table.add_row("duplicates in BIP (must be 0)", str(duplicates))
     table.add_row("lost (must be 0)", str(len(lost)))
     console.print(table)
-    for reason, count in Counter(f"{letter.stage}: {letter.message}" for letter in letters).most_common(8):
+    for reason, count in Counter(fix_key(letter) for letter in letters).most_common(8):
         console.print(f"  {count} × {escape(reason)}")
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")

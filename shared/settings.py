@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     settle_s: int = Field(60, ge=0, description="stay this far behind now: WDT may still be writing")
     initial_since: str = Field("", description="Beijing time the first poll starts from; empty = now − 1 day")
     slice_days: float = Field(1.0, gt=0, le=30)
+    backfill_max_days: float = Field(365, gt=0, description="a backfill over this many days asks for --yes")
     # Renewed after every page; a poll that dies blocks the next one for at most this long.
     poll_lock_ttl_s: float = Field(120.0, gt=0)
     state_ttl_days: int = Field(60, ge=1, description="how long done/queued marks live; must outlive the lookback")

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from producer.jobs import JobStore
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
@@ -75,6 +76,52 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
     cancelled = cli(service, "backfill", "cancel", third["id"])
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     assert cli(service, "backfill", "show", "nope").returncode == 1
+
+
+def test_backfill_guard_rails_and_one_json_document(sandbox, service, redis_client):
+    import time
+
+    from producer import heartbeat
+
+    now = now_beijing()
+    day = lambda n: (now - timedelta(days=n)).strftime("%Y-%m-%d")  # noqa: E731
+
+    # a date alone as --until is the whole day; no beat has ever run here: the job waits, and says so
+    whole = cli(service, "backfill", "--since", day(5), "--until", day(3))
+    assert whole.returncode == 0 and "no live beat" in whole.stdout and "walks it now" not in whole.stdout
+    [job] = JobStore(redis_client, "t").all()
+    assert job.since == f"{day(5)} 00:00:00" and job.until == f"{day(3)} 23:59:59"
+
+    # a range ending in the future is cut at now, with a warning; a live beat walks it now
+    heartbeat.beat(redis_client, "t")
+    ahead = cli(service, "backfill", "--since", day(2), "--until", format_wire(now + timedelta(days=30)), "--json")
+    assert ahead.returncode == 0 and "in the future" in ahead.stderr and json.loads(ahead.stdout)["beat_alive"]
+    cut = json.loads(ahead.stdout)["until"]
+    assert format_wire(now - timedelta(seconds=1)) <= cut <= format_wire(now_beijing())
+    assert cli(service, "backfill", "--since", format_wire(now + timedelta(days=1)),
+               "--until", format_wire(now + timedelta(days=2))).returncode == 2
+
+    # longer than BACKFILL_MAX_DAYS: asked first, --yes records it
+    long = ["backfill", "--since", day(400), "--until", day(1)]
+    refused = cli(service, *long, input="n\n")
+    assert refused.returncode == 1 and "BACKFILL_MAX_DAYS=365" in refused.stderr
+    assert len(JobStore(redis_client, "t").all()) == 2
+    assert cli({**service, "BACKFILL_MAX_DAYS": "10"}, "backfill", "--since", day(20), "--until", day(1),
+               input="n\n").returncode == 1
+    assert cli(service, *long, "--yes").returncode == 0
+
+    # a beat whose last poll is older than two intervals is not alive: backfill and status say so
+    redis_client.set(heartbeat.key("t"), repr(time.time() - 1000))
+    stale = cli(service, "backfill", "--since", day(5), "--until", day(4))
+    assert re.search(r"no live beat \(its last poll: 1[67] min ago\)", stale.stdout), stale.stdout
+    report = json.loads(cli(service, "status", "--json", "--timeout", "0.2").stdout)
+    assert not report["beat_alive"] and 990 < report["beat_heartbeat_age_s"] < 1100
+    assert any("no live beat" in p for p in report["problems"])
+
+    listed = cli(service, "backfill", "list", "--json")
+    jobs = json.loads(listed.stdout)  # one document: an array
+    assert isinstance(jobs, list) and len(jobs) == 4 and all("progress" in j and "eta_s" in j for j in jobs)
+    assert cli(service, "dlq", "list", "--json").stdout.strip() == "[]"
 
 
 def test_commands_refuse_a_broken_mapping_with_file_key_and_value(service, tmp_path):
