@@ -125,6 +125,19 @@ class Settings(BaseSettings):
     alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
     alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
     alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
+    # Flower's basic auth (`stockout-sync flower`): user:password, several joined by commas
+    flower_basic_auth: SecretStr = SecretStr("")
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr) -> SecretStr:
+        # the value is a password: the error says what is wrong with it, never what it is
+        for n, pair in enumerate(value.get_secret_value().split(","), start=1):
+            user, colon, password = pair.partition(":")
+            if value.get_secret_value() and not (user.strip() and colon and password):
+                wrong = "no ':'" if not colon else "an empty user" if not user.strip() else "an empty password"
+                raise ValueError(f"must be user:password (several joined by commas); credential {n} has {wrong}")
+        return value
 
     @field_validator("reconcile_daily_at")
     @classmethod
@@ -250,6 +263,7 @@ class Settings(BaseSettings):
             if password:
                 values += [password, unquote(password)]
         values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        values += [pair.partition(":")[2] for pair in self.flower_basic_auth.get_secret_value().split(",")]
         for name in ALERT_URLS:
             values += url_secrets(getattr(self, name).get_secret_value())
         return list(dict.fromkeys(v for v in values if v))
