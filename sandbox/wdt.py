@@ -121,6 +121,11 @@ class WdtApi:
         with self._lock:
             return {str(raw["stockout_id"]): str(raw.get("status", "")) for _, raw in self._stockouts.values()}
 
+    def stockouts(self) -> list[dict[str, Any]]:
+        """Every stockout as stored (its `modified` included), in modified order."""
+        with self._lock:
+            return [copy.deepcopy(raw) for _, raw in sorted(self._stockouts.values(), key=_order_key)]
+
     def clear(self) -> None:
         with self._lock:
             self._stockouts.clear()

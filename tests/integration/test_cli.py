@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,55 @@ def test_piped_output_is_not_wrapped_at_80_columns(service, redis_client):
     row = next(line for line in listing.stdout.splitlines() if "77001" in line)
     assert reason.strip() in row, listing.stdout
     assert "dead letters: 1" in listing.stdout
+
+
+def test_demo_keep_leaves_a_run_to_try_the_next_commands_on(redis_url, tmp_path):
+    """`demo --keep`: the Redis state stays, the sandbox's data is saved, and the commands it prints work
+    against a sandbox started again from that data."""
+    import os
+    import shlex
+
+    import requests
+
+    from ops.processes import delete_prefix, start, stop, wait_until
+    from sandbox.control import ROUTES
+
+    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "400"}
+    env.pop("REDIS_PREFIX", None)
+    try:
+        demo = cli(env, "demo", "--stockouts", "60", "--bad", "3", "--keep", "--prefix", "tdemo", timeout=300)
+        assert demo.returncode == 0 and "demo passed" in demo.stdout, demo.stdout[-3000:] + demo.stderr[-3000:]
+        state = re.search(r"--state (\S+sandbox\.json)", demo.stdout).group(1)
+        env_file = re.search(r"set -a; \. (\S+demo\.env)", demo.stdout).group(1)
+        port = re.search(r"sandbox --port (\d+)", demo.stdout).group(1)
+        tried = re.findall(r"^  stockout-sync (\S+)", demo.stdout, re.M)
+        assert {"sandbox", "status", "dlq", "trace", "preview", "reconcile", "worker"} <= set(tried)
+        kept = json.loads(Path(state).read_text(encoding="utf-8"))
+        assert len(kept["stockouts"]) >= 60 and kept["records"]
+        from redis import Redis
+        assert any(Redis.from_url(redis_url).scan_iter(match="tdemo:*", count=1000)), "the Redis state stayed"
+
+        # the sandbox again, from its data; the service's settings from the file, as a shell would read them
+        settings = dict(line.split("=", 1) for line in Path(env_file).read_text(encoding="utf-8").splitlines())
+        run_env = {**env, **{k: shlex.split(v)[0] if v else "" for k, v in settings.items()}}
+        proc = start(["sandbox", "--port", port, "--state", state], env, tmp_path / "sandbox.log")
+        listing = wait_until(lambda: _get(requests, f"http://127.0.0.1:{port}/_sandbox/"), message="the sandbox again")
+        assert {c["control"] for c in listing} == set(ROUTES)
+        generate = next(c for c in listing if c["control"] == "generate")
+        assert [a["name"] for a in generate["args"]] == ["count", "bad", "start", "end", "seed"] and generate["doc"]
+        report = json.loads(cli(run_env, "status", "--json", "--timeout", "0.3").stdout)
+        assert report["synced"] == len(kept["records"]) and report["dead_letters"] == 3
+        dead = re.search(r"stockout-sync trace (\S+)", demo.stdout).group(1)
+        traced = json.loads(cli(run_env, "trace", dead, "--json").stdout)
+        assert traced["verdict"] == "dead-lettered" and traced["wdt"]["found"], traced
+        stop(proc)
+        assert len(json.loads(Path(state).read_text(encoding="utf-8"))["stockouts"]) == len(kept["stockouts"])
+    finally:
+        delete_prefix(redis_url, "tdemo")
+
+
+def _get(requests, url):
+    try:
+        return requests.get(url, timeout=2).json()
+    except requests.RequestException:
+        return None
