@@ -24,6 +24,7 @@ from ops.processes import delete_prefix, service_env, start_beat, start_worker, 
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
 from shared.deadletters import DeadLetterStore, fix_key
+from shared.keys import Keys
 from shared.redis_conn import resolve_redis_url
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
@@ -88,7 +89,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, 
             last, moved = -1, started
             while time.monotonic() - started < CAP_S and time.monotonic() - moved < STALL_S:
                 saved = sb.counters()["bip_saves"]
-                dead = r.zcard(f"{prefix}:dlq:index")
+                dead = r.zcard(Keys(prefix).dlq_index)
                 if saved + dead != last:
                     last, moved = saved + dead, time.monotonic()
                 progress.update(task, completed=saved + dead, note=f"saved {saved} · dead letters {dead}")
@@ -139,7 +140,7 @@ def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workd
     env_file.write_text("".join(f"{k.upper()}={shlex.quote(str(v))}\n" for k, v in sorted(settings.items())),
                         encoding="utf-8")
     port = urlsplit(sb.url).port
-    console.print(f"\n[bold]Kept[/bold]: Redis keys under {prefix}:, the sandbox's data in {state}, the settings in "
+    console.print(f"\n[bold]Kept[/bold]: Redis keys of prefix {prefix!r}, the sandbox's data in {state}, the settings in "
                   f"{env_file}. Next, in a shell:")
     for line in (
         f"stockout-sync sandbox --port {port} --state {state} &   # the sandbox again, with its data",

@@ -14,6 +14,7 @@ from shared.bip.models import define1_of
 from shared.celery_app import BACKFILL_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import StockoutSyncError
+from shared.keys import Keys
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -145,7 +146,7 @@ def _ours(rt: Runtime, t: Trace, letters: DeadLetterStore, scan_limit: int) -> N
 def _known_here(rt: Runtime, letters: DeadLetterStore, sid: str) -> bool:
     """Whether `sid` is a stockout id our state knows (then WDT is asked by its order number, found here)."""
     return bool(rt.store.states([sid]).get(sid) or letters.get(sid) or letters.history(sid)
-                or rt.redis.exists(f"{rt.settings.redis_prefix}:lock:{sid}"))
+                or rt.redis.exists(Keys(rt.settings.redis_prefix).lock(sid)))
 
 
 def letter_times(rt: Runtime, order_no: str) -> list[datetime]:
@@ -221,7 +222,7 @@ def _mark(rt: Runtime, t: Trace) -> None:
 
 
 def _lock(rt: Runtime, t: Trace) -> None:
-    key = f"{rt.settings.redis_prefix}:lock:{t.stockout_id}"
+    key = Keys(rt.settings.redis_prefix).lock(t.stockout_id)
     pipe = rt.redis.pipeline(transaction=False)
     pipe.get(key)
     pipe.pttl(key)
@@ -240,20 +241,20 @@ def _needle(sid: str | None, order_no: str | None = None) -> str:
 def _tasks(rt: Runtime, t: Trace, scan_limit: int, order_no: str | None) -> None:
     """Messages of `t.stockout_id` (or, with `order_no`, of that order number) waiting on either
     stockout queue or delivered to a worker."""
-    p, r = rt.settings.redis_prefix, rt.redis
+    k, r = Keys(rt.settings.redis_prefix), rt.redis
     needle = _needle(None if order_no else t.stockout_id, order_no)
     find = r.register_script(_FIND)
     for queue in STOCKOUT_QUEUES:
         t.scanned[queue] = 0
         for suffix in PRIORITY_SUFFIXES:
-            key = f"{p}:{queue}{suffix}"
+            key = k.queue(queue, suffix)
             length = min(int(r.llen(key)), scan_limit)
             for start in range(0, length, SCAN_CHUNK):
                 for entry in find(keys=[key], args=[start, min(start + SCAN_CHUNK, length) - 1, needle]):
                     t.tasks.append(_seen(json.loads(entry), f"waiting on the {queue} queue", "queued", queue))
             t.scanned[queue] += length
     delivered = 0
-    for _tag, value in r.hscan_iter(f"{p}:unacked", count=500):
+    for _tag, value in r.hscan_iter(k.unacked, count=500):
         delivered += 1
         if needle.encode() in value:
             message, _exchange, queue = [*json.loads(value), "", ""][:3]

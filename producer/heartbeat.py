@@ -6,11 +6,13 @@ import time
 
 import redis
 
+from shared.keys import Keys
+
 ALIVE_INTERVALS = 2  # a beat that missed two polls in a row is not scheduling any
 
 
 def key(prefix: str) -> str:
-    return f"{prefix}:beat:heartbeat"
+    return Keys(prefix).beat_heartbeat
 
 
 def beat(r: redis.Redis, prefix: str) -> None:

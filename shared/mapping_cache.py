@@ -28,10 +28,6 @@ class MappingProblem(BaseModel):
                 f"using the last good mapping from {self.last_good_from}")
 
 
-def mapping_problem_key(prefix: str) -> str:
-    return f"{prefix}:mapping:invalid"
-
-
 class MappingCache:
     """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second).
 
