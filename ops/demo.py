@@ -140,8 +140,8 @@ def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workd
     env_file.write_text("".join(f"{k.upper()}={shlex.quote(str(v))}\n" for k, v in sorted(settings.items())),
                         encoding="utf-8")
     port = urlsplit(sb.url).port
-    console.print(f"\n[bold]Kept[/bold]: Redis keys of prefix {prefix!r}, the sandbox's data in {state}, the settings in "
-                  f"{env_file}. Next, in a shell:")
+    console.print(f"\n[bold]Kept[/bold]: Redis keys of prefix {prefix!r}, the sandbox's data in {state}, "
+                  f"the settings in {env_file}. Next, in a shell:")
     for line in (
         f"stockout-sync sandbox --port {port} --state {state} &   # the sandbox again, with its data",
         f"set -a; . {env_file}; set +a   # the service's settings, pointing at it",
