@@ -1,6 +1,6 @@
 """Finding one stockout by number on any edition of the gateway: the windows to ask, in order (what
 we know of its times first, then 30 days at a time back to WDT_LOOKUP_HORIZON_DAYS), and what the
-asking came to. Why: docs/design.md, "Lookups by number"."""
+asking came to. Why: docs/operators.md, "Lookups by number"."""
 from __future__ import annotations
 
 import re
