@@ -115,12 +115,13 @@ def trace(rt: Runtime, name: str, *, scan_limit: int = SCAN_LIMIT) -> Trace:
     if t.stockout_id:
         _ours(rt, t, letters, scan_limit)
     t.order_no = t.order_no or _order_no_from(t)  # asked by id: the number from whatever names it
-    raw = _wdt(rt, t.order_no or name, t, _known_times(t))
+    # WDT is asked by number only: an id known here whose number nothing names is not guessed at
+    number = t.order_no or ("" if t.stockout_id else name)
+    raw = _wdt(rt, number, t, _known_times(t)) if number else None
     if not t.stockout_id:
         t.stockout_id = stockout_key(raw) if raw is not None else name  # else taken as an id nobody knows
-        if raw is not None:
-            t.order_no = str(raw.get("order_no") or name)
-            _ours(rt, t, letters, scan_limit)
+        t.order_no = str(raw.get("order_no") or name) if raw is not None else ""
+        _ours(rt, t, letters, scan_limit)  # BIP by define1 too: our marks may be gone
     cursor = rt.store.cursor()
     t.cursor = format_wire(cursor) if cursor else ""
     t.result_backend = _backend()

@@ -49,7 +49,7 @@ def show(t: Trace) -> None:
                              f"modified {w.modified} · consigned {w.consign_time} · {escape(verdict)} · "
                              f"{escape(w.lookup)}")
     else:
-        table.add_row("WDT", escape(w.lookup) if w.asked else "not asked")
+        table.add_row("WDT", escape(w.lookup) if w.asked else "not asked: no order number known")
     table.add_row("our mark", escape(t.mark_meaning))
     expires = f" (expires in {t.lock_ttl_s} s)" if t.lock_ttl_s else ""
     lock = f"task {t.lock_holder}{expires}" if t.lock_holder else "free"

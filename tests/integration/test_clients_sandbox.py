@@ -168,7 +168,7 @@ def test_small_and_empty_windows(sb, redis_url):
     assert session.page_nos == [0, 0]
 
 
-def test_get_by_no_and_filters(sb, redis_url):
+def test_find_by_no_and_filters(sb, redis_url):
     stockouts = [s for s in sb.generate(30) if s["status"] in FETCHED]
     client = WdtClient(settings_for(sb, redis_url))
     target = stockouts[3]
