@@ -127,6 +127,10 @@ def test_every_state_by_number_against_a_gateway_that_wants_a_window(sandbox, pr
     assert t["wdt"]["found"] and t["wdt"]["calls"] == 1, "asked first in the window the letter's times give"
     code, text = trace(processes.env, dead["order_no"])
     assert "dead-lettered" in text and "queued (published" not in text and "dlq requeue" in text
+    for stockout, calls in ((saved, "2 calls"), (dead, "1 call")):  # preview: the same lookup, the same calls
+        shown = cli(processes.env, "preview", stockout["order_no"])
+        assert shown.returncode == 0 and f"({calls})" in shown.stderr, shown.stderr
+        assert json.loads(shown.stdout)["data"]["defines!define1"] == stockout["stockout_id"]
 
     code, t = trace(processes.env, queued_["order_no"], "--json")
     assert code == 0 and t["verdict"] == "queued" and "stockouts.backfill" in t["summary"], t
