@@ -21,7 +21,7 @@ from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.errors import APIConnectionError, RetryPolicy
+from shared.errors import RetryPolicy, foreign
 from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
@@ -139,9 +139,7 @@ class Publisher:
 
 def _broker_error(error: BaseException) -> BaseException | None:
     # a Redis restart of a few seconds is waited out; anything else is raised as it is
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
-        return APIConnectionError(f"Redis unavailable while publishing: {type(error).__name__}", api="redis")
-    return None
+    return foreign(error, where="publishing")
 
 
 def _prefix() -> str:

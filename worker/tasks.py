@@ -11,13 +11,13 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject
 
 from shared import breaker, metrics
 from shared.breaker import DEAD_LETTER_SCOPE, Opened
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
-from shared.errors import Action, APIConnectionError, ConfigurationError, MappingError, RetryPolicy, resolve
+from shared.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
 from shared.mapping import MappingFileError
 from shared.messages import message_label, publish_dead_letter
 from shared.runtime import Runtime, runtime
@@ -34,10 +34,8 @@ MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's 
 
 def classify(error: BaseException) -> BaseException:
     """Errors from below our own hierarchy, as the kinds they are."""
-    if isinstance(error, redis.RedisError):
-        return APIConnectionError(f"Redis unavailable: {type(error).__name__}", api="redis")
-    if isinstance(error, SoftTimeLimitExceeded):
-        return APIConnectionError("task ran out of time", should_retry=True)
+    if (ours := foreign(error)) is not None:
+        return ours
     if isinstance(error, MappingFileError):
         # no mapping to work with at all: every stockout would fail alike, so it pauses
         return ConfigurationError(f"mapping file unreadable — check MAPPING_FILE: {error}", api="mapping")

@@ -45,6 +45,7 @@ def _template(stockouts: list[dict]) -> dict:
     return next(s for s in stockouts if s["status"] in ("95", "110") and s["details_list"])
 
 
+@pytest.mark.invariant(11)
 def test_ids_that_name_our_own_keys_are_saved_or_dead_lettered_and_every_command_takes_them(
     sandbox, processes, redis_client
 ):

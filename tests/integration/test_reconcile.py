@@ -106,6 +106,7 @@ def test_filtered_list_reports_deleted_twice_and_changed_and_requeue_recreates_o
     assert max(saved(sandbox).values()) == 2 and sandbox.counters()["duplicate_stockouts"] == 1  # only the one we made
 
 
+@pytest.mark.invariant(9)
 @pytest.mark.parametrize("mode", ["ignore_filters", "omit_fields"])
 def test_an_unverifiable_list_is_not_trusted_and_presence_is_proven_by_id(sandbox, processes, redis_client, mode):
     eligible, window, _ = sync(sandbox, processes, redis_client, 30)
@@ -145,6 +146,7 @@ def test_an_unverifiable_list_is_not_trusted_and_presence_is_proven_by_id(sandbo
     assert after["missing"] == [] and after["checks"]["duplicates"]["state"] == "unverifiable"
 
 
+@pytest.mark.invariant(9)
 def test_a_failing_detail_call_makes_the_stockout_unknown_never_missing(sandbox, processes, redis_client):
     eligible, window, _ = sync(sandbox, processes, redis_client, 12)
     records = {r["data"]["defines!define1"]: r for r in sandbox.records()}
