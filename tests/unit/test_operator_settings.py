@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from shared.settings import Settings, explain
 
 
+@pytest.mark.invariant(4)
 @pytest.mark.parametrize(("value", "why"), [
     ("nocolon", "credential 1 has no ':'"),
     ("ops:s3cret-pw,admin:", "credential 2 has an empty password"),
@@ -20,6 +21,7 @@ def test_flower_basic_auth_must_be_user_colon_password_and_is_never_shown(value,
     assert "nocolon" not in text and "s3cret-pw" not in text
 
 
+@pytest.mark.invariant(4)
 def test_good_flower_credentials_pass_and_their_passwords_are_scrubbed():
     s = Settings(_env_file=None, flower_basic_auth="ops:pw-one,admin:pw-two")
     assert {"pw-one", "pw-two"} <= set(s.secret_values())
