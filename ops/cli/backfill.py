@@ -71,13 +71,12 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, yes: bool
     job = JobStore(rt.redis, rt.settings.redis_prefix).create(
         start, end, slice_s=int(rt.settings.slice_days * 86400), synced=saved_count(rt.redis, rt.settings.redis_prefix))
     age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
-    if heartbeat.alive(age, rt.settings.poll_interval_s):
-        walks = "the producer (beat) walks it now"
-    else:
-        last = "never here" if age is None else f"{seconds(age)} ago"
-        walks = (f"no live beat (its last poll: {last}): the job waits until `stockout-sync beat` runs")
+    alive = heartbeat.alive(age, rt.settings.poll_interval_s)
+    last = "never here" if age is None else f"{seconds(age)} ago"
+    walks = ("the producer (beat) walks it now" if alive else
+             f"no live beat (its last poll: {last}): the job waits until `stockout-sync beat` runs")
     if as_json:
-        click.echo(job_json(job, beat_alive=heartbeat.alive(age, rt.settings.poll_interval_s)))
+        click.echo(job_json(job, beat_alive=alive))
     else:
         console.print(f"backfill job {job.id} recorded: {job.since} → {job.until}; {walks}. "
                       f"Watch: stockout-sync backfill show {job.id}")
