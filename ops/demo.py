@@ -149,8 +149,8 @@ def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workd
         "stockout-sync dlq list",
         *([f"stockout-sync trace {order_no}", f"stockout-sync preview {order_no}"] if order_no else []),
         *([f"stockout-sync trace {saved_no}"] if saved_no else []),
-        f"stockout-sync reconcile --since {format_wire(now_beijing() - timedelta(days=1))[:10]} "
-        f"--until {format_wire(now_beijing())[:10]}",
+        f"stockout-sync reconcile --since '{format_wire(now_beijing() - timedelta(days=2))}' "
+        f"--until '{format_wire(now_beijing())}'",
         "stockout-sync worker & stockout-sync beat &   # run the pipeline on",
         f"curl -s {sb.url}/_sandbox/   # the sandbox's controls and their arguments",
         f"python -c \"import os; from ops.processes import delete_prefix; delete_prefix(os.environ['REDIS_URL'], "

@@ -356,8 +356,10 @@ def _judge(t: Trace) -> None:
     in_bip = bool(t.bip) and t.bip_found_by in ("code", "define1")
     if t.dead_letter:
         t.verdict = "dead-lettered"
+        then = (f"`stockout-sync dlq show {t.stockout_id}`: a malformed message has nothing to requeue"
+                if t.dead_letter.malformed else f"`stockout-sync dlq requeue {t.stockout_id}` once fixed")
         t.summary = (f"{t.dead_letter.last_failed_at}, after {t.dead_letter.attempts} attempt(s): "
-                     f"{t.dead_letter.reason}; `stockout-sync dlq requeue {t.stockout_id}` once fixed")
+                     f"{t.dead_letter.reason}; {then}")
     elif t.lock_holder or running:
         t.verdict = "in flight"
         who = t.lock_holder or running[0].task_id
@@ -377,10 +379,11 @@ def _judge(t: Trace) -> None:
         t.verdict = "queued"
         scanned = ", ".join(f"{n} {q}" for q, n in t.scanned.items())
         maybe = ("BIP may have it (" + t.bip_error + ")") if t.bip_error else "BIP's list has no record of it"
+        day = (t.wdt.modified or "")[:10] or "yyyy-MM-dd"  # WDT's modified time: what reconcile's range filters on
         t.summary = (f"marked queued, but no message and no dead letter (scanned {scanned}): its letter was purged "
                      f"or its message lost, and nothing sends it again by itself; {maybe}. To send it only if BIP "
-                     "is proven not to have it: `stockout-sync reconcile --since … --until … --requeue-missing` "
-                     "over its day")
+                     f"is proven not to have it: `stockout-sync reconcile --since '{day} 00:00:00' "
+                     f"--until '{day} 23:59:59' --requeue-missing`")
     elif t.wdt.found and t.wdt.passes_filters is False:
         t.verdict = "filtered out"
         t.summary = f"WDT has it, the mapping's filters skip it: {t.wdt.filter_reason}"
