@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from shared import http
 from shared.keys import Keys
 
 SKEW_PROBLEM_S = 60.0  # more than this is a problem in `status` and an alert
@@ -27,13 +28,16 @@ class Reading(BaseModel):
     who: str  # `<role>@<host>`
     skew_s: float  # this host minus Redis: positive = ahead
     at: float  # Redis time of the reading, epoch seconds
+    apis: dict[str, float] = {}  # this host minus each API's HTTP `Date` at its last answer
 
     def problem(self) -> str | None:
         if abs(self.skew_s) <= SKEW_PROBLEM_S:
             return None
         side = "ahead of" if self.skew_s > 0 else "behind"
+        # The APIs' clocks say whose clock is wrong: when they agree with Redis, it is this host's.
+        said = "".join(f"; {skew:+.0f} s against {api.upper()}'s HTTP Date" for api, skew in sorted(self.apis.items()))
         return (f"the clock of {self.who} is {abs(self.skew_s):.0f} s {side} Redis TIME (more than "
-                f"{SKEW_PROBLEM_S:.0f} s): its polls read the wrong window and BIP refuses its token requests "
+                f"{SKEW_PROBLEM_S:.0f} s{said}): its polls read the wrong window and BIP refuses its token requests "
                 "beyond a few minutes — fix the host's clock (NTP)")
 
 
@@ -49,7 +53,7 @@ def measure(r: redis.Redis) -> tuple[float, float]:
 def record(r: redis.Redis, prefix: str, role: str, *, keep_s: float = RECORD_S) -> Reading:
     """Measure and record this process's reading under `<role>@<host>`."""
     skew, server = measure(r)
-    reading = Reading(who=f"{role}@{socket.gethostname()}", skew_s=skew, at=server)
+    reading = Reading(who=f"{role}@{socket.gethostname()}", skew_s=skew, at=server, apis=dict(http.SERVER_SKEW_S))
     r.hset(Keys(prefix).clocks, reading.who, json.dumps({**reading.model_dump(), "until": server + keep_s}))
     return reading
 
@@ -64,7 +68,10 @@ def readings(r: redis.Redis, prefix: str) -> list[Reading]:
         if value is None or float(value.get("until", 0)) < seconds:
             stale.append(who)
             continue
-        found.append(Reading(who=_text(who), skew_s=float(value.get("skew_s", 0)), at=float(value.get("at", 0))))
+        apis = value.get("apis")
+        apis = apis if isinstance(apis, dict) else {}
+        found.append(Reading(who=_text(who), skew_s=float(value.get("skew_s", 0)), at=float(value.get("at", 0)),
+                             apis={str(k): float(v) for k, v in apis.items()}))
     if stale:
         r.hdel(key, *stale)
     return sorted(found, key=lambda reading: -abs(reading.skew_s))

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -121,6 +122,7 @@ def request_json(
     if kwargs.get("timeout") is None and not isinstance(session, TimeoutSession):
         kwargs["timeout"] = DEFAULT_TIMEOUT  # a caller's plain Session must not wait forever either
     started = time.monotonic()
+    started_at = time.time()
 
     def observe(code: str) -> None:
         metrics.observe_api_call(api, url, kwargs.get("data"), time.monotonic() - started, code)
@@ -133,6 +135,7 @@ def request_json(
         raise foreign(exc, api=api, where=f"{api} {method} {where}", detail=scrub_urls(str(exc))) or exc from None
 
     status = response.status_code
+    _note_server_clock(api, response.headers.get("Date"), started_at, time.time())
     if status >= 500 or status == 408 or status == 429:
         observe(f"http_{status}")
     if status >= 500 or status == 408:
@@ -160,6 +163,21 @@ def request_json(
         ) from None
     observe(metrics.answer_code(api, status, data))
     return JsonResponse(status=status, data=data, url=where)
+
+
+# api → this host's clock minus the server's, from the HTTP `Date` of its last answer (1 s resolution):
+# a second opinion beside Redis TIME on whose clock is wrong (shared.clock reads it).
+SERVER_SKEW_S: dict[str, float] = {}
+
+
+def _note_server_clock(api: str, date: str | None, sent: float, received: float) -> None:
+    try:
+        server = parsedate_to_datetime(date).timestamp() if date else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return  # a missing or odd header says nothing about clocks
+    if server is not None:
+        # the server's second was cut off: its middle is the best guess of when it answered
+        SERVER_SKEW_S[api] = round((sent + received) / 2 - (server + 0.5), 1)
 
 
 def _int_or_text(text: str) -> int | str:

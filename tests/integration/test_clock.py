@@ -67,6 +67,10 @@ def test_a_beat_15_minutes_off_is_a_status_problem_naming_its_clock(sandbox, pro
                    message="three idle polls")
         code, report = status(processes.env)
         assert any("polls read nothing new from WDT" in p for p in report["problems"]), report["problems"]
+    else:  # its WDT calls are refused, but WDT's answers carry WDT's clock (HTTP Date), which agrees with Redis
+        wait_until(lambda: (reading_of("beat") or reading).apis, 60, message="a reading with WDT's clock")
+        code, report = status(processes.env)
+        assert any(re.search(r"clock of beat@.*\+9\d\d s against WDT's HTTP Date", p) for p in report["problems"])
 
 
 @needs_faketime

@@ -56,6 +56,18 @@ def test_a_worker_measures_at_most_every_check_interval_and_names_the_token_wind
     assert why and "420 s ahead of Redis TIME, beyond BIP's token window (300 s)" in why
 
 
+def test_an_apis_http_date_is_a_second_opinion_on_whose_clock_is_wrong():
+    from shared import http
+
+    now = time.time()
+    http._note_server_clock("wdt", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 900)), now, now)
+    assert abs(http.SERVER_SKEW_S["wdt"] + 900) <= 1.5
+    http._note_server_clock("wdt", "not a date", now, now)  # an odd header changes nothing
+    assert abs(http.SERVER_SKEW_S["wdt"] + 900) <= 1.5
+    reading = clock.Reading(who="beat@h", skew_s=-900, at=0, apis={"wdt": -900.0})
+    assert "-900 s against WDT's HTTP Date" in (reading.problem() or "")
+
+
 def test_polls_that_keep_reading_an_empty_window_are_a_problem():
     assert clock.idle_problem(None) is None and clock.idle_problem({"idle_polls": 2}) is None
     assert "the last 3 polls read nothing new from WDT" in (clock.idle_problem({"idle_polls": 3}) or "")
