@@ -24,7 +24,10 @@ from shared.settings import get_settings
               help="the worker's node name in Celery and Flower (%h = this host)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_port: int | None) -> None:
-    """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
+    """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`).
+
+    Refuses a Redis whose maxmemory-policy evicts (REDIS_ALLOW_EVICTION=true to run anyway); while this
+    host's clock is off Redis TIME by more than BIP's token window, stockouts wait instead of failing."""
     require("bip")
     check_mapping()
     start_metrics(metrics_port)
@@ -48,7 +51,10 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
 @click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
-    """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    """Run beat and the producer: one process that schedules polls and runs them (queue `producer`).
+
+    Refuses a Redis whose maxmemory-policy evicts (REDIS_ALLOW_EVICTION=true to run anyway); every poll
+    compares this host's clock with Redis TIME (`status` names a clock over a minute off)."""
     require("wdt")
     check_mapping()
     start_metrics(metrics_port)

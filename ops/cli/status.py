@@ -19,7 +19,8 @@ from shared.redis_conn import reachable
 @click.option("--health", type=click.Choice(["worker", "beat"]), default=None,
               help="check only this host's worker or beat process (a container health check)")
 def status(as_json: bool, timeout: float, health: report_status.Role | None) -> None:
-    """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker)."""
+    """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker, an
+    evicting Redis, a clock over a minute off); warns of Redis without persistence."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from shared.runtime import runtime
 
