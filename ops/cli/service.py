@@ -26,7 +26,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
     """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
     require("bip")
     check_mapping()
-    start_metrics(metrics_port)
+    start_metrics(metrics_port, role="worker")
 
     s = get_settings()
     run_celery(
@@ -49,7 +49,7 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
     require("wdt")
     check_mapping()
-    start_metrics(metrics_port)
+    start_metrics(metrics_port, role="beat")
 
     s = get_settings()
     from producer.alerts import install as install_alerts
