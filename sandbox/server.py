@@ -12,10 +12,10 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, ValidationError, validate_call
+from pydantic import ConfigDict, Field, ValidationError, validate_call
 
 from shared.timeutil import parse_wire
 from shared.validation import describe
@@ -200,6 +200,14 @@ class Sandbox(Controls):
         self._bip_limit.set(bip_per_s, burst=bip_per_s, window_s=window_s)
         self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min, window_s=window_s)
         return {"ok": True}
+
+    def _do_set_latency(self, wdt_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None,
+                        bip_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None) -> dict[str, float]:
+        if wdt_ms is not None:
+            self.config.wdt_latency_ms = wdt_ms
+        if bip_ms is not None:
+            self.config.bip_latency_ms = bip_ms
+        return {"wdt_ms": self.config.wdt_latency_ms, "bip_ms": self.config.bip_latency_ms}
 
     def _default_rate_limits(self) -> None:
         self._do_set_rate_limits(self.config.bip_rate_per_s, self.config.wdt_rate_per_min, self.config.rate_window_s)

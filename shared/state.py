@@ -214,14 +214,16 @@ class StateStore:
                      args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}"])
 
     # -- the producer's lock, cursor and summary --------------------------------------------
-    def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self.r.set(f"{self.p}:poll:lock", token, nx=True, px=int(ttl_s * 1000)))
+    # `task`: "poll" (the live poll, `{p}:poll:lock`) or "backfill" (the backfill jobs' task,
+    # `{p}:backfill:lock`): each runs one at a time, and neither ever waits for the other.
+    def acquire_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
+        return bool(self.r.set(f"{self.p}:{task}:lock", token, nx=True, px=int(ttl_s * 1000)))
 
-    def renew_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self._renew(keys=[f"{self.p}:poll:lock"], args=[token, int(ttl_s * 1000)]))
+    def renew_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
+        return bool(self._renew(keys=[f"{self.p}:{task}:lock"], args=[token, int(ttl_s * 1000)]))
 
-    def release_poll_lock(self, token: str) -> None:
-        self._release(keys=[f"{self.p}:poll:lock"], args=[token])
+    def release_poll_lock(self, token: str, task: str = "poll") -> None:
+        self._release(keys=[f"{self.p}:{task}:lock"], args=[token])
 
     def cursor(self) -> datetime | None:
         value = self.r.get(f"{self.p}:cursor")

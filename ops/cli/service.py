@@ -46,7 +46,8 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
 @click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
-    """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    """Run beat and the producer: schedules the live poll and the backfill task and runs them, each in a
+    process of its own (queue `producer`)."""
     require("wdt")
     check_mapping()
     start_metrics(metrics_port, role="beat")
@@ -63,8 +64,9 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
             *json_lines_only(),
             "worker", "--beat",
             "-Q", PRODUCER_QUEUE,
-            # a second process when the daily reconcile is on: its hours of look-ups never hold up a poll
-            f"--concurrency={2 if s.reconcile_daily_at else 1}",
+            # the live poll and the backfill task each in a process of their own (neither waits for the
+            # other), and a third when the daily reconcile is on: its hours of look-ups never hold up a poll
+            f"--concurrency={3 if s.reconcile_daily_at else 2}",
             "--hostname=producer@%h",
             f"--schedule={schedule_file}",
             f"--loglevel={s.log_level}",
@@ -121,10 +123,17 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
 @click.option("--public-url", envvar="SANDBOX_PUBLIC_URL", default=None,
               help="the base other hosts reach it at, as BIP discovery answers it (SANDBOX_PUBLIC_URL; "
                    "compose: http://sandbox:8700); default: the address it listens on")
-def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None) -> None:
-    """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
+@click.option("--wdt-latency-ms", default=0.0, type=click.FloatRange(0, 60_000), show_default=True,
+              help="every WDT call answers after this long (a real gateway: a few hundred ms)")
+@click.option("--bip-latency-ms", default=0.0, type=click.FloatRange(0, 60_000), show_default=True,
+              help="every BIP call answers after this long")
+def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None, wdt_latency_ms: float,
+            bip_latency_ms: float) -> None:
+    """Serve the sandbox of both APIs (for the demo, tests and benchmarks); POST /_sandbox/latency changes
+    the latencies while it runs."""
 
-    serve(SandboxConfig(), host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad)
+    serve(SandboxConfig(wdt_latency_ms=wdt_latency_ms, bip_latency_ms=bip_latency_ms), host=host, port=port,
+          public_url=public_url or None, stockouts=stockouts, bad=bad)
 
 
 @main.command()
