@@ -1,6 +1,7 @@
 """Flower as operators need it: the stockout and the reason on the task list, failures kept across
-restarts (`--persistent` with its database on disk), `/metrics` and `/healthcheck` behind the same
-basic auth, and an environment holding only what Flower needs (never an API secret)."""
+restarts (`--persistent` with its database on disk), the dead-letter queue's length, requeued failures
+off the Failed list, `/metrics` and `/healthcheck` behind the same basic auth, and an environment
+holding only what Flower needs (never an API secret)."""
 from __future__ import annotations
 
 import os
@@ -70,6 +71,45 @@ def protect_monitoring() -> None:
     found = {h[0] for h in urls.handlers if isinstance(h, tuple)}
     if not set(replaced) <= found:  # a Flower that moved them: fail loudly rather than leave them open
         raise RuntimeError("Flower's /metrics or /healthcheck route was not found; cannot protect it")
+
+
+def list_every_queue() -> None:
+    """Flower's Broker page and /api/queues/length list the queues the workers consume, and the app's
+    own only while no worker has answered yet: `dead_letter`, which nothing consumes, vanished as soon
+    as one did. Here they list both, so its length is always shown."""
+    from flower.views import BaseHandler
+
+    consumed = BaseHandler.get_active_queue_names
+
+    def names(self: BaseHandler) -> list[str]:
+        return sorted(set(consumed(self)) | {q.name for q in self.capp.conf.task_queues or [] if q.name})
+
+    BaseHandler.get_active_queue_names = names
+
+
+def mark_requeued() -> None:
+    """A failure that `dlq requeue` sent back leaves the Failed list: its state becomes REQUEUED and
+    its result says when (shared/flower_events.py sends the event; Flower keeps it across restarts)."""
+    from celery import states
+    from flower.events import EventsState
+
+    from shared.flower_events import REQUEUED_EVENT, REQUEUED_STATE
+
+    handle = EventsState.event
+
+    def event(self: EventsState, event: dict) -> None:
+        if event.get("type") != REQUEUED_EVENT:
+            handle(self, event)
+            return
+        # not handed to Celery's state: its sender would be listed as a worker
+        for uuid in event.get("uuids") or []:
+            task = self.tasks.get(uuid) if isinstance(uuid, str) else None
+            if task is not None and task.state == states.FAILURE:
+                task.state = REQUEUED_STATE
+                task.result = f"requeued at {event.get('at', '?')} (Beijing) by `stockout-sync dlq requeue`"
+                self._index_task(task, None)
+
+    EventsState.event = event
 
 
 def flower_argv(port: int, address: str, db: str, persistent: bool) -> list[str]:

@@ -351,9 +351,11 @@ class DeadLetterStore:
         pipe.srem(self.parked_set_key, *[letter.stockout_id for letter in letters])
         pipe.execute()
 
-    def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any]) -> list[str]:
+    def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any],
+                on_sent: Callable[[list[DeadLetter]], Any] | None = None) -> list[str]:
         """Send each letter's stockout back to `stockouts`; it goes through the current mapping.
-        A batch at a time: claimed, published (in one LPUSH when `publish` has `.many`), unparked."""
+        A batch at a time: claimed, published (in one LPUSH when `publish` has `.many`), unparked, then
+        `on_sent` (Flower's mark: shared/flower_events.py)."""
         done: list[str] = []
 
         def send(letters: list[DeadLetter]) -> None:
@@ -365,6 +367,8 @@ class DeadLetterStore:
                     publish(letter.stockout, letter.stockout_id)
             self._unpark(letters)
             done.extend(letter.stockout_id for letter in letters)
+            if on_sent is not None and letters:
+                on_sent(letters)
 
         # finish what an interrupted requeue started
         send([letter for letter in self.parked() if self._take_over(letter.stockout_id)])

@@ -98,7 +98,7 @@ def run_celery(argv: list[str]) -> NoReturn:
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
 def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -> None:
     """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
-    from ops.flower import flower_argv, protect_monitoring, reexec_clean
+    from ops.flower import flower_argv, list_every_queue, mark_requeued, protect_monitoring, reexec_clean
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
         fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
@@ -108,6 +108,8 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
                   "--persistent" if persistent else "--no-persistent", *(["--insecure"] if insecure else [])])
     argv = flower_argv(port, address, db, persistent)
     protect_monitoring()
+    list_every_queue()
+    mark_requeued()
     # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
     # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
     get_app().conf.broker_transport = None
