@@ -22,7 +22,8 @@ from celery.signals import worker_ready, worker_shutdown
 from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_from_settings
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
-from shared.mapping_cache import MappingProblem, mapping_problem_key
+from shared.keys import Keys
+from shared.mapping_cache import MappingProblem
 from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.timeutil import BEIJING, format_wire, parse_wire
@@ -36,29 +37,6 @@ NEW_LETTERS_PER_ROUND = 10_000  # read at most this many new letters a round; th
 ALREADY_WAITING = "already waiting when alerts started"
 # A rolling restart leaves no worker for a few seconds: only an absence seen this long is told.
 NO_WORKER_GRACE_S = 60.0
-
-
-class Keys:
-    """Ours (`{p}:alerts:*`: what has been told), and what others write, read defensively: absent,
-    or in another shape, means "nothing to tell"."""
-
-    def __init__(self, p: str) -> None:
-        self.p = p
-        self.lock = f"{p}:alerts:lock"
-        self.dlq_cursor = f"{p}:alerts:dlq:cursor"  # index score of the newest dead letter counted
-        self.dlq_pending = f"{p}:alerts:dlq:pending"  # reason → JSON {count, examples, since} not yet told
-        self.dlq_sent = f"{p}:alerts:dlq:sent"  # reason → epoch seconds of its last message
-        self.conditions = f"{p}:alerts:conditions"  # condition → JSON {since, sent, firing}
-        self.breaker_seen = f"{p}:alerts:breaker"
-        self.reconcile_seen = f"{p}:alerts:reconcile"
-        self.dlq_index = f"{p}:dlq:index"
-        self.breaker = f"{p}:breaker"
-        self.reconcile_reports = f"{p}:reconcile:reports"
-        self.cursor = f"{p}:cursor"
-        self.mapping_invalid = mapping_problem_key(p)
-
-    def dlq_record(self, sid: str) -> str:
-        return f"{self.p}:dlq:{sid}"
 
 
 Workers = Callable[[], "list[str] | None"]  # queues some worker consumes; None = could not ask
@@ -110,7 +88,7 @@ class Watch:
     # -- dead letters: batched per reason ---------------------------------------------------------
     def dead_letters(self, now: float) -> list[Alert]:
         k = self.keys
-        told_up_to = self.r.get(k.dlq_cursor)
+        told_up_to = self.r.get(k.alerts_dlq_cursor)
         if told_up_to is None:
             self._baseline()
         cursor = float(_text(told_up_to) or 0)
@@ -118,9 +96,9 @@ class Watch:
             k.dlq_index, f"({cursor}", "+inf", start=0, num=NEW_LETTERS_PER_ROUND, withscores=True))
         if new:
             self._collect([(_text(member), score) for member, score in new])
-            self.r.set(k.dlq_cursor, repr(max(score for _, score in new)))
-        pending = {_text(key): json.loads(value) for key, value in self.r.hgetall(k.dlq_pending).items()}
-        last_sent = {_text(key): float(value) for key, value in self.r.hgetall(k.dlq_sent).items()}
+            self.r.set(k.alerts_dlq_cursor, repr(max(score for _, score in new)))
+        pending = {_text(key): json.loads(value) for key, value in self.r.hgetall(k.alerts_dlq_pending).items()}
+        last_sent = {_text(key): float(value) for key, value in self.r.hgetall(k.alerts_dlq_sent).items()}
         due = [reason for reason in sorted(pending, key=lambda r: -pending[r]["count"])
                if now - last_sent.get(reason, 0.0) >= self.settings.alert_interval_s]
         told = []
@@ -129,8 +107,8 @@ class Watch:
             alert = dead_letter_alert(reason, group, total=int(self.r.zcard(k.dlq_index)))
             if self._send(alert):
                 pipe = self.r.pipeline(transaction=True)
-                pipe.hdel(k.dlq_pending, reason)
-                pipe.hset(k.dlq_sent, reason, repr(now))
+                pipe.hdel(k.alerts_dlq_pending, reason)
+                pipe.hset(k.alerts_dlq_sent, reason, repr(now))
                 pipe.execute()
                 told.append(alert)
         return told
@@ -146,7 +124,7 @@ class Watch:
                 k.dlq_index, 0, EXAMPLES - 1, withscores=True))
             self._collect([(_text(member), float(score)) for member, score in oldest], reason=ALREADY_WAITING,
                           count=int(self.r.zcard(k.dlq_index)))
-        self.r.set(k.dlq_cursor, repr(float(newest[0][1])) if newest else "0")
+        self.r.set(k.alerts_dlq_cursor, repr(float(newest[0][1])) if newest else "0")
 
     def _collect(self, ids: list[tuple[str, float]], *, reason: str = "", count: int = 0) -> None:
         """Add new letters to their reason's pending group (count, the first examples, since the oldest's
@@ -171,13 +149,13 @@ class Watch:
         if reason and reason in groups:
             groups[reason]["count"] = count
         pipe = self.r.pipeline(transaction=True)
-        previous = self.r.hmget(k.dlq_pending, list(groups)) if groups else []
+        previous = self.r.hmget(k.alerts_dlq_pending, list(groups)) if groups else []
         for (name, group), before in zip(groups.items(), previous, strict=True):
             since = format_wire(datetime.fromtimestamp(group["since"], BEIJING))
             merged = json.loads(before) if before else {"count": 0, "examples": [], "since": since}
             merged["count"] += group["count"]
             merged["examples"] = (merged["examples"] + group["examples"])[:EXAMPLES]
-            pipe.hset(k.dlq_pending, name, json.dumps(merged, ensure_ascii=False))
+            pipe.hset(k.alerts_dlq_pending, name, json.dumps(merged, ensure_ascii=False))
         pipe.execute()
 
     # -- the circuit breaker: told when it opens and when it closes ------------------------------
@@ -187,15 +165,15 @@ class Watch:
         state = raw.get("state", "closed") or "closed"
         if state not in ("closed", "open", "half_open"):
             return []
-        seen = _text(self.r.get(k.breaker_seen)) or "closed"
+        seen = _text(self.r.get(k.alerts_breaker)) or "closed"
         # half-open is the breaker trying again: neither news nor all clear
         if state == "half_open" or (state == "open") == (seen == "open"):
             if state != "half_open" and state != seen:
-                self.r.set(k.breaker_seen, state)
+                self.r.set(k.alerts_breaker, state)
             return []
         alert = breaker_alert(state, raw)
         if self._send(alert):
-            self.r.set(k.breaker_seen, state)
+            self.r.set(k.alerts_breaker, state)
             return [alert]
         return []
 
@@ -203,7 +181,7 @@ class Watch:
     def _condition(self, name: str, active: bool, now: float, make: Callable[[Any], Alert],
                    grace_s: float = 0.0) -> list[Alert]:
         k = self.keys
-        raw = self.r.hget(k.conditions, name)
+        raw = self.r.hget(k.alerts_conditions, name)
         state: dict[str, Any] = json.loads(raw) if raw else {"since": None, "sent": 0.0, "firing": False}
         alert: Alert | None = None
         if active:
@@ -217,11 +195,11 @@ class Watch:
             state["since"] = None
         if alert is not None:
             if not self._send(alert):
-                self.r.hset(k.conditions, name, json.dumps(state))
+                self.r.hset(k.alerts_conditions, name, json.dumps(state))
                 return []
             state["sent"] = now if alert.status == "firing" else 0.0
             state["firing"] = alert.status == "firing"
-        self.r.hset(k.conditions, name, json.dumps(state))
+        self.r.hset(k.alerts_conditions, name, json.dumps(state))
         return [alert] if alert is not None else []
 
     def cursor_lag(self, now: float) -> list[Alert]:
@@ -272,7 +250,7 @@ class Watch:
     # -- reconcile reports --------------------------------------------------------------------------
     def reconcile(self, now: float) -> list[Alert]:
         k = self.keys
-        seen = _text(self.r.get(k.reconcile_seen))
+        seen = _text(self.r.get(k.alerts_reconcile))
         reports = []
         for value in self.r.lrange(k.reconcile_reports, 0, 9):  # newest first
             report = _json_object(value)
@@ -290,7 +268,7 @@ class Watch:
                 if not self._send(alert):
                     return told  # this one and the newer ones next round
                 told.append(alert)
-            self.r.set(k.reconcile_seen, report_id(report))
+            self.r.set(k.alerts_reconcile, report_id(report))
         return told
 
 
@@ -416,7 +394,7 @@ class AlertLoop(threading.Thread):
         self._stop = threading.Event()
 
     def holds_lock(self) -> bool:
-        return bool(self._take(keys=[self.watch.keys.lock], args=[self.token, self.lock_ms]))
+        return bool(self._take(keys=[self.watch.keys.alerts_lock], args=[self.token, self.lock_ms]))
 
     def run(self) -> None:
         log.info("alerts: checking every %.0f s, sending to %s", self.interval_s,
@@ -435,7 +413,7 @@ class AlertLoop(threading.Thread):
         self._stop.set()
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
             self.watch.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-                              "return 0", 1, self.watch.keys.lock, self.token)
+                              "return 0", 1, self.watch.keys.alerts_lock, self.token)
 
 
 def install(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from producer.window import slices_for
 from shared import metrics
 from shared.backlog import backlog
 from shared.errors import StockoutSyncError
+from shared.keys import Keys
 from shared.metrics import BACKFILL_JOBS, BACKLOG
 from shared.timeutil import format_wire
 
@@ -42,7 +43,7 @@ class Gate:
 
     def __init__(self, r: redis.Redis, prefix: str, high: int, low: int) -> None:
         self.r, self.p, self.high, self.low = r, prefix, high, low
-        self.key = f"{prefix}:backfill:paused"
+        self.key = Keys(prefix).backfill_paused
 
     def room(self) -> int:
         waiting = backlog(self.r, self.p)
@@ -162,7 +163,7 @@ class BackfillRun(BaseModel):
 
 def backfill_once(rt: Runtime, publish: Publish, *, budget_s: float) -> BackfillRun:
     """The backfill jobs for at most `budget_s` (the slice being read when it runs out is finished), one
-    run at a time under `{p}:backfill:lock` — not the poll's lock, so a live poll runs beside it."""
+    run at a time under the backfill lock (Keys.backfill_lock), not the poll's: a live poll runs beside it."""
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     run = BackfillRun()
