@@ -10,8 +10,8 @@ import pytest
 
 from ops.processes import wait_until
 from producer.jobs import JobStore
-from shared.timeutil import format_wire, now_beijing
-from tests.integration.conftest import use_env
+from shared.timeutil import now_beijing
+from tests.integration.conftest import live_from_now
 from tests.integration.faults import eligible, saved
 from tests.progress import pipeline
 
@@ -23,10 +23,7 @@ ENV = {"POLL_INTERVAL_S": "1", "SLICE_DAYS": "3", "WDT_PAGE_SIZE": "20"}
 
 @pytest.fixture
 def env(service, monkeypatch, processes):
-    extra = {**ENV, "INITIAL_SINCE": format_wire(now_beijing() - timedelta(minutes=1))}
-    use_env(monkeypatch, extra)
-    processes.env = {**processes.env, **extra}
-    return processes.env
+    return live_from_now(monkeypatch, processes, ENV)
 
 
 def test_a_live_stockout_is_saved_while_a_backfill_slice_is_still_being_read(sandbox, env, processes,

@@ -84,6 +84,7 @@ def test_every_metric_in_rules_and_dashboard_is_served(fake_redis):
     for where, named in (("rules", named_in_rules()), ("dashboard", named_in_dashboard())):
         assert named, where
         assert named - AWAITED <= served, f"{where} name metrics no exporter serves: {sorted(named - served)}"
+    assert not AWAITED & served, f"served now, take them out of AWAITED: {sorted(AWAITED & served)}"
 
 
 def test_every_status_problem_has_a_rule_and_a_panel():
