@@ -97,7 +97,10 @@ def run_celery(argv: list[str]) -> NoReturn:
               help="keep tasks in --db across restarts (saved on stop and every minute)")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
 def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -> None:
-    """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
+    """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password.
+
+    Its Broker page lists dead_letter beside the workers' queues; a failed task's result is its
+    `stockout-sync dlq show` line, and failures `dlq requeue` sent back become REQUEUED."""
     from ops.flower import flower_argv, list_every_queue, mark_requeued, protect_monitoring, reexec_clean
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:

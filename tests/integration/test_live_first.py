@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import wait_until
+from producer.backfill import backfill_once
 from producer.jobs import JobStore
+from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import live_from_now
 from tests.integration.faults import eligible, saved
@@ -54,3 +56,14 @@ def test_a_live_stockout_is_saved_while_a_backfill_slice_is_still_being_read(san
                progress=pipeline(sandbox, redis_client))
     counts = saved(sandbox)
     assert set(counts) == history | live and max(counts.values()) == 1
+
+
+def test_a_backfill_run_takes_its_own_lock_never_the_polls(service, redis_client):
+    rt = runtime()
+    assert rt.store.acquire_poll_lock("a-live-poll", 60)
+    sent: list[str] = []
+    ran = backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1)
+    assert ran.skipped == "" and ran.slices == 0  # ran beside the live poll (no job to walk)
+    assert rt.store.acquire_poll_lock("another-run", 60, task="backfill")
+    assert backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
+    assert redis_client.get("t:poll:lock") == b"a-live-poll" and not sent
