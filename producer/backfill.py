@@ -22,7 +22,7 @@ from producer.counts import PageCounts
 from producer.jobs import Job, JobStore, parse_time
 from producer.poll import PollSummary, Publish, publish_page, read_slice
 from producer.window import slices_for
-from shared import metrics
+from shared import breaker, metrics
 from shared.backlog import backlog
 from shared.errors import StockoutSyncError
 from shared.keys import Keys
@@ -167,6 +167,9 @@ def backfill_once(rt: Runtime, publish: Publish, *, budget_s: float) -> Backfill
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     run = BackfillRun()
+    if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
+        run.skipped = "WDT is paused (circuit breaker): the live poll probes it"
+        return run
     token = uuid.uuid4().hex
     if not store.acquire_poll_lock(token, settings.poll_lock_ttl_s, task="backfill"):
         run.skipped = "another backfill run is going"

@@ -11,6 +11,7 @@ import pytest
 from ops.processes import wait_until
 from producer.backfill import backfill_once
 from producer.jobs import JobStore
+from shared import breaker
 from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.integration.conftest import live_from_now
@@ -67,3 +68,6 @@ def test_a_backfill_run_takes_its_own_lock_never_the_polls(service, redis_client
     assert rt.store.acquire_poll_lock("another-run", 60, task="backfill")
     assert backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
     assert redis_client.get("t:poll:lock") == b"a-live-poll" and not sent
+    rt.store.release_poll_lock("another-run", task="backfill")
+    breaker.trip(redis_client, "t", "WDT refuses the app key", "wdt")  # paused: the live poll is its probe
+    assert "paused" in backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
