@@ -4,15 +4,18 @@ off the Failed list, `/metrics` and `/healthcheck` behind the same basic auth, a
 holding only what Flower needs (never an API secret)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 # One screen answers "which stockout failed, and why" (Flower's default shows name/uuid/state only).
 TASKS_COLUMNS = "name,kwargs,state,exception,received,worker"
 # Flower writes its state on SIGTERM; the periodic save bounds what a SIGKILL or an OOM kill loses.
 STATE_SAVE_INTERVAL_MS = 60_000
 CLEAN_MARK = "STOCKOUT_SYNC_FLOWER_ENV"
+log = logging.getLogger("stockout_sync.flower")
 
 # The settings Flower's Celery app reads (the broker and its key prefix), plus the ones Settings
 # checks against each other, so the pairs stay consistent. API keys, secrets and alert URLs stay out.
@@ -89,11 +92,12 @@ def list_every_queue() -> None:
 
 def mark_requeued() -> None:
     """A failure that `dlq requeue` sent back leaves the Failed list: its state becomes REQUEUED and
-    its result says when (shared/flower_events.py sends the event; Flower keeps it across restarts)."""
-    from celery import states
-    from flower.events import EventsState
+    its result says when. Told by the requeue's event (shared/flower_events.py) while Flower runs, and
+    caught up from the letters' history when it starts (a requeue while it was down); Flower's
+    database keeps the state across restarts."""
+    from flower.events import Events, EventsState
 
-    from shared.flower_events import REQUEUED_EVENT, REQUEUED_STATE
+    from shared.flower_events import REQUEUED_EVENT
 
     handle = EventsState.event
 
@@ -104,12 +108,53 @@ def mark_requeued() -> None:
         # not handed to Celery's state: its sender would be listed as a worker
         for uuid in event.get("uuids") or []:
             task = self.tasks.get(uuid) if isinstance(uuid, str) else None
-            if task is not None and task.state == states.FAILURE:
-                task.state = REQUEUED_STATE
-                task.result = f"requeued at {event.get('at', '?')} (Beijing) by `stockout-sync dlq requeue`"
-                self._index_task(task, None)
+            _requeued(self, task, str(event.get("at", "?")))
+
+    start = Events.start
+
+    def start_caught_up(self: Events) -> None:
+        _catch_up(self.state)
+        start(self)
 
     EventsState.event = event
+    Events.start = start_caught_up
+
+
+def _requeued(state: Any, task: Any, at: str) -> None:
+    from celery import states
+
+    from shared.flower_events import REQUEUED_STATE
+
+    if task is not None and task.state == states.FAILURE:
+        task.state = REQUEUED_STATE
+        task.result = f"requeued at {at} (Beijing) by `stockout-sync dlq requeue`"
+        state._index_task(task, None)
+
+
+def _catch_up(state: Any) -> None:
+    """The failures Flower holds whose letter was requeued since (the letter's history says so)."""
+    from celery import states
+
+    from shared.celery_app import SYNC_TASK
+    from shared.deadletters import DeadLetterStore
+    from shared.messages import labelled_stockout_id
+    from shared.runtime import redis_client
+    from shared.settings import get_settings
+
+    failed = [t for t in list(state.tasks.values()) if t.state == states.FAILURE and t.name == SYNC_TASK]
+    if not failed:
+        return
+    settings = get_settings()
+    store = DeadLetterStore(redis_client(settings), settings.redis_prefix)
+    try:
+        for task in failed:
+            sid = labelled_stockout_id(str(task.kwargs or ""))
+            story = (store.get(sid) or store.history(sid)) if sid else None
+            at = story.requeued_after(task.uuid) if story is not None else None
+            if at is not None:
+                _requeued(state, task, at)
+    except Exception as err:  # Flower starts anyway; the next requeue's event still marks its own
+        log.warning("requeued failures not caught up (%s)", type(err).__name__)
 
 
 def flower_argv(port: int, address: str, db: str, persistent: bool) -> list[str]:

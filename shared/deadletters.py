@@ -92,6 +92,14 @@ class DeadLetter(BaseModel):
         return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
                             message=self.message, attempts=self.attempts, task_id=self.task_id)
 
+    def requeued_after(self, task_id: str) -> str | None:
+        """When this letter was requeued after the failure of task `task_id` (None: not since, or unknown)."""
+        failed = next((i for i, e in enumerate(self.history) if e.event == "dead_lettered" and e.task_id == task_id),
+                      None)
+        if failed is None:
+            return None
+        return next((e.at for e in self.history[failed + 1:] if e.event == "requeued"), None)
+
 
 def redact(raw: Any) -> Any:
     """The stockout without the receiver's personal data (a copy; anything not a dict as it is)."""

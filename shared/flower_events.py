@@ -28,8 +28,8 @@ def dlq_hint(stockout_id: str, order_no: str = "") -> str:
 
 
 def announce_requeued(task_ids: Iterable[str]) -> None:
-    """Tell Flower these failed tasks were requeued (best effort: a Flower that is not running misses it,
-    and the letters' own history in `dlq show` still has it)."""
+    """Tell Flower these failed tasks were requeued (best effort: a Flower that is not running misses it
+    and finds it in the letters' history when it starts)."""
     ids = [task_id for task_id in task_ids if task_id]
     if not ids:
         return

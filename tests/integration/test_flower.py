@@ -13,6 +13,7 @@ import requests
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
@@ -220,3 +221,19 @@ def test_a_failed_task_names_its_letter_and_a_requeue_takes_it_off_the_failed_li
     flower.start()
     assert flower.get(f"/api/task/info/{failed['uuid']}").json()["state"] == "REQUEUED"
     assert [t["uuid"] for t in flower.tasks(state="FAILURE")] != [failed["uuid"]]
+
+
+def test_a_requeue_while_flower_is_down_is_caught_up_when_it_starts(sandbox, processes, flower, service,
+                                                                    redis_client):
+    poison = poison_one(sandbox)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    failed = wait_until(lambda: flower.tasks(state="FAILURE"), 90, message="a FAILURE in flower")[0]
+    flower.stop()
+    assert cli(service, "dlq", "requeue", poison["stockout_id"]).returncode == 0
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: (x := letters.get(poison["stockout_id"])) and x.task_id != failed["uuid"], 90,
+               message="the requeued stockout failed again, unseen by Flower")
+    flower.start()
+    old = flower.get(f"/api/task/info/{failed['uuid']}").json()
+    assert old["state"] == "REQUEUED" and "dlq requeue" in old["result"], old
