@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from shared.wdt.paging import WdtPage
 
 log = logging.getLogger("stockout_sync.producer")
+PAUSING_SCOPES = ("wdt", "state")  # breaker scopes that hold the backfill task
 
 
 class Gate:
@@ -167,8 +168,10 @@ def backfill_once(rt: Runtime, publish: Publish, *, budget_s: float) -> Backfill
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     run = BackfillRun()
-    if breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
-        run.skipped = "WDT is paused (circuit breaker): the live poll probes it"
+    # WDT's configuration failing, or our state lost (scope `state`): the live poll probes and decides
+    paused = breaker.opened(rt.redis, settings.redis_prefix, PAUSING_SCOPES)
+    if paused:
+        run.skipped = f"paused: {paused[0].api} (circuit breaker), the live poll probes it"
         return run
     token = uuid.uuid4().hex
     if not store.acquire_poll_lock(token, settings.poll_lock_ttl_s, task="backfill"):

@@ -69,5 +69,7 @@ def test_a_backfill_run_takes_its_own_lock_never_the_polls(service, redis_client
     assert backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
     assert redis_client.get("t:poll:lock") == b"a-live-poll" and not sent
     rt.store.release_poll_lock("another-run", task="backfill")
-    breaker.trip(redis_client, "t", "WDT refuses the app key", "wdt")  # paused: the live poll is its probe
-    assert "paused" in backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
+    for scope in ("wdt", "state"):  # WDT's configuration failing, our state lost: the live poll probes
+        breaker.trip(redis_client, "t", f"{scope} paused by the test", scope)
+        assert f"paused: {scope}" in backfill_once(rt, lambda raw, key: sent.append(key), budget_s=1).skipped
+        breaker.close(redis_client, "t", scope)
