@@ -1,6 +1,7 @@
 """The beat's tasks: thin, the work is in producer.poll, producer.backfill and producer.reconcile."""
 from __future__ import annotations
 
+from producer import heartbeat
 from producer.backfill import backfill_once
 from producer.poll import OnQueue, poll_once
 from producer.reconcile import run_daily
@@ -17,7 +18,9 @@ BACKFILL_SHARE = 0.9
 def poll() -> dict:
     # acks_late off: a poll that dies is simply run again by the next beat; redelivering it would
     # only race that next one for the lock.
-    return poll_once(runtime(), publish_stockout).model_dump()
+    rt = runtime()
+    heartbeat.beat(rt.redis, rt.settings.redis_prefix)
+    return poll_once(rt, publish_stockout).model_dump()
 
 
 @app.task(name=BACKFILL_TASK, acks_late=False)
