@@ -14,10 +14,10 @@ from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, ValidationError, validate_call
+from pydantic import ConfigDict, ValidationError, validate_call
 
 from shared.timeutil import parse_wire
 from shared.validation import describe
@@ -209,8 +209,10 @@ class Sandbox(Controls):
         self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min, window_s=window_s)
         return {"ok": True}
 
-    def _do_set_latency(self, wdt_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None,
-                        bip_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None) -> dict[str, float]:
+    def _do_set_latency(self, wdt_ms: float | None = None, bip_ms: float | None = None) -> dict[str, float]:
+        for name, value in (("wdt_ms", wdt_ms), ("bip_ms", bip_ms)):
+            if value is not None and not 0 <= value <= 60_000:
+                raise ValueError(f"{name}: milliseconds from 0 to 60000, got {value!r}")
         if wdt_ms is not None:
             self.config.wdt_latency_ms = wdt_ms
         if bip_ms is not None:
