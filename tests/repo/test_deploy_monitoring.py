@@ -46,6 +46,8 @@ AWAITED = {"stockout_sync_clock_skew_seconds"}
 STATUS_PROBLEMS = {
     "workers missing": ("StockoutSyncNoWorker", "stockout_sync_process_up"),
     "no beat/producer": ("StockoutSyncNoBeat", "stockout_sync_process_up"),
+    "beat's last poll too long ago": ("StockoutSyncNoSuccessfulPoll",
+                                      "stockout_sync_last_poll_success_timestamp_seconds"),
     "cursor not set": ("StockoutSyncCursorUnset", "stockout_sync_cursor_lag_seconds"),
     "cursor lags": ("StockoutSyncCursorLag", "stockout_sync_cursor_lag_seconds"),
     "dead letters": ("StockoutSyncDeadLetters", "stockout_sync_dead_letters"),
