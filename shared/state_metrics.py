@@ -26,6 +26,7 @@ from shared.deadletters import Stage
 from shared.keys import Keys
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
+from shared.redis_durability import inspect as inspect_redis
 from shared.settings import Settings
 from shared.timeutil import parse_wire
 
@@ -103,6 +104,11 @@ class PipelineCollector(Collector):
         poll_at = _poll_finished(last_poll)
         if poll_at is not None:
             yield _gauge("last_poll_success_timestamp_seconds", "When the last successful poll ended (epoch)", poll_at)
+        yield _gauge("idle_polls", "Polls in a row whose live window was empty or inverted (a clock behind?)",
+                     _idle_polls(last_poll))
+        evicts = inspect_redis(r).evicts  # CONFIG GET (INFO when refused); unknown counts as 0
+        yield _gauge("redis_evicting", "1 when Redis's maxmemory-policy may evict keys (done marks, the cursor)",
+                     1 if evicts else 0)
         if last_saved:
             yield _gauge("last_save_timestamp_seconds", "When a worker last saved a stockout to BIP (epoch)",
                          float(last_saved))
@@ -191,6 +197,14 @@ def process_family(role: str) -> GaugeMetricFamily:
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{_P}_{name}", documentation, value=float(value))
+
+
+def _idle_polls(value: Any) -> int:
+    try:
+        summary = json.loads(value) if value else {}
+        return int(summary.get("idle_polls") or 0) if isinstance(summary, dict) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _text(value: Any) -> str:

@@ -55,6 +55,8 @@ STATUS_PROBLEMS = {
     "paused (breaker)": ("StockoutSyncBreakerOpen", "stockout_sync_breaker_state"),
     "state lost (breaker scope state)": ("StockoutSyncStateLost", "stockout_sync_breaker_state"),
     "clock skew": ("StockoutSyncClockSkew", "stockout_sync_clock_skew_seconds"),
+    "polls reading an empty window": ("StockoutSyncIdlePolls", "stockout_sync_idle_polls"),
+    "Redis may evict": ("StockoutSyncRedisEvicting", "stockout_sync_redis_evicting"),
     "Redis unreadable": ("StockoutSyncStateUnreadable", "stockout_sync_state_up"),
 }
 
