@@ -169,9 +169,7 @@ def _dead_letters(status: Status, rt: Runtime) -> None:
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        # the kind of failure, not its particular value: one line per thing to fix
-        code = f" [{letter.api} {letter.code}]" if letter.code else ""
-        key = f"{letter.stage}: {letter.error_class}{code}"
+        key = letter.group
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
     status.dead_letters_by_reason = [

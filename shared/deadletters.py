@@ -81,9 +81,24 @@ class DeadLetter(BaseModel):
         code = f" [{self.api} {self.code}]" if self.code else ""
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
 
-    def matches(self, *, reason: str | None = None, code: str | None = None) -> bool:
-        """The operator's filter: `reason` is a case-blind part of the reason, `code` the remote code exactly."""
+    @property
+    def group(self) -> str:
+        """The kind of failure, not its particular value: one group per thing to fix (`status`, the console)."""
+        code = f" [{self.api} {self.code}]" if self.code else ""
+        return f"{self.stage}: {self.error_class}{code}"
+
+    def matches(self, *, reason: str | None = None, code: str | None = None, group: str | None = None,
+                warehouse: str | None = None, day: str | None = None) -> bool:
+        """The operator's filter: `reason` is a case-blind part of the reason, `code` the remote code,
+        `group` the kind of failure and `warehouse` the stockout's warehouse_no exactly, `day` the
+        Beijing date (yyyy-MM-dd) of the last failure."""
         if reason and reason.lower() not in self.reason.lower():
+            return False
+        if group and group != self.group:
+            return False
+        if warehouse and warehouse != str(self.stockout.get("warehouse_no", "")):
+            return False
+        if day and not self.last_failed_at.startswith(day):
             return False
         return not (code and code != self.code)
 
@@ -299,6 +314,26 @@ class DeadLetterStore:
 
     def all(self) -> list[DeadLetter]:
         return list(self.iter_all())
+
+    def select(self, ids: Iterable[str] = (), **match: str | None) -> list[str]:
+        """The letters an operator names: by stockout id or order number, else those matching the
+        filter (DeadLetter.matches; none given = every letter), oldest first."""
+        names = list(ids)
+        if names:
+            return [self.find_order(i) or i for i in names]
+        if any(match.values()):
+            return [x.stockout_id for x in self.iter_all() if x.matches(**match)]
+        return self.ids()  # oldest first: each letter's queue copy is then at the end of the list
+
+    def sort_out(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Of these, the letters there are to requeue, and the malformed messages (nothing in them to
+        requeue: `dlq show`, then purge); a name without a letter is in neither."""
+        letters = list(self.iter_all(ids))
+        return ([x.stockout_id for x in letters if not x.malformed], [x.stockout_id for x in letters if x.malformed])
+
+    def newest(self, offset: int, limit: int) -> list[str]:
+        """A page of ids, newest failure first."""
+        return [_text(v) for v in self.r.zrevrange(self.index_key, offset, offset + limit - 1)]
 
     def parked(self) -> list[DeadLetter]:
         """Letters whose requeue was interrupted after the claim and before the new message left."""

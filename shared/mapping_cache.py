@@ -60,6 +60,11 @@ class MappingCache:
             assert self._mapping is not None
             return self._mapping
 
+    @property
+    def in_force_since(self) -> str:
+        """Modification time (Beijing) of the file the mapping in use was read from."""
+        return _wall(self._mapping_mtime)
+
     def _reload(self, mtime: float | None) -> None:
         try:
             mapping = load_mapping(self.path)

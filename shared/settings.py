@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
     alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
     alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
+    # The operator console (ops/console, docs/console.md): signed session cookies, users from a file
+    console_secret_key: SecretStr = SecretStr("")
+    console_users_file: Path = Field(Path("console-users"), description="user:role:hash lines")
+    console_refresh_s: float = Field(5.0, gt=0, description="how often the console re-reads the status")
 
     @field_validator("reconcile_daily_at")
     @classmethod
@@ -247,6 +251,7 @@ class Settings(BaseSettings):
             if password:
                 values += [password, unquote(password)]
         values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        values.append(self.console_secret_key.get_secret_value())
         for name in ALERT_URLS:
             values += url_secrets(getattr(self, name).get_secret_value())
         return list(dict.fromkeys(v for v in values if v))

@@ -39,13 +39,9 @@ def _dlq_store() -> DeadLetterStore:
 def _select(
     store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
 ) -> list[str]:
-    if ids:
-        return [store.find_order(i) or i for i in ids]  # an order number names its letter too
-    if reason or code:
-        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)]
-    if all_:
-        return store.ids()  # oldest first: each letter's queue copy is then at the end of the list
-    fail("name dead letters by id or order number, or use --all / --reason / --code")
+    if not (ids or reason or code or all_):
+        fail("name dead letters by id or order number, or use --all / --reason / --code")
+    return store.select(ids, reason=reason, code=code)  # an order number names its letter too
 
 
 @dlq.command("list")
@@ -110,7 +106,7 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
     command exits 1 when it refused some and requeued nothing."""
     store = _dlq_store()
     chosen = _select(store, ids, all_, reason, code)
-    refused = [sid for sid in chosen if (letter := store.get(sid)) is not None and letter.malformed]
+    refused = store.sort_out(chosen)[1]
     for sid in refused:
         console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
                       "`dlq show` it, fix what wrote it, then `dlq purge` it")

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ops.backfill import BackfillRefused, start_backfill
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
+from ops.preview import preview as make_preview
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
 from producer.jobs import JobStore, job_json
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
-from shared.stats import saved as saved_count
-from worker.transform import preview as make_preview
 
 if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
     from shared.runtime import Runtime
@@ -66,8 +66,10 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, follow: b
     if end <= start:
         fail(f"--until {until!r} must be after --since {since!r}")
     rt = runtime()
-    job = JobStore(rt.redis, rt.settings.redis_prefix).create(
-        start, end, slice_s=int(rt.settings.slice_days * 86400), synced=saved_count(rt.redis, rt.settings.redis_prefix))
+    try:
+        job = start_backfill(rt, start, end)
+    except BackfillRefused as err:
+        fail(str(err))
     if as_json:
         click.echo(job_json(job))
     else:
@@ -158,18 +160,14 @@ def preview(stockout_no: str) -> None:
     require("wdt")
     check_mapping()
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared import metrics
     from shared.runtime import runtime
-    rt = runtime()
+
     try:
-        with metrics.wdt_purpose("preview"):
-            raw = rt.wdt.get_by_no(stockout_no)
+        found = make_preview(runtime(), stockout_no)
     except StockoutSyncError as err:
         api_failure(err)
-    if raw is None:
+    if not found.found:
         fail(f"stockout {stockout_no} not found in WDT", 1)
-    try:
-        payload = make_preview(raw, rt.mapping)
-    except StockoutSyncError as err:
-        fail(f"stockout {stockout_no} cannot be mapped: {err}", 1)
-    console.print_json(json.dumps({"data": payload}, ensure_ascii=False))
+    if found.error:
+        fail(f"stockout {stockout_no} cannot be mapped: {found.error}", 1)
+    console.print_json(json.dumps(found.payload, ensure_ascii=False))

@@ -1,0 +1,56 @@
+"""The audit trail: every change made through the console (who, when, what, how many), a capped Redis
+list `{prefix}:audit`, newest first; shown on the console's Audit page and by `stockout-sync audit`."""
+from __future__ import annotations
+
+import redis
+from pydantic import BaseModel, Field
+
+from shared.timeutil import format_wire, now_beijing
+
+AUDIT_KEPT = 10_000
+SHOWN_IDS = 20  # ids kept in an entry; the count says how many there were
+
+
+class AuditEntry(BaseModel):
+    at: str  # Beijing time
+    who: str
+    role: str
+    action: str  # e.g. dlq.requeue, dlq.purge, backfill.start, backfill.cancel, reconcile.requeue, login
+    count: int = 0
+    detail: str = ""  # the selection in words: a group, a filter, the mapping it went through
+    ids: list[str] = Field(default_factory=list)
+
+    def line(self) -> str:
+        ids = f" [{' '.join(self.ids)}{' …' if self.count > len(self.ids) else ''}]" if self.ids else ""
+        return f"{self.at} {self.who} ({self.role}) {self.action} ×{self.count}: {self.detail}{ids}"
+
+
+def audit_key(prefix: str) -> str:
+    return f"{prefix}:audit"
+
+
+class AuditTrail:
+    def __init__(self, r: redis.Redis, prefix: str) -> None:
+        self.r, self.key = r, audit_key(prefix)
+
+    def record(self, who: str, role: str, action: str, *, count: int = 0, detail: str = "",
+               ids: list[str] | None = None) -> AuditEntry:
+        entry = AuditEntry(at=format_wire(now_beijing()), who=who, role=role, action=action, count=count,
+                           detail=detail[:500], ids=[i[:64] for i in (ids or [])[:SHOWN_IDS]])
+        pipe = self.r.pipeline(transaction=True)  # never a list longer than AUDIT_KEPT
+        pipe.lpush(self.key, entry.model_dump_json())
+        pipe.ltrim(self.key, 0, AUDIT_KEPT - 1)
+        pipe.execute()
+        return entry
+
+    def recent(self, limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+        found = []
+        for raw in self.r.lrange(self.key, offset, offset + max(0, limit - 1)):
+            try:
+                found.append(AuditEntry.model_validate_json(raw))
+            except ValueError:
+                continue  # a damaged entry is skipped, not fatal
+        return found
+
+    def count(self) -> int:
+        return int(self.r.llen(self.key))
