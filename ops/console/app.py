@@ -80,13 +80,13 @@ class StatusCache:
 class Console:
     """What every route needs: the runtime, the users, the audit trail, running operations, the snapshot."""
 
-    def __init__(self, rt: Runtime, users: dict[str, User], *, refresh_s: float) -> None:
+    def __init__(self, rt: Runtime, users: dict[str, User], *, refresh_s: float, gather_timeout_s: float) -> None:
         self.rt = rt
         self.users = users
         self.prefix = rt.settings.redis_prefix
         self.audit = AuditTrail(rt.redis, self.prefix)
         self.operations = Operations(self.audit)
-        self.status = StatusCache(rt, refresh_s)
+        self.status = StatusCache(rt, refresh_s, gather_timeout_s)
         self.refresh_s = refresh_s
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
         self.templates = Jinja2Templates(env=env)
@@ -196,10 +196,10 @@ def _escape(text: str) -> str:
 
 
 def create_app(rt: Runtime, users: dict[str, User], *, secret_key: str, refresh_s: float = 5.0,
-               https_only: bool = False, background: bool = True) -> Starlette:
+               https_only: bool = False, background: bool = True, gather_timeout_s: float = 1.0) -> Starlette:
     from ops.console.pages import routes
 
-    console = Console(rt, users, refresh_s=refresh_s)
+    console = Console(rt, users, refresh_s=refresh_s, gather_timeout_s=gather_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -1,0 +1,298 @@
+"""The console through its test client on the real test Redis: every route refuses without a session,
+roles, CSRF, the login limit, requeue/purge with confirmation and audit, escaping, no receiver data."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+from ops.console.audit import AuditTrail
+from ops.console.auth import LOGIN_MAX_FAILURES
+from ops.processes import wait_until
+from producer.jobs import JobStore
+from shared.celery_app import STOCKOUT_QUEUE
+from shared.deadletters import DeadLetterStore
+from shared.mapping_cache import mapping_cache
+from shared.settings import get_settings
+from tests.cli import cli
+from tests.integration.console_kit import csrf_of, letter, login, make_app, write_users
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = '<script>alert(1)</script>"onmouseover=alert(2) x="'
+
+
+@pytest.fixture
+def rt(redis_url):
+    from shared.runtime import Runtime
+
+    get_settings.cache_clear()
+    return Runtime(get_settings())
+
+
+@pytest.fixture
+def app(rt, tmp_path):
+    return make_app(rt, write_users(tmp_path / "users"))
+
+
+@pytest.fixture
+def store(rt):
+    return DeadLetterStore(rt.redis, "t", keep_personal_data=True)
+
+
+def client_of(app, user: str | None = None) -> TestClient:
+    client = TestClient(app, base_url="http://127.0.0.1")
+    if user:
+        assert login(client, user).status_code == 303
+    return client
+
+
+def every_route(app) -> list[tuple[str, str]]:
+    found = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            continue
+        assert isinstance(route, Route)
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        found += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
+    return found
+
+
+def test_every_route_but_login_refuses_without_a_session(app):
+    routes = every_route(app)
+    assert len(routes) >= 30, "the walk sees every page, its /api twin and every change"
+    client = client_of(app)
+    for method, path in routes:
+        if path == "/login":
+            continue
+        answer = client.request(method, path, follow_redirects=False)
+        if path.startswith("/api/"):
+            assert answer.status_code == 401, (method, path)
+            assert answer.json() == {"error": "log in first: POST /login"}
+        else:
+            assert answer.status_code == 303 and answer.headers["location"] == "/login", (method, path)
+    # an htmx refresh whose session ended sends the whole page to the login
+    answer = client.get("/overview/panel", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert answer.status_code == 401 and answer.headers["HX-Redirect"] == "/login"
+    # a forged cookie is no session
+    client.cookies.set("sos_console", "eyJ1c2VyIjogIm90dG8ifQ==.forged.sig")
+    assert client.get("/api/status").status_code == 401
+
+
+def test_pages_and_their_json_answer_a_viewer(app, store):
+    store.put(letter("9001"))
+    client = client_of(app, "vera")
+    for path in ("/", "/deadletters", "/deadletters/9001", "/deadletters/CK9001", "/trace", "/backfill",
+                 "/mapping", "/reconcile", "/audit"):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert "vera · viewer" in answer.text
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+        assert answer.headers["x-frame-options"] == "DENY"
+    status = client.get("/api/status").json()
+    assert status["dead_letters"] == 1 and status["dead_letters_by_reason"][0]["reason"] == "transform: MappingError"
+    letters = client.get("/api/deadletters").json()
+    assert letters["total"] == 1 and letters["letters"][0]["stockout_id"] == "9001"
+    assert client.get("/api/deadletters/9001").json()["reason"].startswith("transform: MappingError")
+    assert client.get("/api/deadletters/nope").status_code == 404
+    assert client.get("/api/mapping").json()["in_force"]["fingerprint"] == mapping_cache(
+        get_settings().mapping_file).get().fingerprint()
+    for path in ("/api/backfill", "/api/reconcile"):
+        assert client.get(path).json() == []
+    assert client.get("/api/audit").json() == {"total": 0, "page": 0, "entries": []}
+    assert client.get("/api/trace").status_code == 400
+
+
+def test_a_viewer_sees_no_change_button_and_is_refused_every_change(app, store, rt):
+    store.put(letter("9001"))
+    job = JobStore(rt.redis, "t").create(*_range(), slice_s=86400, synced=0)
+    client = client_of(app, "vera")
+    page = client.get("/deadletters").text
+    assert "Requeue" not in page and "Purge" not in page
+    token = csrf_of(page)
+    for path, data in (("/deadletters/requeue", {"ids": "9001", "confirm": "yes"}),
+                       ("/deadletters/purge", {"all": "yes", "confirm": "yes"}),
+                       ("/backfill/start", {"since": "2026-11-01", "until": "2026-11-02"}),
+                       (f"/backfill/{job.id}/cancel", {}), ("/reconcile/0/requeue", {"confirm": "yes"})):
+        answer = client.post(path, data={**data, "csrf": token}, follow_redirects=False)
+        assert answer.status_code == 403 and "vera is a viewer" in answer.text, path
+    assert store.get("9001") is not None and JobStore(rt.redis, "t").get(job.id).state == "running"
+    assert AuditTrail(rt.redis, "t").count() == 0
+
+
+def test_a_change_without_the_sessions_csrf_token_is_refused(app, store):
+    store.put(letter("9001"))
+    client = client_of(app, "otto")
+    for token in (None, "", "not-the-token"):
+        data = {"ids": "9001", "confirm": "yes", **({"csrf": token} if token is not None else {})}
+        answer = client.post("/deadletters/requeue", data=data, follow_redirects=False)
+        assert answer.status_code == 403 and "CSRF" in answer.text
+    # a token from another session is not this one's
+    other = client_of(app, "otto")
+    stolen = csrf_of(other.get("/deadletters").text)
+    assert client.post("/deadletters/purge", data={"ids": "9001", "confirm": "yes", "csrf": stolen}).status_code == 403
+    assert store.get("9001") is not None
+
+
+def test_logins_are_rate_limited_per_user_and_per_address(app, rt):
+    client = client_of(app)
+    assert login(client, "otto", "wrong").status_code == 401
+    assert login(client, "nobody", "wrong").status_code == 401, "an unknown name answers as a wrong password"
+    for _ in range(LOGIN_MAX_FAILURES - 2):
+        assert login(client, "otto", "wrong").status_code == 401
+    refused = login(client, "otto")
+    assert refused.status_code == 429 and "too many failed logins" in refused.text, "even the right password waits"
+    assert client.get("/api/status").status_code == 401
+    keys = [k.decode() for k in rt.redis.scan_iter("t:console:login:*")]
+    assert keys and all("otto" not in k and "nobody" not in k for k in keys), "a typed name never becomes a key"
+
+
+def test_session_cookie_is_signed_httponly_samesite_and_logout_ends_it(app):
+    client = client_of(app)
+    answer = login(client, "otto")
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert client.get("/api/status").status_code == 200
+    token = csrf_of(client.get("/").text)
+    assert client.post("/logout", data={"csrf": token}, follow_redirects=False).headers["location"] == "/login"
+    assert client.get("/api/status").status_code == 401
+
+
+def test_a_user_removed_from_the_file_loses_the_session(rt, tmp_path):
+    users = write_users(tmp_path / "users")
+    client = client_of(make_app(rt, users), "otto")
+    users.write_text("\n".join(line for line in users.read_text().splitlines() if not line.startswith("otto")))
+    restarted = client_of(make_app(rt, users))  # the file is read when the console starts
+    restarted.cookies = client.cookies
+    assert restarted.get("/api/status").status_code == 401
+
+
+def test_requeue_a_group_confirms_how_many_and_which_mapping_then_audits(app, store, rt):
+    for sid in ("9001", "9002", "9003"):
+        store.put(letter(sid))
+    store.put(letter("9100", stage="save", error_class="BipBusinessError", code="999", message="BIP said no"))
+    client = client_of(app, "otto")
+    token = csrf_of(client.get("/deadletters").text)
+    asked = client.post("/deadletters/requeue", data={"group": "transform: MappingError", "csrf": token})
+    assert asked.status_code == 200
+    fingerprint = mapping_cache(get_settings().mapping_file).get().fingerprint()
+    assert "Requeue 3 dead letter(s)?" in asked.text and fingerprint in asked.text
+    assert store.count() == 4, "nothing happens before the confirmation"
+
+    done = client.post("/deadletters/requeue", data={"group": "transform: MappingError", "csrf": token,
+                                                     "confirm": "yes"}, follow_redirects=False)
+    assert done.status_code == 303
+    op_path = done.headers["location"]
+    wait_until(lambda: client.get(f"/api{op_path}").json()["state"] == "done", timeout=30, message="requeue")
+    assert client.get(f"/api{op_path}").json()["done"] == 3
+    assert store.ids() == ["9100"]
+    assert rt.redis.llen(f"t:{STOCKOUT_QUEUE}") == 3, "each went back to the stockouts queue"
+    [entry] = AuditTrail(rt.redis, "t").recent()
+    assert (entry.who, entry.role, entry.action, entry.count) == ("otto", "operator", "dlq.requeue", 3)
+    assert "transform: MappingError" in entry.detail and fingerprint in entry.detail
+    assert sorted(entry.ids) == ["9001", "9002", "9003"]
+    page = client.get("/audit").text
+    assert "dlq.requeue" in page and "otto" in page
+
+
+def test_requeue_a_selection_and_purge_by_filter(app, store, rt):
+    for sid in ("9001", "9002", "9003"):
+        store.put(letter(sid, warehouse_no="WH1" if sid != "9003" else "WH2"))
+    client = client_of(app, "otto")
+    token = csrf_of(client.get("/deadletters").text)
+    filtered = client.get("/api/deadletters", params={"warehouse": "WH1"}).json()
+    assert sorted(x["stockout_id"] for x in filtered["letters"]) == ["9001", "9002"]
+    asked = client.post("/deadletters/requeue", data={"ids": ["9001", "9003"], "csrf": token})
+    assert "Requeue 2 dead letter(s)?" in asked.text
+    done = client.post("/deadletters/requeue", data={"ids": ["9001", "9003"], "csrf": token,
+                                                     "confirm": "yes"})
+    assert done.status_code == 200 and "requeue" in done.text  # the redirect followed: the operation's page
+    wait_until(lambda: store.ids() == ["9002"], timeout=30, message="requeue of the selection")
+
+    asked = client.post("/deadletters/purge", data={"warehouse": "WH1", "csrf": token})
+    assert "Purge 1 dead letter(s)?" in asked.text and "deleted for good" in asked.text.lower()
+    client.post("/deadletters/purge", data={"warehouse": "WH1", "csrf": token, "confirm": "yes"})
+    wait_until(lambda: store.count() == 0, timeout=30, message="purge")
+    wait_until(lambda: len(AuditTrail(rt.redis, "t").recent()) == 2, timeout=10, message="both audited")
+    actions = [(e.action, e.count) for e in AuditTrail(rt.redis, "t").recent()]
+    assert actions == [("dlq.purge", 1), ("dlq.requeue", 2)]
+
+
+def test_wdt_text_is_escaped_everywhere_and_no_receiver_data_is_shown(app, store, rt):
+    store.put(letter("9001", order_no=f"CK{HOSTILE}", warehouse_no=f"WH{HOSTILE}", remark=f"remark {HOSTILE}",
+                     message=f"warehouse WH{HOSTILE} is not in [warehouses]",
+                     receiver_name="张三", receiver_mobile="13800000000", receiver_address="上海市浦东新区xx路1号"))
+    client = client_of(app, "otto")
+    pages = [client.get(p).text for p in ("/", "/deadletters", "/deadletters/9001", "/trace?q=9001",
+                                          f"/deadletters?warehouse=WH{HOSTILE}")]
+    token = csrf_of(pages[1])
+    pages.append(client.post("/deadletters/requeue", data={"ids": "9001", "csrf": token}).text)
+    for html in pages:
+        assert "<script>alert" not in html and '"onmouseover=' not in html
+        assert "13800000000" not in html and "张三" not in html and "浦东" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;onmouseover=alert(2)" in pages[2], "shown, as text"
+    assert "remark &lt;script&gt;" in pages[2]
+    for path in ("/api/deadletters/9001", "/api/trace?q=9001", "/api/deadletters"):
+        text = client.get(path).text
+        assert "13800000000" not in text and "张三" not in text, path
+    assert json.loads(client.get("/api/deadletters/9001").text)["stockout"]["remark"] == f"remark {HOSTILE}"
+
+
+def test_backfill_start_with_the_clis_guard_rails_and_cancel(app, rt):
+    client = client_of(app, "otto")
+    token = csrf_of(client.get("/backfill").text)
+    refused = client.post("/backfill/start", data={"since": "2026-11-02", "until": "2026-11-01", "csrf": token})
+    assert refused.status_code == 400 and "must be after since" in refused.text
+    refused = client.post("/backfill/start", data={"since": "yesterday", "until": "2026-11-01", "csrf": token})
+    assert refused.status_code == 400 and "since='yesterday'" in refused.text.replace("&#39;", "'")
+    assert JobStore(rt.redis, "t").all() == []
+    started = client.post("/backfill/start", data={"since": "2026-11-01", "until": "2026-11-03", "csrf": token})
+    assert started.status_code == 200
+    [job] = JobStore(rt.redis, "t").all()
+    assert (job.since, job.until, job.state) == ("2026-11-01 00:00:00", "2026-11-03 00:00:00", "running")
+    assert client.get("/api/backfill").json()[0]["id"] == job.id
+    client.post(f"/backfill/{job.id}/cancel", data={"csrf": token})
+    assert JobStore(rt.redis, "t").get(job.id).state == "cancelled"
+    assert client.post("/backfill/nope/cancel", data={"csrf": token}).status_code == 404
+    actions = [(e.action, e.ids) for e in AuditTrail(rt.redis, "t").recent()]
+    assert actions == [("backfill.cancel", [job.id]), ("backfill.start", [job.id])]
+
+
+def test_reconcile_reports_are_listed_and_shown(app, rt):
+    from shared.reconcile_reports import push_report
+
+    push_report(rt.redis, "t", {"since": "2026-11-28 00:00:00", "until": "2026-11-29 00:00:00", "mismatches": 1,
+                                "finished_at": "2026-11-29 03:00:05", "missing_total": 1,
+                                "missing": [{"stockout_id": "9001", "order_no": f"CK{HOSTILE}", "state": "done",
+                                             "proof": "detail 1002"}]})
+    client = client_of(app, "otto")
+    [row] = client.get("/api/reconcile").json()
+    assert row["missing"] == 1 and row["mismatches"] == 1
+    page = client.get("/reconcile/0").text
+    assert "9001" in page and "detail 1002" in page and "<script>alert" not in page
+    token = csrf_of(page)
+    asked = client.post("/reconcile/0/requeue", data={"csrf": token})
+    assert "checked again" in asked.text and "fingerprint" in asked.text
+    assert client.get("/api/reconcile/5").status_code == 404
+
+
+def test_audit_command_prints_the_trail(rt, redis_url):
+    AuditTrail(rt.redis, "t").record("otto", "operator", "dlq.requeue", count=3, detail="the group x", ids=["1"])
+    import os
+
+    env = {**os.environ}
+    shown = cli(env, "audit", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [entry] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert (entry["who"], entry["action"], entry["count"]) == ("otto", "dlq.requeue", 3)
+    table = cli(env, "audit")
+    assert "otto (operator)" in table.stdout and "dlq.requeue" in table.stdout
+
+
+def _range():
+    from shared.timeutil import parse_wire
+
+    return parse_wire("2026-11-01"), parse_wire("2026-11-02")
