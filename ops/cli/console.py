@@ -18,7 +18,7 @@ MIN_SECRET_KEY = 32
 
 
 @main.group(invoke_without_command=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True, help="where it listens")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="where it listens; another address only behind TLS and a network you trust")
 @click.option("--https-only", is_flag=True, help="send the session cookie over HTTPS only (behind a TLS proxy)")

@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ops.backfill import BackfillRefused, start_backfill
-from ops.console.app import HERE, change, console_of, csrf_token, problem, render
 from ops.console.auth import LoginLimiter, authenticate, new_csrf_token
 from ops.console.bulk import in_batches
+from ops.console.web import HERE, change, console_of, csrf_token, problem, render
 from ops.preview import preview
 from ops.status import backfill_views, mapping_problem
 from ops.trace import trace
