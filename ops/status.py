@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -16,7 +17,7 @@ from producer.jobs import Job, JobStore, eta_s
 from shared import breaker
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
-from shared.deadletters import DeadLetterStore
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.mapping_cache import MappingProblem, mapping_problem_key
 from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
@@ -166,15 +167,18 @@ def _dead_letters(status: Status, rt: Runtime) -> None:
 
     letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
     status.dead_letters = len(letters)
+    status.dead_letters_by_reason = dead_letter_groups(letters)
+
+
+def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
+    """The letters by kind of failure (DeadLetter.group), largest group first, each with an example."""
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
         key = letter.group
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
-    status.dead_letters_by_reason = [
-        DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
-    ]
+    return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
 
 
 def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:

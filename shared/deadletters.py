@@ -331,10 +331,6 @@ class DeadLetterStore:
         letters = list(self.iter_all(ids))
         return ([x.stockout_id for x in letters if not x.malformed], [x.stockout_id for x in letters if x.malformed])
 
-    def newest(self, offset: int, limit: int) -> list[str]:
-        """A page of ids, newest failure first."""
-        return [_text(v) for v in self.r.zrevrange(self.index_key, offset, offset + limit - 1)]
-
     def parked(self) -> list[DeadLetter]:
         """Letters whose requeue was interrupted after the claim and before the new message left."""
         sids = [_text(v) for v in self.r.smembers(self.parked_set_key)]

@@ -20,7 +20,7 @@ from ops.console.auth import LoginLimiter, authenticate, new_csrf_token
 from ops.console.bulk import in_batches
 from ops.console.web import HERE, change, console_of, csrf_token, problem, render
 from ops.preview import preview
-from ops.status import backfill_views, mapping_problem
+from ops.status import backfill_views, dead_letter_groups, mapping_problem
 from ops.trace import trace
 from producer.jobs import JobStore
 from shared.deadletters import DeadLetter, DeadLetterStore, redact
@@ -104,15 +104,14 @@ def letter_row(letter: DeadLetter) -> dict[str, Any]:
 
 
 def letters_page(store: DeadLetterStore, filters: dict[str, str], page: int) -> dict[str, Any]:
-    """A page of letters, newest failure first: an unfiltered page reads only its own letters."""
-    if any(filters.values()):
-        matching = [x for x in store.iter_all() if x.matches(**filters)]
-        matching.reverse()
-        total, letters = len(matching), matching[page * PER_PAGE:(page + 1) * PER_PAGE]
-    else:
-        total, letters = store.count(), list(store.iter_all(store.newest(page * PER_PAGE, PER_PAGE)))
-    return {"total": total, "page": page, "per_page": PER_PAGE, "filters": filters,
-            "letters": [letter_row(x) for x in letters]}
+    """A page of letters, newest failure first, and the groups of all of them (one read of the store)."""
+    letters = store.all()
+    groups = dead_letter_groups(letters)
+    matching = [x for x in letters if x.matches(**filters)] if any(filters.values()) else letters
+    matching.reverse()
+    return {"total": len(matching), "page": page, "per_page": PER_PAGE, "filters": filters,
+            "letters": [letter_row(x) for x in matching[page * PER_PAGE:(page + 1) * PER_PAGE]],
+            "groups": [g.model_dump() for g in groups]}
 
 
 async def dead_letters(request: Request) -> Response:
@@ -120,9 +119,6 @@ async def dead_letters(request: Request) -> Response:
     store = DeadLetterStore(console.rt.redis, console.prefix)
     filters = {name: text(request.query_params.get(name)) for name in FILTERS}
     data = await run_in_threadpool(letters_page, store, filters, page_number(request))
-    status = await run_in_threadpool(console.status.get)
-    data["groups"] = [g.model_dump() for g in status.dead_letters_by_reason]
-    data["groups_as_of"] = status.now
     if wants_json(request):
         return JSONResponse(data)
     query = urlencode({k: v for k, v in filters.items() if v})
