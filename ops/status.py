@@ -165,7 +165,7 @@ def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
 
 def _dead_letters(status: Status, rt: Runtime) -> None:
 
-    letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
+    letters = list(DeadLetterStore(rt.redis, rt.settings.redis_prefix).summaries())
     status.dead_letters = len(letters)
     status.dead_letters_by_reason = dead_letter_groups(letters)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, Literal
 
+import orjson
 import redis
 from pydantic import BaseModel, Field
 
@@ -105,6 +106,13 @@ class DeadLetter(BaseModel):
     def failure(self) -> HistoryEntry:
         return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
                             message=self.message, attempts=self.attempts, task_id=self.task_id)
+
+
+def summary(record: dict[str, Any]) -> DeadLetter:
+    stockout = record.get("stockout")
+    has_warehouse = isinstance(stockout, dict) and "warehouse_no" in stockout
+    kept = {"warehouse_no": stockout["warehouse_no"]} if has_warehouse else {}  # type: ignore[index]
+    return DeadLetter.model_validate({**record, "stockout": kept, "history": [], "raw": ""})
 
 
 def redact(raw: Any) -> Any:
@@ -298,6 +306,11 @@ class DeadLetterStore:
         value = self.r.hget(self.orders_key, order_no)
         return _text(value) if value else None
 
+    def scored_ids(self) -> list[tuple[str, float]]:
+        """Every id with its last failure (epoch s), oldest first: a letter written again scores anew."""
+        pairs: list[Any] = self.r.zrange(self.index_key, 0, -1, withscores=True)
+        return [(_text(v), float(score)) for v, score in pairs]
+
     def ids(self) -> list[str]:
         return [_text(v) for v in self.r.zrange(self.index_key, 0, -1)]
 
@@ -315,6 +328,15 @@ class DeadLetterStore:
     def all(self) -> list[DeadLetter]:
         return list(self.iter_all())
 
+    def summaries(self, ids: Iterable[str] | None = None) -> Iterator[DeadLetter]:
+        """`iter_all` without what lists and filters never read: no history, no queue entry, and of the
+        stockout only its warehouse_no (a letter is kilobytes, its summary a few hundred bytes)."""
+        it = iter(self.ids() if ids is None else ids)
+        while chunk := list(islice(it, BATCH)):
+            for value in self.r.mget([self._key(i) for i in chunk]):
+                if value:
+                    yield summary(orjson.loads(value))
+
     def select(self, ids: Iterable[str] = (), **match: str | None) -> list[str]:
         """The letters an operator names: by stockout id or order number, else those matching the
         filter (DeadLetter.matches; none given = every letter), oldest first."""
@@ -322,13 +344,13 @@ class DeadLetterStore:
         if names:
             return [self.find_order(i) or i for i in names]
         if any(match.values()):
-            return [x.stockout_id for x in self.iter_all() if x.matches(**match)]
+            return [x.stockout_id for x in self.summaries() if x.matches(**match)]
         return self.ids()  # oldest first: each letter's queue copy is then at the end of the list
 
     def sort_out(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Of these, the letters there are to requeue, and the malformed messages (nothing in them to
         requeue: `dlq show`, then purge); a name without a letter is in neither."""
-        letters = list(self.iter_all(ids))
+        letters = list(self.summaries(ids))
         return ([x.stockout_id for x in letters if not x.malformed], [x.stockout_id for x in letters if x.malformed])
 
     def parked(self) -> list[DeadLetter]:

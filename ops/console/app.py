@@ -2,9 +2,6 @@
 session, the login guard and the security headers of ops/console/web.py."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -20,19 +17,8 @@ if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics,
 
 
 def create_app(rt: Runtime, users: dict[str, User], *, secret_key: str, refresh_s: float = 5.0,
-               https_only: bool = False, background: bool = True, gather_timeout_s: float = 1.0) -> Starlette:
+               https_only: bool = False, gather_timeout_s: float = 1.0) -> Starlette:
     console = Console(rt, users, refresh_s=refresh_s, gather_timeout_s=gather_timeout_s)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(console.status.loop()) if background else None
-        try:
-            yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     app = Starlette(
         routes=routes(),
@@ -42,7 +28,6 @@ def create_app(rt: Runtime, users: dict[str, User], *, secret_key: str, refresh_
                        max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=https_only),
             Middleware(RequireLogin, users=users),
         ],
-        lifespan=lifespan,
     )
     app.state.console = console
     return app

@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from ops.backfill import BackfillRefused, start_backfill
 from ops.console.auth import LoginLimiter, authenticate, new_csrf_token
 from ops.console.bulk import in_batches
+from ops.console.letters import LetterIndex
 from ops.console.web import HERE, change, console_of, csrf_token, problem, render
 from ops.preview import preview
 from ops.status import backfill_views, dead_letter_groups, mapping_problem
@@ -103,9 +104,9 @@ def letter_row(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def letters_page(store: DeadLetterStore, filters: dict[str, str], page: int) -> dict[str, Any]:
-    """A page of letters, newest failure first, and the groups of all of them (one read of the store)."""
-    letters = store.all()
+def letters_page(index: LetterIndex, filters: dict[str, str], page: int) -> dict[str, Any]:
+    """A page of letters, newest failure first, and the groups of all of them."""
+    letters = index.current()
     groups = dead_letter_groups(letters)
     matching = [x for x in letters if x.matches(**filters)] if any(filters.values()) else letters
     matching.reverse()
@@ -116,9 +117,8 @@ def letters_page(store: DeadLetterStore, filters: dict[str, str], page: int) -> 
 
 async def dead_letters(request: Request) -> Response:
     console = console_of(request)
-    store = DeadLetterStore(console.rt.redis, console.prefix)
     filters = {name: text(request.query_params.get(name)) for name in FILTERS}
-    data = await run_in_threadpool(letters_page, store, filters, page_number(request))
+    data = await run_in_threadpool(letters_page, console.letters, filters, page_number(request))
     if wants_json(request):
         return JSONResponse(data)
     query = urlencode({k: v for k, v in filters.items() if v})

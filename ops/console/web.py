@@ -2,7 +2,6 @@
 CSRF check and role of a change, rendering, and the status snapshot refreshed in the background."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -21,7 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ops.console.audit import AuditTrail
 from ops.console.auth import User, csrf_ok, new_csrf_token
 from ops.console.bulk import Operations
+from ops.console.letters import LetterIndex
 from ops.status import Status, gather
+from shared.deadletters import DeadLetterStore
 
 if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
     from shared.runtime import Runtime
@@ -42,32 +42,36 @@ SECURITY_HEADERS = {
 
 
 class StatusCache:
-    """`ops.status.gather` (one call, the same snapshot `stockout-sync status` prints) re-read every
-    refresh_s in the background, so a page never waits for the workers' broadcast."""
+    """`ops.status.gather` (one call, the same snapshot `stockout-sync status` prints), read again in
+    a thread of its own when a page finds it older than refresh_s: a page never waits for the workers'
+    broadcast (but the very first), and nobody looking costs nothing."""
 
     def __init__(self, rt: Runtime, refresh_s: float, gather_timeout_s: float = 1.0) -> None:
         self.rt, self.refresh_s, self.gather_timeout_s = rt, refresh_s, gather_timeout_s
         self._value: Status | None = None
         self._at = 0.0
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one read at a time
 
     def refresh(self) -> Status:
-        value = gather(self.rt, timeout_s=self.gather_timeout_s)
-        with self._lock:
-            self._value, self._at = value, time.monotonic()
+        with self._reading:
+            value = gather(self.rt, timeout_s=self.gather_timeout_s)
+            with self._lock:
+                self._value, self._at = value, time.monotonic()
         return value
+
+    def _refresh_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # tried again by the next page; the page says how old it is
+            self.refresh()
 
     def get(self) -> Status:
         with self._lock:
             value, age = self._value, time.monotonic() - self._at
-        # the background loop keeps it fresh; read it here only when the loop has fallen behind
-        return value if value is not None and age < 3 * self.refresh_s else self.refresh()
-
-    async def loop(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a failed read is retried next round; the pages say how old
-                await run_in_threadpool(self.refresh)
-            await asyncio.sleep(self.refresh_s)
+        if value is None:
+            return self.refresh()
+        if age >= self.refresh_s and not self._reading.locked():
+            threading.Thread(target=self._refresh_quietly, name="console-status", daemon=True).start()
+        return value
 
     @property
     def age_s(self) -> float:
@@ -84,6 +88,7 @@ class Console:
         self.audit = AuditTrail(rt.redis, self.prefix)
         self.operations = Operations(self.audit)
         self.status = StatusCache(rt, refresh_s, gather_timeout_s)
+        self.letters = LetterIndex(DeadLetterStore(rt.redis, self.prefix))
         self.refresh_s = refresh_s
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
         self.templates = Jinja2Templates(env=env)

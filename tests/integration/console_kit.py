@@ -23,7 +23,7 @@ def write_users(path: Path) -> Path:
 def make_app(rt, users_file: Path, **kw):
     from ops.console.app import create_app
 
-    return create_app(rt, load_users(users_file), secret_key=SECRET_KEY, background=False,
+    return create_app(rt, load_users(users_file), secret_key=SECRET_KEY,
                       gather_timeout_s=0.2, **kw)
 
 

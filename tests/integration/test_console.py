@@ -106,6 +106,21 @@ def test_pages_and_their_json_answer_a_viewer(app, store):
     assert client.get("/api/trace").status_code == 400
 
 
+def test_the_list_follows_the_store_between_pages(app, store):
+    client = client_of(app, "vera")
+    assert client.get("/api/deadletters").json()["total"] == 0
+    store.put(letter("9001"))
+    store.put(letter("9002"))
+    assert [x["stockout_id"] for x in client.get("/api/deadletters").json()["letters"]] == ["9002", "9001"]
+    store.put(letter("9001", message="failed again, differently"))  # newest now, with its new reason
+    shown = client.get("/api/deadletters").json()
+    assert [x["stockout_id"] for x in shown["letters"]] == ["9001", "9002"]
+    assert shown["letters"][0]["message"] == "failed again, differently" and shown["letters"][0]["warehouse"] == "WH9"
+    store.purge(["9002"])
+    assert [x["stockout_id"] for x in client.get("/api/deadletters").json()["letters"]] == ["9001"]
+    assert client.get("/api/deadletters", params={"warehouse": "WH9", "page": "1"}).json()["letters"] == []
+
+
 def test_a_viewer_sees_no_change_button_and_is_refused_every_change(app, store, rt):
     store.put(letter("9001"))
     job = JobStore(rt.redis, "t").create(*_range(), slice_s=86400, synced=0)
