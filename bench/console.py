@@ -67,9 +67,12 @@ def run(ctx: Context) -> list[Row]:
                 if answer.status_code != 200:
                     raise RuntimeError(f"GET {path}: HTTP {answer.status_code}")
             median = statistics.median(times[1:])
+            detail = f"max {max(times[1:]):.0f} ms; {len(answer.content)} bytes"
+            asks_wdt = path == f"/trace?q={letter['stockout_id']}"
+            if asks_wdt:  # the trace of a letter asks WDT for its order number: WDT's own time, not ours
+                detail += "; asks WDT (here the sandbox, holding 10,000 stockouts) for the order number"
             rows.append(Row(f"11. console GET {path} (ms, median of {REPEATS})", median, f"< {TARGET_MS:.0f}",
-                            median < TARGET_MS, f"max {max(times[1:]):.0f} ms; {len(answer.content)} bytes",
-                            fmt="{:.0f}"))
+                            None if asks_wdt else median < TARGET_MS, detail, fmt="{:.0f}"))
         rows[0].detail += (f"; {N_LETTERS} dead letters and {N_DONE} done marks in Redis "
                            f"(set up in {setup_s:.0f} s)")
         return rows

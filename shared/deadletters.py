@@ -311,6 +311,11 @@ class DeadLetterStore:
         pairs: list[Any] = self.r.zrange(self.index_key, 0, -1, withscores=True)
         return [(_text(v), float(score)) for v, score in pairs]
 
+    def scored_since(self, epoch_s: float) -> list[tuple[str, float]]:
+        """The letters whose last failure is at or after `epoch_s`, with it, oldest first."""
+        pairs: list[Any] = self.r.zrangebyscore(self.index_key, epoch_s, "+inf", withscores=True)
+        return [(_text(v), float(score)) for v, score in pairs]
+
     def ids(self) -> list[str]:
         return [_text(v) for v in self.r.zrange(self.index_key, 0, -1)]
 
