@@ -69,8 +69,9 @@ def run(ctx: Context) -> list[Row]:
             median = statistics.median(times[1:])
             detail = f"max {max(times[1:]):.0f} ms; {len(answer.content)} bytes"
             asks_wdt = path == f"/trace?q={letter['stockout_id']}"
-            if asks_wdt:  # the trace of a letter asks WDT for its order number: WDT's own time, not ours
-                detail += "; asks WDT (here the sandbox, holding 10,000 stockouts) for the order number"
+            if asks_wdt:  # the trace of a letter asks WDT for its order number: WDT's time and quota, not ours
+                detail += ("; asks WDT for the order number in each status until found, each call a slot of "
+                           "the tenant's WDT_RATE_PER_MINUTE (60 a minute here: a second apart)")
             rows.append(Row(f"11. console GET {path} (ms, median of {REPEATS})", median, f"< {TARGET_MS:.0f}",
                             None if asks_wdt else median < TARGET_MS, detail, fmt="{:.0f}"))
         rows[0].detail += (f"; {N_LETTERS} dead letters and {N_DONE} done marks in Redis "

@@ -294,6 +294,50 @@ def test_reconcile_reports_are_listed_and_shown(app, rt):
     assert client.get("/api/reconcile/5").status_code == 404
 
 
+def test_mapping_preview_and_trace_ask_the_sandbox_as_the_cli_does(sandbox, service, tmp_path):
+    from datetime import timedelta
+
+    from shared.runtime import Runtime
+    from shared.timeutil import now_beijing
+    from worker.transform import resubmit_key
+
+    now = now_beijing()
+    stockouts = sandbox.generate(10, bad=3, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
+    good = next(s for s in stockouts if s["stockout_id"] not in sandbox.bad_ids and s["status"] in ("95", "110"))
+    bad_id = next(i for i, why in sandbox.bad_reasons.items() if why == "unknown_warehouse")
+    bad = next(s for s in stockouts if s["stockout_id"] == bad_id)
+    client = client_of(make_app(Runtime(get_settings()), write_users(tmp_path / "users")), "vera")
+
+    shown = client.get("/api/mapping", params={"no": good["order_no"]}).json()["preview"]
+    assert shown["found"] and shown["payload"]["data"]["resubmitCheckKey"] == resubmit_key(good["stockout_id"])
+    assert "resubmitCheckKey" in client.get("/mapping", params={"no": good["order_no"]}).text
+    refused = client.get("/api/mapping", params={"no": bad["order_no"]}).json()["preview"]
+    assert refused["found"] and "WH-XX99" in refused["error"]
+    assert "WH-XX99" in client.get("/mapping", params={"no": bad["order_no"]}).text
+    assert client.get("/api/mapping", params={"no": "CK-NO-SUCH"}).json()["preview"]["found"] is False
+    assert not sandbox.records(), "preview never saves"
+
+    traced = client.get("/api/trace", params={"q": good["order_no"]}).json()
+    assert traced["verdict"] == "never seen" and traced["stockout_id"] == good["stockout_id"], "no poll yet"
+    assert traced["wdt"]["found"] and traced["wdt"]["passes_filters"] is True
+    assert "WDT has it, but nothing here knows it" in client.get("/trace", params={"q": good["order_no"]}).text
+
+
+def test_the_console_refuses_to_start_without_a_key_or_with_a_bad_users_file(redis_url, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_")}
+    refused = cli(env, "console")
+    assert refused.returncode == 2 and "CONSOLE_SECRET_KEY is empty" in refused.stderr + refused.stdout
+    (tmp_path / "users").write_text("ana:operator:hunter2hunter2\n")
+    env.update(CONSOLE_SECRET_KEY="s" * 40, CONSOLE_USERS_FILE=str(tmp_path / "users"))
+    refused = cli(env, "console")
+    said = refused.stderr + refused.stdout
+    assert refused.returncode == 2 and "line 1" in said and "hash-password" in said and "hunter2" not in said
+    hashed = cli(env, "console", "hash-password", input="a-long-password\n")
+    assert hashed.returncode == 0 and hashed.stdout.startswith("scrypt$")
+
+
 def test_audit_command_prints_the_trail(rt, redis_url):
     AuditTrail(rt.redis, "t").record("otto", "operator", "dlq.requeue", count=3, detail="the group x", ids=["1"])
     import os
