@@ -86,8 +86,8 @@ def run(ctx: Context) -> list[Row]:
 
 def _done_marks(ctx: Context, prefix: str, n: int) -> str:
     """`n` done marks as workers write them (buckets of the state store), and the saved counter."""
+    from shared.keys import Keys
     from shared.state import StateStore, done_mark
-    from shared.stats import saved_key
 
     client = ctx.client()
     store = StateStore(client, prefix, 60 * 86400)
@@ -98,7 +98,7 @@ def _done_marks(ctx: Context, prefix: str, n: int) -> str:
         pipe.hset(bucket, field, done_mark(f"20{i}", f"QTCK{i}"))
         if i % 5000 == 0:
             pipe.execute()
-    pipe.set(saved_key(prefix), n)
+    pipe.set(Keys(prefix).saved, n)
     pipe.execute()
     client.close()
     return str(first)

@@ -1,10 +1,11 @@
 """The audit trail: every change made through the console (who, when, what, how many), a capped Redis
-list `{prefix}:audit`, newest first; shown on the console's Audit page and by `stockout-sync audit`."""
+list (`Keys.audit`), newest first; shown on the console's Audit page and by `stockout-sync audit`."""
 from __future__ import annotations
 
 import redis
 from pydantic import BaseModel, Field
 
+from shared.keys import Keys
 from shared.timeutil import format_wire, now_beijing
 
 AUDIT_KEPT = 10_000
@@ -25,13 +26,9 @@ class AuditEntry(BaseModel):
         return f"{self.at} {self.who} ({self.role}) {self.action} ×{self.count}: {self.detail}{ids}"
 
 
-def audit_key(prefix: str) -> str:
-    return f"{prefix}:audit"
-
-
 class AuditTrail:
     def __init__(self, r: redis.Redis, prefix: str) -> None:
-        self.r, self.key = r, audit_key(prefix)
+        self.r, self.key = r, Keys(prefix).audit
 
     def record(self, who: str, role: str, action: str, *, count: int = 0, detail: str = "",
                ids: list[str] | None = None) -> AuditEntry:

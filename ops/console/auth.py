@@ -12,6 +12,8 @@ from typing import Literal
 
 import redis
 
+from shared.keys import Keys
+
 Role = Literal["viewer", "operator"]
 ROLES: tuple[Role, ...] = ("viewer", "operator")
 # scrypt's cost: 2^14 × 8 × 1 takes ~50 ms and 16 MiB, slow enough to make guessing a stolen file costly
@@ -99,17 +101,14 @@ def authenticate(users: dict[str, User], name: str, password: str) -> User | Non
 
 class LoginLimiter:
     """Failed logins counted per user name and per client address in Redis (shared by every console
-    process); either one over LOGIN_MAX_FAILURES within LOGIN_WINDOW_S refuses further attempts.
-    Key parts are hashes: a typed name never becomes a key as it is."""
+    process); either one over LOGIN_MAX_FAILURES within LOGIN_WINDOW_S refuses further attempts."""
 
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self.r, self.p = r, prefix
 
     def _keys(self, name: str, client: str) -> list[str]:
-        def h(text: str) -> str:
-            return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-        return [f"{self.p}:console:login:user:{h(name)}", f"{self.p}:console:login:addr:{h(client)}"]
+        keys = Keys(self.p)
+        return [keys.console_login_failures(f"user:{name}"), keys.console_login_failures(f"addr:{client}")]
 
     def blocked_for_s(self, name: str, client: str) -> int:
         """0 when attempts are allowed, else how long until they are again."""
