@@ -167,7 +167,8 @@ def mapping_in_force(request: Request) -> dict[str, Any]:
         return {"ok": False, "file": str(rt.mappings.path), "error": str(err)}
     problem_now = rt.mappings.problem
     return {"ok": True, "file": str(rt.mappings.path), "fingerprint": mapping.fingerprint(),
-            "since": rt.mappings.in_force_since, "problem": problem_now.line() if problem_now else ""}
+            "since": rt.mappings.in_force_since, "loaded_at": rt.mappings.loaded_at,
+            "problem": problem_now.line() if problem_now else ""}
 
 
 def mapping_words(m: dict[str, Any]) -> str:
@@ -377,10 +378,11 @@ async def reconcile_requeue(request: Request, form: FormData) -> Response:
     words = (f"reconcile {since} → {until} checked again; what is still proven missing in BIP is published "
              f"through {mapping_words(mapping)}")
     if form.get("confirm") != "yes":
-        return render(request, "confirm.html", action="requeue the proven-missing of", count=len(listed),
+        return render(request, "confirm.html", action="requeue the proven-missing", count=len(listed),
+                      question=f"Requeue what is proven missing in BIP? The report listed {len(listed)}.",
                       words=words, mapping=mapping, malformed=[], same_mapping=0,
                       examples=[m.get("stockout_id", "") for m in listed[:20]], hidden=[],
-                      post_to=f"/reconcile/{n}/requeue")
+                      post_to=f"/reconcile/{n}/requeue", back=f"/reconcile/{n}")
 
     def work() -> Iterator[list[str]]:
         # what the CLI's `reconcile --requeue-missing` does: acting only on what this run proves again

@@ -236,6 +236,7 @@ def test_requeue_a_selection_and_purge_by_filter(app, store, rt):
     assert actions == [("dlq.purge", 1), ("dlq.requeue", 2)]
 
 
+@pytest.mark.invariant(11)
 def test_wdt_text_is_escaped_everywhere_and_no_receiver_data_is_shown(app, store, rt):
     store.put(letter("9001", order_no=f"CK{HOSTILE}", warehouse_no=f"WH{HOSTILE}", remark=f"remark {HOSTILE}",
                      message=f"warehouse WH{HOSTILE} is not in [warehouses]",
@@ -321,6 +322,35 @@ def test_mapping_preview_and_trace_ask_the_sandbox_as_the_cli_does(sandbox, serv
     assert traced["verdict"] == "never seen" and traced["stockout_id"] == good["stockout_id"], "no poll yet"
     assert traced["wdt"]["found"] and traced["wdt"]["passes_filters"] is True
     assert "WDT has it, but nothing here knows it" in client.get("/trace", params={"q": good["order_no"]}).text
+
+
+def test_requeue_the_proven_missing_checks_the_range_again_and_publishes_only_those(sandbox, service, tmp_path):
+    from datetime import timedelta
+
+    from shared.reconcile_reports import push_report
+    from shared.runtime import Runtime
+    from shared.timeutil import format_wire, now_beijing
+
+    now = now_beijing()
+    since, until = now - timedelta(hours=2), now - timedelta(minutes=1)
+    stockouts = sandbox.generate(6, start=since + timedelta(minutes=5), end=until - timedelta(minutes=5))
+    eligible = {s["stockout_id"] for s in stockouts if s["status"] in ("95", "110")}
+    rt = Runtime(get_settings())
+    push_report(rt.redis, "t", {"since": format_wire(since), "until": format_wire(until), "mismatches": 1,
+                                "missing_total": 1, "missing": [{"stockout_id": "gone-since", "state": "done"}]})
+    client = client_of(make_app(rt, write_users(tmp_path / "users")), "otto")
+    token = csrf_of(client.get("/reconcile/0").text)
+    asked = client.post("/reconcile/0/requeue", data={"csrf": token})
+    assert "The report listed 1." in asked.text and "checked again" in asked.text
+    done = client.post("/reconcile/0/requeue", data={"csrf": token, "confirm": "yes"}, follow_redirects=False)
+    op_path = done.headers["location"]
+    op = wait_until(lambda: (o := client.get(f"/api{op_path}").json())["state"] != "running" and o, timeout=60,
+                    message="reconcile and requeue")
+    assert op["state"] == "done", op
+    assert op["done"] == len(eligible), "what this run proved missing (nothing is in BIP), not the stale report's row"
+    assert rt.redis.llen(f"t:{STOCKOUT_QUEUE}") == len(eligible)
+    [entry] = AuditTrail(rt.redis, "t").recent()
+    assert entry.action == "reconcile.requeue" and entry.count == len(eligible) and set(entry.ids) == eligible
 
 
 def test_the_console_refuses_to_start_without_a_key_or_with_a_bad_users_file(redis_url, tmp_path):
