@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
@@ -102,6 +102,7 @@ class Status(BaseModel):
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
+    alerts_told: list[dict[str, Any]] = Field(default_factory=list)  # producer.alerts.told: what, when, firing
     problems: list[str] = Field(default_factory=list)
 
 
@@ -120,6 +121,9 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.breaker = breaker_state(r, p)
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = mapping_problem(r, p)
+    from producer.alerts import told  # at call time: it registers beat's signal handlers when imported
+
+    status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
     status.problems = problems(status)
     return status

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -24,7 +25,7 @@ from shared.deadletters import DeadLetter
 from shared.keys import Keys
 from shared.runtime import redis_client
 from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.timeutil import BEIJING, format_wire, now_beijing, parse_wire
 
 log = logging.getLogger("stockout_sync.alerts")
 
@@ -232,8 +233,23 @@ class Watch:
 # -- rendering -----------------------------------------------------------------------------------
 def reason_key(letter: DeadLetter) -> str:
     """The kind of failure, not its particular value: one message per thing to fix (as `status` groups)."""
-    code = f" [{letter.api} {letter.code}]" if letter.code else ""
-    return f"{letter.stage}: {letter.error_class}{code}"
+    return letter.group
+
+
+def told(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """What the alerts last told, newest first: each dead-letter reason and each condition (cursor lag,
+    no worker…) with the Beijing time of its last message, and whether the condition still fires."""
+    k = Keys(prefix)
+    found: list[tuple[float, dict[str, Any]]] = []
+    for reason, at in r.hgetall(k.alerts_dlq_sent).items():
+        found.append((float(at), {"what": f"dead letters: {_text(reason)}", "firing": False}))
+    for name, raw in r.hgetall(k.alerts_conditions).items():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            state = json.loads(raw)
+            if state.get("sent"):
+                found.append((float(state["sent"]), {"what": _text(name), "firing": bool(state.get("firing"))}))
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return [{**item, "at": format_wire(datetime.fromtimestamp(at, BEIJING))} for at, item in found]
 
 
 def dead_letter_alert(reason: str, group: dict, *, total: int) -> Alert:

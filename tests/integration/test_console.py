@@ -82,8 +82,15 @@ def test_every_route_but_login_refuses_without_a_session(app):
     assert client.get("/api/status").status_code == 401
 
 
-def test_pages_and_their_json_answer_a_viewer(app, store):
+def test_pages_and_their_json_answer_a_viewer(app, store, rt):
+    import time
+
+    from shared.keys import Keys
+
     store.put(letter("9001"))
+    keys = Keys("t")
+    rt.redis.hset(keys.alerts_dlq_sent, "transform: MappingError", time.time() - 60)
+    rt.redis.hset(keys.alerts_conditions, "cursor_lag", json.dumps({"since": 1.0, "sent": time.time(), "firing": True}))
     client = client_of(app, "vera")
     for path in ("/", "/deadletters", "/deadletters/9001", "/deadletters/CK9001", "/trace", "/backfill",
                  "/mapping", "/reconcile", "/audit"):
@@ -94,6 +101,9 @@ def test_pages_and_their_json_answer_a_viewer(app, store):
         assert answer.headers["x-frame-options"] == "DENY"
     status = client.get("/api/status").json()
     assert status["dead_letters"] == 1 and status["dead_letters_by_reason"][0]["reason"] == "transform: MappingError"
+    assert [(a["what"], a["firing"]) for a in status["alerts_told"]] == [
+        ("cursor_lag", True), ("dead letters: transform: MappingError", False)]
+    assert "cursor_lag <span class=\"attention\">(firing)</span>" in client.get("/").text
     letters = client.get("/api/deadletters").json()
     assert letters["total"] == 1 and letters["letters"][0]["stockout_id"] == "9001"
     assert client.get("/api/deadletters/9001").json()["reason"].startswith("transform: MappingError")
