@@ -11,7 +11,7 @@ from rich.table import Table
 from ops.cli.app import main, require
 from ops.console.auth import UsersFileError, hash_password, load_users
 from ops.render import console as out
-from ops.render import fail
+from ops.render import err_console, fail
 from shared.settings import get_settings
 
 MIN_SECRET_KEY = 32
@@ -48,6 +48,9 @@ def console(ctx: click.Context, port: int, host: str, https_only: bool) -> None:
 
     app = create_app(runtime(), users, secret_key=secret, refresh_s=s.console_refresh_s, https_only=https_only)
     out.print(f"console on http://{host}:{port}/ ({len(users)} user(s) from {s.console_users_file})")
+    if host not in ("127.0.0.1", "::1", "localhost") and not https_only:
+        err_console.print(f"listening on {host} over plain HTTP: put TLS in front and use --https-only, "
+                          "or keep it to a network you trust")
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
 
 

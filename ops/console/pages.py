@@ -16,10 +16,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ops.backfill import BackfillRefused, start_backfill
-from ops.console.auth import LoginLimiter, authenticate, new_csrf_token
+from ops.console.auth import LoginLimiter, authenticate, csrf_ok, new_csrf_token
 from ops.console.bulk import in_batches
 from ops.console.letters import LetterIndex
-from ops.console.web import HERE, change, console_of, csrf_token, problem, render
+from ops.console.web import HERE, change, console_of, problem, render
 from ops.preview import preview
 from ops.status import backfill_views, dead_letter_groups, mapping_problem
 from ops.trace import trace
@@ -58,7 +58,7 @@ async def login(request: Request) -> Response:
     console = console_of(request)
     form = await request.form()
     name, password = text(form.get("user")), form.get("password")
-    if not csrf_token(request) or form.get("csrf") != request.session.get("csrf"):
+    if not csrf_ok(request.session.get("csrf"), form.get("csrf")):
         return render(request, "login.html", 403, error="the login form was out of date: try again")
     limiter = LoginLimiter(console.rt.redis, console.prefix)
     client = request.client.host if request.client else ""
@@ -78,7 +78,7 @@ async def login(request: Request) -> Response:
 async def logout_route(request: Request) -> Response:
     # a viewer may log out too: only the CSRF token is checked here, not the role
     form = await request.form()
-    if form.get("csrf") != request.session.get("csrf"):
+    if not csrf_ok(request.session.get("csrf"), form.get("csrf")):
         return problem(request, 403, "this form is out of date: reload the page")
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
