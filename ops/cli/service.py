@@ -130,7 +130,9 @@ def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | No
 @main.command()
 @click.option("--stockouts", default=3000, type=int, show_default=True, help="stockouts the sandbox starts with")
 @click.option("--bad", default=12, type=int, show_default=True, help="of which this many cannot be mapped")
-def demo(stockouts: int, bad: int) -> None:
+@click.option("--console", "console_port", type=click.IntRange(1, 65535), default=None,
+              help="after the summary, serve the operator console on the demo on this port until Ctrl-C")
+def demo(stockouts: int, bad: int, console_port: int | None) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
 
-    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))
+    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console, console_port=console_port))
