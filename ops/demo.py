@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -18,7 +19,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.processes import delete_prefix, service_env, start, start_beat, start_worker, stop, wait_for_consumer
+from ops.processes import (
+    delete_prefix,
+    service_env,
+    start,
+    start_beat,
+    start_worker,
+    stop,
+    wait_for_consumer,
+    wait_until,
+)
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
 from shared.deadletters import DeadLetterStore
@@ -128,6 +138,10 @@ def open_console(env: dict[str, str], workdir: Path, port: int, console: Console
     users.write_text(f"demo:operator:{hash_password(password)}\n")
     proc = start(["console", "--port", str(port)], {**env, "CONSOLE_SECRET_KEY": secrets.token_urlsafe(32),
                                                     "CONSOLE_USERS_FILE": str(users)}, workdir / "console.log")
+    wait_until(lambda: proc.poll() is not None or _listening(port), timeout=60, message="the console listening")
+    if proc.poll() is not None:
+        console.print(f"[red]the console did not start[/red] (port {port} taken?): see {workdir / 'console.log'}")
+        return
     console.print(f"console: http://127.0.0.1:{port}/ as user demo, password {password} "
                   f"(log in {workdir / 'console.log'}); Ctrl-C ends the demo")
     try:
@@ -136,6 +150,11 @@ def open_console(env: dict[str, str], workdir: Path, port: int, console: Console
         pass
     finally:
         stop(proc)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import redis
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -395,3 +396,44 @@ def _range():
     from shared.timeutil import parse_wire
 
     return parse_wire("2026-11-01"), parse_wire("2026-11-02")
+
+
+@pytest.mark.slow
+def test_the_demo_opens_the_console_on_its_own_state_until_ctrl_c(redis_url, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    import requests
+
+    from shared.redis_conn import free_port
+    from tests.cli import command
+
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        demo = subprocess.Popen(command("demo", "--stockouts", "40", "--bad", "3", "--console", str(port)),
+                                env={**os.environ, "REDIS_URL": redis_url}, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        line = wait_until(lambda: re.search(r"as user demo, password (\S+)", log.read_text()) or demo.poll(),
+                          timeout=240, message="the demo's console")
+        assert isinstance(line, re.Match), log.read_text()
+        http = requests.Session()
+        url = f"http://127.0.0.1:{port}"
+        token = csrf_of(http.get(f"{url}/login", timeout=10).text)
+        http.post(f"{url}/login", data={"user": "demo", "password": line.group(1), "csrf": token}, timeout=10)
+        assert http.get(f"{url}/api/deadletters", timeout=10).json()["total"] == 3, "the demo's three bad ones"
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if demo.poll() is None:  # Ctrl-C: the demo stops its worker, beat and console itself
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+        client = redis.Redis.from_url(redis_url)  # a demo cut short leaves its prefix: not ours to keep
+        for key in client.scan_iter(match="demo*"):
+            client.delete(key)
+        client.close()
