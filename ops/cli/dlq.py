@@ -111,6 +111,7 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
         console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
                       "`dlq show` it, fix what wrote it, then `dlq purge` it")
     done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout)
+    _audit(store, "dlq.requeue", done, _words(ids, all_, reason, code) + " through the mapping in force")
     console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
     if refused and not done:
         raise SystemExit(1)
@@ -126,4 +127,20 @@ def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     chosen = _select(store, ids, all_, None, None)
     if not yes and not click.confirm(f"delete {len(chosen)} dead letter(s) for good?"):
         fail("nothing deleted", 1)
-    console.print(f"purged {len(store.purge(chosen))}")
+    purged = store.purge(chosen)
+    _audit(store, "dlq.purge", purged, _words(ids, all_, None, None) + ", deleted for good")
+    console.print(f"purged {len(purged)}")
+
+
+def _words(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> str:
+    if ids:
+        return f"{len(ids)} named letter(s)"
+    said = ", ".join(f"{k} = {v!r}" for k, v in (("reason", reason), ("code", code)) if v)
+    return f"the letters whose {said}" if said else "every dead letter"
+
+
+def _audit(store: DeadLetterStore, action: str, done: list[str], detail: str) -> None:
+    from ops.console.audit import record_cli_change
+
+    if done:
+        record_cli_change(store.r, store.p, action, count=len(done), detail=detail, ids=done)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.backfill import BackfillRefused, start_backfill
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
+from ops.console.audit import record_cli_change
 from ops.preview import preview as make_preview
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
@@ -70,6 +71,8 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, follow: b
         job = start_backfill(rt, start, end)
     except BackfillRefused as err:
         fail(str(err))
+    record_cli_change(rt.redis, rt.settings.redis_prefix, "backfill.start", count=1,
+                      detail=f"{job.since} → {job.until}", ids=[job.id])
     if as_json:
         click.echo(job_json(job))
     else:
@@ -126,6 +129,8 @@ def backfill_cancel(job_id: str, as_json: bool) -> None:
     job = JobStore(rt.redis, rt.settings.redis_prefix).cancel(job_id)
     if job is None:
         fail(f"no backfill job {job_id!r} (see `stockout-sync backfill list`)", 1)
+    record_cli_change(rt.redis, rt.settings.redis_prefix, "backfill.cancel", count=1,
+                      detail=f"{job.since} → {job.until} at cursor {job.cursor or '—'}", ids=[job.id])
     if as_json:
         click.echo(job_json(job))
     else:

@@ -51,3 +51,17 @@ class AuditTrail:
 
     def count(self) -> int:
         return int(self.r.llen(self.key))
+
+
+def record_cli_change(r: redis.Redis, prefix: str, action: str, *, count: int, detail: str = "",
+                      ids: list[str] | None = None) -> None:
+    """A change made with the CLI, in the same trail: who is the login name of the shell, role `cli`."""
+    import getpass
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's): the uid says it
+        import os
+
+        who = f"uid {os.getuid()}"
+    AuditTrail(r, prefix).record(who, "cli", action, count=count, detail=detail, ids=ids)

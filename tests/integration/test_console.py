@@ -379,6 +379,27 @@ def test_the_console_refuses_to_start_without_a_key_or_with_a_bad_users_file(red
     assert hashed.returncode == 0 and hashed.stdout.startswith("scrypt$")
 
 
+def test_changes_made_with_the_cli_are_in_the_same_trail(rt, store, redis_url):
+    import getpass
+    import os
+
+    store.put(letter("9001"))
+    store.put(letter("9002"))
+    env = {**os.environ}
+    assert cli(env, "dlq", "requeue", "9001").returncode == 0
+    assert cli(env, "dlq", "purge", "--all", "--yes").returncode == 0
+    started = cli(env, "backfill", "--since", "2026-11-01", "--until", "2026-11-02", "--json")
+    job_id = json.loads(started.stdout)["id"]
+    assert cli(env, "backfill", "cancel", job_id).returncode == 0
+    assert cli(env, "dlq", "requeue", "--all").returncode == 0, "nothing left: nothing written"
+    entries = AuditTrail(rt.redis, "t").recent()
+    assert [(e.action, e.count, e.ids, e.role) for e in entries] == [
+        ("backfill.cancel", 1, [job_id], "cli"), ("backfill.start", 1, [job_id], "cli"),
+        ("dlq.purge", 1, ["9002"], "cli"), ("dlq.requeue", 1, ["9001"], "cli")]
+    assert {e.who for e in entries} == {getpass.getuser()}
+    assert entries[2].detail == "every dead letter, deleted for good"
+
+
 def test_audit_command_prints_the_trail(rt, redis_url):
     AuditTrail(rt.redis, "t").record("otto", "operator", "dlq.requeue", count=3, detail="the group x", ids=["1"])
     import os
