@@ -306,7 +306,8 @@ def test_reconcile_reports_are_listed_and_shown(app, rt):
     assert client.get("/api/reconcile/5").status_code == 404
 
 
-def test_mapping_preview_and_trace_ask_the_sandbox_as_the_cli_does(sandbox, service, tmp_path):
+@pytest.mark.invariant(4)
+def test_preview_and_trace_ask_the_sandbox_as_the_cli_does_and_no_page_shows_a_secret(sandbox, service, tmp_path):
     from datetime import timedelta
 
     from shared.runtime import Runtime
@@ -328,6 +329,14 @@ def test_mapping_preview_and_trace_ask_the_sandbox_as_the_cli_does(sandbox, serv
     assert "WH-XX99" in client.get("/mapping", params={"no": bad["order_no"]}).text
     assert client.get("/api/mapping", params={"no": "CK-NO-SUCH"}).json()["preview"]["found"] is False
     assert not sandbox.records(), "preview never saves"
+
+    secrets = get_settings().secret_values()
+    assert secrets, "the sandbox's credentials are set"
+    for path in ("/", "/api/status", "/deadletters", "/api/deadletters", "/mapping", "/api/mapping", "/backfill",
+                 "/reconcile", "/audit", f"/trace?q={good['order_no']}", f"/api/trace?q={good['order_no']}",
+                 f"/api/mapping?no={good['order_no']}"):
+        shown = client.get(path).text
+        assert not [x for x in secrets if x in shown], f"a secret on {path}"
 
     traced = client.get("/api/trace", params={"q": good["order_no"]}).json()
     assert traced["verdict"] == "never seen" and traced["stockout_id"] == good["stockout_id"], "no poll yet"
