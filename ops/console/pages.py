@@ -411,7 +411,7 @@ async def audit_page(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     both = [  # (path, endpoint): the page, and its JSON under /api
-        ("/", overview), ("/deadletters", dead_letters), ("/deadletters/{name}", dead_letter),
+        ("/", overview), ("/deadletters", dead_letters), ("/deadletters/{name:path}", dead_letter),
         ("/operations/{op_id}", operation), ("/trace", trace_page), ("/backfill", backfill_page),
         ("/mapping", mapping_page), ("/reconcile", reconcile_page), ("/reconcile/{n}", reconcile_report),
         ("/audit", audit_page),

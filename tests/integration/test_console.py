@@ -132,6 +132,14 @@ def test_the_list_follows_the_store_between_pages(app, store):
     assert client.get("/api/deadletters", params={"warehouse": "WH9", "page": "1"}).json()["letters"] == []
 
 
+def test_a_letter_whose_id_holds_url_characters_is_reachable(app, store):
+    store.put(letter("a/b?c#d", order_no="CK/1"))  # not what WDT's ids look like, but reachable all the same
+    client = client_of(app, "vera")
+    assert 'href="/deadletters/a/b%3Fc%23d"' in client.get("/deadletters").text
+    assert client.get("/api/deadletters/a/b%3Fc%23d").json()["stockout_id"] == "a/b?c#d"
+    assert client.get("/api/deadletters/CK/1").json()["stockout_id"] == "a/b?c#d"
+
+
 def test_a_viewer_sees_no_change_button_and_is_refused_every_change(app, store, rt):
     store.put(letter("9001"))
     job = JobStore(rt.redis, "t").create(*_range(), slice_s=86400, synced=0)
