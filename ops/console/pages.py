@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +26,7 @@ from producer.jobs import JobStore
 from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.errors import StockoutSyncError
 from shared.reconcile_reports import REPORTS_KEPT, recent_reports
-from shared.timeutil import parse_wire
+from shared.timeutil import parse_given
 
 PER_PAGE = 50
 FILTERS = ("group", "reason", "code", "warehouse", "day")
@@ -262,24 +261,14 @@ async def backfill_page(request: Request, error: str = "", status_code: int = 20
     return render(request, "backfill.html", status_code, views=views[:100], error=error)
 
 
-def parse_beijing(value: str, name: str) -> datetime:
-    try:
-        parsed = parse_wire(value)
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise BackfillRefused(f"{name}={value!r}: expected 'yyyy-MM-dd' or 'yyyy-MM-dd HH:mm:ss' (Beijing time)")
-    return parsed
-
-
 @change
 async def backfill_start(request: Request, form: FormData) -> Response:
     console = console_of(request)
     since, until = text(form.get("since")), text(form.get("until"))
     try:
         console.rt.mappings.get()  # the CLI's check: a mapping that validates
-        job = await run_in_threadpool(start_backfill, console.rt, parse_beijing(since, "since"),
-                                      parse_beijing(until, "until"))
+        job = await run_in_threadpool(start_backfill, console.rt, parse_given(since, "since"),
+                                      parse_given(until, "until"))
     except (BackfillRefused, ValueError) as err:
         return await backfill_page(request, f"no job recorded: {err}", 400)
     user = request.state.user
@@ -390,7 +379,7 @@ async def reconcile_requeue(request: Request, form: FormData) -> Response:
         from shared.messages import publish_stockout
 
         job = Reconcile(console.rt, keep_raw=True)
-        fresh = job.run(parse_beijing(since, "since"), parse_beijing(until, "until"))
+        fresh = job.run(parse_given(since, "since"), parse_given(until, "until"))
         yield job.requeue_missing(fresh, publish_stockout)
 
     user = request.state.user
