@@ -16,19 +16,25 @@ if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics,
 class Preview(BaseModel):
     stockout_no: str
     found: bool
+    lookup: str = ""  # how WDT was asked (WdtClient.find_by_no's line): the calls it took
     payload: dict[str, Any] | None = None
     error: str = ""  # the mapping's reason when the stockout cannot be mapped
 
 
 def preview(rt: Runtime, stockout_no: str) -> Preview:
-    """Raises StockoutSyncError when WDT cannot be asked (the caller says so in its own way)."""
+    """Looked up as `trace` does: from the times a dead letter knows, then in windows back to
+    WDT_LOOKUP_HORIZON_DAYS. Raises StockoutSyncError when WDT cannot be asked."""
+    from ops.trace import letter_times
     from shared import metrics
 
     with metrics.wdt_purpose("preview"):
-        raw = rt.wdt.get_by_no(stockout_no)
-    if raw is None:
-        return Preview(stockout_no=stockout_no, found=False)
+        found = rt.wdt.find_by_no(stockout_no, near=letter_times(rt, stockout_no))
+    if found.error is not None:
+        raise found.error
+    if found.record is None:
+        return Preview(stockout_no=stockout_no, found=False, lookup=found.line())
     try:
-        return Preview(stockout_no=stockout_no, found=True, payload={"data": make_preview(raw, rt.mapping)})
+        payload = {"data": make_preview(found.record, rt.mapping)}
     except StockoutSyncError as err:
-        return Preview(stockout_no=stockout_no, found=True, error=str(err))
+        return Preview(stockout_no=stockout_no, found=True, lookup=found.line(), error=str(err))
+    return Preview(stockout_no=stockout_no, found=True, lookup=found.line(), payload=payload)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import redis
 from pydantic import BaseModel, Field
 
+from producer import heartbeat
 from producer.jobs import Job, JobStore, eta_s
 from shared import breaker
 from shared.backlog import backlog, queue_lengths
@@ -103,6 +104,9 @@ class Status(BaseModel):
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     alerts_told: list[dict[str, Any]] = Field(default_factory=list)  # producer.alerts.told: what, when, firing
+    beat_heartbeat_age_s: float | None = None  # since beat's last poll ran (producer/heartbeat.py); None: never
+    beat_alive: bool = False  # a poll within two POLL_INTERVAL_S
+    poll_interval_s: float = 0.0
     problems: list[str] = Field(default_factory=list)
 
 
@@ -125,8 +129,16 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
 
     status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
+    _beat(status, rt)
     status.problems = problems(status)
     return status
+
+
+def _beat(status: Status, rt: Runtime) -> None:
+    age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
+    status.beat_heartbeat_age_s = _round(age)
+    status.beat_alive = heartbeat.alive(age, rt.settings.poll_interval_s)
+    status.poll_interval_s = rt.settings.poll_interval_s
 
 
 def backfill_views(rt: Runtime, jobs: list[Job] | None = None) -> list[BackfillView]:
@@ -180,9 +192,9 @@ def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        key = letter.group
+        key = letter.group  # what to fix (shared.deadletters.fix_key), with how many letters it mends
         groups[key] += 1
-        examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
+        examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
     return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
 
 
@@ -275,6 +287,10 @@ def problems(status: Status) -> list[str]:
             found.append(f"no worker is consuming the {STOCKOUT_QUEUE} queue")
         if not any(PRODUCER_QUEUE in w.queues for w in status.workers):
             found.append(f"no beat/producer is consuming the {PRODUCER_QUEUE} queue: nothing polls WDT")
+    if status.beat_heartbeat_age_s is not None and not status.beat_alive:
+        found.append(f"beat's last poll ran {status.beat_heartbeat_age_s:.0f} s ago (more than "
+                     f"{heartbeat.ALIVE_INTERVALS} × POLL_INTERVAL_S={status.poll_interval_s:g}): no live beat, "
+                     "so nothing polls and backfill jobs wait")
     if status.lag_s is None:
         found.append("no poll has completed yet: the cursor is not set")
     elif status.lag_s > status.max_lag_s:

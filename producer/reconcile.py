@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, computed_field
 from producer.poll import read_slice
 from producer.window import slices_for
 from shared import metrics
+from shared.bip.models import DEFINE1, define1_of
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
 from shared.mapping import MEMO_FIELDS
@@ -41,7 +42,6 @@ LIST_ATTEMPTS = 4
 LIST_PAGE_SIZE = 100
 PROBE_ATTEMPTS = 2  # a detail call that fails twice is "unknown": the next reconcile asks again
 RATE_LIMIT_ATTEMPTS = 4
-DEFINE1 = "defines!define1"
 EXIT_CLEAN, EXIT_MISMATCH, EXIT_UNVERIFIED = 0, 1, 3
 STORED_ROWS = 500  # per list in a stored daily report: 30 of them live in Redis
 
@@ -574,11 +574,7 @@ def _text(obj: Any, key: str) -> str:
     return "" if value is None else str(value)
 
 
-def _define1(row: dict) -> str:
-    value = row.get(DEFINE1)
-    if value in (None, "") and isinstance(row.get("defines"), dict):
-        value = row["defines"].get("define1")
-    return "" if value is None else str(value)
+_define1 = define1_of
 
 
 def _fields_now(raw: Any, mapping: Mapping) -> dict[str, str]:

@@ -2,6 +2,7 @@
 it, requeue and purge, each claimed atomically. Layout and why: docs/design.md, "Dead letters"."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -85,9 +86,8 @@ class DeadLetter(BaseModel):
 
     @property
     def group(self) -> str:
-        """The kind of failure, not its particular value: one group per thing to fix (`status`, the console)."""
-        code = f" [{self.api} {self.code}]" if self.code else ""
-        return f"{self.stage}: {self.error_class}{code}"
+        """What the operator has to fix (fix_key): one group per fix, in `status` and the console."""
+        return fix_key(self)
 
     def matches(self, *, reason: str | None = None, code: str | None = None, group: str | None = None,
                 warehouse: str | None = None, day: str | None = None) -> bool:
@@ -114,6 +114,33 @@ def summary(record: dict[str, Any]) -> DeadLetter:
     has_warehouse = isinstance(stockout, dict) and "warehouse_no" in stockout
     kept = {"warehouse_no": stockout["warehouse_no"]} if has_warehouse else {}  # type: ignore[index]
     return DeadLetter.model_validate({**record, "stockout": kept, "history": [], "raw": ""})
+
+
+_LINE_INDEX = re.compile(r"\[\d+\]")
+FIX_KEY_MAX = 160
+
+
+def fix_key(letter: DeadLetter) -> str:
+    """What the operator has to fix, the same for every letter one fix mends: the missing warehouse,
+    the unknown material or unit, the remote code and its words. The stockout's own id, order number
+    and line index are taken out; the text after " (" (hints, where in the stockout) too. Status
+    groups by it; the console and the alerts can."""
+    if letter.malformed:
+        return f"malformed message: {_head(letter, letter.message)}"
+    if letter.code or letter.api_message:
+        said = _head(letter, letter.api_message or letter.message)
+        return f"{letter.stage}: [{letter.api} {letter.code or '-'}] {said}"
+    if letter.http_status is not None:
+        return f"{letter.stage}: {letter.error_class} HTTP {letter.http_status}"
+    return f"{letter.stage}: {_head(letter, letter.message)}"
+
+
+def _head(letter: DeadLetter, text: str) -> str:
+    for own, shown in ((letter.order_no, "<order_no>"), (letter.stockout_id, "<stockout_id>")):
+        if own:
+            text = text.replace(own, shown)
+    text = _LINE_INDEX.sub("[*]", text).split(" (", 1)[0].strip()
+    return text if len(text) <= FIX_KEY_MAX else text[:FIX_KEY_MAX - 1] + "…"
 
 
 def redact(raw: Any) -> Any:

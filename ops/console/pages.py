@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ops.backfill import BackfillRefused, start_backfill
+from ops.backfill import beat_walks, plan, start_backfill
 from ops.console.auth import LoginLimiter, authenticate, csrf_ok, new_csrf_token
 from ops.console.bulk import in_batches
 from ops.console.letters import LetterIndex
@@ -26,7 +26,7 @@ from producer.jobs import JobStore
 from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.errors import StockoutSyncError
 from shared.reconcile_reports import REPORTS_KEPT, recent_reports
-from shared.timeutil import parse_given
+from shared.timeutil import format_wire, parse_given
 
 PER_PAGE = 50
 FILTERS = ("group", "reason", "code", "warehouse", "day")
@@ -252,29 +252,42 @@ async def trace_page(request: Request) -> Response:
 
 
 # -- backfill ------------------------------------------------------------------------------------
-async def backfill_page(request: Request, error: str = "", status_code: int = 200) -> Response:
+async def backfill_page(request: Request, error: str = "", status_code: int = 200, notice: str = "") -> Response:
     console = console_of(request)
     views = await run_in_threadpool(backfill_views, console.rt)
     views.reverse()  # newest first
     if wants_json(request):
         return JSONResponse([{**v.job.model_dump(), "progress": v.progress, "eta_s": v.eta_s} for v in views])
-    return render(request, "backfill.html", status_code, views=views[:100], error=error)
+    alive, walks = await run_in_threadpool(beat_walks, console.rt)
+    return render(request, "backfill.html", status_code, views=views[:100], error=error, notice=notice,
+                  beat_alive=alive, beat_words=walks)
 
 
 @change
 async def backfill_start(request: Request, form: FormData) -> Response:
+    """The CLI's guard rails (ops.backfill.plan): the whole --until day, cut at now, a long range asked for."""
     console = console_of(request)
     since, until = text(form.get("since")), text(form.get("until"))
     try:
         console.rt.mappings.get()  # the CLI's check: a mapping that validates
-        job = await run_in_threadpool(start_backfill, console.rt, parse_given(since, "since"),
-                                      parse_given(until, "until"))
-    except (BackfillRefused, ValueError) as err:
+        planned = plan(since, until, max_days=console.rt.settings.backfill_max_days, names=("since", "until"))
+    except ValueError as err:
         return await backfill_page(request, f"no job recorded: {err}", 400)
+    if planned.too_long and form.get("confirm") != "yes":
+        return render(request, "confirm.html", action="record the backfill", count=1,
+                      question=f"Backfill {planned.days:.0f} days, {format_wire(planned.start)} → "
+                               f"{format_wire(planned.end)}?",
+                      words=f"more than BACKFILL_MAX_DAYS={console.rt.settings.backfill_max_days:g}: "
+                            "a year off is a typo more often than a wish", mapping={}, malformed=[], same_mapping=0,
+                      examples=[], hidden=[("since", since), ("until", until)], post_to="/backfill/start",
+                      back="/backfill")
+    job = await run_in_threadpool(start_backfill, console.rt, planned)
     user = request.state.user
     console.audit.record(user.name, user.role, "backfill.start", count=1, detail=f"{job.since} → {job.until}",
                          ids=[job.id])
-    return RedirectResponse("/backfill", status_code=303)
+    _, walks = await run_in_threadpool(beat_walks, console.rt)
+    notice = f"backfill job {job.id} recorded: {job.since} → {job.until}; {walks}"
+    return await backfill_page(request, planned.cut, notice=notice)
 
 
 @change

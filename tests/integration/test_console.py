@@ -23,6 +23,7 @@ from tests.integration.console_kit import csrf_of, letter, login, make_app, writ
 
 pytestmark = pytest.mark.integration
 
+GROUP = "transform: warehouse WH9 is not in [warehouses]"  # what console_kit's letters have to fix
 HOSTILE = '<script>alert(1)</script>"onmouseover=alert(2) x="'
 
 
@@ -101,7 +102,8 @@ def test_pages_and_their_json_answer_a_viewer(app, store, rt):
         assert answer.headers["content-security-policy"].startswith("default-src 'self'")
         assert answer.headers["x-frame-options"] == "DENY"
     status = client.get("/api/status").json()
-    assert status["dead_letters"] == 1 and status["dead_letters_by_reason"][0]["reason"] == "transform: MappingError"
+    assert status["dead_letters"] == 1
+    assert status["dead_letters_by_reason"][0]["reason"] == "transform: warehouse WH9 is not in [warehouses]"
     assert [(a["what"], a["firing"]) for a in status["alerts_told"]] == [
         ("cursor_lag", True), ("dead letters: transform: MappingError", False)]
     assert "cursor_lag <span class=\"attention\">(firing)</span>" in client.get("/").text
@@ -210,13 +212,13 @@ def test_requeue_a_group_confirms_how_many_and_which_mapping_then_audits(app, st
     store.put(letter("9100", stage="save", error_class="BipBusinessError", code="999", message="BIP said no"))
     client = client_of(app, "otto")
     token = csrf_of(client.get("/deadletters").text)
-    asked = client.post("/deadletters/requeue", data={"group": "transform: MappingError", "csrf": token})
+    asked = client.post("/deadletters/requeue", data={"group": GROUP, "csrf": token})
     assert asked.status_code == 200
     fingerprint = mapping_cache(get_settings().mapping_file).get().fingerprint()
     assert "Requeue 3 dead letter(s)?" in asked.text and fingerprint in asked.text
     assert store.count() == 4, "nothing happens before the confirmation"
 
-    done = client.post("/deadletters/requeue", data={"group": "transform: MappingError", "csrf": token,
+    done = client.post("/deadletters/requeue", data={"group": GROUP, "csrf": token,
                                                      "confirm": "yes"}, follow_redirects=False)
     assert done.status_code == 303
     op_path = done.headers["location"]
@@ -226,7 +228,7 @@ def test_requeue_a_group_confirms_how_many_and_which_mapping_then_audits(app, st
     assert rt.redis.llen(f"t:{STOCKOUT_QUEUE}") == 3, "each went back to the stockouts queue"
     [entry] = AuditTrail(rt.redis, "t").recent()
     assert (entry.who, entry.role, entry.action, entry.count) == ("otto", "operator", "dlq.requeue", 3)
-    assert "transform: MappingError" in entry.detail and fingerprint in entry.detail
+    assert GROUP in entry.detail and fingerprint in entry.detail
     assert sorted(entry.ids) == ["9001", "9002", "9003"]
     page = client.get("/audit").text
     assert "dlq.requeue" in page and "otto" in page
@@ -287,13 +289,23 @@ def test_backfill_start_with_the_clis_guard_rails_and_cancel(app, rt):
     started = client.post("/backfill/start", data={"since": "2026-11-01", "until": "2026-11-03", "csrf": token})
     assert started.status_code == 200
     [job] = JobStore(rt.redis, "t").all()
-    assert (job.since, job.until, job.state) == ("2026-11-01 00:00:00", "2026-11-03 00:00:00", "running")
+    assert (job.since, job.until, job.state) == ("2026-11-01 00:00:00", "2026-11-03 23:59:59", "running")
     assert client.get("/api/backfill").json()[0]["id"] == job.id
     client.post(f"/backfill/{job.id}/cancel", data={"csrf": token})
     assert JobStore(rt.redis, "t").get(job.id).state == "cancelled"
     assert client.post("/backfill/nope/cancel", data={"csrf": token}).status_code == 404
     actions = [(e.action, e.ids) for e in AuditTrail(rt.redis, "t").recent()]
     assert actions == [("backfill.cancel", [job.id]), ("backfill.start", [job.id])]
+
+    # over BACKFILL_MAX_DAYS: asked first; an end after now: cut at now, and said
+    asked = client.post("/backfill/start", data={"since": "2020-01-01", "until": "2026-11-01", "csrf": token})
+    assert re.search(r"Backfill 24\d\d days", asked.text) and "BACKFILL_MAX_DAYS=365" in asked.text, asked.text[-900:]
+    assert len(JobStore(rt.redis, "t").all()) == 1
+    client.post("/backfill/start", data={"since": "2020-01-01", "until": "2026-11-01", "csrf": token, "confirm": "yes"})
+    assert len(JobStore(rt.redis, "t").all()) == 2
+    later = client.post("/backfill/start", data={"since": "2026-11-01", "until": "2099-01-01", "csrf": token})
+    assert "is in the future: the job ends at now" in later.text and "recorded" in later.text
+    assert JobStore(rt.redis, "t").all()[-1].until < "2099"
 
 
 def test_reconcile_reports_are_listed_and_shown(app, rt):
