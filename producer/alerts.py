@@ -233,7 +233,8 @@ class Watch:
 # -- rendering -----------------------------------------------------------------------------------
 def reason_key(letter: DeadLetter) -> str:
     """The kind of failure, not its particular value: one message per thing to fix (as `status` groups)."""
-    return letter.group
+    code = f" [{letter.api} {letter.code}]" if letter.code else ""
+    return f"{letter.stage}: {letter.error_class}{code}"
 
 
 def told(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
