@@ -203,11 +203,13 @@ async def dlq_change(request: Request, form: FormData, action: str) -> Response:
                       examples=targets[:20], hidden=hidden, post_to=f"/deadletters/{action}")
     user = request.state.user
     if action == "requeue":
+        from shared.flower_events import announce_requeued  # Flower marks the failures resolved, as for the CLI
         from shared.messages import publish_stockout
 
         op = console.operations.start(
             "dlq.requeue", user.name, user.role, f"{words} through {mapping_words(mapping)}", len(targets),
-            in_batches(targets, lambda chunk: store.requeue(chunk, publish_stockout)))
+            in_batches(targets, lambda chunk: store.requeue(
+                chunk, publish_stockout, on_sent=lambda sent: announce_requeued(x.task_id for x in sent))))
     else:
         op = console.operations.start("dlq.purge", user.name, user.role, f"{words}, deleted for good",
                                       len(targets), in_batches(targets, store.purge))
