@@ -40,8 +40,11 @@ return {false, redis.call('PTTL', KEYS[1]), mark}
 # The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
 # counter `status` reads (only when the stockout was not done already) and the time of the last
 # save (the metrics' "last save"), then the lock goes.
-# KEYS: lock, mark bucket, counter, last-saved time. ARGV: owner, mark field, mark, ttl s, now (epoch s).
+# The stockout's in-flight marker goes too: it is done.
+# KEYS: lock, mark bucket, counter, last-saved time, in-flight hash. ARGV: owner, mark field, mark, ttl s,
+# now (epoch s), stockout id.
 _FINISH = """
+redis.call('HDEL', KEYS[5], ARGV[6])
 local before = redis.call('HGET', KEYS[2], ARGV[2])
 if not (before and string.sub(before, 1, 2) == 'd|') then redis.call('INCR', KEYS[3]) end
 redis.call('SET', KEYS[4], ARGV[5])
@@ -59,6 +62,22 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+# Before a save: the in-flight marker `<ms>|<generation>` (Redis TIME) of the first send of this key,
+# written when there is none (or one of another generation; with ARGV[3] = '1' always).
+# KEYS: in-flight hash. ARGV: stockout id, generation, reset. Returns {marker before or false, now ms}.
+_SENDING = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+local same = before and string.match(before, '|(%d+)$') == ARGV[2]
+if ARGV[3] == '1' or not same then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now) .. '|' .. ARGV[2])
+end
+if same then return {before, string.format('%.0f', now)} end
+return {false, string.format('%.0f', now)}
 """
 
 _RELEASE = """
@@ -122,6 +141,7 @@ class StateStore:
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._swap = client.register_script(_SWAP)
+        self._sending = client.register_script(_SENDING)
 
     # -- per stockout ----------------------------------------------------------------------
     def mark_slot(self, sid: str) -> tuple[str, str]:
@@ -210,8 +230,25 @@ class StateStore:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
         mark = done_mark(bip_id, bip_code, generation)
-        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p), last_saved_key(self.p)],
-                     args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}"])
+        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p), last_saved_key(self.p), self._inflight],
+                     args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}", sid])
+
+    # -- in-flight saves: when this stockout's key was first sent ------------------------------
+    @property
+    def _inflight(self) -> str:
+        # one hash, field = the stockout id (never a key name): entries go when the stockout is done
+        return f"{self.p}:inflight"
+
+    def sending(self, sid: str, generation: int = 0, *, reset: bool = False) -> tuple[float | None, float]:
+        """Mark a save of `sid` as about to be sent: (seconds since the first send of this key, or
+        None when it was never sent before; now on Redis's clock, epoch s). `reset`: the key counts as
+        sent afresh (BIP's absence was just proven, so whatever it remembered no longer matters)."""
+        before, now = self._sending(keys=[self._inflight], args=[sid, str(generation), "1" if reset else "0"])
+        now_ms = float(now)
+        if not before:
+            return None, now_ms / 1000
+        first = (before.decode() if isinstance(before, bytes) else before).split("|", 1)[0]
+        return max(0.0, (now_ms - float(first)) / 1000), now_ms / 1000
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
