@@ -13,7 +13,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from producer.jobs import Job, JobStore, eta_s
-from shared import breaker
+from shared import breaker, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
@@ -100,6 +100,7 @@ class Status(BaseModel):
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
+    state_epoch: str = ""  # the epoch of the Redis state (shared/epoch.py); empty = none
     problems: list[str] = Field(default_factory=list)
 
 
@@ -119,6 +120,8 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
+    found = epoch.read(r, p)
+    status.state_epoch = found.id if found else ""
     status.problems = problems(status)
     return status
 
@@ -276,9 +279,13 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
     if status.mapping_problem is not None:
         found.append(status.mapping_problem.line())
+    if not status.state_epoch:
+        found.append("the state has no epoch: Redis lost its state, or beat has not polled yet")
     for scope in status.breaker.scopes:
+        then = ("" if scope["api"] == epoch.SCOPE else
+                " — fix it and restart, or work resumes when a probe succeeds")
         found.append(f"paused since {scope['since']} (circuit breaker {scope['state']} for {scope['api']}): "
-                     f"{scope['cause']} — fix it and restart, or work resumes when a probe succeeds")
+                     f"{scope['cause']}{then}")
     return found
 
 

@@ -14,7 +14,7 @@ from producer.backfill import Gate, SliceRead, advance
 from producer.counts import PageCounts
 from producer.jobs import JobStore
 from producer.window import Segment, Window, runs, slices_for
-from shared import breaker, metrics
+from shared import breaker, epoch, metrics
 from shared.backlog import live_backlog
 from shared.errors import StockoutSyncError
 from shared.retry import call_with_retries, in_process_policy
@@ -191,6 +191,11 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
         log.info(summary.line(), extra={"stage": "poll", "outcome": "skipped"})
         return summary
     try:
+        paused = state_problem(rt)
+        if paused:
+            summary.skipped = f"paused: {paused}"
+            log.error("poll skipped, the pipeline is paused: %s", paused, extra={"stage": "poll", "outcome": "paused"})
+            return summary
         window = Window(rt.redis, store, settings, initial_since(settings, now))
         mapping = rt.mapping
 
@@ -248,6 +253,16 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
     metrics.observe_poll("ok", summary.duration_s)
     log.info(summary.line(), extra={"stage": "poll", "outcome": "ok", **summary.model_dump(include=_LOGGED)})
     return summary
+
+
+def state_problem(rt: Runtime) -> str:
+    """Why the Redis state cannot be trusted ("" when it can), checked before anything is published;
+    the epoch is created on the first poll and beat's copy kept (shared/epoch.py)."""
+    s = rt.settings
+    cursor = rt.store.cursor()
+    copy = epoch.StateCopy(s.state_copy_file) if s.state_copy_file else None
+    return epoch.check_beat(rt.redis, s.redis_prefix, copy, format_wire(cursor) if cursor else "",
+                            probe_interval_s=s.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
 
 
 def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:

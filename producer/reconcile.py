@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field, computed_field
 
 from producer.poll import read_slice
 from producer.window import slices_for
-from shared import metrics
+from shared import epoch, metrics
+from shared.bip import lookup
+from shared.bip.idempotency import our_keys
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
 from shared.reconcile_reports import push_report
@@ -181,6 +183,8 @@ class Reconcile:
         self._unwritten = 0  # present, but BIP gave no pubts to compare with
         self._unknown_filtered = 0  # filtered out in WDT, marked done here, presence in BIP unknown
         self._proofs: Counter[str] = Counter()
+        found = epoch.read(rt.redis, rt.settings.redis_prefix)
+        self._legacy_keys = bool(found and found.verify_before)  # keys of an older version may be ours too
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -379,26 +383,32 @@ class Reconcile:
         return calls
 
     def _probe_code(self, probe: _Probe, report: Report, budget: int | None, used: int) -> int:
+        """By the document code, each row checked by its detail: a record holding our code counts as
+        present only when it is this stockout's (define1, and our key where BIP shows one)."""
         item = probe.item
         unlooked = "no done mark to look up by id; {}; {}"
         if self._code_why:
             self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
             return 0
-        answer, calls = self._ask(lambda: self.rt.bip.list_page(1, LIST_PAGE_SIZE, code=item.order_no)[0],
+        keys = our_keys(item.sid, self.rt.settings.key_account, generations=mark_generation(item.mark),
+                        legacy=self._legacy_keys)
+        answer, calls = self._ask(lambda: lookup.by_code(self.rt.bip, item.sid, item.order_no, keys),
                                   report, "code", budget, used)
         if isinstance(answer, StockoutSyncError):
-            self._unknown(item, report, "code_failed", f"BIP's list by code {item.order_no} failed: {answer.message}")
-            return calls
-        if any(_text(row, "code") != item.order_no for row in answer):
-            self._code_why = "BIP's list ignores the code filter too"
-            self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
-            return calls
-        if answer:
-            rows = [BipRow(id=_text(r, "id"), code=_text(r, "code"), pubts=_text(r, "pubts")) for r in answer]
-            self._present(item, rows, report, from_list=False)
-        else:
+            self._unknown(item, report, "code_failed",
+                          f"BIP's look-up by code {item.order_no} failed: {answer.message}")
+        elif isinstance(answer, lookup.Found):
+            self._present(item, [BipRow(id=answer.id, code=answer.code)], report, from_list=False)
+        elif isinstance(answer, lookup.Foreign):
+            self._absent(item, report, f"code {item.order_no} is held by BIP record {answer.id} of "
+                         f"{answer.define1 or 'no stockout'} (a foreign record), and no record of this stockout's "
+                         "can hold it too")
+        elif answer == "absent":
             self._absent(item, report, f"no record with code {item.order_no} in BIP (code look-up verified), "
                          "never marked saved here")
+        else:
+            self._code_why = "BIP's list ignores the code filter too"
+            self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
         return calls
 
     # -- outcomes ---------------------------------------------------------------------------------

@@ -179,7 +179,8 @@ def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
 def test_a_code_held_by_a_foreign_record_is_a_dead_letter_naming_it(redis_client, held_by):
     client, fake = make_client(redis_client)
     fake.replies[SAVE] = [bip("999", "单据编号[SO-1]已存在")]
-    fake.replies[LIST] = [(200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": "9", "code": "SO-1"}]}})]
+    rows = [{"id": "9", "code": "SO-1"}]
+    fake.replies[LIST] = [(200, {"code": "200", "data": {"recordCount": 1, "recordList": rows}})]
     fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "9", "code": "SO-1", **held_by}})]
     with pytest.raises(ForeignRecordError) as info:
         client.save(record(code="SO-1", define1="1"))
