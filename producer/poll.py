@@ -3,6 +3,7 @@ only past a slice published whole; check the lookback's counts when due; then gi
 the rest of the poll's budget (docs/design.md, "The poll and the cursor")."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from producer.backfill import Gate, SliceRead, advance
 from producer.counts import PageCounts
-from producer.jobs import JobStore
+from producer.jobs import JobStore, parse_time
 from producer.window import Segment, Window, runs, slices_for
 from shared import breaker, epoch, metrics
 from shared.backlog import live_backlog
@@ -261,8 +262,22 @@ def state_problem(rt: Runtime) -> str:
     s = rt.settings
     cursor = rt.store.cursor()
     copy = epoch.StateCopy(s.state_copy_file) if s.state_copy_file else None
+    since = recover_from(rt, cursor) if copy is not None else ""
     return epoch.check_beat(rt.redis, s.redis_prefix, copy, format_wire(cursor) if cursor else "",
-                            probe_interval_s=s.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER)
+                            probe_interval_s=s.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER,
+                            recover_from=since)
+
+
+def recover_from(rt: Runtime, cursor: datetime | None) -> str:
+    """Where beat's copy says an automatic recovery starts: the lookback before the cursor, or the
+    start of the earliest running backfill job when that is earlier (producer/recover.py)."""
+    s = rt.settings
+    starts = [cursor - timedelta(seconds=s.lookback_s + s.settle_s)] if cursor is not None else []
+    for job in JobStore(rt.redis, s.redis_prefix).all():
+        if not job.finished:
+            with contextlib.suppress(ValueError):
+                starts.append(parse_time(job.since))
+    return format_wire(min(starts)) if starts else ""
 
 
 def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:

@@ -166,8 +166,10 @@ class Reconcile:
     one call per WDT page); with `sample` the ones checked are a random choice across the range."""
 
     def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep, max_calls: int | None = None,
-                 sample: bool = False, keep_raw: bool = False, rng: random.Random | None = None) -> None:
+                 sample: bool = False, keep_raw: bool = False, rng: random.Random | None = None,
+                 on_present: Callable[[str, BipRow], None] | None = None) -> None:
         self.rt = rt
+        self.on_present = on_present  # told of each stockout proven in BIP, with its (first) record: recover
         self.sleep = sleep
         self.max_calls = max_calls
         self.sample = sample
@@ -414,6 +416,8 @@ class Reconcile:
     # -- outcomes ---------------------------------------------------------------------------------
 
     def _present(self, item: _Item, rows: list[BipRow], report: Report, *, from_list: bool) -> None:
+        if self.on_present is not None and rows:
+            self.on_present(item.sid, rows[0])
         written = max((r.pubts for r in rows), default="")
         if not item.eligible:
             report.changed.append(Changed(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from producer.poll import OnQueue, poll_once
 from producer.reconcile import run_daily
+from producer.recover import recover_by_itself
 from shared.celery_app import BACKFILL_QUEUE, POLL_TASK, RECONCILE_TASK, app
 from shared.messages import publish_stockout
 from shared.runtime import runtime
@@ -16,6 +17,8 @@ def poll() -> dict:
     # acks_late off: a poll that dies is simply run again by the next beat; redelivering it would
     # only race that next one for the lock.
     rt = runtime()
+    # a state Redis lost is rebuilt from BIP first, when beat's copy says from where (producer/recover.py)
+    recover_by_itself(rt, publish_stockout)
     return poll_once(rt, publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
                      backfill_budget_s=rt.settings.poll_interval_s * BACKFILL_SHARE).model_dump()
 

@@ -69,6 +69,7 @@ class Copy:
 
     epoch: str
     cursor: str = ""
+    recover_from: str = ""  # Beijing time an automatic recovery reads from: the lookback, running backfills
 
 
 class StateCopy:
@@ -78,7 +79,7 @@ class StateCopy:
     def load(self) -> Copy | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            return Copy(str(data["epoch"]), str(data.get("cursor") or ""))
+            return Copy(str(data["epoch"]), str(data.get("cursor") or ""), str(data.get("recover_from") or ""))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -96,7 +97,7 @@ class StateCopy:
 
 def check_beat(r: redis_lib.Redis, prefix: str, copy: StateCopy | None, cursor: str, *,
                probe_interval_s: float = breaker.DEFAULT_PROBE_INTERVAL_S,
-               observer: breaker.BreakerObserver | None = None) -> str:
+               observer: breaker.BreakerObserver | None = None, recover_from: str = "") -> str:
     """Beat's check before each poll: "" when the state is intact (the epoch created on first use,
     the copy kept up to date), else why it is not — and then the `state` scope is open."""
     epoch = read(r, prefix)
@@ -118,7 +119,8 @@ def check_beat(r: redis_lib.Redis, prefix: str, copy: StateCopy | None, cursor: 
         # a cursor without an epoch: a state an older version wrote (an upgrade), or one whose epoch was lost
         epoch = create(r, prefix, inherited=bool(cursor))
     if copy is not None:
-        copy.save(Copy(epoch.id, cursor or (kept.cursor if kept else "")))
+        copy.save(Copy(epoch.id, cursor or (kept.cursor if kept else ""),
+                       recover_from or (kept.recover_from if kept else "")))
     return ""
 
 

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     bip_key_memory_s: int = Field(3600, ge=2, description="how long BIP's gateway remembers a resubmitCheckKey")
     key_namespace: str = Field("", max_length=64, description="names the WDT account in every key; empty = WDT_SID")
     state_copy_file: str = Field("", description="beat's copy of the state epoch and cursor; empty = none")
+    auto_recover: bool = Field(True, description="beat rebuilds a lost state from BIP by itself when its copy allows")
 
     # HTTP
     http_connect_timeout_s: float = 5.0
