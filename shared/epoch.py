@@ -148,6 +148,11 @@ class StateGuard:
         self._seen_at = 0.0
         self._ok_until = 0.0
 
+    def recheck(self) -> Epoch:
+        """`check` without the cache (a claim found the state changed)."""
+        self._ok_until = 0.0
+        return self.check()
+
     def check(self) -> Epoch:
         if self._seen is not None and time.monotonic() < self._ok_until:
             return self._seen
@@ -160,8 +165,9 @@ class StateGuard:
         epoch = _parse(raw)
         problem = ""
         if epoch is None and self._seen is None:
-            # messages before beat's first poll (published by hand, a one-off tool): the state starts here
-            epoch = create(self.r, self.prefix)
+            # messages before beat's first poll (published by hand, a one-off tool, an upgrade's old queue):
+            # the state starts here, inherited when an older version's cursor is there
+            epoch = create(self.r, self.prefix, inherited=bool(self.r.exists(f"{self.prefix}:cursor")))
             log.warning("no state epoch in Redis: created %s (beat normally does this on its first poll)", epoch.id)
         if epoch is None:
             problem = f"Redis lost its state: the epoch {self._seen.id if self._seen else ''} this worker saw is gone"

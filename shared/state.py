@@ -24,9 +24,15 @@ _MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stay
 # The lock is also taken when the same task already holds it: a message redelivered after its
 # worker process died carries the same task id, and must not wait for the dead one.
 # The queued mark comes back too: `q|g` names the key generation a reconcile re-created it under.
-# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field.
+# With an epoch id, the marks are read only while the epoch is still that one: a mark missing
+# because Redis lost everything is never taken for "not saved yet" (pttl -1 says so).
+# KEYS: lock, mark bucket, epoch. ARGV: owner, lock ms, mark field, epoch id or ''.
 # Returns {done mark or false, pttl, mark or false}.
 _CLAIM = """
+if ARGV[4] ~= '' then
+  local e = redis.call('GET', KEYS[3])
+  if (not e) or (not string.find(e, ARGV[4], 1, true)) then return {false, -1, false} end
+end
 local mark = redis.call('HGET', KEYS[2], ARGV[3])
 if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0, mark} end
 local cur = redis.call('GET', KEYS[1])
@@ -110,10 +116,11 @@ class Claim:
     done: Done | None
     wait_s: float
     generation: int = 0  # the key generation the queued mark names (`q|g`), 0 for plain `q`
+    lost: bool = False  # the state is not the epoch's any more: nothing read here can be trusted
 
     @property
     def acquired(self) -> bool:
-        return self.done is None and self.wait_s == 0
+        return self.done is None and self.wait_s == 0 and not self.lost
 
 
 def stockout_key(raw: dict) -> str:
@@ -211,11 +218,15 @@ class StateStore:
     def _lock(self, sid: str) -> str:
         return f"{self.p}:lock:{sid}"
 
-    def claim(self, sid: str, owner: str, ttl_s: float) -> Claim:
+    def claim(self, sid: str, owner: str, ttl_s: float, epoch: str = "") -> Claim:
         """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
-        holder's lock expires), atomically and in one round trip."""
+        holder's lock expires), atomically and in one round trip. With `epoch`, only while the state
+        is still that epoch's (else `Claim.lost`)."""
         bucket, field = self.mark_slot(sid)
-        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
+        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket, f"{self.p}:epoch"],
+                                        args=[owner, int(ttl_s * 1000), field, epoch])
+        if int(pttl) == -1:
+            return Claim(None, 0.0, lost=True)
         if done:
             return Claim(parse_done(done.decode() if isinstance(done, bytes) else done), 0.0)
         mark = rest[0] if rest else None

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from shared.bip import lookup
 from shared.bip.idempotency import our_keys
 from shared.bip.models import OthOutRecord, SaveResult
-from shared.epoch import Epoch
+from shared.epoch import Epoch, StatePaused
 from shared.runtime import Runtime
 from shared.state import order_no_of, stockout_key
 from shared.wdt.models import Stockout
@@ -49,7 +49,10 @@ def sync_one(raw: dict, rt: Runtime, *, task_id: str, generation: int = 0, redel
     store = rt.store
     epoch = rt.state_guard.check()  # StatePaused: the state is gone or replaced, nothing may be saved
     # The done mark and the lock in one atomic step: a holder we had to wait for may have saved it.
-    claim = store.claim(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S)
+    claim = store.claim(sid, task_id, rt.settings.task_time_limit_s + LOCK_MARGIN_S, epoch.id)
+    if claim.lost:  # the state went between the guard's look and the claim: the guard says how, then pauses
+        rt.state_guard.recheck()
+        raise StatePaused("the state changed while this stockout was claimed")
     done = claim.done
     if done is not None:
         return Outcome(
@@ -108,10 +111,11 @@ def save_once(rt: Runtime, stockout: Stockout, record: OthOutRecord, keys: froze
 def must_prove(rt: Runtime, stockout: Stockout, since_first: float | None, epoch: Epoch, redelivered: bool) -> str:
     """Why this save's key may be one BIP has forgotten ("" when it surely remembers or never saw it)."""
     memory = rt.settings.bip_key_memory_s
+    if redelivered:
+        # a worker died with it: maybe after BIP stored it, and redelivery may come later than BIP's memory
+        return "its message was redelivered (a worker died with it)"
     if since_first is not None and since_first >= memory / 2:
         return f"its key was first sent {since_first:.0f} s ago (BIP_KEY_MEMORY_S={memory})"
-    if since_first is None and redelivered:
-        return "its message was redelivered and no earlier send is on record"
     if since_first is None and epoch.verify_before:
         # only shipped stockouts are saved: one consigned after the state began cannot have been saved before it
         consigned = stockout.consign_time.timestamp() if stockout.consign_time is not None else None
