@@ -38,8 +38,9 @@ class Recovered(BaseModel):
 def recover(rt: Runtime, since: datetime, until: datetime, *, publish: Callable[..., Any],
             cursor: datetime | None = None, on_page: Callable[[Report], None] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> Recovered:
-    """Rebuild the state for stockouts modified in [since, until]; `cursor` (default `until`) is
-    where polling goes on from (it only ever moves forwards)."""
+    """Rebuild the state for stockouts modified in [since, until]. Polling goes on from `cursor`
+    (default `until`) minus the lookback: the lookback's ledger of counts was lost with the state,
+    so those slices are read again as live ones (the rebuilt marks publish nothing twice)."""
     store = rt.store
     marked = 0
 
@@ -52,7 +53,7 @@ def recover(rt: Runtime, since: datetime, until: datetime, *, publish: Callable[
     job = Reconcile(rt, keep_raw=True, on_present=present, sleep=sleep)
     report = job.run(since, until, on_page=on_page)
     job.requeue_missing(report, publish)
-    store.advance_cursor(cursor or until)
+    store.advance_cursor(max(since, (cursor or until) - timedelta(seconds=rt.settings.lookback_s)))
     s = rt.settings
     found = epoch.create(rt.redis, s.redis_prefix, recovered=True)
     closed = breaker.close(rt.redis, s.redis_prefix, epoch.SCOPE, observer=metrics.BREAKER_OBSERVER)

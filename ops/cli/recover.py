@@ -16,7 +16,8 @@ from shared.timeutil import now_beijing
               help="Beijing time 'yyyy-MM-dd[ HH:mm:ss]' (WDT modification time): before the oldest stockout "
                    "that may be queued or in flight, e.g. the start of a running backfill, or cursor − lookback")
 @click.option("--until", default=None, help="Beijing time; default now")
-@click.option("--cursor", default=None, help="where polling goes on from; default --until (it only moves forwards)")
+@click.option("--cursor", default=None,
+              help="where polling goes on from, minus the lookback; default --until (it only moves forwards)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for programs")
 def recover(since: str, until: str | None, cursor: str | None, as_json: bool) -> None:
     """New: after Redis lost its state (`status` names the `state` pause), rebuild the done marks of

@@ -21,6 +21,7 @@ from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, outcome, recent, saved
+from tests.integration.receivers import Receiver
 from tests.progress import pipeline
 from worker.transform import to_bip, validate_stockout
 
@@ -30,6 +31,14 @@ KEY_MEMORY_S = 3  # the sandbox's BIP forgets every key this long after its save
 # A worker must die while BIP holds its answer, before its own read times out (connect 2 + read 5 s).
 FAST_REDELIVERY = {"BROKER_VISIBILITY_TIMEOUT_S": "15", "TASK_TIME_LIMIT_S": "10", "RETRY_BACKOFF_MAX_S": "2",
                    "BIP_KEY_MEMORY_S": "30", "HTTP_READ_TIMEOUT_S": "5"}
+
+
+@pytest.fixture
+def hook():
+    """A webhook alert channel that records what beat sends."""
+    made = Receiver()
+    yield made
+    made.close()
 
 
 def assert_exactly_once(row: dict) -> None:
@@ -54,7 +63,14 @@ def paused(env: dict[str, str]) -> bool:
 
 
 def alerted(hook) -> bool:
-    return any("state" in json.dumps(r.body, ensure_ascii=False) for r in hook.requests)
+    return any('"api": "state"' in json.dumps(r.body, ensure_ascii=False) and "open" in json.dumps(r.body)
+               for r in hook.requests)
+
+
+def new(sandbox, count: int):
+    """Stockouts written in WDT just now: the next poll reads them."""
+    now = now_beijing()
+    return sandbox.generate(count, start=now - timedelta(seconds=20), end=now)
 
 
 def sync_env(processes: Processes, **extra: str) -> dict[str, str]:
@@ -64,9 +80,8 @@ def sync_env(processes: Processes, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("during_backfill", [False, True], ids=["after-a-sync", "during-a-backfill"])
-def test_flushdb_pauses_with_status_and_alert_until_recover(sandbox, processes, redis_client, receiver,
+def test_flushdb_pauses_with_status_and_alert_until_recover(sandbox, processes, redis_client, hook,
                                                              during_backfill):
-    hook = receiver()
     env = sync_env(processes, AUTO_RECOVER="false", ALERT_WEBHOOK_URL=hook.url("/alerts"),
                    ALERT_CHECK_INTERVAL_S="0.5")
     sandbox.set_key_memory(KEY_MEMORY_S)
@@ -96,7 +111,7 @@ def test_flushdb_pauses_with_status_and_alert_until_recover(sandbox, processes, 
     done = cli(env, "recover", "--since", format_wire(since))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "done marks rebuilt from BIP" in done.stdout and "the pause is over" in done.stdout
-    expected |= eligible(recent(sandbox, 10))  # and the pipeline runs again
+    expected |= eligible(new(sandbox, 10))  # and the pipeline runs again
     all_saved(sandbox, redis_client, expected, "saved after recover")
     fault = f"Redis FLUSHDB {'during a backfill' if during_backfill else 'after a sync'}, BIP's key memory 3 s"
     row = outcome(fault, sandbox, expected, DeadLetterStore(redis_client, "t"))
@@ -134,7 +149,7 @@ def test_redis_restarted_without_persistence_recovers_by_itself(sandbox, service
         server.kill()
         server.start()  # empty: no AOF, no RDB
         sandbox.set_faults()
-        expected |= eligible(recent(sandbox, 10))
+        expected |= eligible(new(sandbox, 10))
         all_saved(sandbox, client, expected, "saved after the restart")
         when = "during a backfill" if during_backfill else "after a sync"
         row = outcome(f"Redis restarted without persistence {when}, automatic recovery", sandbox, expected,
