@@ -16,7 +16,7 @@ from producer.counts import PageCounts
 from producer.jobs import JobStore, parse_time
 from producer.window import Segment, Window, runs, slices_for
 from shared import breaker, epoch, metrics
-from shared.backlog import live_backlog
+from shared.backlog import backlog, live_backlog
 from shared.errors import StockoutSyncError
 from shared.retry import call_with_retries, in_process_policy
 from shared.state import StateStore, stockout_key
@@ -270,11 +270,14 @@ def state_problem(rt: Runtime) -> str:
 
 def recover_from(rt: Runtime, cursor: datetime | None) -> str:
     """Where beat's copy says an automatic recovery starts: the lookback before the cursor, or the
-    start of the earliest running backfill job when that is earlier (producer/recover.py)."""
+    start of the earliest backfill job whose messages may still wait — running, or finished within a
+    day while backfill messages are still queued or unacked (producer/recover.py)."""
     s = rt.settings
     starts = [cursor - timedelta(seconds=s.lookback_s + s.settle_s)] if cursor is not None else []
+    waiting = backlog(rt.redis, s.redis_prefix) > live_backlog(rt.redis, s.redis_prefix)
+    recent = format_wire(now_beijing() - timedelta(days=1))
     for job in JobStore(rt.redis, s.redis_prefix).all():
-        if not job.finished:
+        if not job.finished or (waiting and job.finished_at >= recent):
             with contextlib.suppress(ValueError):
                 starts.append(parse_time(job.since))
     return format_wire(min(starts)) if starts else ""
