@@ -124,7 +124,7 @@ def _fill(ctx: Context, prefix: str, n: int) -> float:
 
 def _bytes_per_letter(client, prefix: str, n: int) -> str:
     """What a letter costs, by key: its record, its queue copy, and the indexes that make claims O(1)."""
-    sample = list(client.scan_iter(match=f"{prefix}:dlq:7*", count=1000))[:200]
+    sample = list(client.scan_iter(match=f"{prefix}:dlq:rec:7*", count=1000))[:200]
     record = sum(client.memory_usage(k, samples=0) or 0 for k in sample) / max(1, len(sample))
     sizes = {name: (client.memory_usage(f"{prefix}:{key}", samples=0) or 0) / n for name, key in
              (("queue copy", "dead_letter"), ("exact-copy index", "dlq:entries"), ("time index", "dlq:index"),

@@ -21,6 +21,7 @@ from ops.processes import delete_prefix, service_env, start_beat, start_worker, 
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
 from shared.deadletters import DeadLetterStore
+from shared.keys import Keys
 from shared.redis_conn import resolve_redis_url
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing
@@ -85,7 +86,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
             last, moved = -1, started
             while time.monotonic() - started < CAP_S and time.monotonic() - moved < STALL_S:
                 saved = sb.counters()["bip_saves"]
-                dead = r.zcard(f"{prefix}:dlq:index")
+                dead = r.zcard(Keys(prefix).dlq_index)
                 if saved + dead != last:
                     last, moved = saved + dead, time.monotonic()
                 progress.update(task, completed=saved + dead, note=f"saved {saved} · dead letters {dead}")

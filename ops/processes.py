@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
+from shared.keys import Keys
 from shared.redis_conn import connect
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float
     A process that exits ends the wait at once, so the long default only matters on a busy machine."""
     client = connect(redis_url, ca_certs, master=master)
     deadline = time.monotonic() + timeout
-    key = f"{prefix}:_kombu.binding.{queue}"
+    key = Keys(prefix).binding(queue)
     try:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -124,7 +125,7 @@ def delete_prefix(url: str, prefix: str, ca_certs: str = "") -> None:
     """Remove every key under `prefix:` (a demo's or a benchmark's own), without blocking Redis."""
     client = connect(url, ca_certs)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=2000))
+        keys = list(client.scan_iter(match=Keys(prefix).everything, count=2000))
         for i in range(0, len(keys), 1000):
             client.unlink(*keys[i : i + 1000])
     except Exception:  # cleaning up is best effort: never hide the run's own result

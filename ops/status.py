@@ -17,7 +17,8 @@ from shared import breaker, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetterStore
-from shared.mapping_cache import MappingProblem, mapping_problem_key
+from shared.keys import Keys
+from shared.mapping_cache import MappingProblem
 from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
 from shared.stats import saved as saved_count
@@ -62,7 +63,7 @@ class LimiterState(BaseModel):
 
 
 class BreakerState(BaseModel):
-    """The circuit breaker (`{prefix}:breaker`): open while a configuration error pauses work."""
+    """The circuit breaker (`Keys.breaker`): open while a configuration error pauses work."""
 
     state: str = "closed"  # closed | open | half_open
     cause: str = ""
@@ -110,7 +111,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status = Status(now=format_wire(now), max_lag_s=s.status_max_lag_s, bip_token=token_state(r, p))
     _cursor(status, rt.store, now)
     status.queues = queue_depths(r, p)
-    status.in_flight = int(r.hlen(f"{p}:unacked"))
+    status.in_flight = int(r.hlen(Keys(p).unacked))
     status.backlog, status.high_water = backlog(r, p), s.high_water
     status.backfills = [v for v in backfill_views(rt) if not v.job.finished]
     status.synced = saved_count(r, p)
@@ -184,7 +185,7 @@ def _dead_letters(status: Status, rt: Runtime) -> None:
 
 def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:
     """What the workers recorded on finding the mapping file invalid (shared.runtime)."""
-    raw = r.get(mapping_problem_key(prefix))
+    raw = r.get(Keys(prefix).mapping_invalid)
     try:
         return MappingProblem.model_validate_json(raw) if raw else None
     except ValueError:
@@ -194,8 +195,8 @@ def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:
 def token_state(r: redis.Redis, prefix: str) -> TokenState:
     # the layout TokenProvider writes: JSON with expires_at (epoch s), TTL = its renewal time
     pipe = r.pipeline(transaction=False)
-    pipe.get(f"{prefix}:bip:token")
-    pipe.pttl(f"{prefix}:bip:token")
+    pipe.get(Keys(prefix).bip_token)
+    pipe.pttl(Keys(prefix).bip_token)
     raw, pttl = pipe.execute()
     if not raw:
         return TokenState(cached=False)

@@ -13,6 +13,7 @@ from shared.backlog import PRIORITY_SUFFIXES  # kombu's Redis priority queues, a
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.errors import StockoutSyncError
+from shared.keys import Keys
 from shared.state import parse_done, stockout_key
 from shared.timeutil import format_wire, now_beijing, parse_wire
 
@@ -124,7 +125,7 @@ def trace(rt: Runtime, name: str, *, scan_limit: int = SCAN_LIMIT) -> Trace:
 def _known_here(rt: Runtime, letters: DeadLetterStore, sid: str) -> bool:
     """Whether `sid` is a stockout id our state knows (then WDT is asked by its order number, found here)."""
     return bool(rt.store.states([sid]).get(sid) or letters.get(sid) or letters.history(sid)
-                or rt.redis.exists(f"{rt.settings.redis_prefix}:lock:{sid}"))
+                or rt.redis.exists(Keys(rt.settings.redis_prefix).lock(sid)))
 
 
 def _wdt(rt: Runtime, number: str, t: Trace) -> dict | None:
@@ -161,7 +162,7 @@ def _mark(rt: Runtime, t: Trace) -> None:
 
 
 def _lock(rt: Runtime, t: Trace) -> None:
-    key = f"{rt.settings.redis_prefix}:lock:{t.stockout_id}"
+    key = Keys(rt.settings.redis_prefix).lock(t.stockout_id)
     pipe = rt.redis.pipeline(transaction=False)
     pipe.get(key)
     pipe.pttl(key)
@@ -178,10 +179,10 @@ def _needle(sid: str) -> str:
 
 
 def _tasks(rt: Runtime, t: Trace, scan_limit: int) -> None:
-    p, r, needle = rt.settings.redis_prefix, rt.redis, _needle(t.stockout_id)
+    k, r, needle = Keys(rt.settings.redis_prefix), rt.redis, _needle(t.stockout_id)
     find = r.register_script(_FIND)
     for suffix in PRIORITY_SUFFIXES:
-        key = f"{p}:{STOCKOUT_QUEUE}{suffix}"
+        key = k.queue(STOCKOUT_QUEUE, suffix)
         length = min(int(r.llen(key)), scan_limit)
         for start in range(0, length, SCAN_CHUNK):
             for entry in find(keys=[key], args=[start, min(start + SCAN_CHUNK, length) - 1, needle]):
@@ -189,7 +190,7 @@ def _tasks(rt: Runtime, t: Trace, scan_limit: int) -> None:
         if suffix == "" or length:
             t.scanned[STOCKOUT_QUEUE] = t.scanned.get(STOCKOUT_QUEUE, 0) + length
     delivered = 0
-    for _tag, value in r.hscan_iter(f"{p}:unacked", count=500):
+    for _tag, value in r.hscan_iter(k.unacked, count=500):
         delivered += 1
         if needle.encode() in value:
             message = json.loads(value)[0]

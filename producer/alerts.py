@@ -21,6 +21,7 @@ from celery.signals import worker_ready, worker_shutdown
 from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_from_settings
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
+from shared.keys import Keys
 from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire
@@ -32,28 +33,6 @@ MAX_DEAD_LETTER_MESSAGES = 10  # per round: the robots take ~20 a minute; the re
 NEW_LETTERS_PER_ROUND = 10_000  # read at most this many new letters a round; the rest next round
 # A rolling restart leaves no worker for a few seconds: only an absence seen this long is told.
 NO_WORKER_GRACE_S = 60.0
-
-
-class Keys:
-    """Ours (`{p}:alerts:*`: what has been told), and what others write, read defensively: absent,
-    or in another shape, means "nothing to tell"."""
-
-    def __init__(self, p: str) -> None:
-        self.p = p
-        self.lock = f"{p}:alerts:lock"
-        self.dlq_cursor = f"{p}:alerts:dlq:cursor"  # index score of the newest dead letter counted
-        self.dlq_pending = f"{p}:alerts:dlq:pending"  # reason → JSON {count, examples, since} not yet told
-        self.dlq_sent = f"{p}:alerts:dlq:sent"  # reason → epoch seconds of its last message
-        self.conditions = f"{p}:alerts:conditions"  # condition → JSON {since, sent, firing}
-        self.breaker_seen = f"{p}:alerts:breaker"
-        self.reconcile_seen = f"{p}:alerts:reconcile"
-        self.dlq_index = f"{p}:dlq:index"
-        self.breaker = f"{p}:breaker"
-        self.reconcile_reports = f"{p}:reconcile:reports"
-        self.cursor = f"{p}:cursor"
-
-    def dlq_record(self, sid: str) -> str:
-        return f"{self.p}:dlq:{sid}"
 
 
 Workers = Callable[[], "list[str] | None"]  # queues some worker consumes; None = could not ask
@@ -104,14 +83,14 @@ class Watch:
     # -- dead letters: batched per reason ---------------------------------------------------------
     def dead_letters(self, now: float) -> list[Alert]:
         k = self.keys
-        cursor = float(_text(self.r.get(k.dlq_cursor)) or 0)
+        cursor = float(_text(self.r.get(k.alerts_dlq_cursor)) or 0)
         new: list[tuple[Any, float]] = list(self.r.zrangebyscore(  # type: ignore[arg-type]
             k.dlq_index, f"({cursor}", "+inf", start=0, num=NEW_LETTERS_PER_ROUND, withscores=True))
         if new:
             self._collect([_text(member) for member, _ in new])
-            self.r.set(k.dlq_cursor, repr(max(score for _, score in new)))
-        pending = {_text(key): json.loads(value) for key, value in self.r.hgetall(k.dlq_pending).items()}
-        last_sent = {_text(key): float(value) for key, value in self.r.hgetall(k.dlq_sent).items()}
+            self.r.set(k.alerts_dlq_cursor, repr(max(score for _, score in new)))
+        pending = {_text(key): json.loads(value) for key, value in self.r.hgetall(k.alerts_dlq_pending).items()}
+        last_sent = {_text(key): float(value) for key, value in self.r.hgetall(k.alerts_dlq_sent).items()}
         due = [reason for reason in sorted(pending, key=lambda r: -pending[r]["count"])
                if now - last_sent.get(reason, 0.0) >= self.settings.alert_interval_s]
         told = []
@@ -120,8 +99,8 @@ class Watch:
             alert = dead_letter_alert(reason, group, total=int(self.r.zcard(k.dlq_index)))
             if self._send(alert):
                 pipe = self.r.pipeline(transaction=True)
-                pipe.hdel(k.dlq_pending, reason)
-                pipe.hset(k.dlq_sent, reason, repr(now))
+                pipe.hdel(k.alerts_dlq_pending, reason)
+                pipe.hset(k.alerts_dlq_sent, reason, repr(now))
                 pipe.execute()
                 told.append(alert)
         return told
@@ -144,12 +123,12 @@ class Watch:
                         "reason": (letter.message if letter else "")[:300],
                     })
         pipe = self.r.pipeline(transaction=True)
-        previous = self.r.hmget(k.dlq_pending, list(groups)) if groups else []
+        previous = self.r.hmget(k.alerts_dlq_pending, list(groups)) if groups else []
         for (reason, group), before in zip(groups.items(), previous, strict=True):
             merged = json.loads(before) if before else {"count": 0, "examples": [], "since": format_wire(now_beijing())}
             merged["count"] += group["count"]
             merged["examples"] = (merged["examples"] + group["examples"])[:EXAMPLES]
-            pipe.hset(k.dlq_pending, reason, json.dumps(merged, ensure_ascii=False))
+            pipe.hset(k.alerts_dlq_pending, reason, json.dumps(merged, ensure_ascii=False))
         pipe.execute()
 
     # -- the circuit breaker: told when it opens and when it closes ------------------------------
@@ -159,15 +138,15 @@ class Watch:
         state = raw.get("state", "closed") or "closed"
         if state not in ("closed", "open", "half_open"):
             return []
-        seen = _text(self.r.get(k.breaker_seen)) or "closed"
+        seen = _text(self.r.get(k.alerts_breaker)) or "closed"
         # half-open is the breaker trying again: neither news nor all clear
         if state == "half_open" or (state == "open") == (seen == "open"):
             if state != "half_open" and state != seen:
-                self.r.set(k.breaker_seen, state)
+                self.r.set(k.alerts_breaker, state)
             return []
         alert = breaker_alert(state, raw)
         if self._send(alert):
-            self.r.set(k.breaker_seen, state)
+            self.r.set(k.alerts_breaker, state)
             return [alert]
         return []
 
@@ -175,7 +154,7 @@ class Watch:
     def _condition(self, name: str, active: bool, now: float, make: Callable[[Any], Alert],
                    grace_s: float = 0.0) -> list[Alert]:
         k = self.keys
-        raw = self.r.hget(k.conditions, name)
+        raw = self.r.hget(k.alerts_conditions, name)
         state: dict[str, Any] = json.loads(raw) if raw else {"since": None, "sent": 0.0, "firing": False}
         alert: Alert | None = None
         if active:
@@ -189,11 +168,11 @@ class Watch:
             state["since"] = None
         if alert is not None:
             if not self._send(alert):
-                self.r.hset(k.conditions, name, json.dumps(state))
+                self.r.hset(k.alerts_conditions, name, json.dumps(state))
                 return []
             state["sent"] = now if alert.status == "firing" else 0.0
             state["firing"] = alert.status == "firing"
-        self.r.hset(k.conditions, name, json.dumps(state))
+        self.r.hset(k.alerts_conditions, name, json.dumps(state))
         return [alert] if alert is not None else []
 
     def cursor_lag(self, now: float) -> list[Alert]:
@@ -228,7 +207,7 @@ class Watch:
     # -- reconcile reports --------------------------------------------------------------------------
     def reconcile(self, now: float) -> list[Alert]:
         k = self.keys
-        seen = _text(self.r.get(k.reconcile_seen))
+        seen = _text(self.r.get(k.alerts_reconcile))
         reports = []
         for value in self.r.lrange(k.reconcile_reports, 0, 9):  # newest first
             report = _json_object(value)
@@ -246,7 +225,7 @@ class Watch:
                 if not self._send(alert):
                     return told  # this one and the newer ones next round
                 told.append(alert)
-            self.r.set(k.reconcile_seen, report_id(report))
+            self.r.set(k.alerts_reconcile, report_id(report))
         return told
 
 
@@ -371,7 +350,7 @@ class AlertLoop(threading.Thread):
         self._stop = threading.Event()
 
     def holds_lock(self) -> bool:
-        return bool(self._take(keys=[self.watch.keys.lock], args=[self.token, self.lock_ms]))
+        return bool(self._take(keys=[self.watch.keys.alerts_lock], args=[self.token, self.lock_ms]))
 
     def run(self) -> None:
         log.info("alerts: checking every %.0f s, sending to %s", self.interval_s,
@@ -390,7 +369,7 @@ class AlertLoop(threading.Thread):
         self._stop.set()
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
             self.watch.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-                              "return 0", 1, self.watch.keys.lock, self.token)
+                              "return 0", 1, self.watch.keys.alerts_lock, self.token)
 
 
 def install(settings: Settings) -> None:

@@ -20,6 +20,7 @@ from producer.jobs import Job, JobStore, parse_time
 from producer.window import slices_for
 from shared.backlog import backlog
 from shared.errors import StockoutSyncError
+from shared.keys import Keys
 from shared.metrics import BACKFILL_JOBS, BACKLOG
 from shared.timeutil import format_wire
 
@@ -32,7 +33,7 @@ class Gate:
 
     def __init__(self, r: redis.Redis, prefix: str, high: int, low: int) -> None:
         self.r, self.p, self.high, self.low = r, prefix, high, low
-        self.key = f"{prefix}:backfill:paused"
+        self.key = Keys(prefix).backfill_paused
 
     def room(self) -> int:
         waiting = backlog(self.r, self.p)

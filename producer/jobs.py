@@ -1,8 +1,8 @@
 """Backfill jobs as Redis records: the range, the slice cursor, the counts and the state of each.
 
-A job is one hash, `{p}:backfill:job:{id}`: field `job` is the producer's JSON (cursor and counts
+A job is one hash, `Keys.backfill_job`: field `job` is the producer's JSON (cursor and counts
 committed together after each slice), field `cancel` is written by `backfill cancel` only, so the CLI
-never overwrites what the producer writes. `{p}:backfill:jobs` indexes the ids by creation time.
+never overwrites what the producer writes. `Keys.backfill_jobs` indexes the ids by creation time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal
 import redis
 
 from producer.counts import PageCounts
+from shared.keys import Keys
 from shared.timeutil import format_wire, now_beijing, parse_wire
 from shared.wdt.paging import ONE_SECOND
 
@@ -64,15 +65,16 @@ def parse_time(text: str) -> datetime:
 
 
 class JobStore:
-    """`{p}:backfill:jobs` (sorted set of ids by creation) and `{p}:backfill:job:{id}` (hash: `job` =
+    """`Keys.backfill_jobs` (sorted set of ids by creation) and `Keys.backfill_job` (hash: `job` =
     the producer's JSON, `cancel` = set by `backfill cancel`)."""
 
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self.r, self.p = r, prefix
-        self.index = f"{prefix}:backfill:jobs"
+        self.k = Keys(prefix)
+        self.index = self.k.backfill_jobs
 
     def key(self, job_id: str) -> str:
-        return f"{self.p}:backfill:job:{job_id}"
+        return self.k.backfill_job(job_id)
 
     def create(self, since: datetime, until: datetime, *, slice_s: int, synced: int) -> Job:
         if until <= since:

@@ -24,6 +24,7 @@ from shared.bip import lookup
 from shared.bip.idempotency import our_keys
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
+from shared.mapping import MEMO_FIELDS
 from shared.reconcile_reports import push_report
 from shared.retry import call_with_retries, in_process_policy
 from shared.state import Done, mark_generation, parse_done, queued_mark, stockout_key
@@ -75,6 +76,7 @@ class BipRow(BaseModel):
     id: str
     code: str = ""
     pubts: str = ""
+    fields: dict[str, str] = Field(default_factory=dict, exclude=True)  # the mapping's [fields] the row carries
 
 
 class Duplicated(BaseModel):
@@ -152,6 +154,7 @@ class _Item:
     eligible: bool
     filter_why: str
     raw: dict | None  # kept only when the run may requeue
+    fields: dict[str, str] | None = None  # the [fields] the mapping gives the stockout now
 
 
 @dataclass
@@ -240,7 +243,7 @@ class Reconcile:
             done = parse_done(state)
             kind: State = "dead_letter" if sid in self._dead else "done" if done else "queued" if state else "unseen"
             item = _Item(sid, _text(raw, "order_no"), _text(raw, "modified"), kind, state, done, ok, why,
-                         raw if self.keep_raw else None)
+                         raw if self.keep_raw else None, _fields_now(raw, mapping))
             report.eligible += ok
             if sid.startswith("noid-"):  # no stockout_id, so no record of ours can carry it
                 if ok:
@@ -299,7 +302,8 @@ class Reconcile:
             previous = page_ids
             for row in rows:
                 found.setdefault(_define1(row), []).append(
-                    BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts")))
+                    BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts"),
+                           fields=_fields_of(row, self.rt.mapping)))
             read += len(rows)
             if len(rows) < LIST_PAGE_SIZE or (total is not None and read >= total):
                 return found
@@ -440,6 +444,12 @@ class Reconcile:
             report.changed.append(Changed(stockout_id=item.sid, order_no=item.order_no, modified=item.modified,
                                           bip_written=written, bip_ids=[r.id for r in rows],
                                           why="modified in WDT after BIP's record was written"))
+            return
+        differ = _fields_differ(item.fields or {}, rows)
+        if differ:
+            report.changed.append(Changed(stockout_id=item.sid, order_no=item.order_no, modified=item.modified,
+                                          bip_written=written, bip_ids=[r.id for r in rows],
+                                          why=f"the tenant's [fields] differ from the mapping's values now: {differ}"))
 
     def _absent(self, item: _Item, report: Report, proof: str) -> None:
         self._proofs["absent"] += 1
@@ -583,6 +593,28 @@ def _define1(row: dict) -> str:
     if value in (None, "") and isinstance(row.get("defines"), dict):
         value = row["defines"].get("define1")
     return "" if value is None else str(value)
+
+
+def _fields_now(raw: Any, mapping: Mapping) -> dict[str, str]:
+    if not mapping.fields or not isinstance(raw, dict):
+        return {}
+    return mapping.header_fields({name: _text(raw, name).strip() for name in MEMO_FIELDS})
+
+
+def _fields_of(row: dict, mapping: Mapping) -> dict[str, str]:
+    """The mapping's [fields] a list row carries (a tenant's list may show none of them: then none are compared)."""
+    return {name: _text(row, name) for name in mapping.fields if name in row}
+
+
+def _fields_differ(now: dict[str, str], rows: list[BipRow]) -> str:
+    """Where a record's [fields] differ from the mapping's values now (a changed template, or a WDT
+    edit the pubts comparison missed); only fields the row carries are compared."""
+    out = []
+    for row in rows:
+        for name, value in row.fields.items():
+            if value != now.get(name, ""):
+                out.append(f"{name} (BIP {value[:40]!r}, now {now.get(name, '')[:40]!r})")
+    return "; ".join(sorted(set(out))[:5])
 
 
 def _later(modified: str, written: str) -> bool:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import redis
 
+from shared.keys import Keys
 from shared.settings import Settings
 from shared.state import StateStore
 from shared.timeutil import format_wire, parse_wire
@@ -44,9 +45,9 @@ class Window:
     def __init__(self, r: redis.Redis, store: StateStore, settings: Settings, initial_since: datetime) -> None:
         self.r, self.store, self.s = r, store, settings
         self.initial_since = initial_since
-        p = settings.redis_prefix
-        self.ledger_key = f"{p}:window:ledger"
-        self.checked_key = f"{p}:window:checked"
+        keys = Keys(settings.redis_prefix)
+        self.ledger_key = keys.window_ledger
+        self.checked_key = keys.window_checked
         self.settle = timedelta(seconds=settings.settle_s)
         self.lookback = timedelta(seconds=settings.lookback_s)
         self.span = timedelta(days=settings.slice_days)

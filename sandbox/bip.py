@@ -477,6 +477,8 @@ def _echo(record: dict[str, Any]) -> dict[str, Any]:
 def _list_row(record: dict[str, Any]) -> dict[str, Any]:
     data = record["data"]
     row = {name: data.get(name) for name in _LIST_FIELDS}
+    # the tenant's own header fields (自定义项, "defines!defineN") are list columns too
+    row.update({name: value for name, value in data.items() if "!" in name and isinstance(value, str)})
     row.update(id=record["id"], code=record["code"], status=0, pubts=record["created_at"])
     return row
 

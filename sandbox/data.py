@@ -70,7 +70,11 @@ BIP_WAREHOUSES = {
     "BJ02": {"id": _bip_id(2, 2), "name": "北京仓", "org": "ORG-NORTH"},
     "GZ03": {"id": _bip_id(2, 3), "name": "广州仓", "org": "ORG-EAST"},
 }
-BIP_BUSTYPES = {"A10001": {"id": _bip_id(3, 1), "name": "其他出库"}}
+BIP_BUSTYPES = {  # A10002/A10003: tenants booking 调拨 and 采购退货 under their own 交易类型 ([bustypes])
+    "A10001": {"id": _bip_id(3, 1), "name": "其他出库"},
+    "A10002": {"id": _bip_id(3, 2), "name": "调拨出库"},
+    "A10003": {"id": _bip_id(3, 3), "name": "采购退货出库"},
+}
 BIP_UNITS = {
     "PCS": {"id": _bip_id(4, 1), "name": "件"},
     "BOX": {"id": _bip_id(4, 2), "name": "箱"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import redis
 
 from shared.celery_app import BACKFILL_QUEUE, STOCKOUT_QUEUE
+from shared.keys import Keys
 
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 STOCKOUT_QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE)
@@ -20,7 +21,7 @@ def queue_lengths(r: redis.Redis, prefix: str, queues: tuple[str, ...]) -> dict[
     pipe = r.pipeline(transaction=False)
     for queue in queues:
         for suffix in PRIORITY_SUFFIXES:
-            pipe.llen(f"{prefix}:{queue}{suffix}")
+            pipe.llen(Keys(prefix).queue(queue, suffix))
     lengths = pipe.execute()
     n = len(PRIORITY_SUFFIXES)
     return {queue: int(sum(lengths[i * n : (i + 1) * n])) for i, queue in enumerate(queues)}
@@ -31,8 +32,8 @@ def backlog(r: redis.Redis, prefix: str) -> int:
     pipe = r.pipeline(transaction=False)
     for queue in STOCKOUT_QUEUES:
         for suffix in PRIORITY_SUFFIXES:
-            pipe.llen(f"{prefix}:{queue}{suffix}")
-    pipe.hlen(f"{prefix}:unacked")
+            pipe.llen(Keys(prefix).queue(queue, suffix))
+    pipe.hlen(Keys(prefix).unacked)
     return int(sum(pipe.execute()))
 
 

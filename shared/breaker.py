@@ -1,7 +1,7 @@
 """The circuit breaker shared through Redis: a configuration error (authentication, grants,
 discovery, an unreadable mapping) pauses the work that needs it instead of failing every stockout.
 
-State, one hash `{prefix}:breaker` (a contract: the alerts read it): `state` closed|open|half_open,
+State, one hash (`Keys.breaker`) (a contract: the alerts read it): `state` closed|open|half_open,
 `cause` (words, no secrets), `api`, `since` (ISO time, UTC) — of the scope that opened first —
 and per scope (`bip`, `wdt`, `mapping`) `{api}.state`, `.cause`, `.since`, `.next_probe` (ms).
 While a scope is open one probe per interval is let through (half_open); its success closes it.
@@ -17,10 +17,15 @@ from typing import Protocol
 
 import redis as redis_lib
 
+from shared.keys import Keys
+
 log = logging.getLogger("stockout_sync.breaker")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 SCOPES = ("bip", "wdt", "mapping")
+# Open while workers cannot write dead letters: shown and alerted like the others, but it pauses no
+# save (a worker's blocking scopes are bip and mapping); a letter written closes it.
+DEAD_LETTER_SCOPE = "deadletters"
 DEFAULT_PROBE_INTERVAL_S = 30.0
 
 # KEYS[1] = the hash; ARGV: op (trip|close|probe|hurry), scope, cause, since, interval (ms).
@@ -88,14 +93,10 @@ class Opened:
     since: str  # ISO time, UTC
 
 
-def key(prefix: str) -> str:
-    return f"{prefix}:breaker"
-
-
 def _run(redis: redis_lib.Redis, prefix: str, op: str, api: str, cause: str = "", interval_s: float = 0.0) -> bool:
     since = datetime.now(UTC).isoformat(timespec="seconds")
     script = redis.register_script(_SCRIPT)
-    return bool(script(keys=[key(prefix)], args=[op, api, cause, since, f"{interval_s * 1000:.0f}"]))
+    return bool(script(keys=[Keys(prefix).breaker], args=[op, api, cause, since, f"{interval_s * 1000:.0f}"]))
 
 
 def trip(redis: redis_lib.Redis, prefix: str, cause: str, api: str,
@@ -137,7 +138,7 @@ def probe_now(redis: redis_lib.Redis, prefix: str, api: str) -> None:
 def opened(redis: redis_lib.Redis, prefix: str, apis: Iterable[str] | None = None) -> list[Opened]:
     """The open scopes (all, or those among `apis`), the earliest first."""
     raw = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-           for k, v in redis.hgetall(key(prefix)).items()}
+           for k, v in redis.hgetall(Keys(prefix).breaker).items()}
     wanted = set(apis) if apis is not None else None
     found = []
     for field, value in raw.items():

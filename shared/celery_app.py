@@ -12,6 +12,7 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from shared.keys import Keys
 from shared.logs import configure_logging
 from shared.redis_conn import is_sentinel, parse_sentinel_url
 from shared.settings import Settings, get_settings
@@ -48,7 +49,7 @@ def celery_config(settings: Settings) -> dict:
             # unacked for this long is handed to another worker, so it must mean "its worker died".
             "visibility_timeout": settings.broker_visibility_timeout_s,
             # One prefix for the broker's keys and ours, so one Redis can host several tenants.
-            "global_keyprefix": f"{settings.redis_prefix}:",
+            "global_keyprefix": Keys(settings.redis_prefix).broker_prefix,
             # Running workers sweep for messages whose worker died a few times per visibility
             # timeout (kombu's default is every ~100 s), so a lost worker's messages come back
             # soon after the timeout rather than after the next worker restart.

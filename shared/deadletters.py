@@ -11,6 +11,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from shared.celery_app import DEAD_LETTER_QUEUE
+from shared.keys import Keys
 from shared.settings import get_settings
 from shared.timeutil import format_wire, now_beijing
 
@@ -149,18 +150,21 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], ARGV[1], '
 """
 
 
-class DeadLetterStore:
-    """Redis layout (`{p}` = REDIS_PREFIX):
+# KEYS: a letter's key in the layout before `rec:`, its key now. A letter an older version wrote moves
+# once; the old key must hold a letter (a string): an id such as `index` named one of the store's own keys.
+_UPGRADE = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+LAYOUT = "2"
+_upgraded: set[str] = set()  # prefixes this process has seen in the current layout
 
-    | key                         | holds                                                         |
-    |-----------------------------|---------------------------------------------------------------|
-    | `{p}:dlq:{id}`              | the letter (JSON), history included; expires a day after the TTL, as a backstop |
-    | `{p}:dlq:index`             | sorted set: id → last failure (epoch s); trimmed at DLQ_TTL_DAYS |
-    | `{p}:dead_letter`           | the queue copies (Celery messages), one per letter             |
-    | `{p}:dlq:entries`           | hash: id → that letter's queue copy, byte for byte (removed by value) |
-    | `{p}:dlq:orders`            | hash: order_no → id, so operators can name a letter by its order number |
-    | `{p}:dlq:history:{id}`      | a requeued letter's history (no stockout), until it fails again or the TTL ends |
-    | `{p}:dlq:requeuing:{id}`, `{p}:dlq:lease:{id}`, `{p}:dlq:parked` | a requeue between claim and publish |
+
+class DeadLetterStore:
+    """Redis layout: the `dlq_*` keys of `shared/keys.py` (table and meaning: docs/redis-keys.md).
 
     Requeue and purge claim a letter in one script (two operators at once never send one twice)
     touching only that letter's keys. A requeue parks the record with a lease and drops it only
@@ -177,44 +181,67 @@ class DeadLetterStore:
             keep_personal_data = settings.dlq_keep_personal_data if keep_personal_data is None else keep_personal_data
         self.r = client
         self.p = prefix
+        self.k = Keys(prefix)
         self.ttl_s = ttl_s
         self.keep_personal_data = keep_personal_data
         self._claim = client.register_script(_CLAIM)
         self._push = client.register_script(_PUSH)
         self._lease = client.register_script(_LEASE)
         self._keep_history = client.register_script(_KEEP_HISTORY)
+        self._upgrade = client.register_script(_UPGRADE)
+        if prefix not in _upgraded:
+            self.upgrade_layout()
 
     def _key(self, sid: str) -> str:
-        return f"{self.p}:dlq:{sid}"
+        return self.k.dlq_record(sid)
 
     def _parked_key(self, sid: str) -> str:
-        return f"{self.p}:dlq:requeuing:{sid}"
+        return self.k.dlq_requeuing(sid)
 
     def _lease_key(self, sid: str) -> str:
-        return f"{self.p}:dlq:lease:{sid}"
+        return self.k.dlq_lease(sid)
 
     def _history_key(self, sid: str) -> str:
-        return f"{self.p}:dlq:history:{sid}"
+        return self.k.dlq_history(sid)
 
     @property
     def index_key(self) -> str:
-        return f"{self.p}:dlq:index"
+        return self.k.dlq_index
 
     @property
     def queue_key(self) -> str:
-        return f"{self.p}:{DEAD_LETTER_QUEUE}"
+        return self.k.queue(DEAD_LETTER_QUEUE)
 
     @property
     def entries_key(self) -> str:
-        return f"{self.p}:dlq:entries"
+        return self.k.dlq_entries
 
     @property
     def orders_key(self) -> str:
-        return f"{self.p}:dlq:orders"
+        return self.k.dlq_orders
 
     @property
     def parked_set_key(self) -> str:
-        return f"{self.p}:dlq:parked"
+        return self.k.dlq_parked
+
+    def upgrade_layout(self) -> int:
+        """Move the letters an older version stored under `Keys.dlq_legacy_record` to `Keys.dlq_record` (once per
+        Redis; docs/redis-keys.md, "Upgrading"). Returns how many moved."""
+        try:
+            if _text(self.r.get(self.k.dlq_layout) or b"") == LAYOUT:
+                _upgraded.add(self.p)
+                return 0
+            moved = 0
+            for chunk in _chunks((_text(v) for v, _ in self.r.zscan_iter(self.k.dlq_index, count=BATCH)), BATCH):
+                pipe = self.r.pipeline(transaction=False)
+                for sid in chunk:
+                    self._upgrade(keys=[self.k.dlq_legacy_record(sid), self.k.dlq_record(sid)], client=pipe)
+                moved += sum(int(n) for n in pipe.execute())
+            self.r.set(self.k.dlq_layout, LAYOUT)
+        except redis.RedisError:
+            return 0  # tried again by the next store this process makes
+        _upgraded.add(self.p)
+        return moved
 
     def clean(self, raw: Any) -> Any:
         """The stockout as a letter may keep it (DLQ_KEEP_PERSONAL_DATA)."""
@@ -399,6 +426,12 @@ def requeued(letter: DeadLetter, at: str) -> DeadLetter:
 
 def trimmed(history: list[HistoryEntry]) -> list[HistoryEntry]:
     return history if len(history) <= HISTORY_MAX else [history[0], *history[-(HISTORY_MAX - 1):]]
+
+
+def _chunks(values: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(values)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def _text(value: Any) -> str:

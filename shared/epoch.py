@@ -14,14 +14,11 @@ from pathlib import Path
 import redis as redis_lib
 
 from shared import breaker
+from shared.keys import Keys
 
 log = logging.getLogger("stockout_sync.state")
 
 SCOPE = "state"
-
-
-def epoch_key(prefix: str) -> str:
-    return f"{prefix}:epoch"
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class Epoch:
 
 
 def read(r: redis_lib.Redis, prefix: str) -> Epoch | None:
-    return _parse(r.get(epoch_key(prefix)))
+    return _parse(r.get(Keys(prefix).epoch))
 
 
 def _parse(raw: bytes | str | None) -> Epoch | None:
@@ -59,7 +56,7 @@ def create(r: redis_lib.Redis, prefix: str, *, inherited: bool = False, recovere
     """A new epoch: only where none exists, unless `recovered` (then it replaces the lost one)."""
     now = time.time()
     epoch = Epoch(uuid.uuid4().hex, now, inherited, now if recovered else 0.0)
-    r.set(epoch_key(prefix), json.dumps(asdict(epoch)), nx=not recovered)
+    r.set(Keys(prefix).epoch, json.dumps(asdict(epoch)), nx=not recovered)
     return read(r, prefix) or epoch
 
 
@@ -157,8 +154,8 @@ class StateGuard:
         if self._seen is not None and time.monotonic() < self._ok_until:
             return self._seen
         pipe = self.r.pipeline(transaction=False)
-        pipe.get(epoch_key(self.prefix))
-        pipe.hmget(breaker.key(self.prefix), [f"{SCOPE}.state", f"{SCOPE}.cause"])
+        pipe.get(Keys(self.prefix).epoch)
+        pipe.hmget(Keys(self.prefix).breaker, [f"{SCOPE}.state", f"{SCOPE}.cause"])
         raw, (state, cause) = pipe.execute()
         if state in (b"open", b"half_open", "open", "half_open"):
             raise StatePaused(_text(cause))
@@ -167,7 +164,7 @@ class StateGuard:
         if epoch is None and self._seen is None:
             # messages before beat's first poll (published by hand, a one-off tool, an upgrade's old queue):
             # the state starts here, inherited when an older version's cursor is there
-            epoch = create(self.r, self.prefix, inherited=bool(self.r.exists(f"{self.prefix}:cursor")))
+            epoch = create(self.r, self.prefix, inherited=bool(self.r.exists(Keys(self.prefix).cursor)))
             log.warning("no state epoch in Redis: created %s (beat normally does this on its first poll)", epoch.id)
         if epoch is None:
             problem = f"Redis lost its state: the epoch {self._seen.id if self._seen else ''} this worker saw is gone"

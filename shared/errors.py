@@ -11,6 +11,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import billiard.exceptions
+import kombu.exceptions
+import redis
+import requests
+
 
 class Kind(enum.StrEnum):
     """What a failure is, whatever API or code it came from: what the tables map every code to."""
@@ -25,6 +30,10 @@ class Kind(enum.StrEnum):
     SUCCESS = "success"
 
 
+# What may succeed if tried again: the one place retryability is decided (a property of the kind).
+RETRYABLE = frozenset({Kind.TRANSIENT, Kind.RATE_LIMITED, Kind.TOKEN_EXPIRED})
+
+
 class StockoutSyncError(Exception):
     """Base of every error this service raises on purpose.
 
@@ -32,7 +41,6 @@ class StockoutSyncError(Exception):
     system's own code and words so an operator can look them up.
     """
 
-    should_retry: bool = False
     kind: Kind = Kind.INVALID_DATA
 
     def __init__(
@@ -44,7 +52,6 @@ class StockoutSyncError(Exception):
         api_message: str = "",
         http_status: int | None = None,
         retry_after: float | None = None,
-        should_retry: bool | None = None,
         kind: Kind | None = None,
     ) -> None:
         super().__init__(message)
@@ -54,10 +61,12 @@ class StockoutSyncError(Exception):
         self.api_message = api_message
         self.http_status = http_status
         self.retry_after = retry_after
-        if should_retry is not None:
-            self.should_retry = should_retry
         if kind is not None:
             self.kind = kind
+
+    @property
+    def should_retry(self) -> bool:
+        return self.kind in RETRYABLE
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep the typed fields across Celery's result serialisation
         return (_rebuild, (type(self), self.message, self.__dict__))
@@ -83,23 +92,20 @@ def _rebuild(cls: type[StockoutSyncError], message: str, state: dict[str, Any]) 
 
 
 class APIConnectionError(StockoutSyncError):
-    """Network failure, timeout, 5xx, unreadable body. Retry unless told otherwise."""
+    """Network failure, timeout, 5xx, unreadable body, Redis away. Retried."""
 
-    should_retry = True
     kind = Kind.TRANSIENT
 
 
 class RateLimitError(StockoutSyncError):
     """The remote side said "too frequent"; wait (at least `retry_after` seconds when it said so)."""
 
-    should_retry = True
     kind = Kind.RATE_LIMITED
 
 
 class TokenExpiredError(StockoutSyncError):
     """BIP token invalid or expired (310036) even right after a renewal: try again later."""
 
-    should_retry = True
     kind = Kind.TOKEN_EXPIRED
 
 
@@ -147,6 +153,32 @@ def make_error(
     cls = ERROR_CLASS.get(kind, InvalidRequestError)
     return cls(message, api=api, code=code, api_message=api_message, http_status=http_status,
                retry_after=retry_after, kind=kind)
+
+
+# The one table of foreign exceptions (after httpx's HTTPCORE_EXC_MAP): what each library's failure is
+# as ours. First match wins, so a subclass stands before its base. Anything not here is a bug of ours
+# or of the library and goes through unchanged.
+# (exception types, the api it concerns ("" = the caller's), what it means in words)
+FOREIGN: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
+    ((requests.Timeout,), "", "timed out"),
+    ((requests.RequestException,), "", "connection failed"),
+    ((redis.RedisError, kombu.exceptions.OperationalError), "redis", "Redis unavailable"),
+    ((billiard.exceptions.SoftTimeLimitExceeded,), "", "task ran out of time"),
+)
+
+
+def foreign(error: BaseException, *, api: str = "", where: str = "", detail: str = "") -> StockoutSyncError | None:
+    """`error` from requests, redis, kombu or billiard as one of ours: transient, since each is a
+    network, a server or a time limit failing, not the stockout. `where` names what was being done
+    and `detail` adds words the caller made safe (the exception's own text may carry a secret). Ours
+    go through as they are; anything else is None."""
+    if isinstance(error, StockoutSyncError):
+        return error
+    for types, own_api, words in FOREIGN:
+        if isinstance(error, types):
+            said = f"{words} ({type(error).__name__})" + (f": {detail}" if detail else "")
+            return APIConnectionError(f"{where}: {said}" if where else said, api=own_api or api)
+    return None
 
 
 class Action(enum.Enum):

@@ -14,7 +14,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared import metrics
-from shared.errors import APIConnectionError, InvalidRequestError, RateLimitError
+from shared.errors import APIConnectionError, InvalidRequestError, RateLimitError, foreign
 from shared.settings import Settings
 
 USER_AGENT = "stockout-sync/0.1"
@@ -126,26 +126,16 @@ def request_json(
 
     try:
         response = session.request(method, url, **kwargs)
-    except requests.Timeout as exc:
-        observe("timeout")
-        raise APIConnectionError(
-            f"{api} {method} {where}: timed out ({type(exc).__name__})", api=api, should_retry=True
-        ) from None
     except requests.RequestException as exc:
-        observe("connection_error")
-        raise APIConnectionError(
-            f"{api} {method} {where}: {type(exc).__name__}: {scrub_urls(str(exc))}",
-            api=api,
-            should_retry=True,
-        ) from None
+        observe("timeout" if isinstance(exc, requests.Timeout) else "connection_error")
+        # requests' own words name the host and the reason (refused, DNS…), with any URL's secrets scrubbed
+        raise foreign(exc, api=api, where=f"{api} {method} {where}", detail=scrub_urls(str(exc))) or exc from None
 
     status = response.status_code
     if status >= 500 or status == 408 or status == 429:
         observe(f"http_{status}")
     if status >= 500 or status == 408:
-        raise APIConnectionError(
-            f"{api} {method} {where}: HTTP {status}", api=api, http_status=status, should_retry=True
-        )
+        raise APIConnectionError(f"{api} {method} {where}: HTTP {status}", api=api, http_status=status)
     if status == 429:
         raise RateLimitError(
             f"{api} {method} {where}: HTTP 429 too many requests",
@@ -165,7 +155,6 @@ def request_json(
             f"{api} {method} {where}: HTTP {status} with a body that is not JSON",
             api=api,
             http_status=status,
-            should_retry=True,
         ) from None
     observe(metrics.answer_code(api, status, data))
     return JsonResponse(status=status, data=data, url=where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import string
 import tomllib
 from pathlib import Path
@@ -30,6 +31,8 @@ from shared.validation import describe, message_of
 # BIP's field limits are not published; 64 is the longest code we have seen and the limit
 # worker.transform enforces for identifiers taken from WDT, so the two sides agree.
 MAX_CODE_LEN = 64
+# Free text (memo, remarks, the tenant's text fields) is cut to this: BIP publishes no limit either.
+MAX_TEXT_LEN = 255
 
 # Stockout fields a header memo template may use. Only plain text fields: a template must not be
 # able to reach numbers, times or lines whose string form is an implementation detail.
@@ -51,6 +54,52 @@ MEMO_FIELDS = (
     "logistics_name",
 )
 DEFAULT_MEMO = "{remark}"
+
+# A template that is one of these alone ("{logistics_no}") gives an identifier: never cut, refused
+# when longer than MAX_CODE_LEN (a cut number would point at another document). Anything else is text.
+IDENTIFIER_FIELDS = frozenset({
+    "stockout_id", "order_no", "src_order_no", "warehouse_no", "status", "order_type", "subtype", "outer_no",
+    "logistics_no", "logistics_code",
+})
+# Line fields a [line_fields] template may use (plain text fields of one details_list entry).
+LINE_FIELDS = (
+    "rec_id", "spec_no", "goods_no", "goods_name", "spec_name", "spec_code", "brand_no", "brand_name", "remark",
+    "goods_unit", "batch_no", "batch_remark",
+)
+LINE_IDENTIFIER_FIELDS = frozenset({"rec_id", "spec_no", "goods_no", "spec_code", "brand_no", "batch_no"})
+
+# BIP fields the transform sets itself, with where to change them instead: a [fields] entry naming
+# one would either fight the transform or break exactly-once (resubmitCheckKey, defines!define1).
+RESERVED_FIELDS = {
+    "resubmitCheckKey": "the idempotency key, derived from stockout_id",
+    "_status": "always Insert",
+    "othOutRecords": "the lines, one per details_list entry and batch",
+    "defines!define1": "the stockout_id, which reconcile looks records up by",
+    "defines": "write one field as \"defines!defineN\"",
+    "code": "set by [document].send_code",
+    "id": "BIP's own",
+    "org": "set by [header].org or [warehouses]",
+    "accountOrg": "set by [header].accountOrg or [warehouses]",
+    "vouchdate": "set by [document].vouchdate_from",
+    "bustype": "set by [header].bustype, [bustypes] or [warehouses]",
+    "warehouse": "set by [warehouses]",
+    "memo": "set by [header].memo",
+    "srcBillType": "set by [header].srcBillType",
+}
+RESERVED_LINE_FIELDS = {
+    "_status": "always Insert",
+    "product": "set by [material]",
+    "productsku": "set by [material].sku_field",
+    "product_cName": "the WDT goods_name",
+    "qty": "the WDT goods_count",
+    "unit": "set by [units]",
+    "batchno": "the WDT batch_no",
+    "invaliddate": "the WDT expire_date",
+    "memo": "the WDT line remark",
+    "upcode": "the WDT order_no",
+    "sourceautoid": "the WDT rec_id",
+}
+_BIP_FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(![A-Za-z_][A-Za-z0-9_]*)?$"
 
 
 class MappingFileError(ValueError):
@@ -121,40 +170,113 @@ class _Strict(BaseModel):
 class HeaderMap(_Strict):
     org: Code
     accountOrg: Code
-    bustype: Code
+    bustype: Code | None  # the default when [bustypes] and [warehouses] do not name one
     memo: str | None = None
     srcBillType: Code | None = None
 
     @field_validator("memo")
     @classmethod
     def _check_template(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parts = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-        for _, name, spec, conversion in parts:
-            if name is None:
-                continue
-            if name not in MEMO_FIELDS or spec or conversion:
-                raise ValueError(
-                    f"unknown placeholder {{{name}{'!' + conversion if conversion else ''}"
-                    f"{':' + spec if spec else ''}}}; use plain {{name}} with one of: {', '.join(MEMO_FIELDS)}"
-                )
-        return value
+        return None if value is None else check_template(value, MEMO_FIELDS)
+
+
+def check_template(value: str, allowed: tuple[str, ...]) -> str:
+    """`value` if every placeholder is a plain {name} out of `allowed`; a ValueError saying which is not."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in allowed or spec or conversion:
+            raise ValueError(
+                f"unknown placeholder {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}; use plain {{name}} with one of: {', '.join(allowed)}"
+            )
+    return value
+
+
+def placeholders(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+class Fixed(_Strict):
+    """`{ value = "..." }`: sent exactly as written, braces included (no placeholders)."""
+
+    value: Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT_LEN)]
+
+
+def _field_name(reserved: dict[str, str], table: str) -> Any:
+    def check(name: str) -> str:
+        if name in reserved:
+            raise ValueError(f"set by stockout-sync itself ({reserved[name]}); choose another BIP field for [{table}]")
+        if len(name) > MAX_CODE_LEN or not re.match(_BIP_FIELD_NAME, name):
+            raise ValueError('not a BIP field name (letters, digits, _ and at most one !, like "defines!define2")')
+        return name
+
+    return AfterValidator(check)
+
+
+def _field_value(allowed: tuple[str, ...]) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            return check_template(value, allowed)
+        if isinstance(value, dict):
+            return Fixed.model_validate(value)
+        raise ValueError(f'expected a template in quotes or {{ value = "..." }}, got {_show(value)}')
+
+    return BeforeValidator(check)
+
+
+FieldValue = str | Fixed
+HeaderFields = dict[
+    Annotated[str, _field_name(RESERVED_FIELDS, "fields")], Annotated[FieldValue, _field_value(MEMO_FIELDS)]
+]
+LineFields = dict[
+    Annotated[str, _field_name(RESERVED_LINE_FIELDS, "line_fields")], Annotated[FieldValue, _field_value(LINE_FIELDS)]
+]
+
+
+def render_field(value: FieldValue, values: dict[str, str], identifiers: frozenset[str]) -> tuple[str, str]:
+    """A [fields]/[line_fields] value filled from `values` (the stockout's or line's text fields,
+    stripped): (text, "") trimmed and cut to MAX_TEXT_LEN, or (the value whole, its field) when it is
+    one identifier alone, which the caller refuses past MAX_CODE_LEN instead of cutting."""
+    if isinstance(value, Fixed):
+        return value.value.strip()[:MAX_TEXT_LEN], ""
+    if is_identifier(value, identifiers):
+        source = placeholders(value)[0]
+        return values[source], source
+    return value.format_map(values).strip()[:MAX_TEXT_LEN], ""
+
+
+def is_identifier(value: FieldValue, identifiers: frozenset[str]) -> bool:
+    """Whether a [fields] value gives an identifier: one identifier placeholder and nothing else."""
+    if isinstance(value, Fixed):
+        return False
+    names = placeholders(value)
+    return len(names) == 1 and names[0] in identifiers and value == "{" + names[0] + "}"
+
+
+# order_type → BIP 交易类型; keys as WDT writes them ("7"), normalised like the filters
+Bustypes = dict[WdtOrderType, Code]
 
 
 class WarehouseMap(_Strict):
     warehouse: Code
     org: Code | None = None
     accountOrg: Code | None = None
+    bustype: Code | None = None
+    bustypes: Bustypes = Field(default_factory=dict)
 
 
 class MaterialMap(_Strict):
     field: Literal["spec_no", "goods_no"] = "spec_no"
     sku_field: Literal["spec_no", "goods_no", "spec_code"] | None = None
     codes: dict[Annotated[str, StringConstraints(min_length=1)], Code] = Field(default_factory=dict)
+    # "send": a code not in [material.codes] goes to BIP unchanged (BIP refuses one it does not know);
+    # "error": [material.codes] is the whole list, and any other code is a dead letter naming it.
+    unmapped: Literal["send", "error"] = "send"
 
 
 class UnitMap(_Strict):
@@ -191,6 +313,9 @@ class Mapping(_Strict):
     units: UnitMap
     filters: FilterMap = Field(default_factory=FilterMap)
     document: DocumentMap = Field(default_factory=DocumentMap)
+    bustypes: Bustypes = Field(default_factory=dict)
+    fields: HeaderFields = Field(default_factory=dict)
+    line_fields: LineFields = Field(default_factory=dict)
 
     # The file's name, for messages ("... in [warehouses] of mapping.toml"); not part of the content.
     _source: str = PrivateAttr(default="mapping.toml")
@@ -199,13 +324,48 @@ class Mapping(_Strict):
     def source(self) -> str:
         return self._source
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bustype_default(cls, data: Any) -> Any:
+        # header.bustype is required (nullable, not optional) unless [bustypes] or a warehouse names
+        # one: then a missing default is None, and a stockout no entry covers is a dead letter.
+        if not isinstance(data, dict) or not isinstance(data.get("header"), dict) or "bustype" in data["header"]:
+            return data
+        warehouses = data.get("warehouses")
+        named = bool(data.get("bustypes")) or (isinstance(warehouses, dict) and any(
+            isinstance(w, dict) and (w.get("bustype") or w.get("bustypes")) for w in warehouses.values()
+        ))
+        return {**data, "header": {**data["header"], "bustype": None}} if named else data
+
+    def header_fields(self, values: dict[str, str]) -> dict[str, str]:
+        """The [fields] a stockout's text fields give (empty results left out); identifiers whole."""
+        rendered = {name: render_field(v, values, IDENTIFIER_FIELDS)[0] for name, v in self.fields.items()}
+        return {name: text for name, text in rendered.items() if text}
+
+    def bustype_for(self, warehouse_no: str, order_type: Any) -> tuple[str | None, str]:
+        """The BIP 交易类型 for a stockout and the key that gave it (None and the key to add when none
+        does). Precedence: warehouse + type > type > warehouse > header."""
+        kind = _normal_code(order_type) or ""
+        wh = self.warehouses.get(warehouse_no)
+        where = f"warehouses.{json.dumps(warehouse_no, ensure_ascii=False)}"
+        if wh is not None and kind in wh.bustypes:
+            return wh.bustypes[kind], f'{where}.bustypes."{kind}"'
+        if kind in self.bustypes:
+            return self.bustypes[kind], f'bustypes."{kind}"'
+        if wh is not None and wh.bustype:
+            return wh.bustype, f"{where}.bustype"
+        if self.header.bustype:
+            return self.header.bustype, "header.bustype"
+        return None, f'bustypes."{kind}"' if kind else "header.bustype"
+
     def fingerprint(self) -> str:
         """Hash of the normalised content: equal for equal meaning, whatever the file's layout or name.
 
         A dead letter records it, so an operator can tell whether a failure happened under the
         mapping that is loaded now.
         """
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        canonical = json.dumps(_stable(self.model_dump(mode="json")), sort_keys=True, ensure_ascii=False,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def passes_filters(self, raw: Any) -> tuple[bool, str]:
@@ -233,6 +393,21 @@ class Mapping(_Strict):
         if normal in allowed:
             return True, ""
         return False, f"{name} {normal} not in [{', '.join(allowed)}]"
+
+
+def _stable(dump: dict[str, Any]) -> dict[str, Any]:
+    """The dump without the keys added after version 1 while they hold their defaults: a file
+    written before them keeps its fingerprint, so its dead letters still match the mapping in use."""
+    for name in ("bustypes", "fields", "line_fields"):
+        if not dump.get(name):
+            dump.pop(name, None)
+    if dump["material"].get("unmapped") == "send":
+        del dump["material"]["unmapped"]
+    for wh in dump["warehouses"].values():
+        for name in ("bustype", "bustypes"):
+            if not wh.get(name):
+                wh.pop(name, None)
+    return dump
 
 
 def _normal_code(value: Any) -> str | None:
@@ -290,7 +465,7 @@ def parse_mapping(text: str, name: str = "mapping.toml") -> Mapping:
 
 # Tables whose keys are the user's own names (warehouse numbers, codes), quoted in messages as TOML
 # would need them; the other keys are ours and stay bare.
-_USER_KEYED = {"warehouses", "codes"}
+_USER_KEYED = {"warehouses", "codes", "bustypes", "fields", "line_fields"}
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

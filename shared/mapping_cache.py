@@ -28,10 +28,6 @@ class MappingProblem(BaseModel):
                 f"using the last good mapping from {self.last_good_from}")
 
 
-def mapping_problem_key(prefix: str) -> str:
-    return f"{prefix}:mapping:invalid"
-
-
 class MappingCache:
     """The current mapping, re-parsed only when the file's mtime changes (checked at most once a second).
 
@@ -47,7 +43,19 @@ class MappingCache:
         self._mapping_mtime: float | None = None
         self._mtime: float | None = None
         self._checked = 0.0
+        self._loaded_at = ""
         self.problem: MappingProblem | None = None
+
+    @property
+    def loaded_at(self) -> str:
+        """Beijing time this process last read a good mapping ("" before the first)."""
+        return self._loaded_at
+
+    @property
+    def in_force_since(self) -> str:
+        """Beijing modification time of the file the mapping in use was read from: every process
+        re-reads a changed file within `check_every_s`, so that is when it came into force."""
+        return _wall(self._mapping_mtime) if self._mapping is not None else ""
 
     def get(self) -> Mapping:
         now = time.monotonic()
@@ -76,6 +84,7 @@ class MappingCache:
             )
             return
         self._mapping, self._mapping_mtime, self._mtime, self.problem = mapping, mtime, mtime, None
+        self._loaded_at = format_wire(now_beijing())
 
 
 def _wall(mtime: float | None) -> str:

@@ -21,7 +21,8 @@ from kombu.utils.json import dumps as json_dumps
 
 from shared.celery_app import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, SYNC_TASK, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.errors import APIConnectionError, RetryPolicy
+from shared.errors import RetryPolicy, foreign
+from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.retry import call_with_retries
 from shared.settings import get_settings
@@ -97,7 +98,7 @@ class Publisher:
         process's metrics exporter has to set up first.)"""
         if not page.too_large:
             return
-        store = DeadLetterStore(self._broker(), _key_prefix().removesuffix(":"))
+        store = DeadLetterStore(self._broker(), _prefix())
         for raw, key, size in page.too_large:
             letter = too_large_letter(raw, key, size, page.max_bytes or 0)
             self.retrying(functools.partial(store.put, letter))
@@ -124,7 +125,7 @@ class Publisher:
         if not entries:  # every one of them held back as too large
             return
         # LPUSH a b c leaves c at the head: BRPOP takes a first, as with one LPUSH each
-        self.retrying(lambda: self._broker().lpush(f"{_key_prefix()}{queue}", *entries))
+        self.retrying(lambda: self._broker().lpush(Keys(_prefix()).queue(queue), *entries))
 
     @staticmethod
     def retrying(send: Callable[[], object]) -> None:
@@ -138,13 +139,12 @@ class Publisher:
 
 def _broker_error(error: BaseException) -> BaseException | None:
     # a Redis restart of a few seconds is waited out; anything else is raised as it is
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
-        return APIConnectionError(f"Redis unavailable while publishing: {type(error).__name__}", api="redis")
-    return None
+    return foreign(error, where="publishing")
 
 
-def _key_prefix() -> str:
-    return (get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")
+def _prefix() -> str:
+    """REDIS_PREFIX as the app in use has it (its broker's key prefix, `Keys.broker_prefix`)."""
+    return str((get_app().conf.broker_transport_options or {}).get("global_keyprefix", "")).removesuffix(":")
 
 
 class _Page:
@@ -252,7 +252,7 @@ def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
     """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
     it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
     `purge` remove the copy by value instead of searching the queue for it."""
-    store = DeadLetterStore(publish_stockout._broker(), _key_prefix().removesuffix(":"))
+    store = DeadLetterStore(publish_stockout._broker(), _prefix())
     entry = queue_entry(store.clean(raw), key, task_id, DEAD_LETTER_QUEUE)
     publish_stockout.retrying(lambda: store.push_copy(key, entry))
     return task_id

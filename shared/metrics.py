@@ -2,13 +2,15 @@
 (exposing is `shared.metrics_exporter`'s) and keeps labels bounded (docs/design.md, "Metrics")."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry
 
 from shared.bip import errors as bip_codes
 from shared.errors import Kind
@@ -18,6 +20,57 @@ _P = "stockout_sync"
 # Not prometheus_client's default registry: Flower imports the tasks, hence this module, and would
 # otherwise list these counters, all zero, beside its own. The exporter reads the processes' files.
 REGISTRY = CollectorRegistry(auto_describe=True)
+M = TypeVar("M")
+_made: list[str] = []  # names of the instruments made so far, in this process
+_declared: list[_Lazy] = []
+_making = threading.Lock()
+
+
+class _Lazy:
+    """An instrument made on its first use, not at import: prometheus_client picks the way it stores
+    a value (in memory, or in the multiprocess files of a worker's pool) when it makes one, so a
+    process's exporter only has to start before the first count — any module may import this one."""
+
+    def __init__(self, make: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._make, self._args, self._kwargs = make, args, kwargs
+        self._real: Any = None
+        _declared.append(self)
+
+    def _get(self) -> Any:
+        if self._real is None:
+            with _making:
+                if self._real is None:
+                    self._real = self._make(*self._args, registry=REGISTRY, **self._kwargs)
+                    _made.append(str(self._args[0]))
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def _lazy(make: Callable[..., M]) -> Callable[..., M]:
+    def factory(*args: Any, **kwargs: Any) -> M:
+        kwargs.pop("registry", None)  # always REGISTRY
+        return cast(M, _Lazy(make, args, kwargs))
+
+    return factory
+
+
+Counter = _lazy(prometheus_client.Counter)
+Gauge = _lazy(prometheus_client.Gauge)
+Histogram = _lazy(prometheus_client.Histogram)
+
+
+def made() -> list[str]:
+    """The instruments this process has made (used) so far: none before its exporter starts."""
+    return list(_made)
+
+
+def make_all() -> CollectorRegistry:
+    """Every instrument made now (what a test lists against the rules and the dashboard)."""
+    for instrument in _declared:
+        instrument._get()
+    return REGISTRY
 
 # -- producer (beat side) -----------------------------------------------------------------------
 FETCHED = Counter(f"{_P}_fetched", "Stockouts read from WDT by polls and backfills", registry=REGISTRY)

@@ -1,5 +1,5 @@
 """The `/metrics` endpoint of a worker or beat process (METRICS_PORT; 0 = off), in prometheus_client's
-multiprocess mode, started before anything imports `shared.metrics`.
+multiprocess mode, started before anything counts (instruments are made on first use).
 Why: docs/design.md, "Metrics across processes"."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import atexit
 import logging
 import os
 import shutil
-import sys
 import tempfile
 
+from shared import metrics
 from shared.settings import Settings
 from shared.state_metrics import PipelineCollector  # imports no counters: safe before `start`
 
@@ -21,10 +21,8 @@ def start(settings: Settings, port: int | None = None) -> int:
     port = settings.metrics_port if port is None else port
     if not port:
         return 0
-    if "shared.metrics" in sys.modules:
-        raise RuntimeError(
-            "metrics exporter started after shared.metrics was imported: its counters would not be exported"
-        )
+    if metrics.made():
+        raise RuntimeError(f"metrics exporter started after {metrics.made()[0]} was counted: it would not be exported")
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Protocol
 import redis as redis_lib
 
 from shared.errors import RateLimitError
+from shared.keys import Keys
 
 # Adaptive rate, as a pure function of the hash written at the last refusal (r0, t0, limit):
 # fast recovery (doubling every DOUBLING_S) up to KNEE × limit, then a slow linear probe of
@@ -192,9 +193,10 @@ class RateLimiter:
         self.name = name
         self.rate_per_s = float(rate_per_s)
         self.burst = int(burst)
-        self.key = f"{prefix}:rl:{name}"
-        self.adaptive_key = f"{self.key}:aimd"
-        self.grants_key = f"{self.key}:granted"
+        keys = Keys(prefix)
+        self.key = keys.rate_limit(name)
+        self.adaptive_key = keys.rate_limit_adaptive(name)
+        self.grants_key = keys.rate_limit_grants(name)
         self.adaptive = adaptive or Adaptive()
         self.observer = observer
         self._gcra = redis.register_script(_GCRA)

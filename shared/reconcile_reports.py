@@ -1,4 +1,4 @@
-"""The reports of beat's daily reconcile: a Redis list `{prefix}:reconcile:reports`, newest first,
+"""The reports of beat's daily reconcile: a Redis list (`Keys.reconcile_reports`), newest first,
 the last REPORTS_KEPT kept. Each entry is one JSON object (producer.reconcile.Report dumped: at least
 since, until, mismatches, missing, duplicated, changed, checks, finished_at; each list capped at
 500 rows, `<list>_total` the full count); `status` shows the newest, and the alerts read them.
@@ -10,15 +10,13 @@ from typing import Any
 
 import redis
 
+from shared.keys import Keys
+
 REPORTS_KEPT = 30
 
 
-def reports_key(prefix: str) -> str:
-    return f"{prefix}:reconcile:reports"
-
-
 def push_report(r: redis.Redis, prefix: str, report: dict[str, Any]) -> None:
-    key = reports_key(prefix)
+    key = Keys(prefix).reconcile_reports
     pipe = r.pipeline(transaction=True)  # never a list left longer than REPORTS_KEPT
     pipe.lpush(key, json.dumps(report, ensure_ascii=False))
     pipe.ltrim(key, 0, REPORTS_KEPT - 1)
@@ -28,7 +26,7 @@ def push_report(r: redis.Redis, prefix: str, report: dict[str, Any]) -> None:
 def recent_reports(r: redis.Redis, prefix: str, count: int = REPORTS_KEPT) -> list[dict[str, Any]]:
     """Newest first; an entry that is not a JSON object is skipped, not fatal."""
     found = []
-    for raw in r.lrange(reports_key(prefix), 0, max(0, count - 1)):
+    for raw in r.lrange(Keys(prefix).reconcile_reports, 0, max(0, count - 1)):
         try:
             value = json.loads(raw)
         except ValueError:

@@ -16,8 +16,9 @@ from shared import metrics
 from shared.bip.client import BipClient
 from shared.breaker import Breaker
 from shared.epoch import StateGuard
+from shared.keys import Keys
 from shared.mapping import Mapping
-from shared.mapping_cache import MappingProblem, mapping_cache, mapping_problem_key
+from shared.mapping_cache import MappingProblem, mapping_cache
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 from shared.state import StateStore
@@ -74,7 +75,7 @@ class Runtime:
 def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem | None, path: Path) -> None:
     """Tell `status`, the metrics and the log, once per change of the file (not once per task and
     not once per pool process: the process that records a change in Redis first logs it)."""
-    key, seen = mapping_problem_key(prefix), f"{mapping_problem_key(prefix)}:seen"
+    key, seen = Keys(prefix).mapping_invalid, Keys(prefix).mapping_seen
     metrics.MAPPING_INVALID.set(1 if problem else 0)
     try:
         if problem is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from shared.stats import last_saved_key, saved_key
+from shared.keys import Keys
 from shared.timeutil import format_wire, parse_wire
 
 BUCKET = 100
@@ -142,6 +142,7 @@ class StateStore:
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
         self.r = client
         self.p = prefix
+        self.k = Keys(prefix)
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
@@ -155,10 +156,10 @@ class StateStore:
         """(bucket key, field) of a stockout's mark."""
         if sid.isascii() and sid.isdigit() and len(sid) <= _MAX_NUMERIC_LEN and (sid[0] != "0" or sid == "0"):
             n = int(sid)
-            return f"{self.p}:mark:{n // BUCKET}", str(n % BUCKET)
+            return self.k.mark_bucket(n // BUCKET), str(n % BUCKET)
         # Not a canonical number ("noid-…", leading zeros): spread by hash, the field keeps the
         # whole id so two ids never share one.
-        return f"{self.p}:mark:x{zlib.crc32(sid.encode('utf-8')) % _HASHED_BUCKETS}", sid
+        return self.k.mark_hashed_bucket(zlib.crc32(sid.encode('utf-8', 'surrogatepass')) % _HASHED_BUCKETS), sid
 
     def states(self, ids: list[str]) -> dict[str, str | None]:
         """One round trip for a whole page: each id's raw state (`q`, `d|…` or None)."""
@@ -216,14 +217,14 @@ class StateStore:
 
     # -- per-stockout work lock --------------------------------------------------------------
     def _lock(self, sid: str) -> str:
-        return f"{self.p}:lock:{sid}"
+        return self.k.lock(sid)
 
     def claim(self, sid: str, owner: str, ttl_s: float, epoch: str = "") -> Claim:
         """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
         holder's lock expires), atomically and in one round trip. With `epoch`, only while the state
         is still that epoch's (else `Claim.lost`)."""
         bucket, field = self.mark_slot(sid)
-        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket, f"{self.p}:epoch"],
+        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket, self.k.epoch],
                                         args=[owner, int(ttl_s * 1000), field, epoch])
         if int(pttl) == -1:
             return Claim(None, 0.0, lost=True)
@@ -241,20 +242,15 @@ class StateStore:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
         mark = done_mark(bip_id, bip_code, generation)
-        self._finish(keys=[self._lock(sid), bucket, saved_key(self.p), last_saved_key(self.p), self._inflight],
+        self._finish(keys=[self._lock(sid), bucket, self.k.saved, self.k.last_saved_at, self.k.inflight],
                      args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}", sid])
 
     # -- in-flight saves: when this stockout's key was first sent ------------------------------
-    @property
-    def _inflight(self) -> str:
-        # one hash, field = the stockout id (never a key name): entries go when the stockout is done
-        return f"{self.p}:inflight"
-
     def sending(self, sid: str, generation: int = 0, *, reset: bool = False) -> tuple[float | None, float]:
         """Mark a save of `sid` as about to be sent: (seconds since the first send of this key, or
         None when it was never sent before; now on Redis's clock, epoch s). `reset`: the key counts as
         sent afresh (BIP's absence was just proven, so whatever it remembered no longer matters)."""
-        before, now = self._sending(keys=[self._inflight], args=[sid, str(generation), "1" if reset else "0"])
+        before, now = self._sending(keys=[self.k.inflight], args=[sid, str(generation), "1" if reset else "0"])
         now_ms = float(now)
         if not before:
             return None, now_ms / 1000
@@ -263,29 +259,29 @@ class StateStore:
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self.r.set(f"{self.p}:poll:lock", token, nx=True, px=int(ttl_s * 1000)))
+        return bool(self.r.set(self.k.poll_lock, token, nx=True, px=int(ttl_s * 1000)))
 
     def renew_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self._renew(keys=[f"{self.p}:poll:lock"], args=[token, int(ttl_s * 1000)]))
+        return bool(self._renew(keys=[self.k.poll_lock], args=[token, int(ttl_s * 1000)]))
 
     def release_poll_lock(self, token: str) -> None:
-        self._release(keys=[f"{self.p}:poll:lock"], args=[token])
+        self._release(keys=[self.k.poll_lock], args=[token])
 
     def cursor(self) -> datetime | None:
-        value = self.r.get(f"{self.p}:cursor")
+        value = self.r.get(self.k.cursor)
         return parse_wire(value.decode() if isinstance(value, bytes) else value) if value else None
 
     def advance_cursor(self, to: datetime) -> None:
         """Only forwards: a backfill or a slow poll never moves the cursor back."""
         current = self.cursor()
         if current is None or to > current:
-            self.r.set(f"{self.p}:cursor", format_wire(to))
+            self.r.set(self.k.cursor, format_wire(to))
 
     def save_poll_summary(self, summary: dict) -> None:
-        self.r.set(f"{self.p}:poll:last", json.dumps(summary, ensure_ascii=False))
+        self.r.set(self.k.poll_last, json.dumps(summary, ensure_ascii=False))
 
     def last_poll_summary(self) -> dict | None:
-        value = self.r.get(f"{self.p}:poll:last")
+        value = self.r.get(self.k.poll_last)
         return json.loads(value) if value else None
 
 

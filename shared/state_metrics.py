@@ -22,10 +22,10 @@ from prometheus_client.registry import Collector
 from shared.backlog import PRIORITY_SUFFIXES
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 from shared.deadletters import Stage
+from shared.keys import Keys
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
 from shared.settings import Settings
-from shared.stats import last_saved_key
 from shared.timeutil import parse_wire
 
 log = logging.getLogger("stockout_sync.metrics")
@@ -42,6 +42,7 @@ class PipelineCollector(Collector):
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self.p = settings.redis_prefix
+        self.k = Keys(self.p)
         self._client = client
         self._lock = threading.Lock()
         self._dlq: tuple[tuple[int, float], float, dict[str, int]] | None = None  # (index shape, when, counts)
@@ -72,18 +73,18 @@ class PipelineCollector(Collector):
         yield from families
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
-        p, r = self.p, self.r
+        k, r = self.k, self.r
         pipe = r.pipeline(transaction=False)
         for queue in QUEUES:
             for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(f"{p}:{queue}{suffix}")
-        pipe.hlen(f"{p}:unacked")
-        pipe.get(f"{p}:cursor")
-        pipe.get(f"{p}:poll:last")
-        pipe.get(last_saved_key(p))
-        pipe.hgetall(f"{p}:breaker")
-        pipe.zcard(f"{p}:dlq:index")
-        pipe.zrange(f"{p}:dlq:index", -1, -1, withscores=True)
+                pipe.llen(k.queue(queue, suffix))
+        pipe.hlen(k.unacked)
+        pipe.get(k.cursor)
+        pipe.get(k.poll_last)
+        pipe.get(k.last_saved_at)
+        pipe.hgetall(k.breaker)
+        pipe.zcard(k.dlq_index)
+        pipe.zrange(k.dlq_index, -1, -1, withscores=True)
         values = pipe.execute()
         now = time.time()
 
@@ -130,21 +131,21 @@ class PipelineCollector(Collector):
             (_, last_newest), counted_at, counts = self._dlq
             if self._dlq[0] == shape:
                 return counts
-            added = self._stages(self.r.zrangebyscore(f"{self.p}:dlq:index", f"({last_newest!r}", "+inf"))
+            added = self._stages(self.r.zrangebyscore(self.k.dlq_index, f"({last_newest!r}", "+inf"))
             merged = {stage: counts.get(stage, 0) + added.get(stage, 0) for stage in STAGES}
             if sum(merged.values()) == total:
                 self._dlq = (shape, counted_at, merged)
                 return merged
             if now - counted_at < DLQ_RECOUNT_S:
                 return counts
-        self._dlq = (shape, now, self._stages(self.r.zrange(f"{self.p}:dlq:index", 0, -1)))
+        self._dlq = (shape, now, self._stages(self.r.zrange(self.k.dlq_index, 0, -1)))
         return self._dlq[2]
 
     def _stages(self, members: list) -> dict[str, int]:
         counts: Counter[str] = Counter(dict.fromkeys(STAGES, 0))
         ids = [_text(i) for i in members]
         for start in range(0, len(ids), 1000):
-            for value in self.r.mget([f"{self.p}:dlq:{i}" for i in ids[start:start + 1000]]):
+            for value in self.r.mget([self.k.dlq_record(i) for i in ids[start:start + 1000]]):
                 counts[_stage(value)] += 1
         return dict(counts)
 

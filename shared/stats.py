@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import redis
 
-
-def saved_key(prefix: str) -> str:
-    return f"{prefix}:stats:saved"
+from shared.keys import Keys
 
 
 def saved(client: redis.Redis, prefix: str) -> int:
-    value = client.get(saved_key(prefix))
+    value = client.get(Keys(prefix).saved)
     return int(value) if value else 0
 
-
-def last_saved_key(prefix: str) -> str:
-    """Epoch seconds of the last save a worker marked done (written by the same finish script)."""
-    return f"{prefix}:stats:last_saved_at"

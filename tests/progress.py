@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 
+from shared.keys import Keys
+
 
 def pipeline(sandbox: Any, client: redis.Redis | None = None, prefix: str = "t") -> Callable[[], Hashable]:
     """BIP's side of the sandbox (saves, save calls, token calls, faults, the retries they cause) and,
@@ -20,7 +22,22 @@ def pipeline(sandbox: Any, client: redis.Redis | None = None, prefix: str = "t")
         calls += sum(n for kind, n in counters["faults"].items() if kind.startswith("bip"))
         if client is None:
             return calls
-        queues = tuple(client.llen(f"{prefix}:{q}") for q in ("stockouts", "dead_letter"))
-        return calls, queues, client.zcard(f"{prefix}:dlq:index")
+        keys = Keys(prefix)
+        queues = tuple(client.llen(keys.queue(q)) for q in ("stockouts", "dead_letter"))
+        return calls, queues, client.zcard(keys.dlq_index)
 
     return measure
+
+
+def polls(client: redis.Redis, prefix: str = "t") -> Callable[[], int]:
+    """How many polls have ended since it was made: beat's polls, counted as each one writes its
+    summary (a test that must show nothing happens across polls waits for some, never sleeps)."""
+    key, seen = Keys(prefix).poll_last, [client.get(Keys(prefix).poll_last)]
+
+    def count() -> int:
+        value = client.get(key)
+        if value != seen[-1]:
+            seen.append(value)
+        return len(seen) - 1
+
+    return count

@@ -1,4 +1,4 @@
-"""Real attempts per stockout, counted in Redis (`{prefix}:attempts:{stockout_id}`).
+"""Real attempts per stockout, counted in Redis (`Keys.attempts`).
 
 Why not Celery's `request.retries`: it counts every retry, and waits for a rate limit or a paused
 breaker are retries that must never use an attempt. Why Redis rather than a message header or a
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import redis as redis_lib
 
+from shared.keys import Keys
+
 TTL_S = 7 * 86400  # longer than any run of retries; a stockout that stops failing leaves no key
 
 
 def key(prefix: str, stockout_id: str) -> str:
-    return f"{prefix}:attempts:{stockout_id}"
+    return Keys(prefix).attempts(stockout_id)
 
 
 def failed_so_far(r: redis_lib.Redis, prefix: str, stockout_id: str) -> int:

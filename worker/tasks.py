@@ -11,15 +11,15 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject
 
-from shared import metrics
+from shared import breaker, metrics
 from shared.bip.lookup import Unproven
-from shared.breaker import Opened
+from shared.breaker import DEAD_LETTER_SCOPE, Opened
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
 from shared.epoch import StatePaused
-from shared.errors import Action, APIConnectionError, ConfigurationError, MappingError, RetryPolicy, resolve
+from shared.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
 from shared.mapping import MappingFileError
 from shared.messages import message_label, publish_dead_letter
 from shared.runtime import Runtime, runtime
@@ -36,10 +36,8 @@ MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's 
 
 def classify(error: BaseException) -> BaseException:
     """Errors from below our own hierarchy, as the kinds they are."""
-    if isinstance(error, redis.RedisError):
-        return APIConnectionError(f"Redis unavailable: {type(error).__name__}", api="redis")
-    if isinstance(error, SoftTimeLimitExceeded):
-        return APIConnectionError("task ran out of time", should_retry=True)
+    if (ours := foreign(error)) is not None:
+        return ours
     if isinstance(error, MappingFileError):
         # no mapping to work with at all: every stockout would fail alike, so it pauses
         return ConfigurationError(f"mapping file unreadable — check MAPPING_FILE: {error}", api="mapping")
@@ -176,9 +174,17 @@ def act(task: Task, rt: Runtime, stockout: dict, sid: str, error: BaseException,
     try:
         dead_letter(rt, stockout, sid, error, attempts=attempt, task_id=task.request.id)
     except Exception as dl_error:
-        # No record, so the message must not be acked: back on the queue, it is tried again.
-        log.error("stockout %s could not be dead-lettered (%s); requeued", sid, type(dl_error).__name__)
-        raise Reject(f"dead-lettering failed: {type(dl_error).__name__}", requeue=True) from None
+        # No record, so the message must not be acked. It comes back after the longest backoff, not at
+        # once: whatever stops one letter (Redis refusing writes, a store key of the wrong type) stops
+        # every letter, and a requeue at once would spin every worker process on it.
+        countdown = rt.settings.retry_backoff_max_s * random.uniform(0.5, 1.0)
+        with contextlib.suppress(redis.RedisError):  # Redis itself may be what fails
+            rt.breaker.trip(f"dead letters cannot be written ({type(dl_error).__name__}: {str(dl_error)[:200]})",
+                            DEAD_LETTER_SCOPE)
+        log.error("stockout %s could not be dead-lettered (%s: %.200s); again in %.0f s", sid,
+                  type(dl_error).__name__, dl_error, countdown)
+        raise retry_or_requeue(task, countdown=countdown) from None
+    breaker.close(rt.redis, prefix, DEAD_LETTER_SCOPE, observer=metrics.BREAKER_OBSERVER)  # one step, letters are rare
     attempts.forget(rt.redis, prefix, sid)
     task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
                outcome="dead_letter", stage=stage_of(error), error=error, kind=kind)

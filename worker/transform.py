@@ -3,6 +3,7 @@ functions, a `TransformError` naming field, index and value for what the mapping
 Why: docs/design.md, "The transform"; the field table is in README.md."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -14,7 +15,18 @@ from pydantic_core import ErrorDetails
 from shared.bip.idempotency import resubmit_key
 from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
-from shared.mapping import DEFAULT_MEMO, MAX_CODE_LEN, MEMO_FIELDS, Mapping
+from shared.mapping import (
+    DEFAULT_MEMO,
+    IDENTIFIER_FIELDS,
+    LINE_FIELDS,
+    LINE_IDENTIFIER_FIELDS,
+    MAX_CODE_LEN,
+    MAX_TEXT_LEN,
+    MEMO_FIELDS,
+    FieldValue,
+    Mapping,
+    render_field,
+)
 from shared.timeutil import beijing_date
 from shared.validation import describe, message_of
 from shared.wdt.models import Stockout, StockoutDetail
@@ -23,7 +35,6 @@ from shared.wdt.models import Stockout, StockoutDetail
 # code would point at a different (or no) record. Free text is cut to MAX_TEXT_LEN instead, because
 # losing the end of a remark is better than losing the record.
 MAX_IDENTIFIER_LEN = MAX_CODE_LEN
-MAX_TEXT_LEN = 255
 
 
 
@@ -144,7 +155,7 @@ def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0, account
         "row_status": "Insert",
         "org": entry.org or mapping.header.org,
         "accountOrg": entry.accountOrg or mapping.header.accountOrg,
-        "bustype": mapping.header.bustype,
+        "bustype": _bustype(stockout, mapping),
         "warehouse": entry.warehouse,
         "vouchdate": _vouchdate(stockout, mapping),
         "resubmitCheckKey": resubmit_key(stockout.stockout_id, generation, account),
@@ -156,6 +167,7 @@ def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0, account
         "othOutRecords": [
             line for i, d in enumerate(stockout.details_list) for line in _lines(i, d, stockout, mapping)
         ],
+        "custom": _header_fields(stockout, mapping),
     }
     try:
         return OthOutRecord(**fields)
@@ -188,7 +200,9 @@ def locate_rejection(api_message: str, raw: Any, mapping: Mapping) -> str:
         for name in ("org", "accountOrg"):
             value = getattr(entry, name) or getattr(mapping.header, name)
             sources.setdefault(value, f'[warehouses."{stockout.warehouse_no}"].{name} or [header].{name}')
-    sources.setdefault(mapping.header.bustype, "[header].bustype")
+    bustype, key = mapping.bustype_for(stockout.warehouse_no, stockout.order_type)
+    if bustype is not None:
+        sources.setdefault(bustype, f"order_type {stockout.order_type or '(empty)'} via [{key}]")
     found = [f"{value} = {sources[value]}" for value in named if value in sources]
     return "; ".join(found)
 
@@ -242,6 +256,70 @@ def _memo(stockout: Stockout, mapping: Mapping) -> str | None:
     return _text(template.format_map(values))
 
 
+def _bustype(stockout: Stockout, mapping: Mapping) -> str:
+    bustype, key = mapping.bustype_for(stockout.warehouse_no, stockout.order_type)
+    if bustype is not None:
+        return bustype
+    kind = stockout.order_type.strip()
+    name = f" ({stockout.order_type_name.strip()[:40]})" if stockout.order_type_name.strip() else ""
+    raise TransformError(
+        f"order_type {kind or '(empty)'}{name} has no bustype in {mapping.source}: no entry in [bustypes] "
+        f"and no header.bustype default (add [{key.split('.')[0]}] {key.partition('.')[2] or 'bustype'} = "
+        "\"<BIP 交易类型 code>\")",
+        field="order_type",
+        value=kind,
+        mapping_entry=key,
+    )
+
+
+def _header_fields(stockout: Stockout, mapping: Mapping) -> dict[str, str]:
+    values = {name: str(getattr(stockout, name, "") or "").strip() for name in MEMO_FIELDS}
+    return _custom(mapping.fields, values, IDENTIFIER_FIELDS, "", "fields")
+
+
+def _line_fields(at: str, d: StockoutDetail, mapping: Mapping) -> dict[str, str]:
+    values = {name: str(getattr(d, name, "") or "").strip() for name in LINE_FIELDS}
+    return _custom(mapping.line_fields, values, LINE_IDENTIFIER_FIELDS, f"{at}.", "line_fields")
+
+
+def _custom(fields: dict[str, FieldValue], values: dict[str, str], identifiers: frozenset[str], at: str,
+            table: str) -> dict[str, str]:
+    """The tenant's own BIP fields, filled from the stockout (or line): an identifier alone is never
+    cut and refused past MAX_IDENTIFIER_LEN; text is trimmed and cut; an empty result is not sent."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        text, source = render_field(value, values, identifiers)
+        if source and len(text) > MAX_IDENTIFIER_LEN:
+            raise TransformError(
+                f"{at}{source} is {len(text)} characters, longer than the {MAX_IDENTIFIER_LEN} allowed for an "
+                f"identifier ([{table}].\"{name}\" sends it; identifiers are never cut): {text[:40]!r}…",
+                field=f"{at}{source}",
+                value=text[:MAX_IDENTIFIER_LEN] + "…",
+            )
+        if text:
+            out[name] = text
+    return out
+
+
+def _material(at: str, code: str, mapping: Mapping) -> str:
+    material = mapping.material
+    if code in material.codes:
+        return material.codes[code]
+    if material.unmapped == "send":
+        return code
+    raise TransformError(
+        f"{at}.{material.field} {code[:MAX_IDENTIFIER_LEN]!r} has no entry in [material.codes] of {mapping.source} "
+        f'(material.unmapped = "error"); add "{code[:MAX_IDENTIFIER_LEN]}" = "<BIP material code>"',
+        field=f"{at}.{material.field}",
+        value=code[:MAX_IDENTIFIER_LEN],
+        mapping_entry=f"material.codes.{_quoted(code[:MAX_IDENTIFIER_LEN])}",
+    )
+
+
+def _quoted(key: str) -> str:
+    return json.dumps(key, ensure_ascii=False)
+
+
 def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> list[OthOutRecordLine]:
     """One BIP line per batch: a WDT line picked from several batches (its position_list says how
     much of each) becomes several BIP lines, since one BIP line carries one batch."""
@@ -256,7 +334,7 @@ def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> l
             value="",
             mapping_entry="material.field",
         )
-    product = material.codes.get(source_code, source_code)
+    product = _material(at, source_code, mapping)
     _identifier(product, f"{at}.{material.field}", required=True)
 
     sku = None
@@ -272,6 +350,7 @@ def _lines(i: int, d: StockoutDetail, stockout: Stockout, mapping: Mapping) -> l
         "memo": _text(d.remark),
         "upcode": _identifier(stockout.order_no.strip(), "order_no") or None,
         "sourceautoid": _identifier(d.rec_id.strip(), f"{at}.rec_id") or None,
+        "custom": _line_fields(at, d, mapping),
     }
     qty = _qty(at, d.goods_count)
     return [

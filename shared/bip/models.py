@@ -13,8 +13,12 @@ WireDecimal = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), retur
 class _BipModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
+    # The tenant's own fields ([fields], [line_fields] of the mapping): BIP names, text values, sent
+    # beside ours. The mapping refuses names of fields set here, so they never overwrite one.
+    custom: dict[str, str] = Field(default_factory=dict, exclude=True)
+
     def wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {**self.model_dump(mode="json", by_alias=True, exclude_none=True), **self.custom}
 
 
 class OthOutRecordLine(_BipModel):
@@ -56,6 +60,9 @@ class OthOutRecord(_BipModel):
     srcBillType: str | None = None
     define1: str | None = Field(None, alias="defines!define1")
     othOutRecords: list[OthOutRecordLine] = Field(min_length=1)
+
+    def wire(self) -> dict[str, Any]:
+        return {**super().wire(), "othOutRecords": [line.wire() for line in self.othOutRecords]}
 
 
 class SaveResult(BaseModel):

@@ -19,6 +19,7 @@ from shared.bip.errors import API, code_of
 from shared.bip.sign import self_app_signature
 from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
 from shared.http import request_json
+from shared.keys import Keys
 from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
@@ -59,7 +60,7 @@ class GatewayResolver:
         self.settings = settings
         self.redis = redis
         self.session = session
-        self.key = f"{settings.redis_prefix}:bip:gateway"
+        self.key = Keys(settings.redis_prefix).bip_gateway
         self._cached: Endpoints | None = None
         self._lock = threading.Lock()
 
@@ -133,8 +134,8 @@ class TokenProvider:
         self.redis = redis
         self.session = session
         self.resolver = resolver or GatewayResolver(settings, redis, session)
-        self.key = f"{settings.redis_prefix}:bip:token"
-        self.lock_key = f"{self.key}:lock"
+        self.key = Keys(settings.redis_prefix).bip_token
+        self.lock_key = Keys(settings.redis_prefix).bip_token_lock
         timeout = settings.http_connect_timeout_s + settings.http_read_timeout_s
         # the lock outlives the slowest token request, so two renewals never overlap
         self.lock_ttl_ms = int((timeout + 5) * 1000)

@@ -121,7 +121,7 @@ class WdtClient:
         if isinstance(inner, dict):
             return inner
         raise APIConnectionError(
-            f"wdt {METHOD} {where}: reply is {type(data).__name__}, not an object", api=API, should_retry=True
+            f"wdt {METHOD} {where}: reply is {type(data).__name__}, not an object", api=API
         )
 
     def _scrub(self, text: str) -> str:

@@ -5,7 +5,6 @@ cancel stops a job."""
 from __future__ import annotations
 
 import signal
-import time
 from datetime import timedelta
 
 import pytest
@@ -15,7 +14,7 @@ from producer.jobs import JobStore
 from shared.timeutil import format_wire, now_beijing
 from tests.integration.conftest import use_env
 from tests.integration.faults import eligible, saved
-from tests.progress import pipeline
+from tests.progress import pipeline, polls
 
 # Small pages and slices and a slow WDT, so a job takes many slices and a kill lands inside one.
 ENV = {
@@ -97,6 +96,7 @@ def test_overlapping_jobs_save_each_stockout_once_and_cancel_stops_a_job(sandbox
     jobs.cancel(c.id)
     stopped = jobs.get(c.id)
     assert stopped is not None and stopped.state == "cancelled"
-    time.sleep(3)  # three more polls
+    ended = polls(redis_client)
+    wait_until(lambda: ended() >= 3, 60, interval=0.05, message="three more polls")
     after = jobs.get(c.id)
     assert after is not None and after.cursor == stopped.cursor and after.state == "cancelled"

@@ -49,6 +49,7 @@ CASES = [
 ]
 
 
+@pytest.mark.invariant(3)
 def test_each_bad_stockout_is_dead_lettered_with_its_field_and_the_good_ones_are_saved(
     sandbox, processes, redis_client
 ):

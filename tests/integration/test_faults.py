@@ -16,13 +16,15 @@ from producer.poll import poll_once
 from shared.celery_app import celery_config
 from shared.deadletters import DeadLetterStore
 from shared.errors import StockoutSyncError
+from shared.keys import Keys
 from shared.messages import publish_stockout, queue_entry
+from shared.redis_conn import reachable
 from shared.runtime import runtime
 from shared.settings import Settings
 from tests.cli import command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved
-from tests.progress import pipeline
+from tests.progress import pipeline, polls
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,6 +70,7 @@ def test_pool_process_killed_mid_save(sandbox, processes, redis_client):
     assert letters_of(redis_client).ids() == []
 
 
+@pytest.mark.invariant(1)
 def test_whole_worker_killed_and_restarted(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 120)
     expected = eligible(stockouts)
@@ -124,7 +127,7 @@ def test_redis_restarted_mid_run_with_aof(sandbox, service, tmp_path, monkeypatc
         poll_once(runtime(), publish_stockout)
         wait_until(lambda: len(sandbox.records()) >= 20, message="20 saves", progress=pipeline(sandbox))
         server.kill()
-        time.sleep(2)
+        wait_until(lambda: not reachable(server.url), 10, interval=0.05, message="Redis gone")
         server.start()  # same port, same AOF: the queue, the unacked messages and the marks come back
         client = redis.Redis.from_url(server.url)
         settle(sandbox, expected, letters_of(client))
@@ -136,6 +139,7 @@ def test_redis_restarted_mid_run_with_aof(sandbox, service, tmp_path, monkeypatc
         server.stop()
 
 
+@pytest.mark.invariant(1)
 def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_client):
     stockouts = recent(sandbox, 600)
     expected = eligible(stockouts)
@@ -152,7 +156,8 @@ def test_poll_killed_half_way_loses_nothing(sandbox, service, processes, redis_c
     assert redis_client.get("t:cursor") is None, "the cursor moved past pages that were never published"
 
     sandbox.set_faults()
-    time.sleep(3)  # the dead poll's lock expires
+    wait_until(lambda: not redis_client.exists(Keys("t").poll_lock), 30, interval=0.1,
+               message="the dead poll's lock expired")
     processes.worker(concurrency=4)
     summary = poll_once(runtime(), publish_stockout)
     assert summary.published == len(expected) - published, "the next poll publishes exactly the rest"
@@ -177,6 +182,7 @@ def test_two_polls_at_once_publish_each_stockout_once(sandbox, service, redis_cl
     assert redis_client.llen("t:stockouts") == len(expected)
 
 
+@pytest.mark.invariant(2)
 def test_two_beats_over_the_same_window(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 200)
     expected = eligible(stockouts)
@@ -186,13 +192,15 @@ def test_two_beats_over_the_same_window(sandbox, processes, redis_client):
     processes.beat("beat-b")
     wait_until(lambda: redis_client.llen("t:stockouts") >= len(expected), message="published",
                progress=lambda: redis_client.llen("t:stockouts"), stall=60)
-    time.sleep(3)  # several more beats from both
+    ended = polls(redis_client)
+    wait_until(lambda: ended() >= 4, 60, interval=0.05, message="several more polls from both beats")
     assert redis_client.llen("t:stockouts") == len(expected)
     processes.worker(concurrency=4)
     settle(sandbox, expected, letters_of(redis_client))
     assert_exactly_once(outcome("two beats polling the same window", sandbox, expected, letters_of(redis_client)))
 
 
+@pytest.mark.invariant(2)
 def test_bip_faults_at_twenty_percent_and_a_revoked_token(sandbox, processes, redis_client):
     stockouts = recent(sandbox, 200)
     expected = eligible(stockouts)
@@ -261,5 +269,5 @@ def test_stockout_modified_after_sync_is_not_saved_again(sandbox, processes, red
         sandbox.modify(sid)  # edited in WDT: now at the end of the window, inside the lookback
     again = poll_once(runtime(), publish_stockout)
     assert again.fetched >= 10 and again.published == 0 and again.already_done >= 10
-    time.sleep(1)
+    assert redis_client.llen("t:stockouts") == 0, "nothing was sent again"
     assert_exactly_once(outcome("stockouts modified in WDT after sync", sandbox, expected, letters_of(redis_client)))

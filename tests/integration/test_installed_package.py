@@ -39,8 +39,11 @@ def test_pip_install_then_demo_runs_from_the_installed_package(tmp_path):
     # not processed from there, so the checkout stays invisible to the new venv.
     (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
+    (tmp_path / "tmp").mkdir()
+    # the build's temporary folders are this test's own (TMPDIR), so two runs at once never share one
     clean = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp_path)),
-             "REDIS_URL": TEST_REDIS_URL, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "LANG": "C.UTF-8"}
+             "REDIS_URL": TEST_REDIS_URL, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "LANG": "C.UTF-8",
+             "TMPDIR": str(tmp_path / "tmp")}
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", str(source)],
                    env=clean, cwd=tmp_path, check=True, timeout=240)
 

@@ -24,6 +24,7 @@ BROKEN = NEW.replace("[header]", "[headr]")  # the typo saved for a while
 BROKEN_FOR_S = 10
 
 
+@pytest.mark.invariant(7)
 def test_a_broken_mapping_file_keeps_the_last_good_one_and_dead_letters_nothing(sandbox, processes, redis_client,
                                                                                tmp_path):
     mapping_file = tmp_path / "mapping.toml"

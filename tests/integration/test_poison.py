@@ -87,6 +87,7 @@ def _good_entries(stockouts: list[dict]) -> list[bytes]:
     return page.entries
 
 
+@pytest.mark.invariant(6)
 def test_malformed_entries_are_dead_letters_and_the_worker_saves_every_good_stockout(
     sandbox, processes, redis_client,
 ):
@@ -168,6 +169,7 @@ def service_env(service: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **service, "COLUMNS": "250"}
 
 
+@pytest.mark.invariant(6)
 def test_a_fatal_worker_error_exits_non_zero(service, tmp_path):
     """Celery's "Unrecoverable error" (injected into Celery's consumer from outside our code, by a
     sitecustomize on PYTHONPATH) ends the worker with exit 1, not 0, so a supervisor restarts it."""

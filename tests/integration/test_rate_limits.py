@@ -33,6 +33,7 @@ def status(env) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
+@pytest.mark.invariant(7)
 @pytest.mark.parametrize(("limit", "count"), [(1, 14), (5, 50)])
 def test_a_server_rate_limit_under_the_default_ceiling_dead_letters_nothing(
     sandbox, processes, redis_client, monkeypatch, limit, count

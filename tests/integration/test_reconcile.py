@@ -16,8 +16,9 @@ from producer.poll import poll_once
 from producer.reconcile import previous_beijing_day, run_daily
 from shared.bip.idempotency import resubmit_key
 from shared.deadletters import DeadLetterStore
+from shared.keys import Keys
 from shared.messages import publish_stockout
-from shared.reconcile_reports import recent_reports, reports_key
+from shared.reconcile_reports import recent_reports
 from shared.runtime import runtime
 from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
@@ -106,6 +107,7 @@ def test_filtered_list_reports_deleted_twice_and_changed_and_requeue_recreates_o
     assert max(saved(sandbox).values()) == 2 and sandbox.counters()["duplicate_stockouts"] == 1  # only the one we made
 
 
+@pytest.mark.invariant(9)
 @pytest.mark.parametrize("mode", ["ignore_filters", "omit_fields"])
 def test_an_unverifiable_list_is_not_trusted_and_presence_is_proven_by_id(sandbox, processes, redis_client, mode):
     eligible, window, _ = sync(sandbox, processes, redis_client, 30)
@@ -145,6 +147,7 @@ def test_an_unverifiable_list_is_not_trusted_and_presence_is_proven_by_id(sandbo
     assert after["missing"] == [] and after["checks"]["duplicates"]["state"] == "unverifiable"
 
 
+@pytest.mark.invariant(9)
 def test_a_failing_detail_call_makes_the_stockout_unknown_never_missing(sandbox, processes, redis_client):
     eligible, window, _ = sync(sandbox, processes, redis_client, 12)
     records = {r["data"]["defines!define1"]: r for r in sandbox.records()}
@@ -186,7 +189,7 @@ def test_daily_run_stores_the_previous_day_for_status(sandbox, service, redis_cl
     assert (report.since, report.until) == (format_wire(since), format_wire(until))
     assert report.mismatches == report.eligible > 0  # never synced: every one proven absent by the verified list
     stored = recent_reports(redis_client, "t")
-    assert redis_client.llen(reports_key("t")) == 1
+    assert redis_client.llen(Keys("t").reconcile_reports) == 1
     for field in ("since", "until", "mismatches", "missing", "duplicated", "changed", "checks", "finished_at"):
         assert field in stored[0]
     assert stored[0]["mismatches"] == report.mismatches and stored[0]["checks"]["missing"]["state"] == "verified"
@@ -233,7 +236,8 @@ def test_beat_runs_the_daily_reconcile_at_its_time(sandbox, processes, redis_cli
     proc = start_beat({**processes.env, "RECONCILE_DAILY_AT": at}, schedule_file=tmp_path / "beat.schedule",
                       log_path=tmp_path / "beat.log")
     processes.procs.append(proc)
-    wait_until(lambda: redis_client.llen(reports_key("t")), 150, interval=1, message=f"a daily report at {at}")
+    wait_until(lambda: redis_client.llen(Keys("t").reconcile_reports), 150, interval=1,
+               message=f"a daily report at {at}")
     (report,) = recent_reports(redis_client, "t")
     assert (report["since"], report["until"]) == tuple(format_wire(t) for t in previous_beijing_day())
     assert report["checks"]["missing"]["state"] == "verified" and report["finished_at"]

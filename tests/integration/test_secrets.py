@@ -23,6 +23,7 @@ from tests.cli import cli, command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, recent, saved
 from tests.integration.receivers import Receiver
+from tests.prerequisites import prerequisite
 from tests.progress import pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,7 +71,8 @@ def redis_dump(client) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make the test server's certificate")
+@pytest.mark.invariant(4)
+@prerequisite(bool(shutil.which("openssl")), "openssl is needed to make the test server's certificate")
 def test_no_secret_anywhere_after_success_retries_and_dead_letters(tmp_path, monkeypatch, redis_url):
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD, tls=True).start()

@@ -1,16 +1,18 @@
-"""The circuit breaker's shared state in Redis: the `{prefix}:breaker` contract, probes, closing."""
+"""The circuit breaker's shared state in Redis: the `Keys.breaker` contract, probes, closing."""
 from __future__ import annotations
 
 import time
 import uuid
 
+from ops.processes import wait_until
 from shared import breaker, metrics
+from shared.keys import Keys
 
 P = f"tb{uuid.uuid4().hex[:8]}"
 
 
 def fields(redis_client) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"{P}:breaker").items()}
+    return {k.decode(): v.decode() for k, v in redis_client.hgetall(Keys(P).breaker).items()}
 
 
 def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
@@ -20,10 +22,10 @@ def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
     assert state["state"] == "open" and state["api"] == "bip" and "BIP authentication" in state["cause"]
     assert state["since"].endswith("+00:00")
     assert metrics.BREAKER_TRIPS.labels("bip")._value.get() >= 1
-    since = state["since"]
-    time.sleep(1.1)
+    earlier = "2026-01-01T00:00:00+00:00"  # as if opened long ago: a second trip must keep it
+    redis_client.hset(Keys(P).breaker, "bip.since", earlier)
     assert breaker.trip(redis_client, P, "again", "bip") is False  # still open: `since` is kept
-    assert fields(redis_client)["since"] == since
+    assert fields(redis_client)["since"] == earlier and fields(redis_client)["bip.since"] == earlier
     assert breaker.close(redis_client, P, "bip", observer=metrics.BREAKER_OBSERVER) is True
     assert fields(redis_client)["state"] == "closed" and "cause" not in fields(redis_client)
     assert breaker.close(redis_client, P, "bip") is False
@@ -31,7 +33,7 @@ def test_trip_opens_with_cause_api_and_since_then_close(redis_client):
 
 def test_the_summary_names_the_scope_that_opened_first(redis_client):
     breaker.trip(redis_client, P, "mapping unreadable", "mapping")
-    time.sleep(1.1)
+    redis_client.hset(Keys(P).breaker, "mapping.since", "2026-01-01T00:00:00+00:00")  # opened first
     breaker.trip(redis_client, P, "WDT sign check", "wdt")
     assert fields(redis_client)["api"] == "mapping"
     assert [o.api for o in breaker.opened(redis_client, P)] == ["mapping", "wdt"]
@@ -42,9 +44,11 @@ def test_the_summary_names_the_scope_that_opened_first(redis_client):
 
 def test_one_probe_per_interval(redis_client):
     breaker.trip(redis_client, P, "bad secret", "bip", probe_interval_s=0.5)
+    tripped = time.monotonic()
     assert breaker.try_probe(redis_client, P, "bip", probe_interval_s=0.5) is False  # not before the interval
-    time.sleep(0.6)
-    assert breaker.try_probe(redis_client, P, "bip", probe_interval_s=0.5) is True
+    wait_until(lambda: breaker.try_probe(redis_client, P, "bip", probe_interval_s=0.5), 5, interval=0.02,
+               message="the probe after the interval")
+    assert time.monotonic() - tripped >= 0.45  # Redis's clock (ms) against ours
     assert fields(redis_client)["state"] == "half_open"
     assert breaker.try_probe(redis_client, P, "bip", probe_interval_s=0.5) is False  # one at a time
 

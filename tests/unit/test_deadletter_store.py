@@ -73,7 +73,7 @@ def test_receiver_data_is_dropped_unless_kept(store, redis_client):
     assert not set(PERSONAL_FIELDS) & set(MEMO_FIELDS), "no mapping may read what a letter drops"
     kept = store.put(letter("1", **RECEIVER))
     assert not set(kept.stockout) & set(PERSONAL_FIELDS) and kept.stockout["receiver_province"] == "上海"
-    assert "13800000000" not in redis_client.get("t:dlq:1").decode()
+    assert "13800000000" not in redis_client.get("t:dlq:rec:1").decode()
     keeping = DeadLetterStore(redis_client, "t", ttl_s=3600, keep_personal_data=True)
     assert keeping.put(letter("2", **RECEIVER)).stockout["receiver_mobile"] == "13800000000"
 
@@ -104,7 +104,7 @@ def test_letters_expire_after_the_ttl_with_their_index_entries(store, redis_clie
     redis_client.zadd("t:dlq:index", {"1": time.time() - 3601})  # last failed over an hour ago
     assert store.expire() == 1
     assert store.ids() == ["2"] and store.get("1") is None and store.queue_length() == 1
-    assert store.find_order("CK1") is None and 0 < redis_client.ttl("t:dlq:2") <= 3600 + 86400
+    assert store.find_order("CK1") is None and 0 < redis_client.ttl("t:dlq:rec:2") <= 3600 + 86400
 
 
 def test_iter_all_reads_in_batches_oldest_first(store):

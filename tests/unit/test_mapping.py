@@ -48,10 +48,11 @@ def test_example_mapping_loads():
 def test_example_mapping_still_loads_with_every_optional_key_uncommented():
     # The commented-out keys are documentation; a user who uncomments one must get a valid file.
     text = EXAMPLE.read_text(encoding="utf-8")
-    uncommented, n = re.subn(r'(?m)^# ("?[\w-]+"? = )', r"\1", text)
+    uncommented, n = re.subn(r'(?m)^# ("?[\w!-]+"? = )', r"\1", text)
     assert n >= 5
     m = parse_mapping(uncommented, "mapping.example.toml")
     assert m.header.memo == "WDT {order_no}: {remark}"
+    assert m.bustypes and m.fields and m.line_fields and m.warehouses["WH-BJ02"].bustypes
     assert m.material.codes == {"SKU-OLD-0001": "SKU-0001"}
     assert m.material.sku_field == "spec_code"
 

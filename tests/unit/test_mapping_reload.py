@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.keys import Keys
 from shared.mapping import MappingFileError
-from shared.mapping_cache import MappingCache, mapping_problem_key
+from shared.mapping_cache import MappingCache
 from shared.runtime import report_mapping_problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,11 +64,11 @@ def test_the_problem_is_recorded_and_logged_once_per_change(tmp_path, fake_redis
             report_mapping_problem(fake_redis, "t", cache.problem, path)
     lines = [r.getMessage() for r in caplog.records if "invalid since" in r.getMessage()]
     assert len(lines) == 1 and "using the last good mapping from 1970-01-12 21:46:40" in lines[0]
-    assert fake_redis.get(mapping_problem_key("t"))
+    assert fake_redis.get(Keys("t").mapping_invalid)
 
     _write(path, GOOD, 1_000_020)
     for cache in caches:
         cache.get()
         report_mapping_problem(fake_redis, "t", cache.problem, path)
-    assert fake_redis.get(mapping_problem_key("t")) is None
+    assert fake_redis.get(Keys("t").mapping_invalid) is None
     assert sum("valid again" in r.getMessage() for r in caplog.records) == 1

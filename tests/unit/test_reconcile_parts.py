@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from producer.reconcile import STORED_ROWS, Check, Missing, Report, Unknown, previous_beijing_day, stored_form
 from shared.celery_app import RECONCILE_TASK, celery_config
-from shared.reconcile_reports import REPORTS_KEPT, last_report, push_report, recent_reports, reports_key
+from shared.keys import Keys
+from shared.reconcile_reports import REPORTS_KEPT, last_report, push_report, recent_reports
 from shared.settings import Settings
 from shared.state import Done, done_mark, mark_generation, parse_done, queued_mark
 from shared.timeutil import BEIJING
@@ -49,12 +50,12 @@ def test_reports_newest_first_thirty_kept():
     assert last_report(r, "p") is None
     for n in range(REPORTS_KEPT + 5):
         push_report(r, "p", {"since": f"day {n}", "mismatches": n})
-    r.lpush(reports_key("p"), b"not json")
-    assert r.llen(reports_key("p")) == REPORTS_KEPT + 1
+    r.lpush(Keys("p").reconcile_reports, b"not json")
+    assert r.llen(Keys("p").reconcile_reports) == REPORTS_KEPT + 1
     reports = recent_reports(r, "p")
     assert reports[0]["since"] == f"day {REPORTS_KEPT + 4}" and len(reports) == REPORTS_KEPT - 1
     push_report(r, "p", {"since": "newest"})
-    assert last_report(r, "p") == {"since": "newest"} and r.llen(reports_key("p")) == REPORTS_KEPT
+    assert last_report(r, "p") == {"since": "newest"} and r.llen(Keys("p").reconcile_reports) == REPORTS_KEPT
 
 
 def test_daily_reconcile_is_scheduled_only_when_set():

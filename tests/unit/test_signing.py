@@ -6,6 +6,7 @@ import types
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pytest
 import requests
 
 from shared.bip import token as token_mod
@@ -89,6 +90,7 @@ def test_wdt_signed_params_carry_every_system_param_and_verify():
     assert params["sign"] == top_md5_sign({k: v for k, v in params.items() if k != "sign"}, "wdt-secret")
 
 
+@pytest.mark.invariant(5)
 def test_wdt_timestamp_is_beijing_whatever_the_host_zone(monkeypatch):
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()

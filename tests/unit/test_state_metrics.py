@@ -13,7 +13,7 @@ def letters(collector) -> dict[str, float]:
 
 
 def put(r, sid: str, stage: str, score: float) -> None:
-    r.set(f"t:dlq:{sid}", json.dumps({"stockout_id": sid, "stage": stage}))
+    r.set(f"t:dlq:rec:{sid}", json.dumps({"stockout_id": sid, "stage": stage}))
     r.zadd("t:dlq:index", {sid: score})
 
 
@@ -26,7 +26,7 @@ def test_dead_letters_by_stage_follow_the_index(fake_redis):
     put(fake_redis, "3", "transform", 102.0)  # new: added without a recount
     assert letters(collector)["transform"] == 2
     # a requeue removes one; the sum no longer adds up, so everything is counted again
-    fake_redis.delete("t:dlq:1")
+    fake_redis.delete("t:dlq:rec:1")
     fake_redis.zrem("t:dlq:index", "1")
     collector._dlq = (collector._dlq[0], 0.0, collector._dlq[2])  # the last full count is old
     assert letters(collector) == {"fetch": 0, "transform": 1, "save": 1, "internal": 0, "receive": 0, "publish": 0}

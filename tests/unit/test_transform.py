@@ -211,6 +211,7 @@ def test_same_input_same_payload_and_survives_a_requeue(demo):
     assert to_bip(requeued, demo).wire() == first
 
 
+@pytest.mark.invariant(5)
 def test_vouchdate_is_the_beijing_date_whatever_the_zone_of_the_time(demo):
     stockout = validate_stockout(wdt_stockout())
     # 16:30 UTC on 1 November is 00:30 on 2 November in Beijing

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+import pytest
+
 from producer.backfill import Gate, SliceRead, advance
 from producer.jobs import Job, JobStore, eta_s
 from producer.poll import PollSummary, check_lookback
@@ -86,6 +88,7 @@ def test_lookback_rereads_only_the_slice_whose_count_changed(fake_redis):
     assert again.lookback_probes == 1
 
 
+@pytest.mark.invariant(8)
 def test_gate_pauses_at_high_water_until_below_low_water(fake_redis):
     gate = Gate(fake_redis, "t", high=10, low=5)
     assert gate.room() == 10

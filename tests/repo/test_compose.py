@@ -8,6 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.prerequisites import prerequisite
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 
@@ -17,7 +19,7 @@ def compose():
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
-@pytest.mark.skipif(not SCHEMA.exists(), reason="the team's ../shared/schemas is not beside this checkout")
+@prerequisite(SCHEMA.exists(), "the team's ../shared/schemas is not beside this checkout")
 def test_compose_file_is_valid_against_the_compose_spec(compose):
     # the spec says draft-07 without the trailing "#", which jsonschema does not recognise by itself
     jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(compose)

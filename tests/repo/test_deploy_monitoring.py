@@ -8,12 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from shared.metrics import REGISTRY
+from shared.metrics import make_all
 from shared.settings import Settings
 from shared.state_metrics import PipelineCollector
+from tests.prerequisites import prerequisite
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus-rules.yml"
@@ -25,8 +25,9 @@ _PROMTOOL = shutil.which("promtool") or (str(ROOT / ".venv" / "bin" / "promtool"
 
 def served_names(fake_redis) -> set[str]:
     """Every sample name the worker's and beat's /metrics can show (counters' _total, histograms' _bucket…)."""
-    names = {s.name for family in REGISTRY.collect() for s in family.samples}
-    names |= {f.name + suffix for f in REGISTRY.collect() for suffix in ("_total", "_bucket", "_sum", "_count")
+    registry = make_all()
+    names = {s.name for family in registry.collect() for s in family.samples}
+    names |= {f.name + suffix for f in registry.collect() for suffix in ("_total", "_bucket", "_sum", "_count")
               if f.type in ("counter", "histogram")}
     fake_redis.set("t:cursor", "2026-11-29 10:00:00")
     fake_redis.set("t:poll:last", json.dumps({"started_at": "2026-11-29 10:00:00", "duration_s": 1.0}))
@@ -78,7 +79,7 @@ def test_dashboard_panels_are_placed_and_queried():
         assert panel["datasource"]["uid"] == "${datasource}"
 
 
-@pytest.mark.skipif(_PROMTOOL is None, reason="promtool not installed (`make test` fetches it where apt is available)")
+@prerequisite(_PROMTOOL is not None, "promtool not installed (`make test` fetches it where apt is available)")
 def test_promtool_checks_and_tests_the_rules():
     check = subprocess.run([_PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
