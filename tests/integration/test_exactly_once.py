@@ -79,6 +79,7 @@ def sync_env(processes: Processes, **extra: str) -> dict[str, str]:
     return processes.env
 
 
+@pytest.mark.invariant(10)
 @pytest.mark.parametrize("during_backfill", [False, True], ids=["after-a-sync", "during-a-backfill"])
 def test_flushdb_pauses_with_status_and_alert_until_recover(sandbox, processes, redis_client, hook,
                                                              during_backfill):
@@ -119,6 +120,7 @@ def test_flushdb_pauses_with_status_and_alert_until_recover(sandbox, processes, 
     assert not paused(env)
 
 
+@pytest.mark.invariant(10)
 @pytest.mark.parametrize("during_backfill", [False, True], ids=["after-a-sync", "during-a-backfill"])
 def test_redis_restarted_without_persistence_recovers_by_itself(sandbox, service, tmp_path, monkeypatch,
                                                                  during_backfill):
@@ -161,6 +163,7 @@ def test_redis_restarted_without_persistence_recovers_by_itself(sandbox, service
         server.stop()
 
 
+@pytest.mark.invariant(10)
 def test_worker_killed_between_bips_store_and_its_answer_with_the_key_forgotten(sandbox, processes, redis_client):
     processes.env.update(FAST_REDELIVERY)
     sandbox.set_key_memory(KEY_MEMORY_S)
@@ -193,6 +196,7 @@ def with_codes(processes: Processes, monkeypatch, tmp_path: Path) -> None:
     use_env(monkeypatch, processes.env)
 
 
+@pytest.mark.invariant(10)
 def test_a_foreign_record_with_our_code_is_a_dead_letter_naming_it(sandbox, processes, redis_client, monkeypatch,
                                                                    tmp_path):
     with_codes(processes, monkeypatch, tmp_path)
@@ -218,6 +222,7 @@ def test_a_foreign_record_with_our_code_is_a_dead_letter_naming_it(sandbox, proc
     assert foreign["id"] in next(m["proof"] for m in report["missing"] if m["stockout_id"] == victim["stockout_id"])
 
 
+@pytest.mark.invariant(10)
 def test_two_accounts_into_one_tenant_never_replay_each_other(sandbox, service, redis_client, tmp_path, monkeypatch):
     from sandbox import Sandbox, SandboxConfig
 
@@ -252,6 +257,7 @@ def test_two_accounts_into_one_tenant_never_replay_each_other(sandbox, service, 
         shop_b.stop()
 
 
+@pytest.mark.invariant(10)
 def test_an_older_versions_state_and_keys_carry_over(sandbox, processes, redis_client):
     """Before the account was in the key: its done marks still count, and a save it left in flight
     (BIP stored it under the old key, no done mark) is found in BIP, not saved again under the new key."""
