@@ -288,7 +288,7 @@ class Reconcile:
             except StockoutSyncError as err:
                 return self._distrusted(f"BIP's list failed ({err.message})")
             for row in rows:
-                sid = _define1(row)
+                sid = lookup.define1_of(row)
                 if not sid:
                     return self._distrusted(f"BIP's list rows carry no {DEFINE1} (record {_text(row, 'id')} came "
                                           f"with {', '.join(sorted(row))} only)")
@@ -301,7 +301,7 @@ class Reconcile:
                                       "(pageIndex ignored)")
             previous = page_ids
             for row in rows:
-                found.setdefault(_define1(row), []).append(
+                found.setdefault(lookup.define1_of(row), []).append(
                     BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts"),
                            fields=_fields_of(row, self.rt.mapping)))
             read += len(rows)
@@ -376,7 +376,7 @@ class Reconcile:
             if item.eligible:
                 self._absent(item, report, f"BIP's detail answered 1002 (not found) for record {bip_id}")
         else:
-            other_id, other_sid = _text(answer, "id"), _define1(answer)
+            other_id, other_sid = _text(answer, "id"), lookup.define1_of(answer)
             if (other_id and other_id != bip_id) or (other_sid and other_sid != item.sid):
                 self._unknown(item, report, "detail_disagrees",
                               f"BIP's detail for record {bip_id} answered record {other_id or '?'} "
@@ -585,13 +585,6 @@ def stored_form(report: Report) -> dict[str, Any]:
 
 def _text(obj: Any, key: str) -> str:
     value = obj.get(key) if isinstance(obj, dict) else None
-    return "" if value is None else str(value)
-
-
-def _define1(row: dict) -> str:
-    value = row.get(DEFINE1)
-    if value in (None, "") and isinstance(row.get("defines"), dict):
-        value = row["defines"].get("define1")
     return "" if value is None else str(value)
 
 

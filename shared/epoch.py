@@ -116,8 +116,12 @@ def check_beat(r: redis_lib.Redis, prefix: str, copy: StateCopy | None, cursor: 
         # a cursor without an epoch: a state an older version wrote (an upgrade), or one whose epoch was lost
         epoch = create(r, prefix, inherited=bool(cursor))
     if copy is not None:
-        copy.save(Copy(epoch.id, cursor or (kept.cursor if kept else ""),
-                       recover_from or (kept.recover_from if kept else "")))
+        try:
+            copy.save(Copy(epoch.id, cursor or (kept.cursor if kept else ""),
+                           recover_from or (kept.recover_from if kept else "")))
+        except OSError as err:  # polling goes on; only the detection of a lost state is weaker
+            log.warning("state copy %s not written (%s): put STATE_COPY_FILE where beat may write",
+                        copy.path, type(err).__name__)
     return ""
 
 

@@ -154,20 +154,20 @@ class BipClient:
                     raise held.error(sid) from None
             raise
         if codes.kind_of(code_of(body)) is Kind.DUPLICATE:
-            return self._replayed(record)
+            return self._replayed(record, keys)
         data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
 
-    def _replayed(self, record: OthOutRecord) -> SaveResult:
-        # the gateway only says "saved before"; fill in the id when the code lets us find it
+    def _replayed(self, record: OthOutRecord, keys: Collection[str]) -> SaveResult:
+        # the gateway only says "saved before"; fill in the id when the code finds this stockout's record
         if record.code:
             try:
-                found = self.find_by_code(record.code)
+                held = lookup.by_code(self, record.define1 or "", record.code, {record.resubmitCheckKey, *keys})
             except StockoutSyncError as exc:
                 log.warning("bip save replayed; looking up code %s failed: %s", record.code, exc.message)
-                found = []
-            if found:
-                return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
+                held = "unasked"
+            if isinstance(held, lookup.Found):
+                return SaveResult(id=held.id, code=held.code, replayed=True)
         return SaveResult(code=record.code or "", replayed=True)
 
     def detail(self, record_id: str) -> dict[str, Any] | None:

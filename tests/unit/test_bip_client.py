@@ -151,7 +151,18 @@ def test_duplicate_submission_fills_the_id_from_the_code(redis_client):
     fake.replies[LIST] = [
         (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
     ]
-    assert client.save(record(code="SO-1")) == SaveResult(id="77", code="SO-1", replayed=True)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "77", "code": "SO-1", "defines!define1": "1"}})]
+    assert client.save(record(code="SO-1", define1="1")) == SaveResult(id="77", code="SO-1", replayed=True)
+
+
+def test_duplicate_submission_never_takes_a_foreign_records_id(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[SAVE] = [bip("100004", "重复提交")]
+    fake.replies[LIST] = [
+        (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
+    ]
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "77", "code": "SO-1", "defines!define1": "9"}})]
+    assert client.save(record(code="SO-1", define1="1")) == SaveResult(id="", code="SO-1", replayed=True)
 
 
 def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
