@@ -188,6 +188,32 @@ def test_worker_killed_between_bips_store_and_its_answer_with_the_key_forgotten(
     assert "proving it absent in BIP" in processes.logs()
 
 
+@pytest.mark.invariant(10)
+def test_a_dead_letter_requeued_after_bip_forgot_its_key_is_not_saved_twice(sandbox, processes, redis_client):
+    """Every answer slower than our timeout: the stockout is dead-lettered although BIP stored it.
+    Requeued once BIP forgot the key, its in-flight marker is stale: absence is proven first."""
+    processes.env.update(FAST_REDELIVERY, MAX_ATTEMPTS="2", HTTP_READ_TIMEOUT_S="2")
+    sandbox.set_key_memory(20)  # under what we assume (BIP_KEY_MEMORY_S=30), over half of it
+    stockout = next(s for s in recent(sandbox, 4) if s["status"] in ("95", "110"))
+    sid = stockout["stockout_id"]
+    sandbox.set_faults(bip={"slow_stored": 1.0, "slow_s": 30})
+    processes.worker(concurrency=1)
+    publish_stockout(stockout, sid)
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: letters.get(sid), message="dead-lettered after its timeouts", progress=pipeline(sandbox))
+    assert set(saved(sandbox)) == {sid}, "BIP stored it all the same"
+    sandbox.set_faults()
+    first_sent = float(redis_client.hget("t:inflight", sid).split(b"|")[0]) / 1000
+    time.sleep(max(0.0, first_sent + 21 - time.time()))  # BIP forgets the key (a wait, not a proof)
+    requeued = cli(processes.env, "dlq", "requeue", sid)
+    assert requeued.returncode == 0, requeued.stdout + requeued.stderr
+    wait_until(lambda: runtime().store.done(sid), message="done after the requeue", progress=pipeline(sandbox))
+    row = outcome("a dead letter requeued after BIP forgot its key (stale in-flight marker)", sandbox, {sid},
+                  DeadLetterStore(redis_client, "t"))
+    assert row["duplicates"] == 0 and row["saved"] == 1, row
+    assert "first sent" in processes.logs()
+
+
 def with_codes(processes: Processes, monkeypatch, tmp_path: Path) -> None:
     mapping = tmp_path / "mapping.toml"
     text = Path(processes.env["MAPPING_FILE"]).read_text(encoding="utf-8")
