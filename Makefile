@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/stockout-sync demo
+demo: $(STAMP)  # KEEP=1: leave its state to try the next commands on (demo --keep)
+	$(VENV)/bin/stockout-sync demo $(if $(KEEP),--keep)
 
 # promtool checks and unit-tests deploy/prometheus-rules.yml. Taken from Debian's `prometheus` package,
 # unpacked rather than installed (installing it would also set up a Prometheus server). Where apt is not

@@ -25,7 +25,7 @@ def run(ctx: Context) -> list[Row]:
     per_letter = _bytes_per_letter(client, prefix, N)
     with Pinger(ctx) as pinger:
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "requeue", "--all"], env=env, cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "ops.cli", "dlq", "requeue", "--all", "--yes"], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         took = time.monotonic() - started
     if done.returncode != 0 or f"requeued {N}" not in done.stdout:

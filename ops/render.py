@@ -68,6 +68,11 @@ def print_status(report: Status) -> None:
         )
     else:
         table.add_row("last poll", "none")
+    if report.beat_heartbeat_age_s is None:
+        table.add_row("beat", "no poll has run here yet")
+    else:
+        table.add_row("beat", f"{'alive' if report.beat_alive else '[red]not alive[/red]'}: last poll "
+                              f"{seconds(report.beat_heartbeat_age_s)} ago")
     table.add_row("queues", " · ".join(f"{name} {depth}" for name, depth in report.queues.items()))
     table.add_row("in flight", f"{report.in_flight} (delivered to a worker, not yet acknowledged)")
     table.add_row("backlog", f"{report.backlog} messages (backfills pause at {report.high_water})")

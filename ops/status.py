@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Literal
 import redis
 from pydantic import BaseModel, Field
 
+from producer import heartbeat
 from producer.jobs import Job, JobStore, eta_s
 from shared import breaker, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
-from shared.deadletters import DeadLetterStore
+from shared.deadletters import DeadLetterStore, fix_key
 from shared.keys import Keys
 from shared.mapping_cache import MappingProblem
 from shared.ratelimit import RateLimiter
@@ -101,6 +102,9 @@ class Status(BaseModel):
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
     last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
+    beat_heartbeat_age_s: float | None = None  # since beat's last poll ran (producer/heartbeat.py); None: never
+    beat_alive: bool = False  # a poll within two POLL_INTERVAL_S
+    poll_interval_s: float = 0.0
     state_epoch: str = ""  # the epoch of the Redis state (shared/epoch.py); empty = none
     problems: list[str] = Field(default_factory=list)
 
@@ -121,10 +125,18 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = mapping_problem(r, p)
     status.workers = workers(timeout_s)
+    _beat(status, rt)
     found = epoch.read(r, p)
     status.state_epoch = found.id if found else ""
     status.problems = problems(status)
     return status
+
+
+def _beat(status: Status, rt: Runtime) -> None:
+    age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
+    status.beat_heartbeat_age_s = _round(age)
+    status.beat_alive = heartbeat.alive(age, rt.settings.poll_interval_s)
+    status.poll_interval_s = rt.settings.poll_interval_s
 
 
 def backfill_views(rt: Runtime, jobs: list[Job] | None = None) -> list[BackfillView]:
@@ -167,17 +179,14 @@ def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
 
 
 def _dead_letters(status: Status, rt: Runtime) -> None:
-
     letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
     status.dead_letters = len(letters)
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        # the kind of failure, not its particular value: one line per thing to fix
-        code = f" [{letter.api} {letter.code}]" if letter.code else ""
-        key = f"{letter.stage}: {letter.error_class}{code}"
+        key = fix_key(letter)  # one line per thing to fix, with how many letters it mends
         groups[key] += 1
-        examples.setdefault(key, f"{letter.stockout_id}: {letter.message}"[:200])
+        examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
     status.dead_letters_by_reason = [
         DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
     ]
@@ -272,6 +281,10 @@ def problems(status: Status) -> list[str]:
             found.append(f"no worker is consuming the {STOCKOUT_QUEUE} queue")
         if not any(PRODUCER_QUEUE in w.queues for w in status.workers):
             found.append(f"no beat/producer is consuming the {PRODUCER_QUEUE} queue: nothing polls WDT")
+    if status.beat_heartbeat_age_s is not None and not status.beat_alive:
+        found.append(f"beat's last poll ran {status.beat_heartbeat_age_s:.0f} s ago (more than "
+                     f"{heartbeat.ALIVE_INTERVALS} × POLL_INTERVAL_S={status.poll_interval_s:g}): no live beat, "
+                     "so nothing polls and backfill jobs wait")
     if status.lag_s is None:
         found.append("no poll has completed yet: the cursor is not set")
     elif status.lag_s > status.max_lag_s:

@@ -130,6 +130,22 @@ class JobStore:
         self.r.hset(self.key(job.id), "job", job.model_dump_json())
 
 
+def bounded(since: datetime, until: datetime, now: datetime) -> tuple[datetime, str]:
+    """The end a job may have: WDT has nothing modified after now (later stockouts are the live
+    poll's), so a range ending in the future is cut at now, with the warning to say so ("" if not)."""
+    now = now.replace(microsecond=0)
+    if until <= now:
+        return until, ""
+    if since >= now:
+        raise ValueError(f"--since {format_wire(since)} is in the future (now {format_wire(now)})")
+    return now, f"--until {format_wire(until)} is in the future: the job ends at now, {format_wire(now)}"
+
+
+def too_long(since: datetime, until: datetime, max_days: float) -> bool:
+    """Longer than BACKFILL_MAX_DAYS: likely a typo (a year off), so the CLI asks before recording it."""
+    return (until - since).total_seconds() > max_days * 86400
+
+
 def eta_s(job: Job, *, synced_now: int, waiting: int, now_epoch: float) -> float | None:
     """Seconds until the job's last stockout is saved, at the drain rate measured since it began:
     stockouts still to publish (estimated from the share of the range done) plus those waiting."""
@@ -145,5 +161,9 @@ def eta_s(job: Job, *, synced_now: int, waiting: int, now_epoch: float) -> float
     return max(0.0, (estimated_total - job.published + waiting) / rate)
 
 
+def job_dict(job: Job, **extra: Any) -> dict[str, Any]:
+    return {**job.model_dump(), "progress": round(job.progress(), 4), **extra}
+
+
 def job_json(job: Job, **extra: Any) -> str:
-    return json.dumps({**job.model_dump(), "progress": round(job.progress(), 4), **extra}, ensure_ascii=False)
+    return json.dumps(job_dict(job, **extra), ensure_ascii=False)

@@ -22,6 +22,7 @@ from producer.window import slices_for
 from shared import epoch, metrics
 from shared.bip import lookup
 from shared.bip.idempotency import our_keys
+from shared.bip.models import DEFINE1, define1_of
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
 from shared.mapping import MEMO_FIELDS
@@ -43,7 +44,6 @@ LIST_ATTEMPTS = 4
 LIST_PAGE_SIZE = 100
 PROBE_ATTEMPTS = 2  # a detail call that fails twice is "unknown": the next reconcile asks again
 RATE_LIMIT_ATTEMPTS = 4
-DEFINE1 = "defines!define1"
 EXIT_CLEAN, EXIT_MISMATCH, EXIT_UNVERIFIED = 0, 1, 3
 STORED_ROWS = 500  # per list in a stored daily report: 30 of them live in Redis
 
@@ -288,7 +288,7 @@ class Reconcile:
             except StockoutSyncError as err:
                 return self._distrusted(f"BIP's list failed ({err.message})")
             for row in rows:
-                sid = lookup.define1_of(row)
+                sid = define1_of(row)
                 if not sid:
                     return self._distrusted(f"BIP's list rows carry no {DEFINE1} (record {_text(row, 'id')} came "
                                           f"with {', '.join(sorted(row))} only)")
@@ -301,7 +301,7 @@ class Reconcile:
                                       "(pageIndex ignored)")
             previous = page_ids
             for row in rows:
-                found.setdefault(lookup.define1_of(row), []).append(
+                found.setdefault(define1_of(row), []).append(
                     BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts"),
                            fields=_fields_of(row, self.rt.mapping)))
             read += len(rows)
@@ -376,7 +376,7 @@ class Reconcile:
             if item.eligible:
                 self._absent(item, report, f"BIP's detail answered 1002 (not found) for record {bip_id}")
         else:
-            other_id, other_sid = _text(answer, "id"), lookup.define1_of(answer)
+            other_id, other_sid = _text(answer, "id"), define1_of(answer)
             if (other_id and other_id != bip_id) or (other_sid and other_sid != item.sid):
                 self._unknown(item, report, "detail_disagrees",
                               f"BIP's detail for record {bip_id} answered record {other_id or '?'} "

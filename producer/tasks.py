@@ -1,6 +1,7 @@
 """The beat's tasks: thin, the work is in producer.poll and producer.reconcile."""
 from __future__ import annotations
 
+from producer import heartbeat
 from producer.poll import OnQueue, poll_once
 from producer.reconcile import run_daily
 from producer.recover import recover_by_itself
@@ -17,6 +18,7 @@ def poll() -> dict:
     # acks_late off: a poll that dies is simply run again by the next beat; redelivering it would
     # only race that next one for the lock.
     rt = runtime()
+    heartbeat.beat(rt.redis, rt.settings.redis_prefix)
     # a state Redis lost is rebuilt from BIP first, when beat's copy says from where (producer/recover.py)
     recover_by_itself(rt, publish_stockout)
     return poll_once(rt, publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),

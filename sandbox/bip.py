@@ -301,6 +301,18 @@ class BipApi:
         with self._lock:
             return copy.deepcopy(list(self._records.values()))
 
+    def restore(self, records: list[dict[str, Any]]) -> int:
+        """Records as `records()` gave them (a saved sandbox's): stored again under their ids and codes."""
+        with self._lock:
+            for record in records:
+                if not isinstance(record, dict) or not str(record.get("id", "")).isdigit() or "data" not in record:
+                    raise ValueError(f"a record needs a numeric id and its data, got {str(record)[:80]}")
+                self._records[str(record["id"])] = copy.deepcopy(record)
+                self._codes.add(str(record.get("code", "")))
+            top = max((int(i) for i in self._records), default=_FIRST_RECORD_ID - 1)
+            self._ids = itertools.count(max(top + 1, _FIRST_RECORD_ID))
+        return len(records)
+
     def delete_record(self, record_id: str, forget_key: bool = False) -> None:
         """Remove a record as if someone deleted it in BIP. Its code becomes free again; its
         resubmitCheckKey stays remembered unless `forget_key` (the gateway's store is separate)."""

@@ -33,5 +33,8 @@ class SandboxConfig(BaseModel):
     bip_list_ignores_filters: bool = False  # othoutrecord/list honours only pageIndex, pageSize, code
     bip_list_omits_fields: bool = False  # its rows carry only id, code, vouchdate, warehouse, status
     wdt_latency_ms: float = 0
+    # Editions differ (docs/apis.md): True answers a stockout_no query without start_time/end_time
+    # 11000000 / isv.invalid-parameter "start_time和end_time不能为空", as the strict ones do
+    wdt_lookup_needs_window: bool = False
     fault_seed: int = 0
     data_seed: int = 42

@@ -4,7 +4,9 @@ bench, compose), and the server answers them under `/_sandbox/<path>` from `ROUT
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -33,6 +35,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "set_key_memory": ("POST", "key-memory"),
     "revoke_tokens": ("POST", "revoke"),
     "set_bip_list": ("POST", "bip-list"),
+    "set_wdt_lookup": ("POST", "wdt-lookup"),
     "set_faults": ("POST", "faults"),
     "faults": ("GET", "faults"),
     "set_rate_limits": ("POST", "rate-limits"),
@@ -40,6 +43,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "reset": ("POST", "reset"),
     "config": ("GET", "config"),
     "env": ("GET", "env"),
+    "state": ("GET", "state"),
+    "load_state": ("POST", "state"),
 }
 
 TimeArg = datetime | str | None
@@ -128,6 +133,10 @@ class Controls(ABC):
         args = {"ignore_filters": ignore_filters, "omit_fields": omit_fields}
         return cast(dict[str, bool], self._control("set_bip_list", args))
 
+    def set_wdt_lookup(self, needs_window: bool) -> dict[str, bool]:
+        """Whether a stockout_no query without start_time/end_time is refused (11000000), as some editions do."""
+        return cast(dict[str, bool], self._control("set_wdt_lookup", {"needs_window": needs_window}))
+
     # ---- faults, limits, counters
 
     def set_faults(self, bip: dict[str, float] | None = None, wdt: dict[str, float] | None = None) -> None:
@@ -155,6 +164,30 @@ class Controls(ABC):
     def env(self) -> dict[str, str]:
         """The service's environment for this sandbox (its credentials are fakes, not secrets)."""
         return cast(dict[str, str], self._control("env", {}))
+
+    def state(self) -> dict[str, Any]:
+        """Every stockout and BIP record, to save and load again (`sandbox --state FILE`, `demo --keep`)."""
+        return cast(dict[str, Any], self._control("state", {}))
+
+    def load_state(self, stockouts: list[dict[str, Any]], records: list[dict[str, Any]],
+                   bad: dict[str, str] | None = None) -> dict[str, int]:
+        """Add what `state()` gave; BIP's resubmitCheckKeys are not kept (as BIP forgets them after an hour)."""
+        return cast(dict[str, int], self._control("load_state", {"stockouts": stockouts, "records": records,
+                                                                 "bad": bad or {}}))
+
+
+def listing(implementations: dict[str, Callable[..., Any]]) -> list[dict[str, Any]]:
+    """`GET /_sandbox/`: every control with its HTTP method, path and arguments (from the function
+    that carries it out), and what it does (from its typed method here)."""
+    found = []
+    for name, (method, path) in ROUTES.items():
+        args = [{"name": p.name, "type": str(p.annotation),
+                 **({} if p.default is inspect.Parameter.empty else {"default": p.default})}
+                for p in inspect.signature(implementations[name]).parameters.values()]
+        doc = inspect.getdoc(getattr(Controls, name, None) or getattr(SandboxControl, name, None)) or ""
+        found.append({"control": name, "method": method, "path": CONTROL_PREFIX + path, "args": args,
+                      "doc": doc.split("\n\n")[0].replace("\n", " ")})
+    return found
 
 
 class SandboxControl(Controls):

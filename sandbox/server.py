@@ -4,6 +4,7 @@ endpoints so another process (demo, bench) can drive it as the tests drive it in
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import sys
@@ -12,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +24,7 @@ from shared.validation import describe
 
 from .bip import BipApi
 from .config import SandboxConfig
-from .control import CONTROL_PREFIX, ROUTES, Controls
+from .control import CONTROL_PREFIX, ROUTES, Controls, listing
 from .data import generate_stockouts
 from .faults import Counters, Faults, RateLimit, Reply, Request, json_reply, parse_params
 from .wdt import WDT_PATH, WdtApi
@@ -114,6 +116,8 @@ class Sandbox(Controls):
         return json_reply({"code": "404", "message": f"no API at {request.path}"}, 404)
 
     def _control_call(self, request: Request) -> Reply:
+        if request.method == "GET" and request.path in (CONTROL_PREFIX, CONTROL_PREFIX.rstrip("/")):
+            return json_reply(listing({name: getattr(self, f"_do_{name}") for name in ROUTES}))
         name = self._control_paths.get((request.method, request.path))
         if name is None:
             return json_reply({"error": f"no control endpoint {request.method} {request.path}"}, 404)
@@ -193,6 +197,10 @@ class Sandbox(Controls):
     def _do_set_bip_list(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
         return self.bip.set_list_mode(ignore_filters, omit_fields)
 
+    def _do_set_wdt_lookup(self, needs_window: bool) -> dict[str, bool]:
+        self.wdt.lookup_needs_window = needs_window
+        return {"needs_window": needs_window}
+
     def _do_set_faults(self, bip: dict[str, float] | None = None,
                        wdt: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
         self._faults.set(bip=bip, wdt=wdt)
@@ -221,9 +229,23 @@ class Sandbox(Controls):
         self._default_rate_limits()
         self.bip.set_list_mode(self.config.bip_list_ignores_filters, self.config.bip_list_omits_fields)
         self.bip.set_key_memory(self.config.bip_key_memory_s)
+        self.wdt.lookup_needs_window = self.config.wdt_lookup_needs_window
         with self._lock:
             self._bad_reasons.clear()
         return {"ok": True}
+
+    def _do_state(self) -> dict[str, Any]:
+        with self._lock:
+            bad = dict(self._bad_reasons)
+        return {"stockouts": self.wdt.stockouts(), "records": self.bip.records(), "bad": bad}
+
+    def _do_load_state(self, stockouts: list[dict[str, Any]], records: list[dict[str, Any]],
+                       bad: dict[str, str] | None = None) -> dict[str, int]:
+        added = self._do_add_stockouts(stockouts) if stockouts else 0
+        restored = self.bip.restore(records)
+        with self._lock:
+            self._bad_reasons.update(bad or {})
+        return {"stockouts": added, "records": restored}
 
     def _do_config(self) -> dict[str, Any]:
         return self.config.model_dump()
@@ -340,8 +362,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0, *,
-          public_url: str | None = None, stockouts: int = 0, bad: int = 0) -> None:
-    """Run a sandbox in the foreground until SIGINT or SIGTERM, with `stockouts` generated at start."""
+          public_url: str | None = None, stockouts: int = 0, bad: int = 0, state_file: Path | None = None) -> None:
+    """Run a sandbox in the foreground until SIGINT or SIGTERM, with `stockouts` generated at start.
+    `state_file`: loaded at start when it exists, written back at the end (its data across restarts)."""
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -349,6 +372,10 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     sandbox = Sandbox(config, host=host, port=port, public_url=public_url).start()
     try:
+        if state_file is not None and state_file.exists():
+            loaded = sandbox.load_state(**json.loads(state_file.read_text(encoding="utf-8")))
+            print(f"loaded {loaded['stockouts']} stockouts and {loaded['records']} BIP records from {state_file}",
+                  flush=True)
         if stockouts:
             sandbox.generate(stockouts, bad=bad)
         print(f"sandbox listening on {sandbox.url}  (control: {sandbox.url}{CONTROL_PREFIX})", flush=True)
@@ -360,6 +387,8 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
     except KeyboardInterrupt:
         pass
     finally:
+        if state_file is not None:
+            state_file.write_text(json.dumps(sandbox.state(), ensure_ascii=False), encoding="utf-8")
         sandbox.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -92,6 +92,7 @@ class WdtApi:
         self._lock = threading.Lock()
         self._stockouts: dict[str, tuple[datetime, dict[str, Any]]] = {}
         self._ordered: list[tuple[datetime, dict[str, Any]]] | None = None
+        self.lookup_needs_window = config.wdt_lookup_needs_window
 
     # ---- the store (stored dicts are never mutated, so replies serialise outside the lock)
 
@@ -120,6 +121,11 @@ class WdtApi:
         with self._lock:
             return {str(raw["stockout_id"]): str(raw.get("status", "")) for _, raw in self._stockouts.values()}
 
+    def stockouts(self) -> list[dict[str, Any]]:
+        """Every stockout as stored (its `modified` included), in modified order."""
+        with self._lock:
+            return [copy.deepcopy(raw) for _, raw in sorted(self._stockouts.values(), key=_order_key)]
+
     def clear(self) -> None:
         with self._lock:
             self._stockouts.clear()
@@ -146,7 +152,7 @@ class WdtApi:
             self._check_system(params)
             if not self.limit.allow():
                 return self._too_frequent()
-            query = parse_query(params)
+            query = parse_query(params, lookup_needs_window=self.lookup_needs_window)
         except WdtError as e:
             self.counters.inc("wdt_errors")
             return failure(e.code, e.message, e.sub_code, e.sub_message)
@@ -209,12 +215,15 @@ class WdtApi:
         return {"response": response}
 
 
-def parse_query(params: dict[str, str]) -> Query:
-    """The business parameters, each refused with `40`/`41` naming it."""
+def parse_query(params: dict[str, str], *, lookup_needs_window: bool = False) -> Query:
+    """The business parameters, each refused with `40`/`41` naming it. `lookup_needs_window`: the
+    edition that wants the times with a stockout_no too, refusing as the independent gateway does."""
     exact = tuple((field, params[name]) for name, field in _EXACT_FILTERS.items() if params.get(name))
     start = parse_wire_time("start_time", params["start_time"]) if params.get("start_time") else None
     end = parse_wire_time("end_time", params["end_time"]) if params.get("end_time") else None
-    if not params.get("stockout_no"):  # looking up one order needs no window
+    if params.get("stockout_no") and lookup_needs_window and (start is None or end is None):
+        raise WdtError("11000000", "参数错误", "isv.invalid-parameter", "start_time和end_time不能为空")
+    if not params.get("stockout_no"):  # looking up one order needs no window (in one edition's table)
         if start is None:
             raise _missing("start_time")
         if end is None:

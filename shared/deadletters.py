@@ -2,6 +2,7 @@
 it, requeue and purge, each claimed atomically. Layout and why: docs/design.md, "Dead letters"."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -91,6 +92,33 @@ class DeadLetter(BaseModel):
     def failure(self) -> HistoryEntry:
         return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
                             message=self.message, attempts=self.attempts, task_id=self.task_id)
+
+
+_LINE_INDEX = re.compile(r"\[\d+\]")
+FIX_KEY_MAX = 160
+
+
+def fix_key(letter: DeadLetter) -> str:
+    """What the operator has to fix, the same for every letter one fix mends: the missing warehouse,
+    the unknown material or unit, the remote code and its words. The stockout's own id, order number
+    and line index are taken out; the text after " (" (hints, where in the stockout) too. Status
+    groups by it; the console and the alerts can."""
+    if letter.malformed:
+        return f"malformed message: {_head(letter, letter.message)}"
+    if letter.code or letter.api_message:
+        said = _head(letter, letter.api_message or letter.message)
+        return f"{letter.stage}: [{letter.api} {letter.code or '-'}] {said}"
+    if letter.http_status is not None:
+        return f"{letter.stage}: {letter.error_class} HTTP {letter.http_status}"
+    return f"{letter.stage}: {_head(letter, letter.message)}"
+
+
+def _head(letter: DeadLetter, text: str) -> str:
+    for own, shown in ((letter.order_no, "<order_no>"), (letter.stockout_id, "<stockout_id>")):
+        if own:
+            text = text.replace(own, shown)
+    text = _LINE_INDEX.sub("[*]", text).split(" (", 1)[0].strip()
+    return text if len(text) <= FIX_KEY_MAX else text[:FIX_KEY_MAX - 1] + "…"
 
 
 def redact(raw: Any) -> Any:

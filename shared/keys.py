@@ -97,6 +97,10 @@ class Keys:
         return f"{self.p}:poll:last"
 
     @property
+    def beat_heartbeat(self) -> str:
+        return f"{self.p}:beat:heartbeat"
+
+    @property
     def window_ledger(self) -> str:
         return f"{self.p}:window:ledger"
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     wdt_target_app_key: str = "21363512"
     wdt_page_size: int = Field(100, ge=1, le=100)
     wdt_rate_per_minute: float = Field(60, gt=0, description="calls a minute for the whole tenant")
+    wdt_lookup_horizon_days: int = Field(
+        365, ge=30, le=3650, description="trace/preview look a number up in 30-day windows back this far")
 
     # 用友BIP
     bip_tenant_id: str = ""
@@ -69,6 +71,7 @@ class Settings(BaseSettings):
     settle_s: int = Field(60, ge=0, description="stay this far behind now: WDT may still be writing")
     initial_since: str = Field("", description="Beijing time the first poll starts from; empty = now − 1 day")
     slice_days: float = Field(1.0, gt=0, le=30)
+    backfill_max_days: float = Field(365, gt=0, description="a backfill over this many days asks for --yes")
     # Renewed after every page; a poll that dies blocks the next one for at most this long.
     poll_lock_ttl_s: float = Field(120.0, gt=0)
     state_ttl_days: int = Field(60, ge=1, description="how long done/queued marks live; must outlive the lookback")
@@ -129,6 +132,19 @@ class Settings(BaseSettings):
     alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
     alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
     alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
+    # Flower's basic auth (`stockout-sync flower`): user:password, several joined by commas
+    flower_basic_auth: SecretStr = SecretStr("")
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr) -> SecretStr:
+        # the value is a password: the error says what is wrong with it, never what it is
+        for n, pair in enumerate(value.get_secret_value().split(","), start=1):
+            user, colon, password = pair.partition(":")
+            if value.get_secret_value() and not (user.strip() and colon and password):
+                wrong = "no ':'" if not colon else "an empty user" if not user.strip() else "an empty password"
+                raise ValueError(f"must be user:password (several joined by commas); credential {n} has {wrong}")
+        return value
 
     @field_validator("reconcile_daily_at")
     @classmethod
@@ -265,6 +281,7 @@ class Settings(BaseSettings):
             if password:
                 values += [password, unquote(password)]
         values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        values += [pair.partition(":")[2] for pair in self.flower_basic_auth.get_secret_value().split(",")]
         for name in ALERT_URLS:
             values += url_secrets(getattr(self, name).get_secret_value())
         return list(dict.fromkeys(v for v in values if v))

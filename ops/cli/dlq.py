@@ -8,11 +8,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops.cli.app import main, require
-from ops.render import console, fail, print_history
+from ops.render import console, err_console, fail, print_history
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
+CONFIRM_OVER = 10  # a --reason/--code requeue matching more letters than this asks first, as --all does
 
 
 def ascii_safe(text: str) -> str:
@@ -38,14 +39,23 @@ def _dlq_store() -> DeadLetterStore:
 
 def _select(
     store: DeadLetterStore, ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
+    """The letters named, and the names no letter answers to (said, never taken for success)."""
     if ids:
-        return [store.find_order(i) or i for i in ids]  # an order number names its letter too
+        named = [(i, store.find_order(i) or i) for i in ids]  # an order number names its letter too
+        known = {sid for _, sid in named if store.get(sid) is not None}
+        return list(dict.fromkeys(sid for _, sid in named if sid in known)), [i for i, sid in named if sid not in known]
     if reason or code:
-        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)]
+        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)], []
     if all_:
-        return store.ids()  # oldest first: each letter's queue copy is then at the end of the list
+        return store.ids(), []  # oldest first: each letter's queue copy is then at the end of the list
     fail("name dead letters by id or order number, or use --all / --reason / --code")
+
+
+def _unknown(names: list[str]) -> None:
+    if names:
+        err_console.print(f"[red]no dead letter for[/red] {escape(' '.join(names))} "
+                          "(see `stockout-sync dlq list`)", soft_wrap=True)
 
 
 @dlq.command("list")
@@ -100,23 +110,30 @@ def dlq_show(stockout_id_or_order_no: str, as_json: bool) -> None:
 
 @dlq.command("requeue")
 @click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="every dead letter")
+@click.option("--all", "all_", is_flag=True, help="every dead letter (asks first)")
 @click.option("--reason", default=None, help="those whose reason contains this text")
 @click.option("--code", default=None, help="those with this remote error code")
-def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> None:
+@click.option("--yes", is_flag=True, help=f"do not ask (--all, or --reason/--code matching over {CONFIRM_OVER})")
+def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None, yes: bool) -> None:
     """Send dead letters back through the current mapping.
 
-    Malformed messages are refused (there is no stockout in them to sync): each gets a line, and the
-    command exits 1 when it refused some and requeued nothing."""
+    Names no letter answers to are listed and the command exits 1 (the others are still requeued).
+    `--all`, and `--reason`/`--code` matching more than 10 letters, ask first. Malformed messages are
+    refused (there is no stockout in them to sync): each gets a line, and the command exits 1 when it
+    refused some and requeued nothing."""
     store = _dlq_store()
-    chosen = _select(store, ids, all_, reason, code)
+    chosen, unknown = _select(store, ids, all_, reason, code)
+    _unknown(unknown)
+    if not ids and chosen and (all_ or len(chosen) > CONFIRM_OVER) and not yes and \
+            not click.confirm(f"requeue {len(chosen)} dead letter(s) through the current mapping?"):
+        fail("nothing requeued", 1)
     refused = [sid for sid in chosen if (letter := store.get(sid)) is not None and letter.malformed]
     for sid in refused:
         console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
                       "`dlq show` it, fix what wrote it, then `dlq purge` it")
     done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout)
     console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
-    if refused and not done:
+    if unknown or (refused and not done):
         raise SystemExit(1)
 
 
@@ -125,9 +142,13 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
 @click.option("--all", "all_", is_flag=True, help="every dead letter")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
-    """Delete dead letters for good."""
+    """Delete dead letters for good. Names no letter answers to are listed and the command exits 1
+    (the others are still purged)."""
     store = _dlq_store()
-    chosen = _select(store, ids, all_, None, None)
-    if not yes and not click.confirm(f"delete {len(chosen)} dead letter(s) for good?"):
+    chosen, unknown = _select(store, ids, all_, None, None)
+    _unknown(unknown)
+    if chosen and not yes and not click.confirm(f"delete {len(chosen)} dead letter(s) for good?"):
         fail("nothing deleted", 1)
     console.print(f"purged {len(store.purge(chosen))}")
+    if unknown:
+        raise SystemExit(1)

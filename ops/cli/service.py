@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -126,16 +127,28 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
 @click.option("--public-url", envvar="SANDBOX_PUBLIC_URL", default=None,
               help="the base other hosts reach it at, as BIP discovery answers it (SANDBOX_PUBLIC_URL; "
                    "compose: http://sandbox:8700); default: the address it listens on")
-def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None) -> None:
-    """Serve the sandbox of both APIs (for the demo, tests and benchmarks)."""
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="load stockouts and BIP records from this file at start, write them back at the end "
+                   "(`demo --keep` leaves one)")
+@click.option("--wdt-lookup-needs-window", is_flag=True,
+              help="refuse a stockout_no query without start_time/end_time, as some WDT editions do")
+def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None, state_file: Path | None,
+            wdt_lookup_needs_window: bool) -> None:
+    """Serve the sandbox of both APIs (for the demo, tests and benchmarks); `GET /_sandbox/` lists its controls."""
 
-    serve(SandboxConfig(), host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad)
+    serve(SandboxConfig(wdt_lookup_needs_window=wdt_lookup_needs_window), host=host, port=port,
+          public_url=public_url or None, stockouts=stockouts, bad=bad, state_file=state_file)
 
 
 @main.command()
 @click.option("--stockouts", default=3000, type=int, show_default=True, help="stockouts the sandbox starts with")
 @click.option("--bad", default=12, type=int, show_default=True, help="of which this many cannot be mapped")
-def demo(stockouts: int, bad: int) -> None:
-    """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary."""
+@click.option("--keep", is_flag=True,
+              help="leave the Redis state, save the sandbox's data and print how to restart against both, "
+                   "with the commands to try next")
+@click.option("--prefix", default=None, help="the run's Redis key prefix (default: demo<epoch seconds>)")
+def demo(stockouts: int, bad: int, keep: bool, prefix: str | None) -> None:
+    """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary
+    and the commands to try next (`--keep` leaves everything to try them on)."""
 
-    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console))
+    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console, keep=keep, prefix=prefix))

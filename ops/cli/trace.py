@@ -18,7 +18,9 @@ BIP_FIELDS = ("id", "code", "vouchdate", "org", "warehouse", "bustype", "status"
 @click.argument("order_no_or_stockout_id")
 @click.option("--json", "as_json", is_flag=True, help="the whole trace as one JSON object")
 def trace_command(order_no_or_stockout_id: str, as_json: bool) -> None:
-    """Everything known about one stockout: WDT, our marks and lock, tasks, dead letter, BIP."""
+    """Everything known about one stockout: our marks, lock, messages (both queues), dead letter and
+    BIP record first, read without WDT; then WDT, asked from the times we know in 30-day windows back
+    to WDT_LOOKUP_HORIZON_DAYS (the calls it took are shown). Exit 1 when nothing knows it."""
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from shared.runtime import runtime
 
@@ -39,17 +41,16 @@ def show(t: Trace) -> None:
     table.add_row("verdict", f"[bold]{t.verdict}[/bold]: {escape(t.summary)}")
     w = t.wdt
     if w.error:
-        table.add_row("WDT", f"[red]could not ask[/red]: {escape(w.error)}")
+        table.add_row("WDT", f"[red]could not ask[/red]: {escape(w.error)} ({w.calls} call(s))")
     elif w.found:
         verdict = ("synced by the filters" if w.passes_filters else f"skipped by the filters: {w.filter_reason}"
                    if w.passes_filters is False else w.filter_reason)
         table.add_row("WDT", f"status {w.status} · type {w.order_type} · warehouse {escape(w.warehouse_no)} · "
-                             f"modified {w.modified} · consigned {w.consign_time} · {escape(verdict)}")
+                             f"modified {w.modified} · consigned {w.consign_time} · {escape(verdict)} · "
+                             f"{escape(w.lookup)}")
     else:
-        table.add_row("WDT", "no stockout with this order number" if t.order_no else "not asked: no order number known")
-    mark = {"none": "none", "queued": "queued (published, not done yet)",
-            "done": f"done: BIP id {t.bip_id} code {t.bip_code}"}[t.mark]
-    table.add_row("our mark", escape(mark))
+        table.add_row("WDT", escape(w.lookup) if w.asked else "not asked: no order number known")
+    table.add_row("our mark", escape(t.mark_meaning))
     expires = f" (expires in {t.lock_ttl_s} s)" if t.lock_ttl_s else ""
     lock = f"task {t.lock_holder}{expires}" if t.lock_holder else "free"
     table.add_row("lock", escape(lock))
@@ -57,8 +58,9 @@ def show(t: Trace) -> None:
         retries = f", retry {task.retries}" if task.retries else ""
         table.add_row("task", escape(f"{task.task_id}: {task.state}{retries} — {task.where}"))
     if not t.tasks:
-        table.add_row("tasks", f"none in Redis (scanned {t.scanned.get('stockouts', 0)} queued, "
-                               f"{t.scanned.get('unacked', 0)} delivered; no result backend: Flower has finished ones)")
+        scanned = ", ".join(f"{n} {q}" for q, n in t.scanned.items())
+        table.add_row("tasks", f"none in Redis (scanned {escape(scanned)}; "
+                               "no result backend: Flower has finished ones)")
     letter = t.dead_letter or t.requeued_letter
     if t.dead_letter:
         table.add_row("dead letter", escape(f"{t.dead_letter.reason} · attempts {t.dead_letter.attempts} · "
@@ -68,11 +70,12 @@ def show(t: Trace) -> None:
     if t.bip:
         shown = " · ".join(f"{k} {t.bip[k]}" for k in BIP_FIELDS if t.bip.get(k) not in (None, ""))
         lines = t.bip.get("othOutRecords") or []
-        table.add_row("BIP record", escape(f"{shown} · {len(lines)} line(s)"))
+        by = f" · found by {t.bip_found_by}" if t.bip_found_by != "id" else ""
+        table.add_row("BIP record", escape(f"{shown} · {len(lines)} line(s){by}"))
     elif t.bip_error:
         table.add_row("BIP record", f"[red]{escape(t.bip_error)}[/red]")
     console.print(table)
     if letter:
         print_history(letter.history)
     if not t.known:
-        fail(f"nothing knows {t.query}: not an order number WDT has, nor a stockout id seen here", 1)
+        fail(f"{t.query}: {t.verdict}: {t.summary}", 1)

@@ -15,7 +15,7 @@ from shared import metrics
 from shared.bip import errors as codes
 from shared.bip import lookup
 from shared.bip.errors import API, code_of, message_of
-from shared.bip.models import OthOutRecord, SaveResult
+from shared.bip.models import DEFINE1, OthOutRecord, SaveResult, define1_of
 from shared.bip.token import GatewayResolver, TokenProvider
 from shared.errors import (
     APIConnectionError,
@@ -192,6 +192,15 @@ class BipClient:
         """Records whose document code is exactly `code` (the list API may match loosely)."""
         page = self._list_page(1, 100, code=code)
         return [r for r in page[0] if _str(r.get("code")) == code]
+
+    def find_by_define1(self, stockout_id: str) -> tuple[list[dict[str, Any]], str]:
+        """One page of records whose define1 is `stockout_id`, and why the answer cannot be trusted
+        ("" when it can): a list that ignores the filter, or rows without define1, cannot tell absent."""
+        rows, _ = self._list_page(1, 20, simpleVOs=[{"field": DEFINE1, "op": "eq", "value1": stockout_id}])
+        if any(not define1_of(r) for r in rows):
+            return [], f"BIP's list rows carry no {DEFINE1}"
+        ours = [r for r in rows if define1_of(r) == stockout_id]
+        return ours, "" if len(ours) == len(rows) else f"BIP's list ignored the {DEFINE1} filter"
 
     def find(self, simple_vos: list[dict[str, Any]], page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every record matching `simple_vos` (BIP's filter triples), page by page."""

@@ -7,12 +7,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.bip.models import DEFINE1, define1_of
 from shared.errors import APIConnectionError, InvalidRequestError, Kind, StockoutSyncError
 
 if TYPE_CHECKING:
     from shared.bip.client import BipClient
 
-DEFINE1 = "defines!define1"
 PAGE = 100
 MAX_UNLABELLED = 5  # list rows without define1 checked one by one by detail; more and the list is no help
 
@@ -45,13 +45,6 @@ class Foreign:
             f"stockout {stockout_id}'s: not saved, so nothing is booked twice or against the wrong record",
             api="bip",
         )
-
-
-def define1_of(row: Any) -> str:
-    value = row.get(DEFINE1) if isinstance(row, dict) else None
-    if value in (None, "") and isinstance(row, dict) and isinstance(row.get("defines"), dict):
-        value = row["defines"].get("define1")
-    return "" if value is None else str(value)
 
 
 def is_ours(record: dict[str, Any], stockout_id: str, keys: Collection[str]) -> bool:

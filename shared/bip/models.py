@@ -73,3 +73,14 @@ class SaveResult(BaseModel):
     id: str = ""
     code: str = ""
     replayed: bool = False  # BIP answered "duplicate submission": saved before, by an earlier attempt
+
+
+DEFINE1 = "defines!define1"  # our stockout_id on every record we save (worker/transform.py)
+
+
+def define1_of(row: dict[str, Any]) -> str:
+    """The stockout id a BIP row names, flat (`defines!define1`) or nested (`defines.define1`)."""
+    value = row.get(DEFINE1)
+    if value in (None, "") and isinstance(row.get("defines"), dict):
+        value = row["defines"].get("define1")
+    return "" if value is None else str(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
 from shared.wdt import errors as codes
+from shared.wdt.lookup import Lookup, needs_window, plan
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
 
@@ -43,6 +44,7 @@ class WdtClient:
         self.session = session or make_session(settings)
         self.limiter = limiter
         self.url = settings.wdt_qimen_url
+        self._window_required = False  # this gateway refused a stockout_no query without a window
 
     @classmethod
     def from_settings(
@@ -218,26 +220,35 @@ class WdtClient:
             rereads = len(page.stockouts) - len(fresh)
             yield page.model_copy(update={"stockouts": fresh, "rereads": rereads})
 
-    def get_by_no(
-        self, stockout_no: str, *, start: datetime | None = None, end: datetime | None = None, status: str = ""
-    ) -> dict[str, Any] | None:
-        """The stockout with this number, or None; in WDT's default statuses (95, 110) unless
-        `status` names another.
-
-        Looking up one order needs no window (so an order of any age is found); a gateway that
-        insists on one (`40` missing start_time) is asked again for the last 30 days.
-        """
+    def find_by_no(
+        self, stockout_no: str, *, near: Iterable[datetime] = (), status: str = "", horizon_days: int | None = None,
+        now: datetime | None = None,
+    ) -> Lookup:
+        """The stockout with this number, in WDT's default statuses (95, 110) unless `status` names
+        another: one call per question of `lookup.plan` until one finds it. `near`: times we know of
+        the order (modified, consigned), asked first. The number alone is asked once per client and
+        its answer, found or not, is the answer; a gateway that refuses it (any parameter error about
+        the times) is asked with windows only, from then on."""
+        found = Lookup(stockout_no, horizon_days or self.settings.wdt_lookup_horizon_days)
         query = {"stockout_no": stockout_no, **({"status": status} if status else {})}
-        if start is None and end is None:
+        for window in plan(near, now or now_beijing(), found.horizon_days):
+            if window is None and self._window_required:
+                found.window_required = True
+                continue
+            found.asked.append(window)
             try:
-                body = self.request({**query, "page_no": 0, "page_size": 100})
-                return self._match(self._page(body, 0, 100), stockout_no)
-            except InvalidRequestError as exc:
-                if exc.code != "40":
-                    raise
-        end = end or now_beijing()
-        start = start or (to_beijing(end) - MAX_WINDOW)
-        return self._match(self.query_page(start, end, 0, 100, **query), stockout_no)
+                page = (self._page(self.request({**query, "page_no": 0, "page_size": 100}), 0, 100) if window is None
+                        else self.query_page(window[0], window[1], 0, 100, **query))
+            except StockoutSyncError as err:
+                if window is None and needs_window(err):
+                    found.window_required = self._window_required = True
+                    continue
+                found.error = err
+                return found
+            found.record = self._match(page, stockout_no)
+            if found.record is not None or window is None:  # the number alone answered: of any age
+                return found
+        return found
 
     @staticmethod
     def _match(page: WdtPage, stockout_no: str) -> dict[str, Any] | None:

@@ -169,12 +169,12 @@ def test_small_and_empty_windows(sb, redis_url):
     assert session.page_nos == [0, 0]
 
 
-def test_get_by_no_and_filters(sb, redis_url):
+def test_find_by_no_and_filters(sb, redis_url):
     stockouts = [s for s in sb.generate(30) if s["status"] in FETCHED]
     client = WdtClient(settings_for(sb, redis_url))
     target = stockouts[3]
-    assert client.get_by_no(target["order_no"])["stockout_id"] == target["stockout_id"]
-    assert client.get_by_no("NO-SUCH-ORDER") is None
+    assert client.find_by_no(target["order_no"]).record["stockout_id"] == target["stockout_id"]
+    assert client.find_by_no("NO-SUCH-ORDER").record is None
     start, end = window()
     warehouse = target["warehouse_no"]
     got = [r for p in client.iter_pages(start, end, warehouse_no=warehouse) for r in p.stockouts]

@@ -104,7 +104,7 @@ def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sand
 
     # the outage ends: requeue --all saves every one exactly once
     sandbox.set_faults()
-    assert cli(processes.env, "dlq", "requeue", "--all").returncode == 0
+    assert cli(processes.env, "dlq", "requeue", "--all", "--yes").returncode == 0
     wait_until(lambda: set(saved(sandbox)) == expected, message="requeued saved",
                progress=pipeline(sandbox, redis_client))
     assert max(saved(sandbox).values()) == 1
@@ -166,6 +166,30 @@ def test_purge_asks_for_confirmation(service, redis_client):
     assert refused.returncode == 1 and len(store.ids()) == 2
     done = cli(env, "dlq", "purge", "900", "--yes")
     assert done.returncode == 0 and store.ids() == ["901"] and store.queue_length() == 1
+
+
+def test_unknown_ids_are_named_and_big_requeues_ask_first(service, redis_client):
+    store = _letters(redis_client, 13)
+    for args in (["requeue", "NOPE", "12345"], ["purge", "NOPE", "12345", "--yes"], ["show", "NOPE"]):
+        done = cli(service, "dlq", *args)
+        assert done.returncode == 1 and "NOPE" in done.stderr, (args, done.stdout, done.stderr)
+    assert store.count() == 13
+
+    # mixed: the known ones are done, the unknown named, exit 1
+    mixed = cli(service, "dlq", "requeue", "900", "NOPE")
+    assert mixed.returncode == 1 and "requeued 1: 900" in mixed.stdout and "no dead letter for NOPE" in mixed.stderr
+    mixed = cli(service, "dlq", "purge", "901", "NOPE", "--yes")
+    assert mixed.returncode == 1 and "purged 1" in mixed.stdout and "NOPE" in mixed.stderr
+    assert store.get("900") is None and store.get("901") is None and store.count() == 11
+
+    for args in (["--all"], ["--reason", "m"]):  # all, or more than 10 matching: asked first
+        refused = cli(service, "dlq", "requeue", *args, input="n\n")
+        assert refused.returncode == 1 and "requeue 11 dead letter(s)" in refused.stdout, refused.stdout
+        assert store.count() == 11
+    few = cli(service, "dlq", "requeue", "902")  # by id: no question
+    assert few.returncode == 0 and store.get("902") is None
+    done = cli(service, "dlq", "requeue", "--reason", "m", "--yes")
+    assert done.returncode == 0 and "requeued 10" in done.stdout and store.count() == 0
 
 
 def _error_lines(logs: str) -> list[str]:

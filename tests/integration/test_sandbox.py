@@ -150,6 +150,33 @@ def test_wdt_get_works_and_filters_and_lookup_by_order_no(sb, http):
     assert in_sh and all(s["warehouse_no"] == "WH-SH01" for s in in_sh)
 
 
+@pytest.mark.parametrize("over_http", [False, True])
+def test_the_edition_that_wants_a_window_with_a_number_too(sb, http, over_http):
+    target = next(s for s in sb.generate(20) if s["status"] in ("95", "110"))
+    controls = SandboxControl(sb.url) if over_http else sb
+    assert controls.set_wdt_lookup(needs_window=True) == {"needs_window": True}
+    refused = wdt(sb, http, stockout_no=target["order_no"])
+    assert (refused["code"], refused["sub_code"], refused["sub_message"]) == (
+        "11000000", "isv.invalid-parameter", "start_time和end_time不能为空")
+    found = wdt(sb, http, stockout_no=target["order_no"], **wdt_window())["stockout_list"]
+    assert [s["stockout_id"] for s in found] == [target["stockout_id"]]
+    controls.set_wdt_lookup(needs_window=False)
+    assert wdt(sb, http, stockout_no=target["order_no"])["stockout_list"][0]["stockout_id"] == target["stockout_id"]
+    controls.set_wdt_lookup(needs_window=True)
+    sb.reset()
+    assert "stockout_list" in wdt(sb, http, stockout_no=target["order_no"]), "reset: back to the config's edition"
+    with Sandbox(SandboxConfig(wdt_lookup_needs_window=True)) as strict:
+        assert wdt(strict, http, stockout_no="X")["code"] == "11000000"
+
+
+def test_the_state_saved_and_loaded_again(sb):
+    sb.generate(10, bad=1)
+    saved = sb.state()
+    with Sandbox(SandboxConfig()) as again:
+        assert again.load_state(**saved) == {"stockouts": 10, "records": 0}
+        assert again.state()["stockouts"] == saved["stockouts"] and again.bad_reasons == sb.bad_reasons
+
+
 def test_wdt_modified_stockout_moves_to_the_end(sb, http):
     stockouts = sb.generate(10, start=now_beijing() - timedelta(hours=5), end=now_beijing() - timedelta(hours=1))
     first = wdt(sb, http, page_size=100, **wdt_window())["stockout_list"][0]

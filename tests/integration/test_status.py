@@ -50,6 +50,7 @@ def test_a_healthy_pipeline_is_all_good(sandbox, processes):
     assert report["queues"] == {"stockouts": 0, "stockouts.backfill": 0, "dead_letter": 0, "producer": 0}
     assert report["backlog"] == 0 and report["high_water"] > 0 and report["backfills"] == []
     assert report["in_flight"] == 0
+    assert report["beat_alive"] and report["beat_heartbeat_age_s"] < 30, "the real beat's polls beat its heart"
     assert report["synced"] == len(eligible)
     assert report["dead_letters"] == 0 and report["dead_letters_by_reason"] == []
     assert report["bip_token"]["cached"] and 6000 < report["bip_token"]["expires_in_s"] <= 7200
@@ -72,13 +73,16 @@ def test_lag_dead_letters_and_no_worker_need_attention(service, redis_client):
     store = runtime().store
     store.advance_cursor(now_beijing() - timedelta(hours=2))
     letters = DeadLetterStore(redis_client, "t")
-    for i, (stage, error, api, code) in enumerate([("transform", "TransformError", "", ""),
-                                                   ("transform", "TransformError", "", ""),
-                                                   ("save", "InvalidRequestError", "bip", "999")]):
+    unmapped = "warehouse_no 'WH9' has no entry in [warehouses] of mapping.toml"
+    for i, (stage, error, api, code, said) in enumerate([
+            ("transform", "TransformError", "", "", f"{unmapped} (add [warehouses.\"WH9\"]; mapped: WH1)"),
+            ("transform", "TransformError", "", "", f"{unmapped} (add [warehouses.\"WH9\"]; mapped: WH1)"),
+            ("transform", "TransformError", "", "", "details_list is empty: a stockout without lines cannot be…"),
+            ("save", "InvalidRequestError", "bip", "999", "物料[SKU-X]不存在")]):
         raw = {"stockout_id": f"80{i}", "order_no": f"CK80{i}"}
         letters.put(DeadLetter(stockout_id=raw["stockout_id"], order_no=raw["order_no"], stage=stage, error_class=error,
-                               api=api, code=code, message=f"reason {i}", first_failed_at="x", last_failed_at="x",
-                               message_id=f"dlq-{i}", stockout=raw))
+                               api=api, code=code, api_message=said if api else "", message=said,
+                               first_failed_at="x", last_failed_at="x", message_id=f"dlq-{i}", stockout=raw))
         publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
     for i in range(4):
         publish_stockout({"stockout_id": f"70{i}"}, f"70{i}")
@@ -92,21 +96,24 @@ def test_lag_dead_letters_and_no_worker_need_attention(service, redis_client):
     code, report = status_json(env, "--timeout", "0.5")
     assert code == 1
     assert report["lag_s"] > 7000
-    assert report["queues"] == {"stockouts": 4, "stockouts.backfill": 1, "dead_letter": 3, "producer": 0}
+    assert report["queues"] == {"stockouts": 4, "stockouts.backfill": 1, "dead_letter": 4, "producer": 0}
     assert report["backlog"] == 5, "both stockout queues count, dead letters do not"
     assert [(b["job"]["id"], b["progress"], b["job"]["state"]) for b in report["backfills"]] == [(job.id, 0, "running")]
     assert report["workers"] == [] and report["synced"] == 0 and report["bip_token"] == {
         "cached": False, "expires_at": None, "expires_in_s": None, "renew_in_s": None}
+    # by what to fix, not by stage and class: the unmapped warehouse and the empty lines apart
     assert [(g["reason"], g["count"]) for g in report["dead_letters_by_reason"]] == [
-        ("transform: TransformError", 2), ("save: InvalidRequestError [bip 999]", 1)]
+        (f"transform: {unmapped}", 2), ("transform: details_list is empty: a stockout without lines cannot be…", 1),
+        ("save: [bip 999] 物料[SKU-X]不存在", 1)]
+    assert report["dead_letters_by_reason"][0]["example"].startswith("800 (CK800): warehouse_no 'WH9'")
     bip = next(r for r in report["rate_limits"] if r["name"] == "bip")
     assert not bip["free_now"] and 90 < bip["next_slot_in_s"] <= 100
     problems = " | ".join(report["problems"])
-    for words in ("no worker is consuming the stockouts queue", "nothing polls WDT", "lags", "3 dead letter(s)"):
+    for words in ("no worker is consuming the stockouts queue", "nothing polls WDT", "lags", "4 dead letter(s)"):
         assert words in problems
 
     text = cli(env, "status", "--timeout", "0.5")
-    assert text.returncode == 1 and "needs attention" in text.stdout and "2 × transform: TransformError" in text.stdout
+    assert text.returncode == 1 and "needs attention" in text.stdout and "2 × transform: warehouse_no" in text.stdout
     health = cli(env, "status", "--health", "worker", "--timeout", "0.5")
     assert health.returncode == 1 and "no process on" in health.stderr
 

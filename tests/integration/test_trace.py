@@ -34,8 +34,9 @@ def eligible(sandbox, n=6, **kw):
 def test_never_seen_and_filtered_out(sandbox, service):
     code, t = trace(service, "CK-NO-SUCH", "--json")
     assert code == 1 and t["verdict"] == "never seen" and not t["wdt"]["found"]
+    assert t["wdt"]["calls"] == 5, "the number alone is the whole answer where the gateway allows it: 5 statuses"
     code, text = trace(service, "CK-NO-SUCH")
-    assert code == 1 and "nothing knows CK-NO-SUCH" in text
+    assert code == 1 and "CK-NO-SUCH: never seen: nothing here knows it, and WDT has no such number" in text
 
     now = now_beijing()
     cancelled = next(s for s in sandbox.generate(40, start=now - timedelta(hours=1), end=now - timedelta(minutes=1))
@@ -96,3 +97,66 @@ def test_dead_lettered_with_its_history(sandbox, processes, redis_client):
     assert any(x["state"] == "failed (dead-lettered)" and x["task_id"] == letter["task_id"] for x in t["tasks"])
     code, text = trace(processes.env, stockout["stockout_id"])
     assert code == 0 and "dead-lettered" in text and "history (3)" in text and stockout["order_no"] in text
+
+
+def test_every_state_by_number_against_a_gateway_that_wants_a_window(sandbox, processes, redis_client):
+    """The edition that refuses a stockout_no query without start_time/end_time (11000000): each verdict
+    right, the calls counted, our own state found without WDT, and an order 200 days old found."""
+    now = now_beijing()
+    dead, saved, queued_, purged = eligible(sandbox, 12)[:4]
+    [old] = [s for s in sandbox.generate(12, start=now - timedelta(days=200, hours=1), end=now - timedelta(days=200))
+             if s["status"] in ("95", "110")][:1]
+    sandbox.set_wdt_lookup(needs_window=True)
+    runtime().store.mark_queued([s["stockout_id"] for s in (dead, saved, queued_, purged)])  # as the poll does
+    letters, _ = dead_lettered(sandbox, processes, redis_client, dead)
+    publish_stockout(purged, purged["stockout_id"])
+    wait_until(lambda: letters.get(purged["stockout_id"]), message="second letter", progress=pipeline(sandbox))
+    letters.purge([purged["stockout_id"]])  # deliberately: nothing may advise sending it again
+    sandbox.set_faults()
+    publish_stockout(saved, saved["stockout_id"])
+    wait_until(lambda: runtime().store.done(saved["stockout_id"]), message="saved", progress=pipeline(sandbox))
+    processes.stop_all()
+    publish_stockout(queued_, queued_["stockout_id"], queue="stockouts.backfill")
+
+    code, t = trace(processes.env, saved["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "done" and t["stockout_id"] == saved["stockout_id"], t
+    assert t["wdt"]["found"] and t["wdt"]["calls"] == 2, "refused alone, then found in the last 30 days"
+
+    code, t = trace(processes.env, dead["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "dead-lettered" and "queued (published" not in t["mark_meaning"], t
+    assert t["wdt"]["found"] and t["wdt"]["calls"] == 1, "asked first in the window the letter's times give"
+    code, text = trace(processes.env, dead["order_no"])
+    assert "dead-lettered" in text and "queued (published" not in text and "dlq requeue" in text
+    for stockout, calls in ((saved, "2 calls"), (dead, "1 call")):  # preview: the same lookup, the same calls
+        shown = cli(processes.env, "preview", stockout["order_no"])
+        assert shown.returncode == 0 and f"({calls})" in shown.stderr, shown.stderr
+        assert json.loads(shown.stdout)["data"]["defines!define1"] == stockout["stockout_id"]
+
+    code, t = trace(processes.env, queued_["order_no"], "--json")
+    assert code == 0 and t["verdict"] == "queued" and "stockouts.backfill" in t["summary"], t
+    assert [task["queue"] for task in t["tasks"]] == ["stockouts.backfill"]
+
+    code, t = trace(processes.env, purged["stockout_id"], "--json")
+    assert code == 0 and t["verdict"] == "queued" and "proven not to have it" in t["summary"], t
+    assert "publishes it again" not in t["summary"]
+
+    code, t = trace(processes.env, old["order_no"], "--json")
+    assert code == 0 and t["wdt"]["found"] and t["stockout_id"] == old["stockout_id"], t
+    assert t["verdict"] == "never seen" and "backfill" in t["summary"] and 1 + 7 <= t["wdt"]["calls"] <= 1 + 8
+    shown = cli(processes.env, "preview", old["order_no"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["data"]["defines!define1"] == old["stockout_id"]
+    assert "calls)" in shown.stderr
+
+    code, t = trace(processes.env, "CK-NO-SUCH", "--json")
+    assert code == 1 and t["verdict"] == "never seen" and t["wdt"]["asked"] and not t["wdt"]["found"]
+    assert t["wdt"]["calls"] == 1 + 13 + 4, "alone, 13 windows to a year back, the last 30 days in 4 other statuses"
+    text = cli(processes.env, "trace", "CK-NO-SUCH")
+    assert text.returncode == 1 and "WDT has no such number" in text.stdout
+    assert "WDT has no such number" in text.stderr and "18 calls in all" in text.stderr, "stderr says as the table"
+    missing = cli(processes.env, "preview", "CK-NO-SUCH")
+    assert missing.returncode == 1 and "not found in WDT" in missing.stderr and "14 calls" in missing.stderr
+
+    # WDT down: what we know is still there
+    sandbox.set_faults(wdt={"http_500": 1.0})
+    code, t = trace(processes.env, saved["stockout_id"], "--json")
+    assert code == 0 and t["verdict"] == "done" and t["wdt"]["error"] and t["order_no"] == saved["order_no"], t

@@ -130,3 +130,41 @@ def test_the_settings_name_their_variable_and_reach_every_store(redis_client, mo
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_fix_key_groups_letters_by_what_the_operator_fixes():
+    """Real transform failures (the demo mapping) and BIP refusals: one key per fix, whatever the stockout."""
+    from ops.demo import DEMO_MAPPING
+    from sandbox.data import generate_stockouts
+    from shared.deadletters import fix_key
+    from shared.errors import InvalidRequestError
+    from shared.mapping import load_mapping
+    from worker.letters import make_letter
+    from worker.transform import preview
+
+    mapping = load_mapping(DEMO_MAPPING)
+    good = [s for s in generate_stockouts(40, first_id=1, seed=7).stockouts if s["status"] in ("95", "110")]
+
+    def failed(raw: dict, error: Exception | None = None) -> DeadLetter:
+        if error is None:
+            with pytest.raises(Exception) as caught:
+                preview(raw, mapping)
+            error = caught.value
+        return make_letter(raw, raw["stockout_id"], error, attempts=1, task_id="t", message_id="m",
+                           mapping_fingerprint="f", mapping=mapping)
+
+    ghost_wh = [failed({**s, "warehouse_no": "WH-GHOST"}) for s in good[:2]]
+    other_wh = failed({**good[2], "warehouse_no": "WH-OTHER"})
+    no_lines = [failed({**s, "details_list": []}) for s in good[3:5]]
+    unit = [failed({**s, "details_list": [*s["details_list"][:1], {**s["details_list"][0], "goods_unit": "桶"}]})
+            for s in good[5:7]]
+    material = [failed(s, InvalidRequestError(f"bip save: 999 物料[SKU-GHOST]不存在 ({s['order_no']})", api="bip",
+                                              code="999", api_message="物料[SKU-GHOST]不存在")) for s in good[7:9]]
+
+    keys = {fix_key(x) for x in ghost_wh}
+    assert len(keys) == 1 and "WH-GHOST" in next(iter(keys)) and fix_key(other_wh) not in keys
+    assert len({fix_key(x) for x in no_lines}) == 1 and "details_list is empty" in fix_key(no_lines[0])
+    assert len({fix_key(x) for x in unit}) == 1 and "'桶'" in fix_key(unit[0]) and "[*]" in fix_key(unit[0])
+    assert {fix_key(x) for x in material} == {"save: [bip 999] 物料[SKU-GHOST]不存在"}
+    for x in [*ghost_wh, *no_lines, *unit, *material]:
+        assert x.stockout_id not in fix_key(x) and x.order_no not in fix_key(x)

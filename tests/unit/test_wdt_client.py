@@ -413,23 +413,70 @@ def test_paginator_is_loop_safe_by_construction():
     assert p.pages_read <= p.page_limit
 
 
-def test_get_by_no():
+def test_find_by_no_asks_the_number_alone_where_the_gateway_allows_it():
     fake = FakeWdt(5)
     client, stub = client_with(fake)
-    assert client.get_by_no("SO3") == {"stockout_id": "3", "order_no": "SO3"}
-    assert "start_time" not in stub.calls[0]
-    assert client.get_by_no("SO99") is None
+    found = client.find_by_no("SO3")
+    assert found.record == {"stockout_id": "3", "order_no": "SO3"} and found.calls == 1
+    assert "start_time" not in stub.calls[0] and found.line() == "found by number alone (1 call)"
+    missing = client.find_by_no("SO99")
+    assert missing.record is None and missing.calls == 1, "the number alone answered: of any age, no window needed"
+    assert missing.line() == "not found: WDT asked by number alone (1 call)"
 
 
-def test_get_by_no_falls_back_to_a_window_when_one_is_required():
+def windowed_only(records, code="11000000", sub_code="isv.invalid-parameter",
+                  sub_message="start_time和end_time不能为空"):
+    """A gateway that wants the times with a number too, and answers by modified time."""
     def handler(form, req):
         if "start_time" not in form:
-            return fail("40", "Missing required arguments", "isv.missing-parameter:start_time")
-        return ok([{"stockout_id": "1", "order_no": "X1"}], total=1)
+            return fail(code, "参数错误", sub_code, sub_message)
+        start, end = (datetime.strptime(form[k], "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
+                      for k in ("start_time", "end_time"))
+        assert end - start <= timedelta(days=30), "every window WDT accepts"
+        hits = [r for r in records if r["order_no"] == form["stockout_no"]
+                and start <= datetime.strptime(r["modified"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING) <= end]
+        return ok(hits, total=len(hits))
+    return handler
 
-    client, stub = client_with(handler)
-    assert client.get_by_no("X1")["stockout_id"] == "1"
-    assert "start_time" in stub.calls[1] and stub.calls[1]["stockout_no"] == "X1"
+
+@pytest.mark.parametrize(("code", "sub_code", "sub_message"), [
+    ("11000000", "isv.invalid-parameter", "start_time和end_time不能为空"),
+    ("40", "isv.missing-parameter:start_time", "缺少参数start_time"),
+])
+def test_find_by_no_steps_back_through_windows_when_the_gateway_wants_one(code, sub_code, sub_message):
+    now = datetime(2026, 12, 4, 12, 0, 0, tzinfo=BEIJING)
+    old = {"stockout_id": "7", "order_no": "OLD", "modified": "2026-05-18 09:00:00"}  # 200 days back
+    client, stub = client_with(windowed_only([old], code, sub_code, sub_message))
+    found = client.find_by_no("OLD", now=now)
+    assert found.record == old and found.window_required
+    # the number alone once, then one call per 30-day window back from now: 200 days is the 7th
+    assert found.calls == 8 and "start_time" not in stub.calls[0]
+    assert stub.calls[1]["end_time"] == "2026-12-04 12:00:00" and stub.calls[1]["start_time"] == "2026-11-04 12:00:00"
+    assert stub.calls[2]["end_time"] == "2026-11-04 11:59:59"
+    assert found.line().startswith("found by number in 2026-") and "(8 calls)" in found.line()
+
+    # the same client knows now: no second question without a window; a known time is asked first
+    again = client.find_by_no("OLD", now=now, near=[datetime(2026, 5, 18, 9, 0, tzinfo=BEIJING)])
+    assert again.record == old and again.calls == 1
+    assert stub.calls[-1]["start_time"] == "2026-05-18 08:50:00"
+    missing = client.find_by_no("NOPE", now=now)
+    assert all("start_time" in call for call in stub.calls[-missing.calls:]) and missing.window_required
+
+
+def test_find_by_no_stops_at_the_horizon_and_says_how_far_it_looked():
+    now = datetime(2026, 12, 4, 12, 0, 0, tzinfo=BEIJING)
+    client, _ = client_with(windowed_only([]), wdt_lookup_horizon_days=90)
+    found = client.find_by_no("NOPE", now=now)
+    assert found.record is None and found.calls == 1 + 3 and found.error is None
+    assert found.line() == ("not found: WDT asked in 4 calls, windows back to 2026-09-05 12:00:00 "
+                            "(WDT_LOOKUP_HORIZON_DAYS=90); WDT wants a window with a number")
+
+
+def test_find_by_no_ends_on_any_other_error_and_keeps_it():
+    client, _ = client_with(lambda form, req: fail("25", "Invalid signature", "isv.invalid-signature"))
+    found = client.find_by_no("X")
+    assert found.record is None and found.calls == 1 and found.error is not None and found.error.code == "25"
+    assert found.line().startswith("asking failed after 1 call: ")
 
 
 # ---- slicing -----------------------------------------------------------------------------------
