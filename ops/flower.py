@@ -1,17 +1,21 @@
 """Flower as operators need it: the stockout and the reason on the task list, failures kept across
-restarts (`--persistent` with its database on disk), `/metrics` and `/healthcheck` behind the same
-basic auth, and an environment holding only what Flower needs (never an API secret)."""
+restarts (`--persistent` with its database on disk), the dead-letter queue's length, requeued failures
+off the Failed list, `/metrics` and `/healthcheck` behind the same basic auth, and an environment
+holding only what Flower needs (never an API secret)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 # One screen answers "which stockout failed, and why" (Flower's default shows name/uuid/state only).
 TASKS_COLUMNS = "name,kwargs,state,exception,received,worker"
 # Flower writes its state on SIGTERM; the periodic save bounds what a SIGKILL or an OOM kill loses.
 STATE_SAVE_INTERVAL_MS = 60_000
 CLEAN_MARK = "STOCKOUT_SYNC_FLOWER_ENV"
+log = logging.getLogger("stockout_sync.flower")
 
 # The settings Flower's Celery app reads (the broker and its key prefix), plus the ones Settings
 # checks against each other, so the pairs stay consistent. API keys, secrets and alert URLs stay out.
@@ -70,6 +74,87 @@ def protect_monitoring() -> None:
     found = {h[0] for h in urls.handlers if isinstance(h, tuple)}
     if not set(replaced) <= found:  # a Flower that moved them: fail loudly rather than leave them open
         raise RuntimeError("Flower's /metrics or /healthcheck route was not found; cannot protect it")
+
+
+def list_every_queue() -> None:
+    """Flower's Broker page and /api/queues/length list the queues the workers consume, and the app's
+    own only while no worker has answered yet: `dead_letter`, which nothing consumes, vanished as soon
+    as one did. Here they list both, so its length is always shown."""
+    from flower.views import BaseHandler
+
+    consumed = BaseHandler.get_active_queue_names
+
+    def names(self: BaseHandler) -> list[str]:
+        return sorted(set(consumed(self)) | {q.name for q in self.capp.conf.task_queues or [] if q.name})
+
+    BaseHandler.get_active_queue_names = names
+
+
+def mark_requeued() -> None:
+    """A failure that `dlq requeue` sent back leaves the Failed list: its state becomes REQUEUED and
+    its result says when. Told by the requeue's event (shared/flower_events.py) while Flower runs, and
+    caught up from the letters' history when it starts (a requeue while it was down); Flower's
+    database keeps the state across restarts."""
+    from flower.events import Events, EventsState
+
+    from shared.flower_events import REQUEUED_EVENT
+
+    handle = EventsState.event
+
+    def event(self: EventsState, event: dict) -> None:
+        if event.get("type") != REQUEUED_EVENT:
+            handle(self, event)
+            return
+        # not handed to Celery's state: its sender would be listed as a worker
+        for uuid in event.get("uuids") or []:
+            task = self.tasks.get(uuid) if isinstance(uuid, str) else None
+            _requeued(self, task, str(event.get("at", "?")))
+
+    start = Events.start
+
+    def start_caught_up(self: Events) -> None:
+        _catch_up(self.state)
+        start(self)
+
+    EventsState.event = event
+    Events.start = start_caught_up
+
+
+def _requeued(state: Any, task: Any, at: str) -> None:
+    from celery import states
+
+    from shared.flower_events import REQUEUED_STATE
+
+    if task is not None and task.state == states.FAILURE:
+        task.state = REQUEUED_STATE
+        task.result = f"requeued at {at} (Beijing) by `stockout-sync dlq requeue`"
+        state._index_task(task, None)
+
+
+def _catch_up(state: Any) -> None:
+    """The failures Flower holds whose letter was requeued since (the letter's history says so)."""
+    from celery import states
+
+    from shared.celery_app import SYNC_TASK
+    from shared.deadletters import DeadLetterStore
+    from shared.messages import labelled_stockout_id
+    from shared.runtime import redis_client
+    from shared.settings import get_settings
+
+    failed = [t for t in list(state.tasks.values()) if t.state == states.FAILURE and t.name == SYNC_TASK]
+    if not failed:
+        return
+    settings = get_settings()
+    store = DeadLetterStore(redis_client(settings), settings.redis_prefix)
+    try:
+        for task in failed:
+            sid = labelled_stockout_id(str(task.kwargs or ""))
+            story = (store.get(sid) or store.history(sid)) if sid else None
+            at = story.requeued_after(task.uuid) if story is not None else None
+            if at is not None:
+                _requeued(state, task, at)
+    except Exception as err:  # Flower starts anyway; the next requeue's event still marks its own
+        log.warning("requeued failures not caught up (%s)", type(err).__name__)
 
 
 def flower_argv(port: int, address: str, db: str, persistent: bool) -> list[str]:

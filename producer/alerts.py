@@ -1,6 +1,6 @@
 """What to tell operators, found by the beat process: new dead letters, the circuit breaker, cursor lag,
-no worker, a reconcile mismatch. One beat sends at a time (a Redis lock); a thread of its own does it,
-so a dead robot never delays a poll. Key layout and the reasoning: README, "Alerts".
+no worker, an invalid mapping file, a reconcile mismatch. One beat sends at a time (a Redis lock); a
+thread of its own does it, so a dead robot never delays a poll. Key layout and the reasoning: README, "Alerts".
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -22,15 +23,18 @@ from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_f
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
 from shared.keys import Keys
+from shared.mapping_cache import MappingProblem
 from shared.runtime import redis_client
 from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.timeutil import BEIJING, format_wire, parse_wire
 
 log = logging.getLogger("stockout_sync.alerts")
 
 EXAMPLES = 5  # order numbers and reasons shown per dead-letter message
 MAX_DEAD_LETTER_MESSAGES = 10  # per round: the robots take ~20 a minute; the rest wait, counted
 NEW_LETTERS_PER_ROUND = 10_000  # read at most this many new letters a round; the rest next round
+# The group of the letters that were waiting when this Redis first saw alerts on (Watch._baseline).
+ALREADY_WAITING = "already waiting when alerts started"
 # A rolling restart leaves no worker for a few seconds: only an absence seen this long is told.
 NO_WORKER_GRACE_S = 60.0
 
@@ -59,7 +63,8 @@ class Watch:
         now = time.time() if now is None else now
         self._unreachable = False
         alerts: list[Alert] = []
-        for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.reconcile):
+        for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.mapping_file,
+                     self.reconcile):
             try:
                 alerts += step(now)
             except (redis.RedisError, ValueError, TypeError, KeyError) as err:
@@ -83,11 +88,14 @@ class Watch:
     # -- dead letters: batched per reason ---------------------------------------------------------
     def dead_letters(self, now: float) -> list[Alert]:
         k = self.keys
-        cursor = float(_text(self.r.get(k.alerts_dlq_cursor)) or 0)
-        new: list[tuple[Any, float]] = list(self.r.zrangebyscore(  # type: ignore[arg-type]
+        told_up_to = self.r.get(k.alerts_dlq_cursor)
+        if told_up_to is None:
+            self._baseline()
+        cursor = float(_text(told_up_to) or 0)
+        new: list[tuple[Any, float]] = [] if told_up_to is None else list(self.r.zrangebyscore(  # type: ignore[arg-type]
             k.dlq_index, f"({cursor}", "+inf", start=0, num=NEW_LETTERS_PER_ROUND, withscores=True))
         if new:
-            self._collect([_text(member) for member, _ in new])
+            self._collect([(_text(member), score) for member, score in new])
             self.r.set(k.alerts_dlq_cursor, repr(max(score for _, score in new)))
         pending = {_text(key): json.loads(value) for key, value in self.r.hgetall(k.alerts_dlq_pending).items()}
         last_sent = {_text(key): float(value) for key, value in self.r.hgetall(k.alerts_dlq_sent).items()}
@@ -105,16 +113,32 @@ class Watch:
                 told.append(alert)
         return told
 
-    def _collect(self, ids: list[str]) -> None:
-        """Add new letters to their reason's pending group (count, the first examples)."""
+    def _baseline(self) -> None:
+        """The first round on this Redis (no dead letter told yet): the letters already waiting are not
+        news, but they are not skipped either — one message counts them, and from here on every letter
+        indexed after the newest of them is new, whenever it came (beat down or alerts not yet on)."""
+        k = self.keys
+        newest: list[tuple[Any, float]] = list(self.r.zrange(k.dlq_index, -1, -1, withscores=True))  # type: ignore[arg-type]
+        if newest:
+            oldest: list[tuple[Any, float]] = list(self.r.zrange(  # type: ignore[arg-type]
+                k.dlq_index, 0, EXAMPLES - 1, withscores=True))
+            self._collect([(_text(member), float(score)) for member, score in oldest], reason=ALREADY_WAITING,
+                          count=int(self.r.zcard(k.dlq_index)))
+        self.r.set(k.alerts_dlq_cursor, repr(float(newest[0][1])) if newest else "0")
+
+    def _collect(self, ids: list[tuple[str, float]], *, reason: str = "", count: int = 0) -> None:
+        """Add new letters to their reason's pending group (count, the first examples, since the oldest's
+        failure); `reason` puts them all in that one group, counted `count`."""
         k = self.keys
         groups: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for sid, value in zip(chunk, self.r.mget([k.dlq_record(i) for i in chunk]), strict=True):
+            values = self.r.mget([k.dlq_record(i) for i, _ in chunk])
+            for (sid, score), value in zip(chunk, values, strict=True):
                 letter = _letter(value)
-                reason = reason_key(letter) if letter else "unknown: the record is gone or unreadable"
-                group = groups.setdefault(reason, {"count": 0, "examples": []})
+                group_reason = reason or (reason_key(letter) if letter else "unknown: the record is gone or unreadable")
+                group = groups.setdefault(group_reason, {"count": 0, "examples": [], "since": score})
+                group["since"] = min(group["since"], score)
                 group["count"] += 1
                 if len(group["examples"]) < EXAMPLES:
                     group["examples"].append({
@@ -122,13 +146,16 @@ class Watch:
                         "order_no": letter.order_no if letter else "",
                         "reason": (letter.message if letter else "")[:300],
                     })
+        if reason and reason in groups:
+            groups[reason]["count"] = count
         pipe = self.r.pipeline(transaction=True)
         previous = self.r.hmget(k.alerts_dlq_pending, list(groups)) if groups else []
-        for (reason, group), before in zip(groups.items(), previous, strict=True):
-            merged = json.loads(before) if before else {"count": 0, "examples": [], "since": format_wire(now_beijing())}
+        for (name, group), before in zip(groups.items(), previous, strict=True):
+            since = format_wire(datetime.fromtimestamp(group["since"], BEIJING))
+            merged = json.loads(before) if before else {"count": 0, "examples": [], "since": since}
             merged["count"] += group["count"]
             merged["examples"] = (merged["examples"] + group["examples"])[:EXAMPLES]
-            pipe.hset(k.alerts_dlq_pending, reason, json.dumps(merged, ensure_ascii=False))
+            pipe.hset(k.alerts_dlq_pending, name, json.dumps(merged, ensure_ascii=False))
         pipe.execute()
 
     # -- the circuit breaker: told when it opens and when it closes ------------------------------
@@ -204,6 +231,22 @@ class Watch:
             details={"queue": STOCKOUT_QUEUE},
         ), grace_s=NO_WORKER_GRACE_S)
 
+    def mapping_file(self, now: float) -> list[Alert]:
+        raw = self.r.get(self.keys.mapping_invalid)
+        problem = MappingProblem.model_validate_json(raw) if raw else None
+
+        def make(status: str) -> Alert:
+            if status == "firing" and problem is not None:
+                return Alert(kind="mapping_invalid", status=status, severity="critical",
+                             title="the mapping file does not validate",
+                             lines=[problem.line(), "stockouts the last good mapping cannot express wait "
+                                    "(retried every 5 s): fix the file, see `stockout-sync status`"],
+                             details=problem.model_dump())
+            return Alert(kind="mapping_invalid", status="resolved", severity="info",
+                         title="the mapping file validates again", lines=["stockouts that waited for it go on"])
+
+        return self._condition("mapping_invalid", problem is not None, now, make)
+
     # -- reconcile reports --------------------------------------------------------------------------
     def reconcile(self, now: float) -> list[Alert]:
         k = self.keys
@@ -238,7 +281,8 @@ def reason_key(letter: DeadLetter) -> str:
 
 def dead_letter_alert(reason: str, group: dict, *, total: int) -> Alert:
     count = int(group["count"])
-    lines = [f"{count} new dead letter(s) since {group.get('since', '?')}: {reason}"]
+    lines = [f"{count} dead letter(s) were waiting when alerts started, the oldest from {group.get('since', '?')}"
+             if reason == ALREADY_WAITING else f"{count} new dead letter(s) since {group.get('since', '?')}: {reason}"]
     for ex in group["examples"]:
         lines.append(f"{ex.get('order_no') or '?'} (stockout {ex.get('stockout_id')}): {ex.get('reason', '')[:160]}")
     if count > len(group["examples"]):

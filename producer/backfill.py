@@ -1,4 +1,5 @@
-"""Walking backfill jobs: a slice at a time, round robin, only while the backlog leaves room.
+"""Walking backfill jobs: a slice at a time, round robin, only while the backlog leaves room, in a
+task of its own with its own lock (`backfill_once`), so the live poll never waits for a backfill read.
 
 A producer that dies mid-slice leaves the job's cursor at its last committed slice, and the next one
 re-reads that slice, publishing nothing the queued/done marks already cover. Messages go to the
@@ -9,22 +10,32 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+from pydantic import BaseModel
 
 from producer.counts import PageCounts
 from producer.jobs import Job, JobStore, parse_time
+from producer.poll import PollSummary, Publish, publish_page, read_slice
 from producer.window import slices_for
+from shared import breaker, metrics
 from shared.backlog import backlog
 from shared.errors import StockoutSyncError
 from shared.keys import Keys
 from shared.metrics import BACKFILL_JOBS, BACKLOG
 from shared.timeutil import format_wire
 
+if TYPE_CHECKING:
+    from shared.mapping import Mapping
+    from shared.runtime import Runtime
+    from shared.wdt.paging import WdtPage
+
 log = logging.getLogger("stockout_sync.producer")
+PAUSING_SCOPES = ("wdt", "state")  # breaker scopes that hold the backfill task
 
 
 class Gate:
@@ -141,3 +152,79 @@ def _one_slice(store: JobStore, job: Job, read: Reader, budget: int, max_span_s:
         extra={"stage": "backfill"},
     )
     return True
+
+
+class BackfillRun(BaseModel):
+    """What one run of the backfill task did (Flower shows it as the task's result)."""
+
+    slices: int = 0  # slices committed
+    skipped: str = ""
+    duration_s: float = 0.0
+
+
+def backfill_once(rt: Runtime, publish: Publish, *, budget_s: float) -> BackfillRun:
+    """The backfill jobs for at most `budget_s` (the slice being read when it runs out is finished), one
+    run at a time under the backfill lock (Keys.backfill_lock), not the poll's: a live poll runs beside it."""
+    settings, store = rt.settings, rt.store
+    started = time.monotonic()
+    run = BackfillRun()
+    # WDT's configuration failing, or our state lost (scope `state`): the live poll probes and decides
+    paused = breaker.opened(rt.redis, settings.redis_prefix, PAUSING_SCOPES)
+    if paused:
+        run.skipped = f"paused: {paused[0].api} (circuit breaker), the live poll probes it"
+        return run
+    token = uuid.uuid4().hex
+    if not store.acquire_poll_lock(token, settings.poll_lock_ttl_s, task="backfill"):
+        run.skipped = "another backfill run is going"
+        return run
+
+    def keepalive() -> None:
+        if not store.renew_poll_lock(token, settings.poll_lock_ttl_s, task="backfill"):
+            raise RuntimeError("the backfill lock expired while paging; stopping so two runs never overlap")
+
+    try:
+        with metrics.wdt_purpose("backfill"):
+            run.slices = run_backfills(rt, publish, mapping=rt.mapping, keepalive=keepalive,
+                                       deadline=time.monotonic() + budget_s)
+    finally:
+        store.release_poll_lock(token, task="backfill")
+        run.duration_s = round(time.monotonic() - started, 3)
+    if run.slices:
+        log.info("backfill run: %d slices in %.1f s", run.slices, run.duration_s, extra={"stage": "backfill"})
+    return run
+
+
+def run_backfills(
+    rt: Runtime, publish: Publish, *, mapping: Mapping, keepalive: Callable[[], None], deadline: float,
+) -> int:
+    """Advance the backfill jobs until `deadline`, each slice sized to the room the backlog leaves."""
+    settings = rt.settings
+    jobs = JobStore(rt.redis, settings.redis_prefix)
+    gate = Gate(rt.redis, settings.redis_prefix, settings.high_water, settings.low_water)
+    page_size = settings.wdt_page_size
+
+    def read(start: datetime, end: datetime, budget: int) -> SliceRead | None:
+        got = PollSummary()
+        first = True
+
+        def on_page(page: WdtPage) -> bool:
+            nonlocal first
+            # A slice that holds more than the room left is cut shorter before anything is published.
+            if first and page.total_count is not None and page.total_count > budget and end > start:
+                return False
+            first = False
+            publish_page(page.stockouts, store=rt.store, mapping=mapping, publish=publish, summary=got)
+            got.pages += 1
+            keepalive()
+            return True
+
+        pages, total = read_slice(rt.wdt, start, end, on_page=on_page, settings=settings, keepalive=keepalive,
+                                  mapping=mapping)
+        if first and pages and total > budget and end > start:
+            return None
+        return SliceRead(pages=pages, total=total, **got.model_dump(
+            include={"fetched", "published", "already_done", "already_queued", "filtered_out"}))
+
+    return advance(jobs, gate, read, deadline=deadline, keepalive=keepalive, min_budget=page_size,
+                   max_budget=max(page_size, settings.high_water - settings.low_water),
+                   max_span_s=int(settings.slice_days * 86400))

@@ -1,6 +1,6 @@
 """One poll: read the new slices of the window, publish one message per new stockout, move the cursor
-only past a slice published whole; check the lookback's counts when due; then give the backfill jobs
-the rest of the poll's budget (docs/design.md, "The poll and the cursor")."""
+only past a slice published whole; check the lookback's counts when due (docs/design.md, "The poll and
+the cursor"). Backfill jobs run in a task of their own (producer/backfill.py), never inside a poll."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from producer.backfill import Gate, SliceRead, advance
 from producer.counts import PageCounts
 from producer.jobs import JobStore, parse_time
 from producer.window import Segment, Window, runs, slices_for
@@ -47,7 +46,6 @@ class PollSummary(PageCounts):
     cursor: str = ""
     lookback_probes: int = 0  # WDT calls comparing the lookback's counts
     lookback_rereads: int = 0  # slices read again because their count changed
-    backfill_slices: int = 0  # backfill slices committed by this poll
     skipped: str = ""
     duration_s: float = 0.0
 
@@ -59,8 +57,7 @@ class PollSummary(PageCounts):
             f"fetched {self.fetched}, published {self.published}, "
             f"already done {self.already_done}, already queued {self.already_queued}, "
             f"filtered out {self.filtered_out} ({self.pages} pages, {self.duration_s:.1f} s); lookback "
-            f"{self.lookback_probes} probes, {self.lookback_rereads} slices re-read; "
-            f"{self.backfill_slices} backfill slices"
+            f"{self.lookback_probes} probes, {self.lookback_rereads} slices re-read"
         )
 
 
@@ -175,12 +172,11 @@ class OnQueue:
         self.publisher.many(items, queue=self.queue)
 
 
-def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, backfill_publish: Publish | None = None,
-              backfill_budget_s: float = 0.0, trips_breaker: bool = True) -> PollSummary:
-    """The beat's poll, one at a time (Redis lock): the new slices from the cursor to now − settle, the
-    lookback's counts when due (re-reading only slices whose count changed), then backfill jobs for
-    at most `backfill_budget_s`. `trips_breaker`: this poll opens and closes WDT's breaker (beat's, not a
-    one-off `stockout-sync poll` run from a shell with an environment of its own)."""
+def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, trips_breaker: bool = True) -> PollSummary:
+    """The beat's live poll, one at a time (Redis lock): the new slices from the cursor to now − settle,
+    then the lookback's counts when due (re-reading only slices whose count changed). `trips_breaker`:
+    this poll opens and closes WDT's breaker (beat's, not a one-off `stockout-sync poll` run from a shell
+    with an environment of its own)."""
     settings, store = rt.settings, rt.store
     started = time.monotonic()
     now = now or now_beijing()
@@ -240,10 +236,6 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, bac
         # every call of this poll went through: a pause on WDT's configuration is over (the poll is its probe)
         if trips_breaker and breaker.is_open(rt.redis, settings.redis_prefix, "wdt"):
             breaker.close(rt.redis, settings.redis_prefix, "wdt", observer=metrics.BREAKER_OBSERVER)
-        if backfill_publish is not None and backfill_budget_s > 0:
-            with metrics.wdt_purpose("backfill"):
-                summary.backfill_slices = run_backfills(rt, backfill_publish, mapping=mapping, keepalive=keepalive,
-                                                        deadline=time.monotonic() + backfill_budget_s)
     except BaseException:
         metrics.observe_poll("failed", time.monotonic() - started)
         raise
@@ -318,45 +310,9 @@ def check_lookback(window: Window, probe_count: Callable[[datetime, datetime], i
         check(run, probe_count(run[0].start, run[-1].end))
 
 
-def run_backfills(
-    rt: Runtime, publish: Publish, *, mapping: Mapping, keepalive: Callable[[], None], deadline: float,
-) -> int:
-    """Advance the backfill jobs until `deadline`, each slice sized to the room the backlog leaves."""
-    settings = rt.settings
-    jobs = JobStore(rt.redis, settings.redis_prefix)
-    gate = Gate(rt.redis, settings.redis_prefix, settings.high_water, settings.low_water)
-    page_size = settings.wdt_page_size
-
-    def read(start: datetime, end: datetime, budget: int) -> SliceRead | None:
-        got = PollSummary()
-        first = True
-
-        def on_page(page: WdtPage) -> bool:
-            nonlocal first
-            # A slice that holds more than the room left is cut shorter before anything is published.
-            if first and page.total_count is not None and page.total_count > budget and end > start:
-                return False
-            first = False
-            publish_page(page.stockouts, store=rt.store, mapping=mapping, publish=publish, summary=got)
-            got.pages += 1
-            keepalive()
-            return True
-
-        pages, total = read_slice(rt.wdt, start, end, on_page=on_page, settings=settings, keepalive=keepalive,
-                                  mapping=mapping)
-        if first and pages and total > budget and end > start:
-            return None
-        return SliceRead(pages=pages, total=total, **got.model_dump(
-            include={"fetched", "published", "already_done", "already_queued", "filtered_out"}))
-
-    return advance(jobs, gate, read, deadline=deadline, keepalive=keepalive, min_budget=page_size,
-                   max_budget=max(page_size, settings.high_water - settings.low_water),
-                   max_span_s=int(settings.slice_days * 86400))
-
-
 def backfill(rt: Runtime, publish: Publish, since: datetime, until: datetime) -> PollSummary:
     """Walk a past range in this process, at once and without backpressure: the producer's own speed
-    (bench figure 4). Operators use backfill jobs (`run_backfills`) instead."""
+    (bench figure 4). Operators use backfill jobs (`producer.backfill.backfill_once`) instead."""
     started = time.monotonic()
     summary = PollSummary(
         started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)

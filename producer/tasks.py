@@ -1,16 +1,18 @@
-"""The beat's tasks: thin, the work is in producer.poll and producer.reconcile."""
+"""The beat's tasks: thin, the work is in producer.poll, producer.backfill and producer.reconcile."""
 from __future__ import annotations
 
 from producer import heartbeat
+from producer.backfill import backfill_once
 from producer.poll import OnQueue, poll_once
 from producer.reconcile import run_daily
 from producer.recover import recover_by_itself
-from shared.celery_app import BACKFILL_QUEUE, POLL_TASK, RECONCILE_TASK, app
+from shared.celery_app import BACKFILL_QUEUE, BACKFILL_TASK, POLL_TASK, RECONCILE_TASK, app
 from shared.messages import publish_stockout
 from shared.runtime import runtime
 
-# Backfill jobs get half of each poll interval: the next live poll never waits behind them.
-BACKFILL_SHARE = 0.5
+# A backfill run ends (between slices) before the next one is due, so runs follow each other rather
+# than meet at the lock; the live poll runs beside them in another process of the beat.
+BACKFILL_SHARE = 0.9
 
 
 @app.task(name=POLL_TASK, acks_late=False)
@@ -21,8 +23,15 @@ def poll() -> dict:
     heartbeat.beat(rt.redis, rt.settings.redis_prefix)
     # a state Redis lost is rebuilt from BIP first, when beat's copy says from where (producer/recover.py)
     recover_by_itself(rt, publish_stockout)
-    return poll_once(rt, publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
-                     backfill_budget_s=rt.settings.poll_interval_s * BACKFILL_SHARE).model_dump()
+    return poll_once(rt, publish_stockout).model_dump()
+
+
+@app.task(name=BACKFILL_TASK, acks_late=False)
+def backfill() -> dict:
+    # its own task and lock: a live poll never waits for a backfill read (docs/design.md, "Live first")
+    rt = runtime()
+    return backfill_once(rt, OnQueue(publish_stockout, BACKFILL_QUEUE),
+                         budget_s=rt.settings.poll_interval_s * BACKFILL_SHARE).model_dump()
 
 
 @app.task(name=RECONCILE_TASK, acks_late=False)

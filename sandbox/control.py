@@ -39,6 +39,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "set_faults": ("POST", "faults"),
     "faults": ("GET", "faults"),
     "set_rate_limits": ("POST", "rate-limits"),
+    "set_latency": ("POST", "latency"),
     "counters": ("GET", "counters"),
     "reset": ("POST", "reset"),
     "config": ("GET", "config"),
@@ -152,6 +153,12 @@ class Controls(ABC):
         `wdt_per_min`), or with `window_s` sliding windows: at most rate × window_s accepted calls in
         any window_s seconds. Refusals answer 310046 (BIP) and 1012 (WDT)."""
         self._control("set_rate_limits", {"bip_per_s": bip_per_s, "wdt_per_min": wdt_per_min, "window_s": window_s})
+
+    def set_latency(self, wdt_ms: float | None = None, bip_ms: float | None = None) -> dict[str, float]:
+        """Every call to WDT / BIP takes this long before its answer, as a real gateway does (e.g. 300 and
+        200 ms); None keeps a side's. It is the config's latency: `reset` and `set_faults` keep it (a
+        `latency_ms` fault adds to it)."""
+        return cast(dict[str, float], self._control("set_latency", {"wdt_ms": wdt_ms, "bip_ms": bip_ms}))
 
     def counters(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._control("counters", {}))

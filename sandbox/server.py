@@ -215,6 +215,16 @@ class Sandbox(Controls):
         self._wdt_limit.set(wdt_per_min / 60.0 if wdt_per_min else None, burst=wdt_per_min, window_s=window_s)
         return {"ok": True}
 
+    def _do_set_latency(self, wdt_ms: float | None = None, bip_ms: float | None = None) -> dict[str, float]:
+        for name, value in (("wdt_ms", wdt_ms), ("bip_ms", bip_ms)):
+            if value is not None and not 0 <= value <= 60_000:
+                raise ValueError(f"{name}: milliseconds from 0 to 60000, got {value!r}")
+        if wdt_ms is not None:
+            self.config.wdt_latency_ms = wdt_ms
+        if bip_ms is not None:
+            self.config.bip_latency_ms = bip_ms
+        return {"wdt_ms": self.config.wdt_latency_ms, "bip_ms": self.config.bip_latency_ms}
+
     def _default_rate_limits(self) -> None:
         self._do_set_rate_limits(self.config.bip_rate_per_s, self.config.wdt_rate_per_min, self.config.rate_window_s)
 

@@ -28,7 +28,7 @@ from shared.timeutil import format_wire, now_beijing
 
 log = logging.getLogger("stockout_sync.alerts")
 
-Kind = Literal["dead_letters", "breaker", "cursor_lag", "no_worker", "reconcile_mismatch", "test"]
+Kind = Literal["dead_letters", "breaker", "cursor_lag", "no_worker", "mapping_invalid", "reconcile_mismatch", "test"]
 Status = Literal["firing", "resolved"]
 Severity = Literal["critical", "warning", "info"]
 SCHEMA_VERSION = 1

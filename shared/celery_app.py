@@ -1,7 +1,8 @@
 """The one Celery app and all of its configuration. Queues: `stockouts` (one message per stockout,
 for `stockout-sync worker`), `stockouts.backfill` (the same for backfill jobs, read only when
-`stockouts` is empty), `producer` (the poll, for the process `beat` runs, so a poll never waits behind
-thousands of saves) and `dead_letter` (consumed by nobody: its length is the operator's to-do).
+`stockouts` is empty), `producer` (the poll and the backfill task, for the process `beat` runs, so a
+poll never waits behind thousands of saves) and `dead_letter` (consumed by nobody: its length is the
+operator's to-do).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from shared.settings import Settings, get_settings
 TRANSPORT = "shared.broker:Transport"
 SENTINEL_TRANSPORT = "shared.broker:SentinelTransport"
 POLL_TASK = "stockout_sync.poll"
+BACKFILL_TASK = "stockout_sync.backfill"  # backfill jobs: a task and a lock of their own, beside the poll
 SYNC_TASK = "stockout_sync.sync_stockout"
 RECONCILE_TASK = "stockout_sync.reconcile_daily"
 # The daily reconcile may wait out a 40-calls-a-minute quota; it is acked on receipt, so running
@@ -97,6 +99,7 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": STOCKOUT_QUEUE,
         "task_routes": {
             POLL_TASK: {"queue": PRODUCER_QUEUE},
+            BACKFILL_TASK: {"queue": PRODUCER_QUEUE},
             RECONCILE_TASK: {"queue": PRODUCER_QUEUE},
             SYNC_TASK: {"queue": STOCKOUT_QUEUE},
         },
@@ -119,6 +122,11 @@ def celery_config(settings: Settings) -> dict:
                 "task": POLL_TASK,
                 "schedule": settings.poll_interval_s,
                 # A beat that fires while the producer is busy must not pile up polls.
+                "options": {"expires": max(1.0, settings.poll_interval_s)},
+            },
+            "backfill-jobs": {
+                "task": BACKFILL_TASK,
+                "schedule": settings.poll_interval_s,
                 "options": {"expires": max(1.0, settings.poll_interval_s)},
             },
             **daily_reconcile_schedule(settings),

@@ -93,6 +93,14 @@ class DeadLetter(BaseModel):
         return HistoryEntry(at=self.last_failed_at, stage=self.stage, error_class=self.error_class, code=self.code,
                             message=self.message, attempts=self.attempts, task_id=self.task_id)
 
+    def requeued_after(self, task_id: str) -> str | None:
+        """When this letter was requeued after the failure of task `task_id` (None: not since, or unknown)."""
+        failed = next((i for i, e in enumerate(self.history) if e.event == "dead_lettered" and e.task_id == task_id),
+                      None)
+        if failed is None:
+            return None
+        return next((e.at for e in self.history[failed + 1:] if e.event == "requeued"), None)
+
 
 _LINE_INDEX = re.compile(r"\[\d+\]")
 FIX_KEY_MAX = 160
@@ -406,9 +414,11 @@ class DeadLetterStore:
         pipe.srem(self.parked_set_key, *[letter.stockout_id for letter in letters])
         pipe.execute()
 
-    def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any]) -> list[str]:
+    def requeue(self, ids: Iterable[str], publish: Callable[[dict, str], Any],
+                on_sent: Callable[[list[DeadLetter]], Any] | None = None) -> list[str]:
         """Send each letter's stockout back to `stockouts`; it goes through the current mapping.
-        A batch at a time: claimed, published (in one LPUSH when `publish` has `.many`), unparked."""
+        A batch at a time: claimed, published (in one LPUSH when `publish` has `.many`), unparked, then
+        `on_sent` (Flower's mark: shared/flower_events.py)."""
         done: list[str] = []
 
         def send(letters: list[DeadLetter]) -> None:
@@ -420,6 +430,8 @@ class DeadLetterStore:
                     publish(letter.stockout, letter.stockout_id)
             self._unpark(letters)
             done.extend(letter.stockout_id for letter in letters)
+            if on_sent is not None and letters:
+                on_sent(letters)
 
         # finish what an interrupted requeue started
         send([letter for letter in self.parked() if self._take_over(letter.stockout_id)])

@@ -120,6 +120,11 @@ class Keys:
         return f"{self.p}:backfill:paused"
 
     @property
+    def backfill_lock(self) -> str:
+        """The running backfill task's token (the live poll has `poll_lock`)."""
+        return f"{self.p}:backfill:lock"
+
+    @property
     def reconcile_reports(self) -> str:
         return f"{self.p}:reconcile:reports"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,9 +37,19 @@ _BODY_ENCODING = "base64"
 
 
 def message_label(raw: dict, key: str) -> str:
-    """What Flower shows as the task's arguments: who the stockout is, not the whole document."""
+    """What Flower shows as the task's arguments: who the stockout is, not the whole document. The order
+    number first: Flower's column is 400 px wide and cuts what does not fit."""
     order_no = raw.get("order_no", "") if isinstance(raw, dict) else ""
-    return repr({"stockout_id": key, "order_no": order_no})
+    return repr({"order_no": order_no, "stockout_id": key})
+
+
+_LABELLED_ID = re.compile(r"'stockout_id': '([^'\\]*)'")
+
+
+def labelled_stockout_id(label: str) -> str:
+    """The stockout id a `message_label` names ("" when it names none)."""
+    found = _LABELLED_ID.search(label or "")
+    return found.group(1) if found else ""
 
 
 class Publisher:

@@ -8,16 +8,20 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
 
 from shared import metrics
 from shared.settings import Settings
-from shared.state_metrics import PipelineCollector  # imports no counters: safe before `start`
+from shared.state_metrics import PipelineCollector, process_family  # imports no counters: safe before `start`
 
 log = logging.getLogger("stockout_sync.metrics")
 
 
-def start(settings: Settings, port: int | None = None) -> int:
-    """Serve `/metrics` for this process and the children it will fork; the port, or 0 when off."""
+def start(settings: Settings, port: int | None = None, *, role: str = "") -> int:
+    """Serve `/metrics` for this process and the children it will fork; the port, or 0 when off.
+    `role` (worker, beat) adds `stockout_sync_process_up{role}`, which the "no worker" rules miss."""
     port = settings.metrics_port if port is None else port
     if not port:
         return 0
@@ -45,6 +49,19 @@ def start(settings: Settings, port: int | None = None) -> int:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
     registry.register(PipelineCollector(settings))  # the pipeline's state, read from Redis per scrape
+    if role:
+        registry.register(_Role(role))
     start_http_server(port, addr=settings.metrics_address, registry=registry)
     log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
     return port
+
+
+class _Role:
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield process_family(self.role)

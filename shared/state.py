@@ -258,14 +258,19 @@ class StateStore:
         return max(0.0, (now_ms - float(first)) / 1000), now_ms / 1000
 
     # -- the producer's lock, cursor and summary --------------------------------------------
-    def acquire_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self.r.set(self.k.poll_lock, token, nx=True, px=int(ttl_s * 1000)))
+    # `task`: the live poll (`poll_lock`) or the backfill jobs' task (`backfill_lock`): each runs one at
+    # a time, and neither ever waits for the other's lock.
+    def _producer_lock(self, task: str) -> str:
+        return self.k.backfill_lock if task == "backfill" else self.k.poll_lock
 
-    def renew_poll_lock(self, token: str, ttl_s: float) -> bool:
-        return bool(self._renew(keys=[self.k.poll_lock], args=[token, int(ttl_s * 1000)]))
+    def acquire_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
+        return bool(self.r.set(self._producer_lock(task), token, nx=True, px=int(ttl_s * 1000)))
 
-    def release_poll_lock(self, token: str) -> None:
-        self._release(keys=[self.k.poll_lock], args=[token])
+    def renew_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
+        return bool(self._renew(keys=[self._producer_lock(task)], args=[token, int(ttl_s * 1000)]))
+
+    def release_poll_lock(self, token: str, task: str = "poll") -> None:
+        self._release(keys=[self._producer_lock(task)], args=[token])
 
     def cursor(self) -> datetime | None:
         value = self.r.get(self.k.cursor)

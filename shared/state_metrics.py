@@ -19,6 +19,7 @@ from typing import Any, get_args
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared import breaker
 from shared.backlog import PRIORITY_SUFFIXES
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 from shared.deadletters import Stage
@@ -93,7 +94,7 @@ class PipelineCollector(Collector):
         for i, queue in enumerate(QUEUES):
             depth.add_metric([queue], sum(values[i * n:(i + 1) * n]))
         yield depth
-        unacked, cursor, last_poll, last_saved, breaker, dlq_total, dlq_newest = values[len(QUEUES) * n:]
+        unacked, cursor, last_poll, last_saved, breaker_hash, dlq_total, dlq_newest = values[len(QUEUES) * n:]
         yield _gauge("in_flight", "Messages delivered to a worker and not yet acknowledged", unacked)
 
         cursor_at = _epoch(cursor)
@@ -113,13 +114,7 @@ class PipelineCollector(Collector):
             letters.add_metric([stage], count)
         yield letters
 
-        fields = {_text(k): _text(v) for k, v in (breaker or {}).items()}
-        state = fields.get("state") or "closed"
-        family = GaugeMetricFamily(f"{_P}_breaker_state", "1 for the circuit breaker's current state",
-                                   labels=["api", "state"])
-        for name in BREAKER_STATES:
-            family.add_metric([fields.get("api", ""), name], 1 if state == name else 0)
-        yield family
+        yield breaker_family({_text(k): _text(v) for k, v in (breaker_hash or {}).items()})
         yield from self._rates()
 
     def _dead_letters_by_stage(self, total: int, newest: float, now: float) -> dict[str, int]:
@@ -170,6 +165,28 @@ class PipelineCollector(Collector):
             ceiling.add_metric([name], configured)
         yield rate
         yield ceiling
+
+
+def breaker_family(fields: dict[str, str]) -> GaugeMetricFamily:
+    """One series per scope and state, every scope the breaker knows (and any other it holds): an alert
+    rule per scope needs its series even while that scope is closed."""
+    family = GaugeMetricFamily(f"{_P}_breaker_state", "1 for each circuit breaker scope's current state",
+                               labels=["api", "state"])
+    held = {name.rsplit(".", 1)[0] for name in fields if name.endswith(".state")}
+    for scope in sorted(set(breaker.SCOPES) | held):
+        state = fields.get(f"{scope}.state") or "closed"
+        for name in BREAKER_STATES:
+            family.add_metric([scope, name], 1 if state == name else 0)
+    return family
+
+
+def process_family(role: str) -> GaugeMetricFamily:
+    """`stockout_sync_process_up{role}`: this exporter's process is a worker or beat. Its absence is what
+    the "no worker" and "no beat" rules see (a process that is not running serves nothing)."""
+    family = GaugeMetricFamily(f"{_P}_process_up", "1: a worker or beat process serves these metrics",
+                               labels=["role"])
+    family.add_metric([role], 1)
+    return family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -20,11 +20,12 @@ from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
 from shared.epoch import StatePaused
 from shared.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
+from shared.flower_events import DEAD_LETTERED_EVENT, dlq_hint
 from shared.mapping import MappingFileError
 from shared.messages import message_label, publish_dead_letter
 from shared.runtime import Runtime, runtime
 from shared.settings import Settings
-from shared.state import stockout_key
+from shared.state import order_no_of, stockout_key
 from worker import attempts
 from worker.events import task_event
 from worker.letters import make_letter, stage_of
@@ -188,10 +189,19 @@ def act(task: Task, rt: Runtime, stockout: dict, sid: str, error: BaseException,
     attempts.forget(rt.redis, prefix, sid)
     task_event(logging.ERROR, f"stockout {sid} dead-lettered after {attempt} attempt(s): {error}", **about,
                outcome="dead_letter", stage=stage_of(error), error=error, kind=kind)
+    tell_flower(task, dlq_hint(sid, order_no_of(stockout)))
     # Raised so Flower shows the task failed and why; marked so Celery does not log it twice.
     with contextlib.suppress(AttributeError):  # an exception type without __dict__ is logged twice, no worse
         error.dead_lettered = True  # type: ignore[attr-defined]
     raise error
+
+
+def tell_flower(task: Task, hint: str) -> None:
+    """The task's page in Flower shows the `dlq show` line as its result (the state stays FAILURE)."""
+    try:
+        task.send_event(DEAD_LETTERED_EVENT, retry=False, result=hint)
+    except Exception as err:  # the letter is written; only Flower's line is missing
+        log.warning("Flower was not told of the dead letter (%s)", type(err).__name__)
 
 
 def retry_or_requeue(task: Task, **options: Any) -> BaseException:

@@ -53,10 +53,10 @@ def json_lines_only() -> list[str]:
     return ["--quiet"]
 
 
-def start_metrics(port: int | None) -> None:
+def start_metrics(port: int | None, role: str = "") -> None:
 
     try:
-        metrics_exporter.start(get_settings(), port)
+        metrics_exporter.start(get_settings(), port, role=role)
     except OSError as err:  # the port is taken: say which, rather than run without metrics
         fail(f"metrics port {port or get_settings().metrics_port}: {err}")
 

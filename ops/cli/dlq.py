@@ -10,6 +10,7 @@ from rich.table import Table
 from ops.cli.app import main, require
 from ops.render import console, err_console, fail, print_history
 from shared.deadletters import DeadLetterStore
+from shared.flower_events import announce_requeued
 from shared.messages import publish_stockout
 
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
@@ -131,7 +132,8 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
     for sid in refused:
         console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
                       "`dlq show` it, fix what wrote it, then `dlq purge` it")
-    done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout)
+    done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout,
+                         on_sent=lambda letters: announce_requeued(letter.task_id for letter in letters))
     console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
     if unknown or (refused and not done):
         raise SystemExit(1)

@@ -27,7 +27,7 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
     """Run a worker that saves stockouts to BIP (queue `stockouts`, then `stockouts.backfill`)."""
     require("bip")
     check_mapping()
-    start_metrics(metrics_port)
+    start_metrics(metrics_port, role="worker")
 
     s = get_settings()
     run_celery(
@@ -48,10 +48,11 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
               help="where beat keeps its schedule (and, unless STATE_COPY_FILE says, its copy of the state epoch)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
-    """Run beat and the producer: one process that schedules polls and runs them (queue `producer`)."""
+    """Run beat and the producer: schedules the live poll and the backfill task and runs them, each in a
+    process of its own (queue `producer`)."""
     require("wdt")
     check_mapping()
-    start_metrics(metrics_port)
+    start_metrics(metrics_port, role="beat")
 
     s = get_settings()
     from producer.alerts import install as install_alerts
@@ -69,8 +70,9 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
             *json_lines_only(),
             "worker", "--beat",
             "-Q", PRODUCER_QUEUE,
-            # a second process when the daily reconcile is on: its hours of look-ups never hold up a poll
-            f"--concurrency={2 if s.reconcile_daily_at else 1}",
+            # the live poll and the backfill task each in a process of their own (neither waits for the
+            # other), and a third when the daily reconcile is on: its hours of look-ups never hold up a poll
+            f"--concurrency={3 if s.reconcile_daily_at else 2}",
             "--hostname=producer@%h",
             f"--schedule={schedule_file}",
             f"--loglevel={s.log_level}",
@@ -101,8 +103,11 @@ def run_celery(argv: list[str]) -> NoReturn:
               help="keep tasks in --db across restarts (saved on stop and every minute)")
 @click.option("--insecure", is_flag=True, help="allow running without FLOWER_BASIC_AUTH (local use only)")
 def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -> None:
-    """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password."""
-    from ops.flower import flower_argv, protect_monitoring, reexec_clean
+    """Flower on the project's broker, with basic auth from FLOWER_BASIC_AUTH=user:password.
+
+    Its Broker page lists dead_letter beside the workers' queues; a failed task's result is its
+    `stockout-sync dlq show` line, and failures `dlq requeue` sent back become REQUEUED."""
+    from ops.flower import flower_argv, list_every_queue, mark_requeued, protect_monitoring, reexec_clean
 
     if not os.environ.get("FLOWER_BASIC_AUTH") and not insecure:
         fail("set FLOWER_BASIC_AUTH=user:password (or pass --insecure for local use)")
@@ -112,6 +117,8 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
                   "--persistent" if persistent else "--no-persistent", *(["--insecure"] if insecure else [])])
     argv = flower_argv(port, address, db, persistent)
     protect_monitoring()
+    list_every_queue()
+    mark_requeued()
     # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
     # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
     get_app().conf.broker_transport = None
@@ -132,12 +139,19 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
                    "(`demo --keep` leaves one)")
 @click.option("--wdt-lookup-needs-window", is_flag=True,
               help="refuse a stockout_no query without start_time/end_time, as some WDT editions do")
+@click.option("--wdt-latency-ms", default=0.0, type=click.FloatRange(0, 60_000), show_default=True,
+              help="every WDT call answers after this long (a real gateway: a few hundred ms)")
+@click.option("--bip-latency-ms", default=0.0, type=click.FloatRange(0, 60_000), show_default=True,
+              help="every BIP call answers after this long")
 def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | None, state_file: Path | None,
-            wdt_lookup_needs_window: bool) -> None:
-    """Serve the sandbox of both APIs (for the demo, tests and benchmarks); `GET /_sandbox/` lists its controls."""
+            wdt_lookup_needs_window: bool, wdt_latency_ms: float, bip_latency_ms: float) -> None:
+    """Serve the sandbox of both APIs (for the demo, tests and benchmarks); `GET /_sandbox/` lists its
+    controls, `POST /_sandbox/latency` changes the latencies while it runs."""
 
-    serve(SandboxConfig(wdt_lookup_needs_window=wdt_lookup_needs_window), host=host, port=port,
-          public_url=public_url or None, stockouts=stockouts, bad=bad, state_file=state_file)
+    config = SandboxConfig(wdt_lookup_needs_window=wdt_lookup_needs_window, wdt_latency_ms=wdt_latency_ms,
+                           bip_latency_ms=bip_latency_ms)
+    serve(config, host=host, port=port, public_url=public_url or None, stockouts=stockouts, bad=bad,
+          state_file=state_file)
 
 
 @main.command()

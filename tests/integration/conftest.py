@@ -55,6 +55,18 @@ def use_env(monkeypatch, env: dict[str, str]) -> None:
     reset_service_caches()
 
 
+def live_from_now(monkeypatch, processes, env: dict[str, str]) -> dict[str, str]:
+    """`env` for this process and the processes a test starts, the live cursor starting a minute ago."""
+    from datetime import timedelta
+
+    from shared.timeutil import format_wire, now_beijing
+
+    extra = {**env, "INITIAL_SINCE": format_wire(now_beijing() - timedelta(minutes=1))}
+    use_env(monkeypatch, extra)
+    processes.env = {**processes.env, **extra}
+    return processes.env
+
+
 LOG_TAIL = 60
 
 

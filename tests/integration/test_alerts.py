@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import quote_plus
 
 import pytest
@@ -20,7 +20,7 @@ from shared.alerts import Channel, Sender
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.redis_conn import free_port
 from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing
+from shared.timeutil import BEIJING, format_wire, now_beijing
 from tests.integration.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -127,6 +127,7 @@ def watch(redis_client, receiver):
     queues: list[str] | None = ["producer", "stockouts"]
     w = Watch(redis_client, settings, quick([Channel("webhook", hook.url("/alerts"))]), lambda: queues)
     w.hook = hook  # type: ignore[attr-defined]
+    w.dead_letters(time.time())  # alerts were on before the test's letters came (no baseline to tell)
     return w
 
 
@@ -160,6 +161,48 @@ def test_ten_dead_letters_of_one_reason_make_one_message(watch, redis_client):
     assert len(bodies(watch)) == 3 and bodies(watch)[-1]["details"]["count"] == 3
     watch.round(now + 700)
     assert len(bodies(watch)) == 3  # nothing new, nothing sent
+
+
+def test_turning_alerts_on_counts_the_waiting_letters_once_and_then_tells_every_new_one(redis_client, receiver):
+    store = DeadLetterStore(redis_client, PREFIX)
+    for i in range(7):
+        store.put(letter(i))
+    hook = receiver(answer={"ok": True})
+    settings = Settings(redis_prefix=PREFIX, alert_webhook_url=hook.url("/alerts"), alert_interval_s=300)
+
+    def watch() -> Watch:  # a beat (re)started: nothing carried over but what Redis holds
+        return Watch(redis_client, settings, quick([Channel("webhook", hook.url("/alerts"))]), lambda: ["stockouts"])
+
+    now = time.time()
+    watch().round(now)
+    first = [r.body for r in hook.requests]
+    assert len(first) == 1, first  # not seven "new" letters, and not nothing
+    assert first[0]["details"]["count"] == 7 and "were waiting when alerts started" in first[0]["lines"][0]
+    assert "new" not in first[0]["lines"][0]
+
+    # two letters fail while the beat is down; a beat that starts later tells them as new, since their failure
+    store.put(letter(20, code="WH-YY01", stage="save"))
+    store.put(letter(21, code="WH-YY01", stage="save"))
+    failed_at = redis_client.zscore(f"{PREFIX}:dlq:index", "9020")
+    watch().round(now + 3600)  # an hour later
+    later = [r.body for r in hook.requests][1:]
+    assert [b["details"]["count"] for b in later] == [2], later
+    assert later[0]["details"]["since"] == format_wire(datetime.fromtimestamp(failed_at, BEIJING))  # not "now"
+    assert "2 new dead letter(s) since" in later[0]["lines"][0]
+
+
+def test_a_broken_mapping_file_is_told_and_its_fix_too(watch, redis_client):
+    problem = {"since": "2026-12-04 10:00:00", "error": "warehouses.WH01: field required", "file_changed_at":
+               "2026-12-04 09:59:58", "last_good_from": "2026-12-01 08:00:00", "last_good_fingerprint": "ab12"}
+    redis_client.set(f"{PREFIX}:mapping:invalid", json.dumps(problem))
+    now = time.time()
+    watch.round(now)
+    watch.round(now + 10)
+    assert [(b["kind"], b["status"]) for b in bodies(watch)] == [("mapping_invalid", "firing")]
+    assert "warehouses.WH01: field required" in bodies(watch)[0]["lines"][0]
+    redis_client.delete(f"{PREFIX}:mapping:invalid")
+    watch.round(now + 20)
+    assert [(b["kind"], b["status"]) for b in bodies(watch)][-1] == ("mapping_invalid", "resolved")
 
 
 def test_dead_letters_wait_when_every_channel_fails(watch, redis_client, receiver):

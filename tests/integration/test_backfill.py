@@ -11,8 +11,8 @@ import pytest
 
 from ops.processes import stop, wait_until
 from producer.jobs import JobStore
-from shared.timeutil import format_wire, now_beijing
-from tests.integration.conftest import use_env
+from shared.timeutil import now_beijing
+from tests.integration.conftest import live_from_now
 from tests.integration.faults import eligible, saved
 from tests.progress import pipeline, polls
 
@@ -28,10 +28,7 @@ ENV = {
 
 @pytest.fixture
 def env(service, monkeypatch, processes):
-    extra = {**ENV, "INITIAL_SINCE": format_wire(now_beijing() - timedelta(minutes=1))}
-    use_env(monkeypatch, extra)
-    processes.env = {**processes.env, **extra}
-    return processes.env
+    return live_from_now(monkeypatch, processes, ENV)
 
 
 @pytest.mark.slow

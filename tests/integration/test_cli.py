@@ -49,14 +49,14 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
     job = json.loads(first.stdout)
     assert job["state"] == "running" and job["cursor"] == ""
     assert redis_client.llen("t:stockouts.backfill") == 0, "recording a job publishes nothing by itself"
-    # the producer walks it (the beat's poll task; here one poll run by hand with a backfill budget)
-    from producer.poll import OnQueue, poll_once
+    # the producer walks it (the beat's backfill task; here one run by hand)
+    from producer.backfill import backfill_once
+    from producer.poll import OnQueue
     from shared.celery_app import BACKFILL_QUEUE
     from shared.messages import publish_stockout
     from shared.runtime import runtime
 
-    poll_once(runtime(), publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
-              backfill_budget_s=30)
+    backfill_once(runtime(), OnQueue(publish_stockout, BACKFILL_QUEUE), budget_s=30)
     shown = json.loads(cli(service, "backfill", "show", job["id"], "--json").stdout)
     assert shown["state"] == "done" and shown["published"] == len(eligible) and shown["progress"] == 1
     followed = cli(service, "backfill", "show", job["id"], "--follow")  # a finished job: the bar ends at once
@@ -67,8 +67,7 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
     assert redis_client.llen("t:stockouts") == 0, "backfill messages never go to the live queue"
     # a second, overlapping job publishes nothing again
     second = json.loads(cli(service, *args).stdout)
-    poll_once(runtime(), publish_stockout, backfill_publish=OnQueue(publish_stockout, BACKFILL_QUEUE),
-              backfill_budget_s=30)
+    backfill_once(runtime(), OnQueue(publish_stockout, BACKFILL_QUEUE), budget_s=30)
     again = json.loads(cli(service, "backfill", "show", second["id"], "--json").stdout)
     assert again["published"] == 0 and again["already_queued"] == len(eligible)
     listed = cli(service, "backfill", "list")

@@ -1,6 +1,7 @@
 """Real Flower as `stockout-sync flower` runs it: behind basic auth (monitoring routes too), the stockout
-and the reason on the task list, failures kept across a restart, no API secret in its environment,
-and retried tasks labelled as briefly as first ones."""
+and the reason on the task list, failures kept across a restart, the dead-letter queue's length with
+workers known, a failed task's `dlq show` line, requeued failures off the Failed list, no API secret in
+its environment, and retried tasks labelled as briefly as first ones."""
 from __future__ import annotations
 
 import subprocess
@@ -12,6 +13,7 @@ import requests
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import free_port
 from shared.runtime import runtime
@@ -54,6 +56,12 @@ class Flower:
 
     def tasks(self, **params) -> list[dict]:
         return list(requests.get(f"{self.url}/api/tasks", params=params, auth=AUTH, timeout=5).json().values())
+
+    def get(self, path: str, **params) -> requests.Response:
+        return requests.get(f"{self.url}{path}", params=params, auth=AUTH, timeout=10)
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {q["name"]: q["messages"] for q in self.get("/api/queues/length").json()["active_queues"]}
 
 
 @pytest.fixture
@@ -162,4 +170,70 @@ def test_retried_tasks_show_no_receiver_data(sandbox, processes, flower):
     assert retried, "no task was retried: the test proves nothing"
     for task in tasks:
         assert not any(f in (task.get("kwargs") or "") for f in (*RECEIVER_FIELDS, "13800138000")), task["kwargs"]
-        assert task["kwargs"].startswith("{'stockout_id':")
+        assert task["kwargs"].startswith("{'order_no': '")
+
+
+def test_the_dead_letter_queue_is_listed_with_workers_known_and_after_a_restart(sandbox, processes, service,
+                                                                                 tmp_path, redis_client):
+    poison_one(sandbox)
+    processes.worker(concurrency=2)  # running before Flower starts: Flower asks it for its queues at once
+    poll_once(runtime(), publish_stockout)
+    wait_until(lambda: redis_client.llen("t:dead_letter") == 1, 60, message="one letter on dead_letter")
+    flower = Flower(service, tmp_path).start()
+    try:
+        for _ in range(2):  # and once more after a restart
+            workers = wait_until(lambda: flower.get("/api/workers", refresh=1).json() or None, 30,
+                                 message="Flower knows the worker")
+            consumed = {q["name"] for info in workers.values() for q in info.get("active_queues") or []}
+            assert "stockouts" in consumed and "dead_letter" not in consumed, consumed
+            assert flower.queue_lengths().get("dead_letter") == 1
+            broker = flower.get("/broker").text
+            assert "dead_letter" in broker and "stockouts.backfill" in broker
+            flower.stop()
+            flower.start()
+    finally:
+        flower.stop()
+
+
+def test_a_failed_task_names_its_letter_and_a_requeue_takes_it_off_the_failed_list(sandbox, processes, flower,
+                                                                                     service, redis_client):
+    poison = poison_one(sandbox)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    failed = wait_until(lambda: [t for t in flower.tasks(state="FAILURE") if t.get("result")], 90,
+                        message="a FAILURE with its dlq line")[0]
+    hint = f"stockout-sync dlq show {poison['order_no']}"
+    assert hint in failed["result"], failed
+    assert failed["kwargs"].startswith(f"{{'order_no': '{poison['order_no']}'"), "the order number comes first"
+    page = flower.get(f"/task/{failed['uuid']}").text
+    assert hint in page
+
+    done = cli(service, "dlq", "requeue", poison["stockout_id"])
+    assert done.returncode == 0, done.stderr
+    # the mapping is still wrong: the requeued stockout fails again, as a new task
+    wait_until(lambda: any(t["uuid"] != failed["uuid"] for t in flower.tasks(state="FAILURE")), 90,
+               message="the requeued stockout's own failure")
+    old = wait_until(lambda: (t := flower.get(f"/api/task/info/{failed['uuid']}").json())["state"] == "REQUEUED"
+                     and t, 30, message="the first failure marked requeued")
+    assert "dlq requeue" in old["result"]
+    assert failed["uuid"] not in {t["uuid"] for t in flower.tasks(state="FAILURE")}
+    flower.stop()
+    flower.start()
+    assert flower.get(f"/api/task/info/{failed['uuid']}").json()["state"] == "REQUEUED"
+    assert [t["uuid"] for t in flower.tasks(state="FAILURE")] != [failed["uuid"]]
+
+
+def test_a_requeue_while_flower_is_down_is_caught_up_when_it_starts(sandbox, processes, flower, service,
+                                                                    redis_client):
+    poison = poison_one(sandbox)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    failed = wait_until(lambda: flower.tasks(state="FAILURE"), 90, message="a FAILURE in flower")[0]
+    flower.stop()
+    assert cli(service, "dlq", "requeue", poison["stockout_id"]).returncode == 0
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: (x := letters.get(poison["stockout_id"])) and x.task_id != failed["uuid"], 90,
+               message="the requeued stockout failed again, unseen by Flower")
+    flower.start()
+    old = flower.get(f"/api/task/info/{failed['uuid']}").json()
+    assert old["state"] == "REQUEUED" and "dlq requeue" in old["result"], old

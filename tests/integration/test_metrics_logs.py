@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
+from shared import breaker
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import free_port
@@ -92,9 +93,14 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
         assert 0 < time.time() - total(state, "stockout_sync_last_save_timestamp_seconds") < 120
         assert 0 < time.time() - total(state, "stockout_sync_last_poll_success_timestamp_seconds") < 120
         assert 0 <= total(state, "stockout_sync_cursor_lag_seconds") < 600
-        assert total(state, "stockout_sync_breaker_state", state="closed") == 1
+        assert total(state, "stockout_sync_breaker_state", state="closed") == len(breaker.SCOPES)  # one per scope
         assert total(state, "stockout_sync_rate_limit_ceiling_per_second", limiter="bip") == 1000
         assert total(state, "stockout_sync_rate_limit_rate_per_second", limiter="bip") > 0
+
+    # what the "no worker" / "no beat" rules look for
+    assert total(scrape(worker_port), "stockout_sync_process_up", role="worker") == 1
+    assert total(beat, "stockout_sync_process_up", role="beat") == 1
+    assert total(beat, "stockout_sync_process_up", role="worker") == 0
 
     # text logs (the default) carry the same fields as `key=value` after the message
     text = (processes.logdir / "w1.log").read_text()

@@ -521,6 +521,20 @@ def test_latency_is_served_in_parallel(http):
         assert time.monotonic() - started < 1.5
 
 
+def test_latency_per_api_set_over_http_stays_through_reset_and_is_checked(http):
+    with Sandbox(SandboxConfig()) as own, SandboxControl(own.url) as control:
+        assert control.set_latency(wdt_ms=300, bip_ms=200) == {"wdt_ms": 300, "bip_ms": 200}
+        control.set_faults()
+        control.reset()
+        assert (control.config().wdt_latency_ms, control.config().bip_latency_ms) == (300, 200)
+        started = time.monotonic()
+        wdt(own, http, **wdt_window())
+        assert time.monotonic() - started >= 0.3  # a lower bound: the call waited its latency
+        assert control.set_latency(bip_ms=0) == {"wdt_ms": 300, "bip_ms": 0}
+        with pytest.raises(ValueError, match="wdt_ms"):
+            control.set_latency(wdt_ms=-1)
+
+
 def test_a_save_is_fast(sb, http):
     token = get_token(sb, http)
     save(sb, http, token, record(resubmitCheckKey="warm"))

@@ -40,6 +40,17 @@ def test_a_requeued_letter_that_fails_again_continues_its_history(store):
     assert store.history("1") is None and store.get("1") == again
 
 
+def test_the_history_tells_which_failed_task_a_requeue_resolved(store):
+    store.put(letter("1").model_copy(update={"task_id": "task-a"}))
+    assert store.get("1").requeued_after("task-a") is None  # not requeued yet
+    on_sent: list[list[str]] = []
+    store.requeue(["1"], lambda raw, key: None, on_sent=lambda letters: on_sent.append([x.task_id for x in letters]))
+    assert on_sent == [["task-a"]] and store.history("1").requeued_after("task-a")
+    again = store.put(letter("1", at="2026-11-29 12:00:00").model_copy(update={"task_id": "task-b"}))
+    assert again.requeued_after("task-a") and again.requeued_after("task-b") is None
+    assert again.requeued_after("task-unknown") is None
+
+
 def test_a_letter_failing_again_before_its_requeue_is_finished_keeps_its_history(store):
     # a worker that fails the message within milliseconds, or the publisher's own size check, puts the
     # new letter while the requeue still holds the parked copy (it unparks after publishing)
