@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from producer import heartbeat
 from producer.jobs import Job, JobStore, eta_s
-from shared import breaker
+from shared import breaker, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
@@ -107,6 +107,7 @@ class Status(BaseModel):
     beat_heartbeat_age_s: float | None = None  # since beat's last poll ran (producer/heartbeat.py); None: never
     beat_alive: bool = False  # a poll within two POLL_INTERVAL_S
     poll_interval_s: float = 0.0
+    state_epoch: str = ""  # the epoch of the Redis state (shared/epoch.py); empty = none
     problems: list[str] = Field(default_factory=list)
 
 
@@ -130,6 +131,8 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
     _beat(status, rt)
+    found = epoch.read(r, p)
+    status.state_epoch = found.id if found else ""
     status.problems = problems(status)
     return status
 
@@ -299,9 +302,13 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
     if status.mapping_problem is not None:
         found.append(status.mapping_problem.line())
+    if not status.state_epoch:
+        found.append("the state has no epoch: Redis lost its state, or beat has not polled yet")
     for scope in status.breaker.scopes:
+        then = ("" if scope["api"] == epoch.SCOPE else
+                " — fix it and restart, or work resumes when a probe succeeds")
         found.append(f"paused since {scope['since']} (circuit breaker {scope['state']} for {scope['api']}): "
-                     f"{scope['cause']} — fix it and restart, or work resumes when a probe succeeds")
+                     f"{scope['cause']}{then}")
     return found
 
 

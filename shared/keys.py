@@ -64,6 +64,11 @@ class Keys:
     def attempts(self, sid: str) -> str:
         return f"{self.p}:attempts:{part(sid)}"
 
+    @property
+    def inflight(self) -> str:
+        """stockout id (a field, never a key) → `<ms>|<generation>`: when its key was first sent to BIP."""
+        return f"{self.p}:inflight"
+
     # -- totals ---------------------------------------------------------------------------------
     @property
     def saved(self) -> str:
@@ -77,6 +82,11 @@ class Keys:
     @property
     def cursor(self) -> str:
         return f"{self.p}:cursor"
+
+    @property
+    def epoch(self) -> str:
+        """The state's epoch (shared/epoch.py): written once when the state is created."""
+        return f"{self.p}:epoch"
 
     @property
     def poll_lock(self) -> str:

@@ -15,6 +15,7 @@ from redis.retry import Retry
 from shared import metrics
 from shared.bip.client import BipClient
 from shared.breaker import Breaker
+from shared.epoch import StateGuard
 from shared.keys import Keys
 from shared.mapping import Mapping
 from shared.mapping_cache import MappingProblem, mapping_cache
@@ -54,6 +55,13 @@ class Runtime:
         s = self.settings
         return Breaker(self.redis, s.redis_prefix, ("bip", "mapping"), probe_interval_s=s.breaker_probe_interval_s,
                        observer=metrics.BREAKER_OBSERVER)
+
+    @cached_property
+    def state_guard(self) -> StateGuard:
+        """The worker's check that the Redis state is the one it started with (shared/epoch.py)."""
+        s = self.settings
+        return StateGuard(self.redis, s.redis_prefix, probe_interval_s=s.breaker_probe_interval_s,
+                          observer=metrics.BREAKER_OBSERVER)
 
     @property
     def mapping(self) -> Mapping:

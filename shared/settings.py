@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     bip_token_url: str = ""
     bip_rate_per_second: float = Field(20, gt=0, description="save calls a second for the whole tenant")
     bip_token_margin_s: int = Field(300, ge=0, description="renew the token this long before it expires")
+    # Exactly once when memories fail (docs/design.md, "Exactly once"): how long BIP's gateway
+    # remembers a resubmitCheckKey, the account the keys are named after, beat's copy of the state.
+    bip_key_memory_s: int = Field(3600, ge=2, description="how long BIP's gateway remembers a resubmitCheckKey")
+    key_namespace: str = Field("", max_length=64, description="names the WDT account in every key; empty = WDT_SID")
+    state_copy_file: str = Field("", description="beat's copy of the state epoch and cursor; empty = none")
+    auto_recover: bool = Field(True, description="beat rebuilds a lost state from BIP by itself when its copy allows")
 
     # HTTP
     http_connect_timeout_s: float = 5.0
@@ -53,7 +59,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "sos"
     redis_ca_certs: str = Field("", description="CA bundle to verify a rediss:// server; empty = the system's")
     # Longer than any task can run: a message unacked for this long is handed to another worker.
-    broker_visibility_timeout_s: int = 3600
+    # Well under BIP_KEY_MEMORY_S, so a dead worker's save comes back while BIP still knows its key.
+    broker_visibility_timeout_s: int = 1200
     task_time_limit_s: int = 300
     worker_pool: str = "prefork"
     worker_concurrency: int = 8
@@ -208,6 +215,12 @@ class Settings(BaseSettings):
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S, "
                 "or Redis hands a running or waiting task to a second worker"
             )
+        if 2 * self.broker_visibility_timeout_s > self.bip_key_memory_s:
+            raise ValueError(
+                f"BROKER_VISIBILITY_TIMEOUT_S={self.broker_visibility_timeout_s} must stay at most half of "
+                f"BIP_KEY_MEMORY_S={self.bip_key_memory_s}: a dead worker's save must come back while BIP "
+                "still remembers its resubmitCheckKey"
+            )
         if 1.25 * self.breaker_probe_interval_s + self.task_time_limit_s >= self.broker_visibility_timeout_s:
             raise ValueError(
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + 1.25 × BREAKER_PROBE_INTERVAL_S: a task "
@@ -249,6 +262,11 @@ class Settings(BaseSettings):
         """What `shared.redis_conn.connect` needs besides the URL when REDIS_URL is sentinel://."""
         return {"master": self.redis_sentinel_master,
                 "sentinel_password": self.redis_sentinel_password.get_secret_value()}
+
+    @property
+    def key_account(self) -> str:
+        """The WDT account every resubmitCheckKey names (KEY_NAMESPACE, else WDT_SID; may be empty)."""
+        return self.key_namespace.strip() or self.wdt_sid.strip()
 
     @property
     def high_water(self) -> int:

@@ -44,7 +44,8 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
 
 
 @main.command()
-@click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
+@click.option("--schedule-file", default=None,
+              help="where beat keeps its schedule (and, unless STATE_COPY_FILE says, its copy of the state epoch)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: schedules the live poll and the backfill task and runs them, each in a
@@ -60,6 +61,10 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     schedule_file = schedule_file or os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
     )
+    if not s.state_copy_file:
+        # beat's copy of the state epoch and cursor lives beside its schedule unless placed elsewhere
+        os.environ["STATE_COPY_FILE"] = f"{schedule_file}.state.json"
+        get_settings.cache_clear()
     run_celery(
         [
             *json_lines_only(),

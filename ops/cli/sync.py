@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 from rich.markup import escape
@@ -16,7 +17,8 @@ from shared.messages import publish_stockout
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON object (what the poll did), for programs")
 def poll(as_json: bool) -> None:
-    """Run one poll now and print what it did."""
+    """Run one poll now and print what it did; exit 1 when the pipeline is paused because Redis lost
+    its state (see `recover`)."""
     require("wdt")
     # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
     from producer.poll import poll_once
@@ -32,6 +34,8 @@ def poll(as_json: bool) -> None:
         click.echo(summary.model_dump_json(indent=2))
     else:
         console.print(summary.line())
+    if summary.skipped.startswith("paused:"):
+        sys.exit(1)
 
 
 @main.command()

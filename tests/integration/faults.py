@@ -107,8 +107,9 @@ class RedisServer:
     """A redis-server of the test's own, with AOF persistence like compose.yaml runs it, that the test may
     kill and start again on the same port and data directory."""
 
-    def __init__(self, directory: Path, password: str | None = None, tls: bool = False) -> None:
+    def __init__(self, directory: Path, password: str | None = None, tls: bool = False, persist: bool = True) -> None:
         self.dir = directory
+        self.persist = persist  # False: no AOF, no RDB — a restart comes back empty, as many installs do
         self.port = free_port()
         self.password = password
         self.tls = tls
@@ -133,7 +134,8 @@ class RedisServer:
         port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.ca), "--tls-key-file",
                 str(self.dir / "key.pem"), "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)]
         args = [self.binary, *port, "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--save", "",
+                "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
