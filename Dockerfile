@@ -19,8 +19,10 @@ COPY worker ./worker
 COPY sandbox ./sandbox
 COPY ops ./ops
 RUN pip install --no-deps --no-build-isolation . && useradd --system --home /app stockout
-# Flower's database (compose mounts a volume here): a fresh named volume takes this owner
-RUN mkdir -p /var/lib/stockout-sync/flower && chown stockout /var/lib/stockout-sync/flower
+# Flower's database and beat's schedule with its state copy (compose mounts volumes here): a fresh
+# named volume takes this owner
+RUN mkdir -p /var/lib/stockout-sync/flower /var/lib/stockout-sync/beat \
+    && chown stockout /var/lib/stockout-sync/flower /var/lib/stockout-sync/beat
 USER stockout
 ENTRYPOINT ["stockout-sync"]
 CMD ["--help"]

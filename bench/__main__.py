@@ -33,6 +33,7 @@ FIGURES = {
     "8": ("backfill", "backfill memory and live freshness"),
     "9": ("lookback", "WDT calls per poll"),
     "10": ("adaptive", "adaptive rate limit against unknown server limits"),
+    "11": ("console", "console pages at 10,000 dead letters"),
 }
 
 

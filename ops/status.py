@@ -6,18 +6,19 @@ import json
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
 
 from producer import heartbeat
 from producer.jobs import Job, JobStore, eta_s
-from shared import breaker, clock
+from shared import breaker, clock, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
-from shared.deadletters import DeadLetterStore, fix_key
+from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.keys import Keys
 from shared.mapping_cache import MappingProblem
 from shared.ratelimit import RateLimiter
@@ -106,9 +107,11 @@ class Status(BaseModel):
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     redis: Durability | None = None  # maxmemory-policy and persistence, as the server tells them
     clocks: list[clock.Reading] = Field(default_factory=list)  # each process's clock against Redis TIME
+    alerts_told: list[dict[str, Any]] = Field(default_factory=list)  # producer.alerts.told: what, when, firing
     beat_heartbeat_age_s: float | None = None  # since beat's last poll ran (producer/heartbeat.py); None: never
     beat_alive: bool = False  # a poll within two POLL_INTERVAL_S
     poll_interval_s: float = 0.0
+    state_epoch: str = ""  # the epoch of the Redis state (shared/epoch.py); empty = none
     problems: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # worth knowing, not worth exit 1
 
@@ -128,8 +131,13 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.breaker = breaker_state(r, p)
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = mapping_problem(r, p)
+    from producer.alerts import told  # at call time: it registers beat's signal handlers when imported
+
+    status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
     _beat(status, rt)
+    found = epoch.read(r, p)
+    status.state_epoch = found.id if found else ""
     status.problems = problems(status)
     _redis_durability(status, rt)
     _clocks(status, rt)
@@ -204,17 +212,21 @@ def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
 
 
 def _dead_letters(status: Status, rt: Runtime) -> None:
-    letters = DeadLetterStore(rt.redis, rt.settings.redis_prefix).all()
+
+    letters = list(DeadLetterStore(rt.redis, rt.settings.redis_prefix).summaries())
     status.dead_letters = len(letters)
+    status.dead_letters_by_reason = dead_letter_groups(letters)
+
+
+def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
+    """The letters by kind of failure (DeadLetter.group), largest group first, each with an example."""
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        key = fix_key(letter)  # one line per thing to fix, with how many letters it mends
+        key = letter.group  # what to fix (shared.deadletters.fix_key), with how many letters it mends
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
-    status.dead_letters_by_reason = [
-        DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()
-    ]
+    return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
 
 
 def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:
@@ -318,9 +330,13 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dead_letters} dead letter(s): see `stockout-sync dlq list`")
     if status.mapping_problem is not None:
         found.append(status.mapping_problem.line())
+    if not status.state_epoch:
+        found.append("the state has no epoch: Redis lost its state, or beat has not polled yet")
     for scope in status.breaker.scopes:
+        then = ("" if scope["api"] == epoch.SCOPE else
+                " — fix it and restart, or work resumes when a probe succeeds")
         found.append(f"paused since {scope['since']} (circuit breaker {scope['state']} for {scope['api']}): "
-                     f"{scope['cause']} — fix it and restart, or work resumes when a probe succeeds")
+                     f"{scope['cause']}{then}")
     return found
 
 

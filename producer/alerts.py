@@ -292,6 +292,22 @@ def reason_key(letter: DeadLetter) -> str:
     return f"{letter.stage}: {letter.error_class}{code}"
 
 
+def told(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """What the alerts last told, newest first: each dead-letter reason and each condition (cursor lag,
+    no worker…) with the Beijing time of its last message, and whether the condition still fires."""
+    k = Keys(prefix)
+    found: list[tuple[float, dict[str, Any]]] = []
+    for reason, at in r.hgetall(k.alerts_dlq_sent).items():
+        found.append((float(at), {"what": f"dead letters: {_text(reason)}", "firing": False}))
+    for name, raw in r.hgetall(k.alerts_conditions).items():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            state = json.loads(raw)
+            if state.get("sent"):
+                found.append((float(state["sent"]), {"what": _text(name), "firing": bool(state.get("firing"))}))
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return [{**item, "at": format_wire(datetime.fromtimestamp(at, BEIJING))} for at, item in found]
+
+
 def dead_letter_alert(reason: str, group: dict, *, total: int) -> Alert:
     count = int(group["count"])
     lines = [f"{count} dead letter(s) were waiting when alerts started, the oldest from {group.get('since', '?')}"

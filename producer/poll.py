@@ -3,6 +3,7 @@ only past a slice published whole; check the lookback's counts when due (docs/de
 the cursor"). Backfill jobs run in a task of their own (producer/backfill.py), never inside a poll."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -11,9 +12,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from producer.counts import PageCounts
+from producer.jobs import JobStore, parse_time
 from producer.window import Segment, Window, runs, slices_for
-from shared import breaker, clock, metrics
-from shared.backlog import live_backlog
+from shared import breaker, clock, epoch, metrics
+from shared.backlog import backlog, live_backlog
 from shared.errors import StockoutSyncError
 from shared.retry import call_with_retries, in_process_policy
 from shared.state import StateStore, stockout_key
@@ -189,6 +191,11 @@ def poll_once(rt: Runtime, publish: Publish, *, now: datetime | None = None, tri
         log.info(summary.line(), extra={"stage": "poll", "outcome": "skipped"})
         return summary
     try:
+        paused = state_problem(rt)
+        if paused:
+            summary.skipped = f"paused: {paused}"
+            log.error("poll skipped, the pipeline is paused: %s", paused, extra={"stage": "poll", "outcome": "paused"})
+            return summary
         window = Window(rt.redis, store, settings, initial_since(settings, now))
         mapping = rt.mapping
 
@@ -268,6 +275,33 @@ def _idle_before(store: StateStore) -> int:
         return int(last.get("idle_polls") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def state_problem(rt: Runtime) -> str:
+    """Why the Redis state cannot be trusted ("" when it can), checked before anything is published;
+    the epoch is created on the first poll and beat's copy kept (shared/epoch.py)."""
+    s = rt.settings
+    cursor = rt.store.cursor()
+    copy = epoch.StateCopy(s.state_copy_file) if s.state_copy_file else None
+    since = recover_from(rt, cursor) if copy is not None else ""
+    return epoch.check_beat(rt.redis, s.redis_prefix, copy, format_wire(cursor) if cursor else "",
+                            probe_interval_s=s.breaker_probe_interval_s, observer=metrics.BREAKER_OBSERVER,
+                            recover_from=since)
+
+
+def recover_from(rt: Runtime, cursor: datetime | None) -> str:
+    """Where beat's copy says an automatic recovery starts: the lookback before the cursor, or the
+    start of the earliest backfill job whose messages may still wait — running, or finished within a
+    day while backfill messages are still queued or unacked (producer/recover.py)."""
+    s = rt.settings
+    starts = [cursor - timedelta(seconds=s.lookback_s + s.settle_s)] if cursor is not None else []
+    waiting = backlog(rt.redis, s.redis_prefix) > live_backlog(rt.redis, s.redis_prefix)
+    recent = format_wire(now_beijing() - timedelta(days=1))
+    for job in JobStore(rt.redis, s.redis_prefix).all():
+        if not job.finished or (waiting and job.finished_at >= recent):
+            with contextlib.suppress(ValueError):
+                starts.append(parse_time(job.since))
+    return format_wire(min(starts)) if starts else ""
 
 
 def _wait_for_live_room(rt: Runtime, settings: Settings, keepalive: Callable[[], None]) -> None:

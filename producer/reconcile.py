@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field, computed_field
 
 from producer.poll import read_slice
 from producer.window import slices_for
-from shared import metrics
+from shared import epoch, metrics
+from shared.bip import lookup
+from shared.bip.idempotency import our_keys
 from shared.bip.models import DEFINE1, define1_of
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
@@ -167,8 +169,10 @@ class Reconcile:
     one call per WDT page); with `sample` the ones checked are a random choice across the range."""
 
     def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep, max_calls: int | None = None,
-                 sample: bool = False, keep_raw: bool = False, rng: random.Random | None = None) -> None:
+                 sample: bool = False, keep_raw: bool = False, rng: random.Random | None = None,
+                 on_present: Callable[[str, BipRow], None] | None = None) -> None:
         self.rt = rt
+        self.on_present = on_present  # told of each stockout proven in BIP, with its (first) record: recover
         self.sleep = sleep
         self.max_calls = max_calls
         self.sample = sample
@@ -184,6 +188,8 @@ class Reconcile:
         self._unwritten = 0  # present, but BIP gave no pubts to compare with
         self._unknown_filtered = 0  # filtered out in WDT, marked done here, presence in BIP unknown
         self._proofs: Counter[str] = Counter()
+        found = epoch.read(rt.redis, rt.settings.redis_prefix)
+        self._legacy_keys = bool(found and found.verify_before)  # keys of an older version may be ours too
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -282,7 +288,7 @@ class Reconcile:
             except StockoutSyncError as err:
                 return self._distrusted(f"BIP's list failed ({err.message})")
             for row in rows:
-                sid = _define1(row)
+                sid = define1_of(row)
                 if not sid:
                     return self._distrusted(f"BIP's list rows carry no {DEFINE1} (record {_text(row, 'id')} came "
                                           f"with {', '.join(sorted(row))} only)")
@@ -295,7 +301,7 @@ class Reconcile:
                                       "(pageIndex ignored)")
             previous = page_ids
             for row in rows:
-                found.setdefault(_define1(row), []).append(
+                found.setdefault(define1_of(row), []).append(
                     BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts"),
                            fields=_fields_of(row, self.rt.mapping)))
             read += len(rows)
@@ -370,7 +376,7 @@ class Reconcile:
             if item.eligible:
                 self._absent(item, report, f"BIP's detail answered 1002 (not found) for record {bip_id}")
         else:
-            other_id, other_sid = _text(answer, "id"), _define1(answer)
+            other_id, other_sid = _text(answer, "id"), define1_of(answer)
             if (other_id and other_id != bip_id) or (other_sid and other_sid != item.sid):
                 self._unknown(item, report, "detail_disagrees",
                               f"BIP's detail for record {bip_id} answered record {other_id or '?'} "
@@ -383,31 +389,39 @@ class Reconcile:
         return calls
 
     def _probe_code(self, probe: _Probe, report: Report, budget: int | None, used: int) -> int:
+        """By the document code, each row checked by its detail: a record holding our code counts as
+        present only when it is this stockout's (define1, and our key where BIP shows one)."""
         item = probe.item
         unlooked = "no done mark to look up by id; {}; {}"
         if self._code_why:
             self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
             return 0
-        answer, calls = self._ask(lambda: self.rt.bip.list_page(1, LIST_PAGE_SIZE, code=item.order_no)[0],
+        keys = our_keys(item.sid, self.rt.settings.key_account, generations=mark_generation(item.mark),
+                        legacy=self._legacy_keys)
+        answer, calls = self._ask(lambda: lookup.by_code(self.rt.bip, item.sid, item.order_no, keys),
                                   report, "code", budget, used)
         if isinstance(answer, StockoutSyncError):
-            self._unknown(item, report, "code_failed", f"BIP's list by code {item.order_no} failed: {answer.message}")
-            return calls
-        if any(_text(row, "code") != item.order_no for row in answer):
-            self._code_why = "BIP's list ignores the code filter too"
-            self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
-            return calls
-        if answer:
-            rows = [BipRow(id=_text(r, "id"), code=_text(r, "code"), pubts=_text(r, "pubts")) for r in answer]
-            self._present(item, rows, report, from_list=False)
-        else:
+            self._unknown(item, report, "code_failed",
+                          f"BIP's look-up by code {item.order_no} failed: {answer.message}")
+        elif isinstance(answer, lookup.Found):
+            self._present(item, [BipRow(id=answer.id, code=answer.code)], report, from_list=False)
+        elif isinstance(answer, lookup.Foreign):
+            self._absent(item, report, f"code {item.order_no} is held by BIP record {answer.id} of "
+                         f"{answer.define1 or 'no stockout'} (a foreign record), and no record of this stockout's "
+                         "can hold it too")
+        elif answer == "absent":
             self._absent(item, report, f"no record with code {item.order_no} in BIP (code look-up verified), "
                          "never marked saved here")
+        else:
+            self._code_why = "BIP's list ignores the code filter too"
+            self._unknown(item, report, "unlooked_up", unlooked.format(self._list_why, self._code_why))
         return calls
 
     # -- outcomes ---------------------------------------------------------------------------------
 
     def _present(self, item: _Item, rows: list[BipRow], report: Report, *, from_list: bool) -> None:
+        if self.on_present is not None and rows:
+            self.on_present(item.sid, rows[0])
         written = max((r.pubts for r in rows), default="")
         if not item.eligible:
             report.changed.append(Changed(
@@ -572,9 +586,6 @@ def stored_form(report: Report) -> dict[str, Any]:
 def _text(obj: Any, key: str) -> str:
     value = obj.get(key) if isinstance(obj, dict) else None
     return "" if value is None else str(value)
-
-
-_define1 = define1_of
 
 
 def _fields_now(raw: Any, mapping: Mapping) -> dict[str, str]:

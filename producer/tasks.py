@@ -5,6 +5,7 @@ from producer import heartbeat
 from producer.backfill import backfill_once
 from producer.poll import OnQueue, poll_once
 from producer.reconcile import run_daily
+from producer.recover import recover_by_itself
 from shared.celery_app import BACKFILL_QUEUE, BACKFILL_TASK, POLL_TASK, RECONCILE_TASK, app
 from shared.messages import publish_stockout
 from shared.runtime import runtime
@@ -20,6 +21,8 @@ def poll() -> dict:
     # only race that next one for the lock.
     rt = runtime()
     heartbeat.beat(rt.redis, rt.settings.redis_prefix)
+    # a state Redis lost is rebuilt from BIP first, when beat's copy says from where (producer/recover.py)
+    recover_by_itself(rt, publish_stockout)
     return poll_once(rt, publish_stockout).model_dump()
 
 

@@ -87,6 +87,7 @@ class BipApi:
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token → monotonic expiry
         self.set_list_mode(config.bip_list_ignores_filters, config.bip_list_omits_fields)
+        self.key_memory_s = config.bip_key_memory_s
         self.clear()
 
     def set_list_mode(self, ignore_filters: bool | None = None, omit_fields: bool | None = None) -> dict[str, bool]:
@@ -210,6 +211,9 @@ class BipApi:
         now = time.monotonic()
         with self._lock:  # one lock around check-and-store: two racing saves store one record
             seen = self._keys.get(key) if key else None
+            if seen is not None and self.key_memory_s is not None and now - seen.at > self.key_memory_s:
+                self.counters.inc("bip_keys_forgotten")
+                seen = None  # forgotten: this save is stored again, as a gateway without memory would
             if seen is not None:
                 return self._replay(seen, now)
             validate_record(data, self.config.numbering)
@@ -329,6 +333,28 @@ class BipApi:
             data = original["data"]
             copy_ = self._insert(data, self._next_code(data["vouchdate"]), key=original["resubmitCheckKey"])
             return copy.deepcopy(copy_)
+
+    def set_key_memory(self, seconds: float | None) -> float | None:
+        """Forget a resubmitCheckKey `seconds` after its save (None: remember it for good)."""
+        if seconds is not None and seconds < 0:
+            raise ValueError(f"seconds must be ≥ 0 or null, got {seconds!r}")
+        with self._lock:
+            self.key_memory_s = seconds
+        return seconds
+
+    def add_record(self, code: str, define1: str | None = None, vouchdate: str | None = None) -> dict[str, Any]:
+        """A record typed in BIP by hand (or by another system): its own code, no resubmitCheckKey,
+        `define1` only if given."""
+        if not isinstance(code, str) or not code.strip():
+            raise ValueError(f"code must be a non-empty string, got {code!r}")
+        data: dict[str, Any] = {"vouchdate": vouchdate or now_beijing().date().isoformat(),
+                                "warehouse": "typed-by-hand", "memo": "typed in by hand"}
+        if define1 is not None:
+            data["defines!define1"] = define1
+        with self._lock:
+            if code in self._codes:
+                raise ValueError(f"code {code!r} exists already")
+            return copy.deepcopy(self._insert(data, code, key=""))
 
     def duplicate_stockouts(self) -> int:
         with self._lock:

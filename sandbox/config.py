@@ -20,6 +20,9 @@ class SandboxConfig(BaseModel):
     bip_app_secret: str = "sandbox-bip-secret"
     token_lifetime_s: float = 7200
     replay_window_s: float = 3600  # resubmitCheckKey replays answer the stored result this long
+    # None: a key is remembered for good ("duplicate submission" after the replay window); a number: the
+    # gateway forgets a key after this many seconds and saves it again, as a forgetful one would
+    bip_key_memory_s: float | None = None
     timestamp_skew_s: int = 600
     numbering: Literal["auto", "manual"] = "auto"
     wdt_total_count_every_page: bool = False

@@ -32,6 +32,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "records": ("GET", "records"),
     "delete_record": ("POST", "records/delete"),
     "duplicate_record": ("POST", "records/duplicate"),
+    "add_record": ("POST", "records/add"),
+    "set_key_memory": ("POST", "key-memory"),
     "revoke_tokens": ("POST", "revoke"),
     "set_bip_list": ("POST", "bip-list"),
     "set_wdt_lookup": ("POST", "wdt-lookup"),
@@ -120,6 +122,15 @@ class Controls(ABC):
     def duplicate_record(self, record_id: str) -> dict[str, Any]:
         """A second record of the same stockout, as a double save would leave."""
         return cast(dict[str, Any], self._control("duplicate_record", {"record_id": record_id}))
+
+    def add_record(self, code: str, define1: str | None = None, vouchdate: str | None = None) -> dict[str, Any]:
+        """A record typed in BIP by hand with `code` (no resubmitCheckKey; `define1` only if given)."""
+        args = {"code": code, "define1": define1, "vouchdate": vouchdate}
+        return cast(dict[str, Any], self._control("add_record", args))
+
+    def set_key_memory(self, seconds: float | None) -> None:
+        """BIP forgets a resubmitCheckKey `seconds` after its save and then saves it again (None: never)."""
+        self._control("set_key_memory", {"seconds": seconds})
 
     def revoke_tokens(self) -> None:
         self._control("revoke_tokens", {})

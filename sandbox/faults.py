@@ -94,6 +94,7 @@ COUNTER_NAMES = (
     "bip_save_calls",
     "bip_replays",
     "bip_duplicates_blocked",
+    "bip_keys_forgotten",
     "bip_validation_errors",
     "bip_rate_limited",
     "bip_tokens_issued",

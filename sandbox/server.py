@@ -187,6 +187,12 @@ class Sandbox(Controls):
     def _do_duplicate_record(self, record_id: str) -> dict[str, Any]:
         return self.bip.duplicate_record(record_id)
 
+    def _do_add_record(self, code: str, define1: str | None = None, vouchdate: str | None = None) -> dict[str, Any]:
+        return self.bip.add_record(code, define1=define1, vouchdate=vouchdate)
+
+    def _do_set_key_memory(self, seconds: float | None = None) -> dict[str, float | None]:
+        return {"seconds": self.bip.set_key_memory(seconds)}
+
     def _do_revoke_tokens(self) -> dict[str, bool]:
         self.bip.revoke()
         return {"ok": True}
@@ -235,6 +241,7 @@ class Sandbox(Controls):
         self._faults.set()
         self._default_rate_limits()
         self.bip.set_list_mode(self.config.bip_list_ignores_filters, self.config.bip_list_omits_fields)
+        self.bip.set_key_memory(self.config.bip_key_memory_s)
         self.wdt.lookup_needs_window = self.config.wdt_lookup_needs_window
         with self._lock:
             self._bad_reasons.clear()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, Literal
 
+import orjson
 import redis
 from pydantic import BaseModel, Field
 
@@ -80,9 +81,23 @@ class DeadLetter(BaseModel):
         code = f" [{self.api} {self.code}]" if self.code else ""
         return f"{self.stage}: {self.error_class}{code}: {self.message}"
 
-    def matches(self, *, reason: str | None = None, code: str | None = None) -> bool:
-        """The operator's filter: `reason` is a case-blind part of the reason, `code` the remote code exactly."""
+    @property
+    def group(self) -> str:
+        """What the operator has to fix (fix_key): one group per fix, in `status` and the console."""
+        return fix_key(self)
+
+    def matches(self, *, reason: str | None = None, code: str | None = None, group: str | None = None,
+                warehouse: str | None = None, day: str | None = None) -> bool:
+        """The operator's filter: `reason` is a case-blind part of the reason, `code` the remote code,
+        `group` the kind of failure and `warehouse` the stockout's warehouse_no exactly, `day` the
+        Beijing date (yyyy-MM-dd) of the last failure."""
         if reason and reason.lower() not in self.reason.lower():
+            return False
+        if group and group != self.group:
+            return False
+        if warehouse and warehouse != str(self.stockout.get("warehouse_no", "")):
+            return False
+        if day and not self.last_failed_at.startswith(day):
             return False
         return not (code and code != self.code)
 
@@ -97,6 +112,13 @@ class DeadLetter(BaseModel):
         if failed is None:
             return None
         return next((e.at for e in self.history[failed + 1:] if e.event == "requeued"), None)
+
+
+def summary(record: dict[str, Any]) -> DeadLetter:
+    stockout = record.get("stockout")
+    has_warehouse = isinstance(stockout, dict) and "warehouse_no" in stockout
+    kept = {"warehouse_no": stockout["warehouse_no"]} if has_warehouse else {}  # type: ignore[index]
+    return DeadLetter.model_validate({**record, "stockout": kept, "history": [], "raw": ""})
 
 
 _LINE_INDEX = re.compile(r"\[\d+\]")
@@ -336,6 +358,16 @@ class DeadLetterStore:
         value = self.r.hget(self.orders_key, order_no)
         return _text(value) if value else None
 
+    def scored_ids(self) -> list[tuple[str, float]]:
+        """Every id with its last failure (epoch s), oldest first: a letter written again scores anew."""
+        pairs: list[Any] = self.r.zrange(self.index_key, 0, -1, withscores=True)
+        return [(_text(v), float(score)) for v, score in pairs]
+
+    def scored_since(self, epoch_s: float) -> list[tuple[str, float]]:
+        """The letters whose last failure is at or after `epoch_s`, with it, oldest first."""
+        pairs: list[Any] = self.r.zrangebyscore(self.index_key, epoch_s, "+inf", withscores=True)
+        return [(_text(v), float(score)) for v, score in pairs]
+
     def ids(self) -> list[str]:
         return [_text(v) for v in self.r.zrange(self.index_key, 0, -1)]
 
@@ -352,6 +384,31 @@ class DeadLetterStore:
 
     def all(self) -> list[DeadLetter]:
         return list(self.iter_all())
+
+    def summaries(self, ids: Iterable[str] | None = None) -> Iterator[DeadLetter]:
+        """`iter_all` without what lists and filters never read: no history, no queue entry, and of the
+        stockout only its warehouse_no (a letter is kilobytes, its summary a few hundred bytes)."""
+        it = iter(self.ids() if ids is None else ids)
+        while chunk := list(islice(it, BATCH)):
+            for value in self.r.mget([self._key(i) for i in chunk]):
+                if value:
+                    yield summary(orjson.loads(value))
+
+    def select(self, ids: Iterable[str] = (), **match: str | None) -> list[str]:
+        """The letters an operator names: by stockout id or order number, else those matching the
+        filter (DeadLetter.matches; none given = every letter), oldest first."""
+        names = list(ids)
+        if names:
+            return [self.find_order(i) or i for i in names]
+        if any(match.values()):
+            return [x.stockout_id for x in self.summaries() if x.matches(**match)]
+        return self.ids()  # oldest first: each letter's queue copy is then at the end of the list
+
+    def sort_out(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Of these, the letters there are to requeue, and the malformed messages (nothing in them to
+        requeue: `dlq show`, then purge); a name without a letter is in neither."""
+        letters = list(self.summaries(ids))
+        return ([x.stockout_id for x in letters if not x.malformed], [x.stockout_id for x in letters if x.malformed])
 
     def parked(self) -> list[DeadLetter]:
         """Letters whose requeue was interrupted after the claim and before the new message left."""

@@ -64,6 +64,11 @@ class Keys:
     def attempts(self, sid: str) -> str:
         return f"{self.p}:attempts:{part(sid)}"
 
+    @property
+    def inflight(self) -> str:
+        """stockout id (a field, never a key) → `<ms>|<generation>`: when its key was first sent to BIP."""
+        return f"{self.p}:inflight"
+
     # -- totals ---------------------------------------------------------------------------------
     @property
     def saved(self) -> str:
@@ -77,6 +82,11 @@ class Keys:
     @property
     def cursor(self) -> str:
         return f"{self.p}:cursor"
+
+    @property
+    def epoch(self) -> str:
+        """The state's epoch (shared/epoch.py): written once when the state is created."""
+        return f"{self.p}:epoch"
 
     @property
     def poll_lock(self) -> str:
@@ -229,3 +239,14 @@ class Keys:
     @property
     def alerts_reconcile(self) -> str:
         return f"{self.p}:alerts:reconcile"
+
+    # -- the operator console (ops/console) --------------------------------------------------------
+    @property
+    def audit(self) -> str:
+        """List: the console's audit trail, newest first, capped."""
+        return f"{self.p}:audit"
+
+    def console_login_failures(self, who: str) -> str:
+        """Failed logins of one user name or client address (`who` = "user:<name>" / "addr:<ip>"):
+        always a digest, so a name someone typed never shows in a key."""
+        return f"{self.p}:console:login:{hashlib.sha256(who.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"

@@ -140,8 +140,8 @@ RATE_LIMIT_REFUSALS = Counter(
 # -- the circuit breaker (shared.breaker) ------------------------------------------------------
 BREAKER_TRIPS = Counter(f"{_P}_breaker_trips", "Times the circuit breaker opened, by API", ["api"], registry=REGISTRY)
 DEFERRED = Counter(
-    f"{_P}_deferred",
-    "Task runs put off without using an attempt, by reason: rate_limited, paused, locked, mapping, clock",
+    f"{_P}_deferred", "Task runs put off without using an attempt, by reason: rate_limited, paused, locked, "
+    "mapping, state (the Redis state lost), unproven (BIP could not prove a save absent), clock (this host's)",
     ["reason"], registry=REGISTRY,
 )
 

@@ -16,6 +16,7 @@ from shared import metrics
 from shared.bip.client import BipClient
 from shared.breaker import Breaker
 from shared.clock import ClockWatch
+from shared.epoch import StateGuard
 from shared.keys import Keys
 from shared.mapping import Mapping
 from shared.mapping_cache import MappingProblem, mapping_cache
@@ -60,6 +61,13 @@ class Runtime:
     def clock(self) -> ClockWatch:
         """This (worker) process's clock against Redis TIME, measured every few seconds."""
         return ClockWatch(self.redis, self.settings.redis_prefix, "worker")
+
+    @cached_property
+    def state_guard(self) -> StateGuard:
+        """The worker's check that the Redis state is the one it started with (shared/epoch.py)."""
+        s = self.settings
+        return StateGuard(self.redis, s.redis_prefix, probe_interval_s=s.breaker_probe_interval_s,
+                          observer=metrics.BREAKER_OBSERVER)
 
     @property
     def mapping(self) -> Mapping:

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     bip_token_url: str = ""
     bip_rate_per_second: float = Field(20, gt=0, description="save calls a second for the whole tenant")
     bip_token_margin_s: int = Field(300, ge=0, description="renew the token this long before it expires")
+    # Exactly once when memories fail (docs/design.md, "Exactly once"): how long BIP's gateway
+    # remembers a resubmitCheckKey, the account the keys are named after, beat's copy of the state.
+    bip_key_memory_s: int = Field(3600, ge=2, description="how long BIP's gateway remembers a resubmitCheckKey")
+    key_namespace: str = Field("", max_length=64, description="names the WDT account in every key; empty = WDT_SID")
+    state_copy_file: str = Field("", description="beat's copy of the state epoch and cursor; empty = none")
+    auto_recover: bool = Field(True, description="beat rebuilds a lost state from BIP by itself when its copy allows")
 
     # HTTP
     http_connect_timeout_s: float = 5.0
@@ -75,7 +81,8 @@ class Settings(BaseSettings):
     # An evicting maxmemory-policy drops done marks and the cursor: stockouts saved twice. Only this runs with one.
     redis_allow_eviction: bool = Field(False, description="let worker and beat start on an evicting Redis")
     # Longer than any task can run: a message unacked for this long is handed to another worker.
-    broker_visibility_timeout_s: int = 3600
+    # Well under BIP_KEY_MEMORY_S, so a dead worker's save comes back while BIP still knows its key.
+    broker_visibility_timeout_s: int = 1200
     task_time_limit_s: int = 300
     worker_pool: str = "prefork"
     worker_concurrency: int = 8
@@ -147,6 +154,10 @@ class Settings(BaseSettings):
     alert_check_interval_s: float = Field(30.0, gt=0, description="how often beat looks for something to tell")
     alert_send_timeout_s: float = Field(5.0, gt=0, description="one HTTP request to a channel")
     alert_send_budget_s: float = Field(60.0, gt=0, description="all attempts of one message to one channel")
+    # The operator console (ops/console, docs/console.md): signed session cookies, users from a file
+    console_secret_key: SecretStr = SecretStr("")
+    console_users_file: Path = Field(Path("console-users"), description="user:role:hash lines")
+    console_refresh_s: float = Field(5.0, gt=0, description="how often the console re-reads the status")
     # Flower's basic auth (`stockout-sync flower`): user:password, several joined by commas
     flower_basic_auth: SecretStr = SecretStr("")
 
@@ -226,6 +237,12 @@ class Settings(BaseSettings):
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S, "
                 "or Redis hands a running or waiting task to a second worker"
             )
+        if 2 * self.broker_visibility_timeout_s > self.bip_key_memory_s:
+            raise ValueError(
+                f"BROKER_VISIBILITY_TIMEOUT_S={self.broker_visibility_timeout_s} must stay at most half of "
+                f"BIP_KEY_MEMORY_S={self.bip_key_memory_s}: a dead worker's save must come back while BIP "
+                "still remembers its resubmitCheckKey"
+            )
         if 1.25 * self.breaker_probe_interval_s + self.task_time_limit_s >= self.broker_visibility_timeout_s:
             raise ValueError(
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + 1.25 × BREAKER_PROBE_INTERVAL_S: a task "
@@ -269,6 +286,11 @@ class Settings(BaseSettings):
                 "sentinel_password": self.redis_sentinel_password.get_secret_value()}
 
     @property
+    def key_account(self) -> str:
+        """The WDT account every resubmitCheckKey names (KEY_NAMESPACE, else WDT_SID; may be empty)."""
+        return self.key_namespace.strip() or self.wdt_sid.strip()
+
+    @property
     def high_water(self) -> int:
         return self.backlog_high_water or max(100, round(self.bip_rate_per_second * 300))
 
@@ -285,6 +307,7 @@ class Settings(BaseSettings):
             if password:
                 values += [password, unquote(password)]
         values += [self.alert_dingtalk_secret.get_secret_value(), self.alert_feishu_secret.get_secret_value()]
+        values.append(self.console_secret_key.get_secret_value())
         values += [pair.partition(":")[2] for pair in self.flower_basic_auth.get_secret_value().split(",")]
         for name in ALERT_URLS:
             values += url_secrets(getattr(self, name).get_secret_value())

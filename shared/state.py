@@ -25,9 +25,15 @@ _MAX_NUMERIC_LEN = 18  # fits a signed 64-bit integer, so the bucket number stay
 # The lock is also taken when the same task already holds it: a message redelivered after its
 # worker process died carries the same task id, and must not wait for the dead one.
 # The queued mark comes back too: `q|g` names the key generation a reconcile re-created it under.
-# KEYS: lock, mark bucket. ARGV: owner, lock ms, mark field.
+# With an epoch id, the marks are read only while the epoch is still that one: a mark missing
+# because Redis lost everything is never taken for "not saved yet" (pttl -1 says so).
+# KEYS: lock, mark bucket, epoch. ARGV: owner, lock ms, mark field, epoch id or ''.
 # Returns {done mark or false, pttl, mark or false}.
 _CLAIM = """
+if ARGV[4] ~= '' then
+  local e = redis.call('GET', KEYS[3])
+  if (not e) or (not string.find(e, ARGV[4], 1, true)) then return {false, -1, false} end
+end
 local mark = redis.call('HGET', KEYS[2], ARGV[3])
 if mark and string.sub(mark, 1, 2) == 'd|' then return {mark, 0, mark} end
 local cur = redis.call('GET', KEYS[1])
@@ -41,8 +47,11 @@ return {false, redis.call('PTTL', KEYS[1]), mark}
 # The worker's last step in one round trip: the done mark (and its bucket's TTL), the synced
 # counter `status` reads (only when the stockout was not done already) and the time of the last
 # save (the metrics' "last save"), then the lock goes.
-# KEYS: lock, mark bucket, counter, last-saved time. ARGV: owner, mark field, mark, ttl s, now (epoch s).
+# The stockout's in-flight marker goes too: it is done.
+# KEYS: lock, mark bucket, counter, last-saved time, in-flight hash. ARGV: owner, mark field, mark, ttl s,
+# now (epoch s), stockout id.
 _FINISH = """
+redis.call('HDEL', KEYS[5], ARGV[6])
 local before = redis.call('HGET', KEYS[2], ARGV[2])
 if not (before and string.sub(before, 1, 2) == 'd|') then redis.call('INCR', KEYS[3]) end
 redis.call('SET', KEYS[4], ARGV[5])
@@ -60,6 +69,22 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+# Before a save: the in-flight marker `<ms>|<generation>` (Redis TIME) of the first send of this key,
+# written when there is none (or one of another generation; with ARGV[3] = '1' always).
+# KEYS: in-flight hash. ARGV: stockout id, generation, reset. Returns {marker before or false, now ms}.
+_SENDING = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+local same = before and string.match(before, '|(%d+)$') == ARGV[2]
+if ARGV[3] == '1' or not same then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now) .. '|' .. ARGV[2])
+end
+if same then return {before, string.format('%.0f', now)} end
+return {false, string.format('%.0f', now)}
 """
 
 _RELEASE = """
@@ -92,10 +117,11 @@ class Claim:
     done: Done | None
     wait_s: float
     generation: int = 0  # the key generation the queued mark names (`q|g`), 0 for plain `q`
+    lost: bool = False  # the state is not the epoch's any more: nothing read here can be trusted
 
     @property
     def acquired(self) -> bool:
-        return self.done is None and self.wait_s == 0
+        return self.done is None and self.wait_s == 0 and not self.lost
 
 
 def stockout_key(raw: dict) -> str:
@@ -125,6 +151,7 @@ class StateStore:
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._swap = client.register_script(_SWAP)
+        self._sending = client.register_script(_SENDING)
 
     # -- per stockout ----------------------------------------------------------------------
     def mark_slot(self, sid: str) -> tuple[str, str]:
@@ -194,11 +221,15 @@ class StateStore:
     def _lock(self, sid: str) -> str:
         return self.k.lock(sid)
 
-    def claim(self, sid: str, owner: str, ttl_s: float) -> Claim:
+    def claim(self, sid: str, owner: str, ttl_s: float, epoch: str = "") -> Claim:
         """`done(sid)`, and when it is not done the lock for `owner` (or the seconds until the
-        holder's lock expires), atomically and in one round trip."""
+        holder's lock expires), atomically and in one round trip. With `epoch`, only while the state
+        is still that epoch's (else `Claim.lost`)."""
         bucket, field = self.mark_slot(sid)
-        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket], args=[owner, int(ttl_s * 1000), field])
+        done, pttl, *rest = self._claim(keys=[self._lock(sid), bucket, self.k.epoch],
+                                        args=[owner, int(ttl_s * 1000), field, epoch])
+        if int(pttl) == -1:
+            return Claim(None, 0.0, lost=True)
         if done:
             return Claim(parse_done(done.decode() if isinstance(done, bytes) else done), 0.0)
         mark = rest[0] if rest else None
@@ -213,8 +244,20 @@ class StateStore:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
         bucket, field = self.mark_slot(sid)
         mark = done_mark(bip_id, bip_code, generation)
-        self._finish(keys=[self._lock(sid), bucket, self.k.saved, self.k.last_saved_at],
-                     args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}"])
+        self._finish(keys=[self._lock(sid), bucket, self.k.saved, self.k.last_saved_at, self.k.inflight],
+                     args=[owner, field, mark, self.ttl_s, f"{time.time():.3f}", sid])
+
+    # -- in-flight saves: when this stockout's key was first sent ------------------------------
+    def sending(self, sid: str, generation: int = 0, *, reset: bool = False) -> tuple[float | None, float]:
+        """Mark a save of `sid` as about to be sent: (seconds since the first send of this key, or
+        None when it was never sent before; now on Redis's clock, epoch s). `reset`: the key counts as
+        sent afresh (BIP's absence was just proven, so whatever it remembered no longer matters)."""
+        before, now = self._sending(keys=[self.k.inflight], args=[sid, str(generation), "1" if reset else "0"])
+        now_ms = float(now)
+        if not before:
+            return None, now_ms / 1000
+        first = (before.decode() if isinstance(before, bytes) else before).split("|", 1)[0]
+        return max(0.0, (now_ms - float(first)) / 1000), now_ms / 1000
 
     # -- the producer's lock, cursor and summary --------------------------------------------
     # `task`: the live poll (`poll_lock`) or the backfill jobs' task (`backfill_lock`): each runs one at

@@ -40,5 +40,16 @@ def parse_wire(text: str) -> datetime | None:
     return datetime.strptime(text, WIRE_FORMAT).replace(tzinfo=BEIJING)
 
 
+def parse_given(value: str, name: str) -> datetime:
+    """A time an operator gave (`name`: the option or field), or ValueError saying what is expected."""
+    try:
+        parsed = parse_wire(value)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ValueError(f"{name}={value!r}: expected 'yyyy-MM-dd' or 'yyyy-MM-dd HH:mm:ss' (Beijing time)")
+    return parsed
+
+
 def beijing_date(value: datetime) -> date:
     return to_beijing(value).date()

@@ -14,9 +14,11 @@ from celery import Task
 from celery.exceptions import Reject
 
 from shared import breaker, metrics
+from shared.bip.lookup import Unproven
 from shared.breaker import DEAD_LETTER_SCOPE, Opened
 from shared.celery_app import SYNC_TASK, app
 from shared.deadletters import DeadLetterStore
+from shared.epoch import StatePaused
 from shared.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
 from shared.flower_events import DEAD_LETTERED_EVENT, dlq_hint
 from shared.mapping import MappingFileError
@@ -83,10 +85,13 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
         paused = rt.breaker.blocking()
         if paused is None:
             # generation > 0: a record re-created after it was deleted in BIP (reconcile --requeue-missing)
-            outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation)
+            outcome = sync_one(stockout, rt, task_id=self.request.id, generation=generation,
+                               redelivered=redelivered(self))
     except Deferred as deferred:
         # Not a failure: a duplicate message met the one being worked on. Look again later.
         failure = deferred
+    except (StatePaused, Unproven) as waiting:
+        failure = waiting
     except Exception as raw_error:  # every failure ends in a retry, a pause or a dead letter, never silence
         failure = raw_error
     if paused is not None:
@@ -112,6 +117,14 @@ def sync_stockout(self: Task, stockout: dict, generation: int = 0) -> dict:
         task_event(logging.INFO, f"stockout {sid} is being worked on by another task; later",
                    **about, outcome="deferred", stage="dedup", retry_in_s=failure.wait_s + 1)
         raise retry_or_requeue(self, countdown=failure.wait_s + 1)
+    if isinstance(failure, (StatePaused, Unproven)):
+        # Waiting is not failing: no attempt is used, so no lost state or silent BIP dead-letters it
+        countdown = pause_countdown(rt.settings)
+        reason = "state" if isinstance(failure, StatePaused) else "unproven"
+        metrics.observe_deferred(reason)
+        task_event(logging.WARNING, f"stockout {sid} waits: {failure}; again in {countdown:.0f} s", **about,
+                   outcome="paused" if reason == "state" else "retry", stage=reason, retry_in_s=round(countdown, 1))
+        raise retry_or_requeue(self, countdown=countdown)
     if waits_for_mapping(failure, rt):
         metrics.observe_deferred("mapping")
         task_event(logging.WARNING, f"stockout {sid} waits for a valid mapping file ({failure}); "
@@ -131,6 +144,12 @@ def clock_pause(rt: Runtime, sid: str, why: str, about: dict[str, Any]) -> Rejec
                outcome="paused", stage="clock", retry_in_s=round(wait_s, 1))
     time.sleep(wait_s)
     return Reject(f"this host's clock: {why}", requeue=True)
+
+
+def redelivered(task: Task) -> bool:
+    """Whether the broker handed this message out before (kombu marks a restored message so)."""
+    info = task.request.delivery_info or {}
+    return bool(info.get("redelivered") or getattr(task.request, "redelivered", False))
 
 
 def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:

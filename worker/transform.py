@@ -3,7 +3,6 @@ functions, a `TransformError` naming field, index and value for what the mapping
 Why: docs/design.md, "The transform"; the field table is in README.md."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import reprlib
@@ -14,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from shared.bip.idempotency import resubmit_key
 from shared.bip.models import OthOutRecord, OthOutRecordLine
 from shared.errors import MappingError
 from shared.mapping import (
@@ -37,10 +37,6 @@ from shared.wdt.models import Stockout, StockoutDetail, bounded
 # losing the end of a remark is better than losing the record.
 MAX_IDENTIFIER_LEN = MAX_CODE_LEN
 
-RESUBMIT_KEY_MAX = 32
-_READABLE_PREFIX = "wdtso-"
-_HASH_SALT = "stockout-sync:wdt-stockout:"
-_READABLE_ID = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 class TransformError(MappingError):
@@ -61,37 +57,6 @@ class TransformError(MappingError):
         data = super().to_dict()
         data.update(field=self.field, value=self.value, mapping_entry=self.mapping_entry)
         return data
-
-
-# -- the idempotency key --------------------------------------------------------------------------
-
-def resubmit_key(stockout_id: str, generation: int = 0) -> str:
-    """BIP's resubmitCheckKey for a stockout: at most 32 characters, a function of the id and the
-    key generation alone.
-
-    Generation 0 (every ordinary save): readable form `wdtso-<id>` when the id is short ASCII
-    (≤ 26 characters of [A-Za-z0-9_.]); otherwise the MD5 hex (32 lower-case hex characters) of a
-    fixed salt + the id. Generation g > 0 exists because BIP remembers a key after its record was
-    deleted (the stored reply for an hour, then "duplicate submission"): a record proven deleted
-    can only be saved again under a new key, so `reconcile --requeue-missing` sends g + 1, and the
-    key becomes `wdtso-<id>-g<g>` (or the MD5 of salt + id + NUL + g).
-
-    Injective: two readable keys differ because their ids (or generations) differ — `-` never
-    occurs in a readable id, so `wdtso-<id>-g<g>` cannot equal another id's generation-0 key; a
-    readable key always contains `wdtso-` ('w', 's', '-' are not hex digits) so it can never equal a
-    hashed key, which is hex only; two hashed keys would need an MD5 collision (or a WDT id holding
-    a NUL). Never include the attempt, the time or the worker: every retry, redelivery and requeue
-    of one generation sends the same key.
-    """
-    if not isinstance(stockout_id, str) or not stockout_id:
-        raise ValueError(f"stockout_id must be a non-empty string, got {stockout_id!r}")
-    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
-        raise ValueError(f"generation must be an integer ≥ 0, got {generation!r}")
-    readable = _READABLE_PREFIX + stockout_id + (f"-g{generation}" if generation else "")
-    if len(readable) <= RESUBMIT_KEY_MAX and _READABLE_ID.match(stockout_id):
-        return readable
-    salted = _HASH_SALT + stockout_id + (f"\x00{generation}" if generation else "")
-    return hashlib.md5(salted.encode("utf-8")).hexdigest()
 
 
 # -- validation of the raw dict -------------------------------------------------------------------
@@ -159,10 +124,11 @@ _REPR.maxstring = _REPR.maxother = 60
 
 # -- the transform --------------------------------------------------------------------------------
 
-def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0) -> OthOutRecord:
+def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0, account: str = "") -> OthOutRecord:
     """The BIP record for one validated stockout, or a `TransformError` saying what is missing.
 
-    `generation` > 0 only for a record re-created after it was deleted in BIP (see resubmit_key)."""
+    `generation` > 0 only for a record re-created after it was deleted in BIP; `account` names the
+    WDT account in the key (both: shared.bip.idempotency.resubmit_key)."""
     where = mapping.source
     _check_filters(stockout, mapping)
 
@@ -199,7 +165,7 @@ def to_bip(stockout: Stockout, mapping: Mapping, *, generation: int = 0) -> OthO
         "bustype": _bustype(stockout, mapping),
         "warehouse": entry.warehouse,
         "vouchdate": _vouchdate(stockout, mapping),
-        "resubmitCheckKey": resubmit_key(stockout.stockout_id, generation),
+        "resubmitCheckKey": resubmit_key(stockout.stockout_id, generation, account),
         "code": code,
         "memo": _memo(stockout, mapping),
         "srcBillType": mapping.header.srcBillType,

@@ -15,7 +15,7 @@ from shared.errors import AuthenticationError, StockoutSyncError
 from shared.logs import configure_logging
 from shared.mapping_cache import mapping_cache
 from shared.settings import Settings, explain, get_settings, masked_url
-from shared.timeutil import parse_wire
+from shared.timeutil import parse_given
 
 
 def check_mapping() -> None:
@@ -30,12 +30,9 @@ def check_mapping() -> None:
 def parse_time(value: str, name: str) -> datetime:
 
     try:
-        parsed = parse_wire(value)
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        fail(f"{name}={value!r}: expected 'yyyy-MM-dd' or 'yyyy-MM-dd HH:mm:ss' (Beijing time)")
-    return parsed
+        return parse_given(value, name)
+    except ValueError as err:
+        fail(str(err))
 
 
 def json_lines_only() -> list[str]:

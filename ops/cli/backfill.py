@@ -1,25 +1,25 @@
 """`stockout-sync backfill`: record, list, show, cancel and follow backfill jobs, with guard rails
-(a range cut at now, a long one asked for, the whole --until day, a job waiting for a live beat)."""
+(ops/backfill.py: a range cut at now, a long one asked for, the whole --until day, a job waiting for
+a live beat)."""
 from __future__ import annotations
 
 import json
 import re
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ops.cli.app import check_mapping, main, parse_time, require
+from ops.backfill import beat_walks, plan, start_backfill
+from ops.cli.app import check_mapping, main, require
+from ops.console.audit import record_cli_change
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
-from producer import heartbeat
-from producer.jobs import JobStore, bounded, job_dict, job_json, too_long
-from shared.stats import saved as saved_count
-from shared.timeutil import format_wire, now_beijing
-from shared.wdt.paging import ONE_SECOND
+from producer.jobs import JobStore, job_dict, job_json
+from shared.settings import get_settings
+from shared.timeutil import format_wire
 
 if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
     from shared.runtime import Runtime
@@ -51,30 +51,21 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, yes: bool
     from shared.runtime import runtime
 
     check_mapping()
-    start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    if DATE_ONLY.match(until.strip()):
-        end += timedelta(days=1) - ONE_SECOND  # the whole day, as an operator means it
-    if end <= start:
-        fail(f"--until {until!r} must be after --since {since!r}")
     try:
-        end, cut = bounded(start, end, now_beijing())
+        planned = plan(since, until, max_days=get_settings().backfill_max_days)
     except ValueError as err:
         fail(str(err))
-    if cut:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(cut)}", soft_wrap=True)
+    if planned.cut:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(planned.cut)}", soft_wrap=True)
     rt = runtime()
-    days = (end - start).total_seconds() / 86400
-    if too_long(start, end, rt.settings.backfill_max_days) and not yes and not click.confirm(
-            f"backfill {days:.0f} days ({format_wire(start)} → {format_wire(end)}), more than "
-            f"BACKFILL_MAX_DAYS={rt.settings.backfill_max_days:g}?", err=True):
+    if planned.too_long and not yes and not click.confirm(
+            f"backfill {planned.days:.0f} days ({format_wire(planned.start)} → {format_wire(planned.end)}), more "
+            f"than BACKFILL_MAX_DAYS={rt.settings.backfill_max_days:g}?", err=True):
         fail("nothing recorded (--yes records it without asking)", 1)
-    job = JobStore(rt.redis, rt.settings.redis_prefix).create(
-        start, end, slice_s=int(rt.settings.slice_days * 86400), synced=saved_count(rt.redis, rt.settings.redis_prefix))
-    age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
-    alive = heartbeat.alive(age, rt.settings.poll_interval_s)
-    last = "never here" if age is None else f"{seconds(age)} ago"
-    walks = ("the producer (beat) walks it now" if alive else
-             f"no live beat (its last poll: {last}): the job waits until `stockout-sync beat` runs")
+    job = start_backfill(rt, planned)
+    record_cli_change(rt.redis, rt.settings.redis_prefix, "backfill.start", count=1,
+                      detail=f"{job.since} → {job.until}", ids=[job.id])
+    alive, walks = beat_walks(rt)
     if as_json:
         click.echo(job_json(job, beat_alive=alive))
     else:
@@ -130,6 +121,8 @@ def backfill_cancel(job_id: str, as_json: bool) -> None:
     job = JobStore(rt.redis, rt.settings.redis_prefix).cancel(job_id)
     if job is None:
         fail(f"no backfill job {job_id!r} (see `stockout-sync backfill list`)", 1)
+    record_cli_change(rt.redis, rt.settings.redis_prefix, "backfill.cancel", count=1,
+                      detail=f"{job.since} → {job.until} at cursor {job.cursor or '—'}", ids=[job.id])
     if as_json:
         click.echo(job_json(job))
     else:

@@ -47,7 +47,7 @@ def _select(
         known = {sid for _, sid in named if store.get(sid) is not None}
         return list(dict.fromkeys(sid for _, sid in named if sid in known)), [i for i, sid in named if sid not in known]
     if reason or code:
-        return [x.stockout_id for x in store.iter_all() if x.matches(reason=reason, code=code)], []
+        return store.select(reason=reason, code=code), []
     if all_:
         return store.ids(), []  # oldest first: each letter's queue copy is then at the end of the list
     fail("name dead letters by id or order number, or use --all / --reason / --code")
@@ -128,12 +128,13 @@ def dlq_requeue(ids: tuple[str, ...], all_: bool, reason: str | None, code: str 
     if not ids and chosen and (all_ or len(chosen) > CONFIRM_OVER) and not yes and \
             not click.confirm(f"requeue {len(chosen)} dead letter(s) through the current mapping?"):
         fail("nothing requeued", 1)
-    refused = [sid for sid in chosen if (letter := store.get(sid)) is not None and letter.malformed]
+    refused = store.sort_out(chosen)[1]
     for sid in refused:
         console.print(f"not requeued {escape(sid)}: a malformed message has nothing to sync; "
                       "`dlq show` it, fix what wrote it, then `dlq purge` it")
     done = store.requeue([sid for sid in chosen if sid not in set(refused)], publish_stockout,
                          on_sent=lambda letters: announce_requeued(letter.task_id for letter in letters))
+    _audit(store, "dlq.requeue", done, _words(ids, all_, reason, code) + " through the mapping in force")
     console.print(f"requeued {len(done)}" + (f": {' '.join(done)}" if len(done) <= SHOWN_IDS else ""))
     if unknown or (refused and not done):
         raise SystemExit(1)
@@ -151,6 +152,22 @@ def dlq_purge(ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     _unknown(unknown)
     if chosen and not yes and not click.confirm(f"delete {len(chosen)} dead letter(s) for good?"):
         fail("nothing deleted", 1)
-    console.print(f"purged {len(store.purge(chosen))}")
+    purged = store.purge(chosen)
+    _audit(store, "dlq.purge", purged, _words(ids, all_, None, None) + ", deleted for good")
+    console.print(f"purged {len(purged)}")
     if unknown:
         raise SystemExit(1)
+
+
+def _words(ids: tuple[str, ...], all_: bool, reason: str | None, code: str | None) -> str:
+    if ids:
+        return f"{len(ids)} named letter(s)"
+    said = ", ".join(f"{k} = {v!r}" for k, v in (("reason", reason), ("code", code)) if v)
+    return f"the letters whose {said}" if said else "every dead letter"
+
+
+def _audit(store: DeadLetterStore, action: str, done: list[str], detail: str) -> None:
+    from ops.console.audit import record_cli_change
+
+    if done:
+        record_cli_change(store.r, store.p, action, count=len(done), detail=detail, ids=done)

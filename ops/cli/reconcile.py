@@ -89,7 +89,13 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
             confirmed = False
         if confirmed:
             try:
-                job.requeue_missing(report, publish_stockout)
+                sent = job.requeue_missing(report, publish_stockout)
+                if sent:
+                    from ops.console.audit import record_cli_change
+
+                    record_cli_change(job.rt.redis, job.rt.settings.redis_prefix, "reconcile.requeue",
+                                      count=len(sent), detail=f"reconcile {report.since} → {report.until}: "
+                                      "proven missing in BIP, published through the mapping in force", ids=sent)
             except StockoutSyncError as err:
                 fail(str(err))
             acted = True

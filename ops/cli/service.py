@@ -48,7 +48,8 @@ def worker(concurrency: int | None, pool: str | None, hostname: str, metrics_por
 
 
 @main.command()
-@click.option("--schedule-file", default=None, help="where beat keeps its schedule state")
+@click.option("--schedule-file", default=None,
+              help="where beat keeps its schedule (and, unless STATE_COPY_FILE says, its copy of the state epoch)")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (METRICS_PORT; 0 = off)")
 def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     """Run beat and the producer: schedules the live poll and the backfill task and runs them, each in a
@@ -68,6 +69,10 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     schedule_file = schedule_file or os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"
     )
+    if not s.state_copy_file:
+        # beat's copy of the state epoch and cursor lives beside its schedule unless placed elsewhere
+        os.environ["STATE_COPY_FILE"] = f"{schedule_file}.state.json"
+        get_settings.cache_clear()
     run_celery(
         [
             *json_lines_only(),
@@ -164,8 +169,12 @@ def sandbox(port: int, host: str, stockouts: int, bad: int, public_url: str | No
               help="leave the Redis state, save the sandbox's data and print how to restart against both, "
                    "with the commands to try next")
 @click.option("--prefix", default=None, help="the run's Redis key prefix (default: demo<epoch seconds>)")
-def demo(stockouts: int, bad: int, keep: bool, prefix: str | None) -> None:
+@click.option("--console", "console_port", type=click.IntRange(1, 65535), default=None,
+              help="after the summary, serve the operator console on the demo on this port until Ctrl-C")
+def demo(stockouts: int, bad: int, keep: bool, prefix: str | None, console_port: int | None) -> None:
     """The whole pipeline against the sandbox: real Redis, a real worker and the poll, then a summary
-    and the commands to try next (`--keep` leaves everything to try them on)."""
+    and the commands to try next (`--keep` leaves everything to try them on; `--console` opens the
+    operator console on it)."""
 
-    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console, keep=keep, prefix=prefix))
+    sys.exit(run_demo(stockouts=stockouts, bad=bad, console=console, keep=keep, prefix=prefix,
+                      console_port=console_port))

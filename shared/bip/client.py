@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import redis as redis_lib
@@ -13,6 +13,7 @@ import requests
 
 from shared import metrics
 from shared.bip import errors as codes
+from shared.bip import lookup
 from shared.bip.errors import API, code_of, message_of
 from shared.bip.models import DEFINE1, OthOutRecord, SaveResult, define1_of
 from shared.bip.token import GatewayResolver, TokenProvider
@@ -136,33 +137,37 @@ class BipClient:
 
     # other outbound records ---------------------------------------------------------------------
 
-    def save(self, record: OthOutRecord) -> SaveResult:
+    def save(self, record: OthOutRecord, *, keys: Collection[str] = ()) -> SaveResult:
+        """Save; "code already exists" is our earlier save only when the record holding the code is
+        this stockout's (its define1, and `keys` or the record's own key where BIP shows one)."""
         try:
             body = self.request("POST", SAVE_PATH, json={"data": record.wire()})
         except InvalidRequestError as exc:
             if exc.code == "999" and record.code and any(w in exc.api_message for w in _DUPLICATE_CODE_WORDS):
-                found = self.find_by_code(record.code)
-                if found:
-                    log.info("bip save: code %s already exists, taken as an earlier save of ours", record.code)
-                    return SaveResult(
-                        id=_str(found[0].get("id")), code=_str(found[0].get("code")) or record.code, replayed=True
-                    )
+                sid = record.define1 or ""
+                held = lookup.by_code(self, sid, record.code, {record.resubmitCheckKey, *keys})
+                if isinstance(held, lookup.Found):
+                    log.info("bip save: code %s already exists, and its record %s is this stockout's: an earlier "
+                             "save of ours", record.code, held.id)
+                    return SaveResult(id=held.id, code=held.code or record.code, replayed=True)
+                if isinstance(held, lookup.Foreign):
+                    raise held.error(sid) from None
             raise
         if codes.kind_of(code_of(body)) is Kind.DUPLICATE:
-            return self._replayed(record)
+            return self._replayed(record, keys)
         data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         return SaveResult(id=_str(data.get("id")), code=_str(data.get("code")))
 
-    def _replayed(self, record: OthOutRecord) -> SaveResult:
-        # the gateway only says "saved before"; fill in the id when the code lets us find it
+    def _replayed(self, record: OthOutRecord, keys: Collection[str]) -> SaveResult:
+        # the gateway only says "saved before"; fill in the id when the code finds this stockout's record
         if record.code:
             try:
-                found = self.find_by_code(record.code)
+                held = lookup.by_code(self, record.define1 or "", record.code, {record.resubmitCheckKey, *keys})
             except StockoutSyncError as exc:
                 log.warning("bip save replayed; looking up code %s failed: %s", record.code, exc.message)
-                found = []
-            if found:
-                return SaveResult(id=_str(found[0].get("id")), code=_str(found[0].get("code")), replayed=True)
+                held = "unasked"
+            if isinstance(held, lookup.Found):
+                return SaveResult(id=held.id, code=held.code, replayed=True)
         return SaveResult(code=record.code or "", replayed=True)
 
     def detail(self, record_id: str) -> dict[str, Any] | None:

@@ -107,9 +107,10 @@ class RedisServer:
     """A redis-server of the test's own, with AOF persistence like compose.yaml runs it, that the test may
     kill and start again on the same port and data directory."""
 
-    def __init__(self, directory: Path, password: str | None = None, tls: bool = False,
+    def __init__(self, directory: Path, password: str | None = None, tls: bool = False, persist: bool = True,
                  extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
+        self.persist = persist  # False: no AOF, no RDB — a restart comes back empty, as many installs do
         self.extra = extra  # more redis-server options: `--maxmemory-policy allkeys-lru`…
         self.port = free_port()
         self.password = password
@@ -135,7 +136,8 @@ class RedisServer:
         port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.ca), "--tls-key-file",
                 str(self.dir / "key.pem"), "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)]
         args = [self.binary, *port, "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--save", "",
+                "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from shared.bip.client import BipClient
+from shared.bip.lookup import ForeignRecordError
 from shared.bip.models import OthOutRecord
 from shared.errors import APIConnectionError, AuthenticationError, InvalidRequestError, RateLimitError
 from shared.http import TimeoutSession, make_session
@@ -365,12 +366,16 @@ def test_duplicate_submission_after_the_replay_window_is_a_replay(make_sandbox, 
 
 
 def test_existing_document_code_is_found_not_saved_twice(make_sandbox, redis_url, redis_client):
-    sb = make_sandbox(numbering="manual")
+    sb = make_sandbox(numbering="manual", bip_key_memory_s=0)
     client = BipClient.from_settings(settings_for(sb, redis_url), redis_client)
     first = client.save(record("key-1", code="WDT-SO-1"))
-    # the gateway forgot the key (another key, or after its hour): the code still identifies it
-    second = client.save(record("key-2", code="WDT-SO-1"))
+    # the gateway forgot the key (after its hour): the code, held by this stockout's record, identifies it
+    second = client.save(record("key-1", code="WDT-SO-1"))
     assert second.replayed and second.id == first.id and second.code == "WDT-SO-1"
+    # another stockout's record, or ours under a key we do not know, is not ours
+    with pytest.raises(ForeignRecordError, match=f"BIP record {first.id}"):
+        client.save(record("key-2", code="WDT-SO-1"))
+    assert client.save(record("key-2", code="WDT-SO-1", define1="key-1"), keys={"key-1"}).id == first.id
     assert len(sb.records()) == 1
 
 

@@ -95,7 +95,9 @@ def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(sand
     processes.worker(concurrency=2)
     poll_once(runtime(), publish_stockout)
     letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(letters.ids()) == expected, message="dead letters", progress=pipeline(sandbox, redis_client))
+    # the record first, then its copy on the dead_letter queue: both awaited
+    wait_until(lambda: set(letters.ids()) == expected and letters.queue_length() == len(expected),
+               message="dead letters", progress=pipeline(sandbox, redis_client))
     for letter in letters.all():
         assert letter.attempts == 3 and letter.stage == "save"
         assert letter.error_class == "APIConnectionError" and letter.http_status == 502

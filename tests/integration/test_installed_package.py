@@ -54,6 +54,12 @@ def test_pip_install_then_demo_runs_from_the_installed_package(tmp_path):
         env=clean, cwd=elsewhere, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(site)), f"not the installed package: {where[0]}"
     assert where[1] == "True", "the demo mapping is not in the installed package"
+    console_files = subprocess.run(
+        [python, "-c", "from ops.console.web import HERE; print(all((HERE / f).is_file() for f in "
+                       "('templates/base.html', 'templates/deadletters.html', 'static/htmx.min.js', "
+                       "'static/console.css')))"],
+        env=clean, cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
+    assert console_files == "True", "the console's templates and static files are package data"
 
     demo = subprocess.run([env_dir / "bin" / "stockout-sync", "demo", "--stockouts", "150", "--bad", "3"],
                           env=clean, cwd=elsewhere, capture_output=True, text=True, timeout=240)

@@ -14,6 +14,7 @@ import pytest
 from ops.processes import wait_until
 from producer.poll import poll_once
 from producer.reconcile import previous_beijing_day, run_daily
+from shared.bip.idempotency import resubmit_key
 from shared.deadletters import DeadLetterStore
 from shared.keys import Keys
 from shared.messages import publish_stockout
@@ -98,7 +99,7 @@ def test_filtered_list_reports_deleted_twice_and_changed_and_requeue_recreates_o
     time.sleep(0.5)
     assert sandbox.counters()["bip_saves"] == saves + 2, "exactly the deleted ones were saved again"
     keys = {r["data"]["defines!define1"]: r["resubmitCheckKey"] for r in sandbox.records()}
-    assert [keys[sid] for sid in deleted] == [f"wdtso-{sid}-g1" for sid in deleted]
+    assert [keys[sid] for sid in deleted] == [resubmit_key(sid, 1, processes.env["WDT_SID"]) for sid in deleted]
 
     code, after = run(processes.env, window)
     assert [m["stockout_id"] for m in after["missing"]] == [poison], "dead letters are left to `dlq requeue`"
@@ -221,7 +222,7 @@ def test_a_message_without_the_generation_still_recreates_under_the_marked_one(s
     publish_stockout(next(s for s in made if s["stockout_id"] == sid), sid)
     wait_until(lambda: saved(sandbox)[sid] == 1, message="re-created", progress=pipeline(sandbox, redis_client))
     (new,) = [r for r in sandbox.records() if r["data"]["defines!define1"] == sid]
-    assert new["resubmitCheckKey"] == f"wdtso-{sid}-g1" and new["id"] != records[sid]["id"]
+    assert new["resubmitCheckKey"] == resubmit_key(sid, 1, processes.env["WDT_SID"]) and new["id"] != records[sid]["id"]
     assert store.done(sid).generation == 1 and store.done(sid).bip_id == new["id"]
 
 

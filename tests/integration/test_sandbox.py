@@ -432,6 +432,32 @@ def test_replay_window_then_100004_and_token_expiry(http):
         assert len(sb.records()) == 1 and counters["bip_replays"] == 1 and counters["bip_duplicates_blocked"] == 1
 
 
+def test_a_forgetful_gateway_saves_a_key_again_after_its_memory(sb, http):
+    token = get_token(sb, http)
+    sb.set_key_memory(0.3)
+    first = save(sb, http, token, record())
+    assert save(sb, http, token, record()) == first  # still remembered: a replay
+    time.sleep(0.4)  # the memory runs out (what is under test is the sandbox's clock)
+    again = save(sb, http, token, record(vouchdate="2026-11-30"))
+    assert again["code"] == "200" and again["data"]["id"] != first["data"]["id"]
+    assert len(sb.records()) == 2 and sb.counters()["bip_keys_forgotten"] == 1
+    with SandboxControl(sb.url) as control, pytest.raises(ValueError, match="seconds"):
+        control.set_key_memory(-1)
+
+
+def test_a_record_typed_in_by_hand_holds_its_code(http):
+    with Sandbox(SandboxConfig(numbering="manual")) as sb:
+        token = get_token(sb, http)
+        typed = sb.add_record("M-1", define1="someone-else")
+        refused = save(sb, http, token, record(code="M-1"))
+        assert refused["code"] == "999" and "M-1" in refused["message"]
+        detail = http.get(sb.url + "/yonbip/scm/othoutrecord/detail", params={"access_token": token, "id": typed["id"]},
+                          timeout=5).json()["data"]
+        assert detail["defines!define1"] == "someone-else" and not detail.get("resubmitCheckKey")
+        with pytest.raises(ValueError, match="exists"):
+            sb.add_record("M-1")
+
+
 # ---- BIP: faults and limits
 
 

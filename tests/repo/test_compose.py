@@ -102,3 +102,11 @@ def test_flower_gets_no_api_secret_and_keeps_its_database_on_a_volume(compose):
     db = flower["command"][flower["command"].index("--db") + 1]
     mounts = [v.split(":") for v in flower["volumes"]]
     assert any(name in compose["volumes"] and db.startswith(path + "/") for name, path in mounts)
+
+
+def test_the_console_is_a_profile_of_its_own_on_the_hosts_loopback(compose):
+    console = compose["services"]["console"]
+    assert console["profiles"] == ["console"] and console["command"][0] == "console"
+    assert console["ports"] == ["127.0.0.1:8800:8800"], "never published beyond the host unless told"
+    assert console["environment"]["CONSOLE_USERS_FILE"] == "/config/console-users"
+    assert "./console-users:/config/console-users:ro" in console["volumes"]

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from shared.bip.client import BipClient
+from shared.bip.lookup import ForeignRecordError
 from shared.bip.models import OthOutRecord, SaveResult
 from shared.bip.token import GatewayResolver, TokenProvider
 from shared.errors import (
@@ -150,7 +151,18 @@ def test_duplicate_submission_fills_the_id_from_the_code(redis_client):
     fake.replies[LIST] = [
         (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
     ]
-    assert client.save(record(code="SO-1")) == SaveResult(id="77", code="SO-1", replayed=True)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "77", "code": "SO-1", "defines!define1": "1"}})]
+    assert client.save(record(code="SO-1", define1="1")) == SaveResult(id="77", code="SO-1", replayed=True)
+
+
+def test_duplicate_submission_never_takes_a_foreign_records_id(redis_client):
+    client, fake = make_client(redis_client)
+    fake.replies[SAVE] = [bip("100004", "重复提交")]
+    fake.replies[LIST] = [
+        (200, {"code": "200", "data": {"recordCount": 1, "recordList": [{"id": 77, "code": "SO-1"}]}})
+    ]
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "77", "code": "SO-1", "defines!define1": "9"}})]
+    assert client.save(record(code="SO-1", define1="1")) == SaveResult(id="", code="SO-1", replayed=True)
 
 
 def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
@@ -165,8 +177,26 @@ def test_duplicate_document_code_is_the_third_dedup_layer(redis_client):
             },
         )
     ]
-    assert client.save(record(code="SO-1")) == SaveResult(id="9", code="SO-1", replayed=True)
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "9", "code": "SO-1", "defines!define1": "1"}})]
+    assert client.save(record(code="SO-1", define1="1")) == SaveResult(id="9", code="SO-1", replayed=True)
     assert json.loads(fake.calls(LIST)[0].body)["code"] == "SO-1"
+
+
+@pytest.mark.parametrize("held_by", [
+    {"defines!define1": "777"},  # typed in by hand for another stockout
+    {},  # typed in by hand, no define1 at all
+    {"defines!define1": "1", "resubmitCheckKey": "another-shops-key"},  # another account's stockout 1
+])
+def test_a_code_held_by_a_foreign_record_is_a_dead_letter_naming_it(redis_client, held_by):
+    client, fake = make_client(redis_client)
+    fake.replies[SAVE] = [bip("999", "单据编号[SO-1]已存在")]
+    rows = [{"id": "9", "code": "SO-1"}]
+    fake.replies[LIST] = [(200, {"code": "200", "data": {"recordCount": 1, "recordList": rows}})]
+    fake.replies[DETAIL] = [(200, {"code": "200", "data": {"id": "9", "code": "SO-1", **held_by}})]
+    with pytest.raises(ForeignRecordError) as info:
+        client.save(record(code="SO-1", define1="1"))
+    assert "BIP record 9" in info.value.message and "code SO-1" in info.value.message
+    assert resolve(info.value, 1).action is Action.FAIL  # a dead letter at once, never a retry
 
 
 def test_duplicate_code_without_a_record_stays_an_error(redis_client):
