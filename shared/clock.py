@@ -53,8 +53,12 @@ def measure(r: redis.Redis) -> tuple[float, float]:
 def record(r: redis.Redis, prefix: str, role: str, *, keep_s: float = RECORD_S) -> Reading:
     """Measure and record this process's reading under `<role>@<host>`."""
     skew, server = measure(r)
-    reading = Reading(who=f"{role}@{socket.gethostname()}", skew_s=skew, at=server, apis=dict(http.SERVER_SKEW_S))
-    r.hset(Keys(prefix).clocks, reading.who, json.dumps({**reading.model_dump(), "until": server + keep_s}))
+    key, who = Keys(prefix).clocks, f"{role}@{socket.gethostname()}"
+    # another process of the same role and host may have heard from an API this one has not called yet
+    heard = (_record(r.hget(key, who)) or {}).get("apis")
+    apis = {**(heard if isinstance(heard, dict) else {}), **http.SERVER_SKEW_S}
+    reading = Reading(who=who, skew_s=skew, at=server, apis=apis)
+    r.hset(key, who, json.dumps({**reading.model_dump(), "until": server + keep_s}))
     return reading
 
 
