@@ -1,6 +1,6 @@
 """What to tell operators, found by the beat process: new dead letters, the circuit breaker, cursor lag,
 no worker, an invalid mapping file, a reconcile mismatch. One beat sends at a time (a Redis lock); a
-thread of its own does it, so a dead robot never delays a poll. Key layout and the reasoning: README, "Alerts".
+thread of its own does it, so a dead robot never delays a poll. The reasoning: docs/alerts.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Reconcile: WDT, our done marks and BIP compared over a range of WDT modification times, where
 nothing BIP says counts until it is verified. Below ops on purpose: the CLI (ops/cli/reconcile.py)
 and beat's daily run (producer/tasks.py) run the same code. What each check means, and why a
-check is declared "unverifiable" rather than guessed: README, "Operating it".
+check is declared "unverifiable" rather than guessed: docs/operating.md.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ now, how a range is cut into slices, and the ledger of recent slices the lookbac
 
 Airbyte-style: the cursor moves only in `close_slice`, after every page of a slice was published,
 and the slice's count (WDT's `total_count` when it was read) goes into the ledger at the same time.
-Why a ledger: see README "How it works" — the lookback re-reads only slices whose count changed.
+Why a ledger: see docs/how-it-works.md — the lookback re-reads only slices whose count changed.
 """
 
 from __future__ import annotations

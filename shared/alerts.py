@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 
 
 class Alert(BaseModel):
-    """One message; also the JSON body ALERT_WEBHOOK_URL receives (README, "Alerts")."""
+    """One message; also the JSON body ALERT_WEBHOOK_URL receives (docs/alerts.md)."""
 
     version: int = SCHEMA_VERSION
     kind: Kind

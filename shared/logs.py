@@ -24,7 +24,7 @@ EVENT_FIELDS = (
 )
 
 # Business times among the event fields: Beijing wall-clock strings from the wire, marked with
-# their offset in a log line (the one time convention: README "Times").
+# their offset in a log line (the one time convention: README, "Times").
 TIME_FIELDS = frozenset({"window_start", "window_end", "cursor"})
 
 _QUERY_SECRET = re.compile(r"(?i)\b(access_token|signature|sign|app_secret|appSecret|password)=([^&\s'\"]+)")

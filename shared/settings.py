@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # Sentinels; the broker and our own state client both follow the master they name after a failover.
     redis_sentinel_master: str = Field("", description="the master's name in the Sentinels (`sentinel monitor NAME`)")
     redis_sentinel_password: SecretStr = Field(SecretStr(""), description="the Sentinels' own password, if any")
-    # Backfill, backpressure and the lookback (docs: README "Backfilling history")
+    # Backfill, backpressure and the lookback (docs/operating.md, "Backfilling history")
     # Messages waiting in Redis (both stockout queues + unacked) at which backfills stop publishing,
     # and below which they start again; 0 = 5 minutes of BIP_RATE_PER_SECOND, and half of that.
     backlog_high_water: int = Field(0, ge=0, description="backfills pause at this many waiting messages")

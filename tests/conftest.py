@@ -133,7 +133,7 @@ def fake_redis():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The reliability table (README's "Reliability"), from the rows the fault tests put on their
+    """The reliability table (docs/reliability.md), from the rows the fault tests put on their
     reports (tests/integration/conftest.py). Here, not there: under xdist only this conftest is
     loaded in the controller that prints the summary."""
     rows = [value for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])

@@ -1,6 +1,6 @@
 """One WDT stockout → one BIP other outbound record (其他出库单), through the mapping file: pure
 functions, a `TransformError` naming field, index and value for what the mapping cannot express.
-Why: docs/design.md, "The transform"; the field table is in README.md."""
+Why: docs/design.md, "The transform"; the field table is in docs/mapping.md."""
 from __future__ import annotations
 
 import json

@@ -12,7 +12,7 @@ from ops.render import console, fail
 
 @main.group()
 def alert() -> None:
-    """Alerts to the webhook and group robots (ALERT_* variables; see README, "Alerts")."""
+    """Alerts to the webhook and group robots (ALERT_* variables; see docs/alerts.md)."""
 
 
 @alert.command("test")

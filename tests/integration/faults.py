@@ -20,7 +20,7 @@ from shared.timeutil import now_beijing
 from tests.progress import pipeline
 
 # Each fault test appends its row here; it travels on the test's report (tests/integration/conftest.py)
-# to the summary that prints the table README shows (tests/conftest.py).
+# to the summary that prints the table docs/reliability.md shows (tests/conftest.py).
 RESULTS: list[dict] = []
 
 
@@ -38,7 +38,7 @@ def saved(sandbox) -> Counter:
 
 
 def outcome(fault: str, sandbox, expected: set[str], letters: DeadLetterStore) -> dict:
-    """The row the README's reliability table shows, and what the assertions check."""
+    """The row docs/reliability.md's table shows, and what the assertions check."""
     counts = saved(sandbox)
     dead = set(letters.ids())
     row = {

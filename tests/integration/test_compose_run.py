@@ -26,7 +26,7 @@ COMPOSE = ROOT / "compose.yaml"
 
 
 def project(tmp_path: Path, sync_env: dict[str, str] | None = None) -> Path:
-    """A compose project as README's Deploying makes it: .env, sync.env, mapping.toml, the checkout's files."""
+    """A compose project as docs/deploying.md makes it: .env, sync.env, mapping.toml, the checkout's files."""
     directory = tmp_path / "project"
     (directory / "ops" / "demo_data").mkdir(parents=True)
     shutil.copy(ROOT / "ops" / "demo_data" / "mapping.toml", directory / "ops" / "demo_data" / "mapping.toml")
@@ -165,7 +165,7 @@ def test_ha_profile_runs_and_the_sync_goes_on_after_the_master_dies(tmp_path):
                "BIP_RATE_PER_SECOND": "200", "WDT_RATE_PER_MINUTE": "6000", "LOOKBACK_CHECK_S": "0"}
         directory = project(tmp_path, env)
         password = compose_env(directory)["REDIS_PASSWORD"]
-        with open(directory / ".env", "a") as dotenv:  # README's `ha` lines
+        with open(directory / ".env", "a") as dotenv:  # docs/deploying.md's `ha` lines
             dotenv.write(f"SYNC_REDIS_URL=sentinel://:{password}@sentinel-1:26379;sentinel://sentinel-2:26379;"
                          f"sentinel://sentinel-3:26379/0\nREDIS_SENTINEL_MASTER=mymaster\n"
                          f"REDIS_SENTINEL_PASSWORD={password}\n")

@@ -98,7 +98,7 @@ def test_master_killed_mid_sync_sentinel_promotes_the_replica_nothing_lost_or_do
             try:  # the pipeline on its own: redelivery after the visibility timeout included
                 wait_until(settled, 60, message="every stockout saved after the failover")
             except TimeoutError:
-                # What Redis's asynchronous replication lost in the last moment (README, ha): the
+                # What Redis's asynchronous replication lost in the last moment (docs/deploying.md, ha): the
                 # documented recovery, reconcile --requeue-missing, over the stockouts' window.
                 missing = expected - set(saved(sandbox)) - set(_ids(letters))
                 recovered = len(missing)
