@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from producer import heartbeat
 from producer.jobs import Job, JobStore, eta_s
-from shared import breaker, clock, epoch
+from shared import clock, epoch
 from shared.backlog import backlog, queue_lengths
 from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
@@ -25,12 +25,12 @@ from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
 from shared.redis_durability import Durability
 from shared.redis_durability import inspect as inspect_redis
+from shared.snapshot import Snapshot
 from shared.stats import saved as saved_count
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.timeutil import format_wire, now_beijing
 
 if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
     from shared.runtime import Runtime
-    from shared.state import StateStore
 
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
@@ -118,42 +118,39 @@ class Status(BaseModel):
 
 def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     s, r, p = rt.settings, rt.redis, rt.settings.redis_prefix
+    snap = Snapshot.read(r, p)  # what the gauges and beat's alerts judge from too
     now = now_beijing()
     status = Status(now=format_wire(now), max_lag_s=s.status_max_lag_s, bip_token=token_state(r, p))
-    _cursor(status, rt.store, now)
-    status.queues = queue_depths(r, p)
-    status.in_flight = int(r.hlen(Keys(p).unacked))
-    status.backlog, status.high_water = backlog(r, p), s.high_water
+    _cursor(status, snap)
+    status.queues = dict(snap.queues)
+    status.in_flight = snap.unacked
+    status.backlog, status.high_water = snap.backlog, s.high_water
     status.backfills = [v for v in backfill_views(rt) if not v.job.finished]
-    status.synced = saved_count(r, p)
+    status.synced = snap.synced
     _dead_letters(status, rt)
     status.rate_limits = limiter_states(rt)
-    status.breaker = breaker_state(r, p)
+    status.breaker = breaker_state(snap)
     status.last_reconcile = last_report(r, p)
-    status.mapping_problem = mapping_problem(r, p)
+    status.mapping_problem = snap.mapping_problem
     from producer.alerts import told  # at call time: it registers beat's signal handlers when imported
 
     status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
-    _beat(status, rt)
-    found = epoch.read(r, p)
-    status.state_epoch = found.id if found else ""
+    _beat(status, snap, rt.settings.poll_interval_s)
+    status.state_epoch = snap.epoch
     status.problems = problems(status)
     _redis_durability(status, rt)
-    _clocks(status, rt)
+    _clocks(status, snap, rt)
     return status
 
 
-def _clocks(status: Status, rt: Runtime) -> None:
+def _clocks(status: Status, snap: Snapshot, rt: Runtime) -> None:
     """Every worker's and beat's last clock reading, and this host's own (status may run elsewhere); a
     skew over a minute, or polls that keep reading an empty window, is a problem."""
-    r = rt.redis
-    status.clocks = clock.readings(r, rt.settings.redis_prefix)
-    skew, at = clock.measure(r)
-    status.clocks.append(clock.Reading(who=f"status@{socket.gethostname()}", skew_s=skew, at=at))
-    status.problems += [p for p in (reading.problem() for reading in status.clocks) if p]
-    idle = clock.idle_problem(status.last_poll)
-    status.problems += [idle] if idle else []
+    skew, at = clock.measure(rt.redis)
+    own = clock.Reading(who=f"status@{socket.gethostname()}", skew_s=skew, at=at)
+    status.clocks = [*snap.clocks, own]
+    status.problems += [p for p in (own.problem(),) if p] + snap.clock_problems()
 
 
 def _redis_durability(status: Status, rt: Runtime) -> None:
@@ -165,11 +162,10 @@ def _redis_durability(status: Status, rt: Runtime) -> None:
     status.warnings += status.redis.warnings(allowed=allowed)
 
 
-def _beat(status: Status, rt: Runtime) -> None:
-    age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
-    status.beat_heartbeat_age_s = _round(age)
-    status.beat_alive = heartbeat.alive(age, rt.settings.poll_interval_s)
-    status.poll_interval_s = rt.settings.poll_interval_s
+def _beat(status: Status, snap: Snapshot, poll_interval_s: float) -> None:
+    status.beat_heartbeat_age_s = _round(snap.beat_age_s)
+    status.beat_alive = snap.beat_alive(poll_interval_s)
+    status.poll_interval_s = poll_interval_s
 
 
 def backfill_views(rt: Runtime, jobs: list[Job] | None = None) -> list[BackfillView]:
@@ -189,22 +185,14 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _cursor(status: Status, store: StateStore, now: datetime) -> None:
-    cursor = store.cursor()
-    if cursor is not None:
-        status.cursor = format_wire(cursor)
-        status.lag_s = round((now - cursor).total_seconds(), 1)
-    status.last_poll = store.last_poll_summary()
-    started = _parse((status.last_poll or {}).get("started_at"))
+def _cursor(status: Status, snap: Snapshot) -> None:
+    if snap.cursor is not None:
+        status.cursor = format_wire(snap.cursor)
+        status.lag_s = _round(snap.lag_s)
+    status.last_poll = snap.last_poll
+    started = snap.poll_started_at
     if started is not None:
-        status.last_poll_age_s = round((now - started).total_seconds(), 1)
-
-
-def _parse(text: object) -> datetime | None:
-    try:
-        return parse_wire(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
+        status.last_poll_age_s = round(snap.at - started, 1)
 
 
 def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
@@ -227,15 +215,6 @@ def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
     return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]
-
-
-def mapping_problem(r: redis.Redis, prefix: str) -> MappingProblem | None:
-    """What the workers recorded on finding the mapping file invalid (shared.runtime)."""
-    raw = r.get(Keys(prefix).mapping_invalid)
-    try:
-        return MappingProblem.model_validate_json(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def token_state(r: redis.Redis, prefix: str) -> TokenState:
@@ -284,8 +263,8 @@ def limiter_states(rt: Runtime) -> list[LimiterState]:
     return rows
 
 
-def breaker_state(r: redis.Redis, prefix: str) -> BreakerState:
-    found = breaker.opened(r, prefix)
+def breaker_state(snap: Snapshot) -> BreakerState:
+    found = snap.paused()
     if not found:
         return BreakerState()
     first = found[0]

@@ -24,10 +24,10 @@ from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_f
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
 from shared.keys import Keys
-from shared.mapping_cache import MappingProblem
 from shared.runtime import redis_client
 from shared.settings import Settings
-from shared.timeutil import BEIJING, format_wire, parse_wire
+from shared.snapshot import Snapshot
+from shared.timeutil import BEIJING, format_wire
 
 log = logging.getLogger("stockout_sync.alerts")
 
@@ -54,6 +54,7 @@ class Watch:
     # asked before each message: False when this process no longer holds the alerts lock
     may_send: Callable[[], bool] = lambda: True
     keys: Keys = field(init=False)
+    _round_snap: Snapshot | None = field(default=None, init=False)  # the one read of a round
     sent: list[tuple[Alert, list[Reply]]] = field(default_factory=list)
     _unreachable: bool = field(default=False, init=False)
 
@@ -64,13 +65,26 @@ class Watch:
         now = time.time() if now is None else now
         self._unreachable = False
         alerts: list[Alert] = []
-        for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.mapping_file,
-                     self.reconcile, self.clock):
-            try:
-                alerts += step(now)
-            except (redis.RedisError, ValueError, TypeError, KeyError) as err:
-                log.warning("alerts: %s could not be checked (%s)", step.__name__, type(err).__name__)
+        try:  # one read of the pipeline's health for the round: what `status` and the gauges judge from
+            self._round_snap = Snapshot.read(self.r, self.settings.redis_prefix)
+        except redis.RedisError as err:
+            log.warning("alerts: the pipeline's state could not be read (%s)", type(err).__name__)
+            return alerts
+        try:
+            for step in (self.dead_letters, self.breaker, self.cursor_lag, self.no_worker, self.mapping_file,
+                         self.reconcile, self.clock):
+                try:
+                    alerts += step(now)
+                except (redis.RedisError, ValueError, TypeError, KeyError) as err:
+                    log.warning("alerts: %s could not be checked (%s)", step.__name__, type(err).__name__)
+        finally:
+            self._round_snap = None
         return alerts
+
+    @property
+    def snap(self) -> Snapshot:
+        """The round's snapshot; a step run on its own reads one of its own."""
+        return self._round_snap or Snapshot.read(self.r, self.settings.redis_prefix)
 
     def _send(self, alert: Alert) -> bool:
         # Once every channel failed in this round, the rest of the round would only wait out the same
@@ -162,7 +176,7 @@ class Watch:
     # -- the circuit breaker: told when it opens and when it closes ------------------------------
     def breaker(self, now: float) -> list[Alert]:
         k = self.keys
-        raw = {_text(key): _text(value) for key, value in self.r.hgetall(k.breaker).items()}
+        raw = self.snap.breaker
         state = raw.get("state", "closed") or "closed"
         if state not in ("closed", "open", "half_open"):
             return []
@@ -204,12 +218,11 @@ class Watch:
         return [alert] if alert is not None else []
 
     def cursor_lag(self, now: float) -> list[Alert]:
-        cursor = parse_wire(_text(self.r.get(self.keys.cursor)))
-        if cursor is None:
+        cursor, lag = self.snap.cursor, self.snap.lag_at(now)
+        if cursor is None or lag is None:
             return []  # no poll has finished yet: `status` says so; nothing has fallen behind
-        lag = now - cursor.timestamp()
         limit = self.settings.status_max_lag_s
-        return self._condition("cursor_lag", lag > limit, now, lambda status: Alert(
+        return self._condition("cursor_lag", self.snap.lagging(limit, now), now, lambda status: Alert(
             kind="cursor_lag", status=status, severity="warning",
             title=(f"the cursor lags {lag / 60:.0f} min behind now" if status == "firing"
                    else "the cursor caught up"),
@@ -221,9 +234,8 @@ class Watch:
 
     def clock(self, now: float) -> list[Alert]:
         """A process's clock over a minute off Redis TIME, or polls that keep reading an empty window."""
-        found = [p for p in (reading.problem() for reading in clock.readings(self.r, self.settings.redis_prefix)) if p]
-        idle = clock.idle_problem(_json_object(self.r.get(self.keys.poll_last)))
-        found += [idle] if idle else []
+        clock.prune(self.r, self.settings.redis_prefix)  # processes that stopped reporting leave no reading
+        found = self.snap.clock_problems()
         return self._condition("clock", bool(found), now, lambda status: Alert(
             kind="clock", status=status, severity="critical",
             title="a clock is wrong: polls or saves are off" if status == "firing" else "the clocks agree again",
@@ -245,8 +257,7 @@ class Watch:
         ), grace_s=NO_WORKER_GRACE_S)
 
     def mapping_file(self, now: float) -> list[Alert]:
-        raw = self.r.get(self.keys.mapping_invalid)
-        problem = MappingProblem.model_validate_json(raw) if raw else None
+        problem = self.snap.mapping_problem
 
         def make(status: str) -> Alert:
             if status == "firing" and problem is not None:

@@ -7,8 +7,9 @@ import time
 import redis
 
 from shared.keys import Keys
+from shared.snapshot import HEARTBEAT_ALIVE_INTERVALS
 
-ALIVE_INTERVALS = 2  # a beat that missed two polls in a row is not scheduling any
+ALIVE_INTERVALS = HEARTBEAT_ALIVE_INTERVALS  # a beat that missed two polls in a row is not scheduling any
 
 
 def key(prefix: str) -> str:

@@ -139,6 +139,11 @@ def opened(redis: redis_lib.Redis, prefix: str, apis: Iterable[str] | None = Non
     """The open scopes (all, or those among `apis`), the earliest first."""
     raw = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
            for k, v in redis.hgetall(Keys(prefix).breaker).items()}
+    return open_scopes(raw, apis)
+
+
+def open_scopes(raw: dict[str, str], apis: Iterable[str] | None = None) -> list[Opened]:
+    """The open scopes of the breaker's hash as read (all, or those among `apis`), the earliest first."""
     wanted = set(apis) if apis is not None else None
     found = []
     for field, value in raw.items():

@@ -64,21 +64,35 @@ def record(r: redis.Redis, prefix: str, role: str, *, keep_s: float = RECORD_S) 
 
 def readings(r: redis.Redis, prefix: str) -> list[Reading]:
     """The readings that still count (stale ones are removed), the largest skew first."""
-    key = Keys(prefix).clocks
     seconds, _ = r.time()
-    found, stale = [], []
-    for who, raw in r.hgetall(key).items():
-        value = _record(raw)
-        if value is None or float(value.get("until", 0)) < seconds:
-            stale.append(who)
-            continue
-        apis = value.get("apis")
-        apis = apis if isinstance(apis, dict) else {}
-        found.append(Reading(who=_text(who), skew_s=float(value.get("skew_s", 0)), at=float(value.get("at", 0)),
-                             apis={str(k): float(v) for k, v in apis.items()}))
+    return current(prune(r, prefix, seconds), seconds)
+
+
+def prune(r: redis.Redis, prefix: str, now: float | None = None) -> dict[Any, Any]:
+    """Remove the readings of processes that stopped reporting (beat does, every alert round); what is left."""
+    key = Keys(prefix).clocks
+    now = float(r.time()[0]) if now is None else now
+    held = r.hgetall(key)
+    stale = [who for who, raw in held.items() if _current(raw, now) is None]
     if stale:
         r.hdel(key, *stale)
+    return {who: raw for who, raw in held.items() if who not in stale}
+
+
+def current(held: dict[Any, Any], now: float) -> list[Reading]:
+    """The readings of the clocks hash as read that still count at Redis time `now`, the largest skew first."""
+    found = [reading for who, raw in held.items() if (reading := _current(raw, now, _text(who))) is not None]
     return sorted(found, key=lambda reading: -abs(reading.skew_s))
+
+
+def _current(raw: Any, now: float, who: str = "") -> Reading | None:
+    value = _record(raw)
+    if value is None or float(value.get("until", 0)) < now:
+        return None
+    apis = value.get("apis")
+    apis = apis if isinstance(apis, dict) else {}
+    return Reading(who=who, skew_s=float(value.get("skew_s", 0)), at=float(value.get("at", 0)),
+                   apis={str(k): float(v) for k, v in apis.items()})
 
 
 class ClockWatch:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, get_args
@@ -20,20 +19,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import breaker
-from shared.backlog import PRIORITY_SUFFIXES
-from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 from shared.deadletters import Stage
 from shared.keys import Keys
 from shared.ratelimit import RateLimiter
 from shared.redis_conn import connect
 from shared.redis_durability import inspect as inspect_redis
 from shared.settings import Settings
-from shared.timeutil import parse_wire
+from shared.snapshot import QUEUES, Snapshot
 
 log = logging.getLogger("stockout_sync.metrics")
 
 _P = "stockout_sync"
-QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 BREAKER_STATES = ("closed", "half_open", "open")
 DLQ_RECOUNT_S = 30.0
@@ -75,52 +71,36 @@ class PipelineCollector(Collector):
         yield from families
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
-        k, r = self.k, self.r
-        pipe = r.pipeline(transaction=False)
-        for queue in QUEUES:
-            for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(k.queue(queue, suffix))
-        pipe.hlen(k.unacked)
-        pipe.get(k.cursor)
-        pipe.get(k.poll_last)
-        pipe.get(k.last_saved_at)
-        pipe.hgetall(k.breaker)
-        pipe.zcard(k.dlq_index)
-        pipe.zrange(k.dlq_index, -1, -1, withscores=True)
-        values = pipe.execute()
-        now = time.time()
-
-        n = len(PRIORITY_SUFFIXES)
+        snap = Snapshot.read(self.r, self.p)  # what `status` and beat's alerts judge from too
+        now = snap.at
         depth = GaugeMetricFamily(f"{_P}_queue_depth", "Messages waiting on each queue (LLEN)", labels=["queue"])
-        for i, queue in enumerate(QUEUES):
-            depth.add_metric([queue], sum(values[i * n:(i + 1) * n]))
+        for queue in QUEUES:
+            depth.add_metric([queue], snap.queues.get(queue, 0))
         yield depth
-        unacked, cursor, last_poll, last_saved, breaker_hash, dlq_total, dlq_newest = values[len(QUEUES) * n:]
-        yield _gauge("in_flight", "Messages delivered to a worker and not yet acknowledged", unacked)
-
-        cursor_at = _epoch(cursor)
-        if cursor_at is not None:
-            yield _gauge("cursor_lag_seconds", "How far the producer's cursor is behind now", now - cursor_at)
-        poll_at = _poll_finished(last_poll)
+        yield _gauge("in_flight", "Messages delivered to a worker and not yet acknowledged", snap.unacked)
+        if snap.lag_s is not None:
+            yield _gauge("cursor_lag_seconds", "How far the producer's cursor is behind now", snap.lag_s)
+        poll_at = snap.poll_finished_at
         if poll_at is not None:
             yield _gauge("last_poll_success_timestamp_seconds", "When the last successful poll ended (epoch)", poll_at)
         yield _gauge("idle_polls", "Polls in a row whose live window was empty or inverted (a clock behind?)",
-                     _idle_polls(last_poll))
+                     snap.idle_polls)
+        r = self.r
         evicts = inspect_redis(r).evicts  # CONFIG GET (INFO when refused); unknown counts as 0
         yield _gauge("redis_evicting", "1 when Redis's maxmemory-policy may evict keys (done marks, the cursor)",
                      1 if evicts else 0)
-        if last_saved:
+        if snap.last_saved_at:
             yield _gauge("last_save_timestamp_seconds", "When a worker last saved a stockout to BIP (epoch)",
-                         float(last_saved))
+                         snap.last_saved_at)
 
         letters = GaugeMetricFamily(f"{_P}_dead_letters", "Dead letters waiting for an operator, by stage",
                                     labels=["stage"])
-        newest = float(dlq_newest[0][1]) if dlq_newest else 0.0
-        for stage, count in self._dead_letters_by_stage(int(dlq_total), newest, now).items():
+        newest = snap.newest_letter_at or 0.0
+        for stage, count in self._dead_letters_by_stage(snap.dead_letters, newest, now).items():
             letters.add_metric([stage], count)
         yield letters
 
-        yield breaker_family({_text(k): _text(v) for k, v in (breaker_hash or {}).items()})
+        yield breaker_family(snap.breaker)
         yield from self._rates()
 
     def _dead_letters_by_stage(self, total: int, newest: float, now: float) -> dict[str, int]:
@@ -199,33 +179,10 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{_P}_{name}", documentation, value=float(value))
 
 
-def _idle_polls(value: Any) -> int:
-    try:
-        summary = json.loads(value) if value else {}
-        return int(summary.get("idle_polls") or 0) if isinstance(summary, dict) else 0
-    except (TypeError, ValueError):
-        return 0
-
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
-
-def _epoch(value: Any) -> float | None:
-    try:
-        parsed = parse_wire(_text(value)) if value else None
-    except ValueError:
-        return None
-    return parsed.timestamp() if parsed is not None else None
-
-
-def _poll_finished(value: Any) -> float | None:
-    try:
-        summary = json.loads(value) if value else None
-        started = _epoch(summary.get("started_at")) if isinstance(summary, dict) else None
-        return started + float(summary.get("duration_s") or 0) if started is not None else None  # type: ignore[union-attr]
-    except (ValueError, TypeError):
-        return None
 
 
 def _stage(value: Any) -> str:

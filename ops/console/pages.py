@@ -20,12 +20,13 @@ from ops.console.bulk import in_batches
 from ops.console.letters import LetterIndex
 from ops.console.web import HERE, change, console_of, problem, render
 from ops.preview import preview
-from ops.status import backfill_views, dead_letter_groups, mapping_problem
+from ops.status import backfill_views, dead_letter_groups
 from ops.trace import trace
 from producer.jobs import JobStore
 from shared.deadletters import DeadLetter, DeadLetterStore, redact
 from shared.errors import StockoutSyncError
 from shared.reconcile_reports import REPORTS_KEPT, recent_reports
+from shared.snapshot import Snapshot
 from shared.timeutil import format_wire, parse_given
 
 PER_PAGE = 50
@@ -310,7 +311,7 @@ async def mapping_page(request: Request) -> Response:
     console = console_of(request)
     rt = console.rt
     in_force = mapping_in_force(request)
-    recorded = await run_in_threadpool(mapping_problem, rt.redis, console.prefix)
+    recorded = (await run_in_threadpool(Snapshot.read, rt.redis, console.prefix)).mapping_problem
     content: dict[str, Any] | None = None
     if in_force["ok"]:
         content = rt.mappings.get().model_dump(mode="json")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ops.processes import wait_until
-from ops.status import mapping_problem
 from shared.deadletters import DeadLetterStore
 from shared.messages import publish_stockout
+from shared.snapshot import Snapshot
 from tests.integration.faults import eligible, outcome, recent, saved
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,8 @@ def test_a_broken_mapping_file_keeps_the_last_good_one_and_dead_letters_nothing(
     everyone = {s["stockout_id"] for s in stockouts}
     wait_until(lambda: everyone - needs_new <= set(saved(sandbox)), 30,
                message="the stockouts the last good mapping can express saved while the file is broken")
-    problem = wait_until(lambda: mapping_problem(redis_client, "t"), 10, message="the problem recorded for status")
+    problem = wait_until(lambda: Snapshot.read(redis_client, "t").mapping_problem, 10,
+                         message="the problem recorded for status")
     assert "headr" in problem.error
     assert problem.line().startswith(f"mapping file invalid since {problem.since}: ")
     assert "using the last good mapping from" in problem.line()
@@ -53,7 +54,7 @@ def test_a_broken_mapping_file_keeps_the_last_good_one_and_dead_letters_nothing(
 
     mapping_file.write_text(NEW, encoding="utf-8")
     wait_until(lambda: everyone <= set(saved(sandbox)), 30, message="all saved after the fix")
-    wait_until(lambda: mapping_problem(redis_client, "t") is None, 10, message="the problem cleared")
+    wait_until(lambda: Snapshot.read(redis_client, "t").mapping_problem is None, 10, message="the problem cleared")
     logs = processes.logs()
     assert logs.count("mapping file invalid since") == 1, "one log line per change, not one per task"
     assert "is valid again" in logs
