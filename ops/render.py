@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from producer.poll import PollSummary
+
 if TYPE_CHECKING:  # annotations only: producer.reconcile loads shared.metrics, which must come after the exporter
     from ops.status import BackfillView, Status
     from producer.reconcile import Report
@@ -47,9 +49,6 @@ def seconds(value: float | None) -> str:
 
 
 def print_status(report: Status) -> None:
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from producer.poll import PollSummary
-
 
     table = Table(title=f"stockout-sync status at {report.now} (Beijing)", show_header=False)
     table.add_column("what", style="bold")

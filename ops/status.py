@@ -14,6 +14,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from producer import heartbeat
+from producer.alerts import told
 from producer.jobs import Job, JobStore, eta_s
 from shared import clock, epoch
 from shared.backlog import backlog, queue_lengths
@@ -132,8 +133,6 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.breaker = breaker_state(snap)
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = snap.mapping_problem
-    from producer.alerts import told  # at call time: it registers beat's signal handlers when imported
-
     status.alerts_told = told(r, p)[:10]
     status.workers = workers(timeout_s)
     _beat(status, snap, rt.settings.poll_interval_s)

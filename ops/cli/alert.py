@@ -8,6 +8,9 @@ from rich.markup import escape
 
 from ops.cli.app import main
 from ops.render import console, fail
+from producer.alerts import probe_alert
+from shared.alerts import sender_from_settings
+from shared.settings import get_settings
 
 
 @main.group()
@@ -19,11 +22,6 @@ def alert() -> None:
 @click.option("--budget", default=None, type=float, help="seconds per channel, retries included (ALERT_SEND_BUDGET_S)")
 def alert_test(budget: float | None) -> None:
     """Send one test message to every configured channel and print each answer; exit 1 if one failed."""
-    # imported at call time: shared.alerts loads shared.metrics, which must come after the metrics exporter
-    from producer.alerts import probe_alert
-    from shared.alerts import sender_from_settings
-    from shared.settings import get_settings
-
     settings = get_settings()
     sender = sender_from_settings(settings)
     if budget is not None:

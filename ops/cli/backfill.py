@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -18,11 +17,9 @@ from ops.console.audit import record_cli_change
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
 from producer.jobs import JobStore, job_dict, job_json
+from shared.runtime import Runtime, runtime
 from shared.settings import get_settings
 from shared.timeutil import format_wire
-
-if TYPE_CHECKING:  # for the annotations only: the pipeline's modules load at call time (see below)
-    from shared.runtime import Runtime
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -47,9 +44,6 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, yes: bool
     if since is None or until is None:
         fail("backfill needs --since and --until (or one of: list, show ID, cancel ID)")
     require()  # the job is recorded in Redis; beat, which walks it, checks the WDT credentials
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared.runtime import runtime
-
     check_mapping()
     try:
         planned = plan(since, until, max_days=get_settings().backfill_max_days)
@@ -79,8 +73,6 @@ def backfill(ctx: click.Context, since: str | None, until: str | None, yes: bool
 @click.option("--json", "as_json", is_flag=True, help="one JSON array of the jobs, for programs")
 def backfill_list(as_json: bool) -> None:
     """Every backfill job, oldest first, with its progress and ETA."""
-    from shared.runtime import runtime
-
     views = backfill_views(runtime())
     if as_json:
         click.echo(json.dumps([job_dict(view.job, eta_s=view.eta_s) for view in views], ensure_ascii=False, indent=2))
@@ -94,8 +86,6 @@ def backfill_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the job as one JSON object")
 def backfill_show(job_id: str, follow: bool, as_json: bool) -> None:
     """One job: range, slice cursor, counts, state, ETA from the measured drain rate."""
-    from shared.runtime import runtime
-
     rt = runtime()
     job = JobStore(rt.redis, rt.settings.redis_prefix).get(job_id)
     if job is None:
@@ -115,8 +105,6 @@ def backfill_show(job_id: str, follow: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the job as one JSON object")
 def backfill_cancel(job_id: str, as_json: bool) -> None:
     """Stop a job: the producer publishes nothing more for it (messages already queued are still saved)."""
-    from shared.runtime import runtime
-
     rt = runtime()
     job = JobStore(rt.redis, rt.settings.redis_prefix).cancel(job_id)
     if job is None:

@@ -42,10 +42,9 @@ def console(ctx: click.Context, port: int, host: str, https_only: bool) -> None:
         fail(str(err))
     import uvicorn
 
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
+    # loaded only when the console runs: Starlette and Jinja2 would slow every command
     from ops.console.app import create_app
     from shared.runtime import runtime
-
     app = create_app(runtime(), users, secret_key=secret, refresh_s=s.console_refresh_s, https_only=https_only)
     out.print(f"console on http://{host}:{port}/ ({len(users)} user(s) from {s.console_users_file})")
     if host not in ("127.0.0.1", "::1", "localhost") and not https_only:

@@ -12,6 +12,7 @@ from ops.render import console, err_console, fail, print_history
 from shared.deadletters import DeadLetterStore
 from shared.flower_events import announce_requeued
 from shared.messages import publish_stockout
+from shared.runtime import runtime
 
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count
 CONFIRM_OVER = 10  # a --reason/--code requeue matching more letters than this asks first, as --all does
@@ -29,9 +30,6 @@ def dlq() -> None:
 
 def _dlq_store() -> DeadLetterStore:
     require()
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared.runtime import runtime
-
     rt = runtime()
     store = DeadLetterStore(rt.redis, rt.settings.redis_prefix)
     store.expire()  # letters past DLQ_TTL_DAYS go before anyone reads them

@@ -11,10 +11,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli.app import api_failure, main, parse_time, require
 from ops.cli.dlq import ascii_safe
+from ops.mapping_check import check_range
 from ops.render import console, err_console, fail
 from shared.errors import StockoutSyncError
 from shared.mapping import Fixed, Mapping, MappingFileError
 from shared.mapping_cache import mapping_cache
+from shared.runtime import runtime
 from shared.settings import get_settings
 
 if TYPE_CHECKING:  # annotations only: ops.mapping_check loads the pipeline, which loads shared.metrics
@@ -62,10 +64,6 @@ def check(since: str | None, until: str | None, as_json: bool) -> None:
         fail(f"--until {until!r} must be after --since {since!r}")
     require("wdt")  # the limiter WDT's calls go through lives in Redis
     _load()
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from ops.mapping_check import check_range
-    from shared.runtime import runtime
-
     rt = runtime()
     try:
         if err_console.is_terminal and not as_json:

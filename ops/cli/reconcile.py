@@ -16,8 +16,10 @@ from rich.progress import (
 
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import err_console, fail, print_reconcile, print_requeue
+from producer.reconcile import Reconcile
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
+from shared.runtime import runtime
 
 EXIT_HELP = """\b
 Exit codes: 0 every check verified and nothing found; 1 a verified mismatch
@@ -41,10 +43,6 @@ def reconcile(since: str, until: str, requeue_missing: bool, yes: bool, max_call
               as_json: bool) -> None:
     """Compare WDT, what this service marked synced, and BIP; says what it could and could not verify."""
     require("wdt", "bip")
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from producer.reconcile import Reconcile
-    from shared.runtime import runtime
-
     check_mapping()
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     if end <= start:

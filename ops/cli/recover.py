@@ -6,8 +6,10 @@ from rich.markup import escape
 
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import console, err_console, fail
+from producer.recover import recover as run_recover
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
+from shared.runtime import runtime
 from shared.timeutil import now_beijing
 
 
@@ -25,10 +27,6 @@ def recover(since: str, until: str | None, cursor: str | None, as_json: bool) ->
     cursor and the epoch, and let the pipeline run again. Every later save of an older stockout first
     proves absence in BIP. Exit 0 done, 1 some stockouts unknown (they prove absence before saving)."""
     require("wdt", "bip")
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from producer.recover import recover as run_recover
-    from shared.runtime import runtime
-
     check_mapping()
     start = parse_time(since, "--since")
     end = parse_time(until, "--until") if until else now_beijing().replace(microsecond=0)

@@ -11,6 +11,7 @@ import click
 from ops.cli.app import check_mapping, check_redis, json_lines_only, main, require, start_metrics
 from ops.demo import run_demo
 from ops.render import console, fail
+from producer.alerts import install as install_alerts
 from sandbox import SandboxConfig
 from sandbox.server import serve
 from shared.celery_app import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
@@ -63,8 +64,6 @@ def beat(schedule_file: str | None, metrics_port: int | None) -> None:
     check_redis("beat")
 
     s = get_settings()
-    from producer.alerts import install as install_alerts
-
     install_alerts(s)
     schedule_file = schedule_file or os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"stockout-sync-beat-{s.redis_prefix}"

@@ -11,6 +11,7 @@ from ops import status as report_status
 from ops.cli.app import main
 from ops.render import console, err_console, fail, print_status
 from shared.redis_conn import reachable
+from shared.runtime import runtime
 
 
 @main.command()
@@ -21,9 +22,6 @@ from shared.redis_conn import reachable
 def status(as_json: bool, timeout: float, health: report_status.Role | None) -> None:
     """Where the sync stands; exits 1 when something needs attention (lag, dead letters, no worker, an
     evicting Redis, a clock over a minute off); warns of Redis without persistence."""
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared.runtime import runtime
-
 
 
 

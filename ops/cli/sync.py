@@ -10,8 +10,10 @@ from rich.markup import escape
 from ops.cli.app import api_failure, check_mapping, main, require
 from ops.preview import preview as make_preview
 from ops.render import console, err_console, fail
+from producer.poll import poll_once
 from shared.errors import StockoutSyncError
 from shared.messages import publish_stockout
+from shared.runtime import runtime
 
 
 @main.command()
@@ -20,10 +22,6 @@ def poll(as_json: bool) -> None:
     """Run one poll now and print what it did; exit 1 when the pipeline is paused because Redis lost
     its state (see `recover`)."""
     require("wdt")
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from producer.poll import poll_once
-    from shared.runtime import runtime
-
     check_mapping()
 
     try:
@@ -47,9 +45,6 @@ def preview(stockout_no: str) -> None:
     WDT_LOOKUP_HORIZON_DAYS; the calls it took go to stderr."""
     require("wdt")
     check_mapping()
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared.runtime import runtime
-
     try:
         shown = make_preview(runtime(), stockout_no)
     except StockoutSyncError as err:

@@ -10,6 +10,7 @@ from rich.table import Table
 from ops.cli.app import main
 from ops.render import console, fail, print_history
 from ops.trace import Trace, trace
+from shared.runtime import runtime
 
 BIP_FIELDS = ("id", "code", "vouchdate", "org", "warehouse", "bustype", "status", "defines!define1")
 
@@ -21,9 +22,6 @@ def trace_command(order_no_or_stockout_id: str, as_json: bool) -> None:
     """Everything known about one stockout: our marks, lock, messages (both queues), dead letter and
     BIP record first, read without WDT; then WDT, asked from the times we know in 30-day windows back
     to WDT_LOOKUP_HORIZON_DAYS (the calls it took are shown). Exit 1 when nothing knows it."""
-    # imported at call time: the pipeline's modules load shared.metrics, which must come after the metrics exporter
-    from shared.runtime import runtime
-
     found = trace(runtime(), order_no_or_stockout_id.strip())
     if as_json:
         click.echo(json.dumps(found.model_dump(mode="json"), ensure_ascii=False, indent=2))
