@@ -24,6 +24,7 @@ from shared.alerts import Alert, Reply, Sender, channels_from_settings, sender_f
 from shared.celery_app import STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter
 from shared.keys import Keys
+from shared.lock import OwnedLock
 from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.snapshot import Snapshot
@@ -413,12 +414,6 @@ def consuming_queues(timeout_s: float = 2.0) -> list[str] | None:
     return sorted({q.get("name", "") for queues in (replies or {}).values() for q in queues or []})
 
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-
-
 class AlertLoop(threading.Thread):
     """Rounds every ALERT_CHECK_INTERVAL_S while this process holds the alerts lock."""
 
@@ -430,11 +425,11 @@ class AlertLoop(threading.Thread):
         # a round; a beat that died frees it within that span, and another beat takes over.
         self.lock_ms = int((settings.alert_send_budget_s * 2 + self.interval_s * 2) * 1000)
         self.token = uuid.uuid4().hex
-        self._take = r.register_script(_RENEW)
+        self._lock = OwnedLock(r, self.watch.keys.alerts_lock)
         self._stop = threading.Event()
 
     def holds_lock(self) -> bool:
-        return bool(self._take(keys=[self.watch.keys.alerts_lock], args=[self.token, self.lock_ms]))
+        return self._lock.renew(self.token, self.lock_ms / 1000, or_take=True)
 
     def run(self) -> None:
         log.info("alerts: checking every %.0f s, sending to %s", self.interval_s,
@@ -452,8 +447,7 @@ class AlertLoop(threading.Thread):
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
-            self.watch.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-                              "return 0", 1, self.watch.keys.alerts_lock, self.token)
+            self._lock.release(self.token)
 
 
 def install(settings: Settings) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from shared.keys import Keys
+from shared.lock import OwnedLock
 from shared.personal import redact
 from shared.timeutil import format_wire, parse_wire
 
@@ -87,16 +88,6 @@ if same then return {before, string.format('%.0f', now)} end
 return {false, string.format('%.0f', now)}
 """
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Renew only while still ours, so a poll that overran its lock cannot steal it back.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -148,8 +139,6 @@ class StateStore:
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
         self._swap = client.register_script(_SWAP)
         self._sending = client.register_script(_SENDING)
 
@@ -238,7 +227,7 @@ class StateStore:
         return Claim(None, 0.0 if pttl == 0 else max(pttl, 1) / 1000, generation)
 
     def release(self, sid: str, owner: str) -> None:
-        self._release(keys=[self._lock(sid)], args=[owner])
+        OwnedLock(self.r, self._lock(sid)).release(owner)
 
     def finish(self, sid: str, owner: str, bip_id: str, bip_code: str, generation: int = 0) -> None:
         """`mark_done`, count it as synced, then `release`: atomically and in one round trip."""
@@ -262,17 +251,18 @@ class StateStore:
     # -- the producer's lock, cursor and summary --------------------------------------------
     # `task`: the live poll (`poll_lock`) or the backfill jobs' task (`backfill_lock`): each runs one at
     # a time, and neither ever waits for the other's lock.
-    def _producer_lock(self, task: str) -> str:
-        return self.k.backfill_lock if task == "backfill" else self.k.poll_lock
+    def _producer_lock(self, task: str) -> OwnedLock:
+        return OwnedLock(self.r, self.k.backfill_lock if task == "backfill" else self.k.poll_lock)
 
     def acquire_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
-        return bool(self.r.set(self._producer_lock(task), token, nx=True, px=int(ttl_s * 1000)))
+        return self._producer_lock(task).acquire(token, ttl_s)
 
     def renew_poll_lock(self, token: str, ttl_s: float, task: str = "poll") -> bool:
-        return bool(self._renew(keys=[self._producer_lock(task)], args=[token, int(ttl_s * 1000)]))
+        # only while still ours, so a poll that overran its lock cannot steal it back
+        return self._producer_lock(task).renew(token, ttl_s)
 
     def release_poll_lock(self, token: str, task: str = "poll") -> None:
-        self._release(keys=[self._producer_lock(task)], args=[token])
+        self._producer_lock(task).release(token)
 
     def cursor(self) -> datetime | None:
         value = self.r.get(self.k.cursor)

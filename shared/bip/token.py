@@ -20,6 +20,7 @@ from shared.bip.sign import self_app_signature
 from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
 from shared.http import request_json
 from shared.keys import Keys
+from shared.lock import OwnedLock
 from shared.settings import Settings
 
 log = logging.getLogger("stockout_sync.bip")
@@ -36,11 +37,6 @@ local ok, obj = pcall(cjson.decode, v)
 if ok and type(obj) == 'table' and obj['token'] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
-return 0
-"""
-# release a lock only if we still hold it (it may have expired and been taken by another process)
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -145,7 +141,7 @@ class TokenProvider:
         self._deadline = 0.0  # time.monotonic() after which the memory copy is not trusted
         self._mutex = threading.Lock()
         self._invalidate = redis.register_script(_INVALIDATE)
-        self._release = redis.register_script(_RELEASE)
+        self._lock = OwnedLock(redis, self.lock_key)
 
     def __repr__(self) -> str:  # never the token
         return f"TokenProvider(app_key={self.settings.bip_app_key!r}, cached={self._token is not None})"
@@ -199,13 +195,14 @@ class TokenProvider:
         owner = uuid.uuid4().hex
         give_up = time.monotonic() + self.wait_budget_s
         while True:
-            if self.redis.set(self.lock_key, owner, nx=True, px=self.lock_ttl_ms):
+            if self._lock.acquire(owner, self.lock_ttl_ms / 1000):
                 try:
                     # someone may have renewed between our miss and our lock
                     token = self._read_cached()
                     return token if token is not None else self._fetch_and_store()
                 finally:
-                    self._release(keys=[self.lock_key], args=[owner])
+                    # only if still ours: it may have expired and been taken by another process
+                    self._lock.release(owner)
             time.sleep(POLL_INTERVAL_S)
             token = self._read_cached()
             if token is not None:
