@@ -23,6 +23,7 @@ from shared import epoch, metrics
 from shared.bip import lookup
 from shared.bip.idempotency import our_keys
 from shared.bip.models import DEFINE1, define1_of
+from shared.bip.paging import BipListPaginator, ListPaginationError
 from shared.deadletters import DeadLetterStore
 from shared.errors import RateLimitError, StockoutSyncError
 from shared.mapping import MEMO_FIELDS
@@ -280,10 +281,10 @@ class Reconcile:
         wanted = set(ids)
         found: dict[str, list[BipRow]] = {}
         query = [{"field": DEFINE1, "op": "in", "value1": ids}]
-        page_index, read, previous = 1, 0, None
-        while True:
+        pages = BipListPaginator(LIST_PAGE_SIZE)
+        while not pages.finished:
             try:
-                rows, total = self._with_retries(partial(self.rt.bip.list_page, page_index, LIST_PAGE_SIZE,
+                rows, total = self._with_retries(partial(self.rt.bip.list_page, pages.next_page, LIST_PAGE_SIZE,
                                                          simpleVOs=query), report)
             except StockoutSyncError as err:
                 return self._distrusted(f"BIP's list failed ({err.message})")
@@ -295,19 +296,15 @@ class Reconcile:
                 if sid not in wanted:
                     return self._distrusted(f"BIP's list ignored the {DEFINE1} filter (it returned record "
                                           f"{_text(row, 'id')} of stockout {sid}, which was not asked for)")
-            page_ids = [_text(row, "id") for row in rows]
-            if rows and page_ids == previous:
-                return self._distrusted(f"BIP's list repeated page {page_index - 1} as page {page_index} "
-                                      "(pageIndex ignored)")
-            previous = page_ids
+            try:
+                pages.advance(rows, total)
+            except ListPaginationError as err:
+                return self._distrusted(f"BIP's list does not add up ({err.message})")
             for row in rows:
                 found.setdefault(define1_of(row), []).append(
                     BipRow(id=_text(row, "id"), code=_text(row, "code"), pubts=_text(row, "pubts"),
                            fields=_fields_of(row, self.rt.mapping)))
-            read += len(rows)
-            if len(rows) < LIST_PAGE_SIZE or (total is not None and read >= total):
-                return found
-            page_index += 1
+        return found
 
     def _distrusted(self, why: str) -> dict[str, list[BipRow]] | None:
         self._distrust(why)

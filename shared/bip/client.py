@@ -16,6 +16,7 @@ from shared.bip import errors as codes
 from shared.bip import lookup
 from shared.bip.errors import API, code_of, message_of
 from shared.bip.models import DEFINE1, OthOutRecord, SaveResult, define1_of
+from shared.bip.paging import LIST_PATH, BipListPaginator
 from shared.bip.token import GatewayResolver, TokenProvider
 from shared.errors import (
     APIConnectionError,
@@ -31,7 +32,6 @@ from shared.settings import Settings
 log = logging.getLogger("stockout_sync.bip")
 
 SAVE_PATH = "/yonbip/scm/othoutrecord/single/save"
-LIST_PATH = "/yonbip/scm/othoutrecord/list"
 DETAIL_PATH = "/yonbip/scm/othoutrecord/detail"
 NOT_FOUND_CODE = "1002"
 
@@ -204,28 +204,11 @@ class BipClient:
 
     def find(self, simple_vos: list[dict[str, Any]], page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every record matching `simple_vos` (BIP's filter triples), page by page."""
-        page_index, read = 1, 0
-        limit: int | None = None
-        previous: list[str] | None = None
-        while True:
-            records, total = self._list_page(page_index, page_size, simpleVOs=simple_vos)
-            ids = [_str(r.get("id")) for r in records]
-            if records and ids == previous:
-                raise APIConnectionError(
-                    f"bip {LIST_PATH}: page {page_index} repeats page {page_index - 1} (pageIndex ignored?)", api=API
-                )
-            previous = ids
+        pages = BipListPaginator(page_size)
+        while not pages.finished:
+            records, total = self._list_page(pages.next_page, page_size, simpleVOs=simple_vos)
+            pages.advance(records, total)
             yield from records
-            read += len(records)
-            if total is not None:
-                limit = -(-total // page_size) if page_size else 0
-            if not records or len(records) < page_size or (total is not None and read >= total):
-                return
-            page_index += 1
-            if limit is not None and page_index > limit + 1:
-                raise APIConnectionError(
-                    f"bip {LIST_PATH}: page {page_index} past recordCount={total}", api=API
-                )
 
     def list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]:
         """One page of the list and its recordCount, rows as BIP sent them: the caller checks they
