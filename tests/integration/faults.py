@@ -13,9 +13,11 @@ from pathlib import Path
 import redis
 
 from ops.processes import wait_until
+from producer.poll import poll_once
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.messages import publish_stockout
 from shared.redis_conn import connect, free_port
+from shared.runtime import runtime
 from shared.timeutil import now_beijing
 from tests.progress import pipeline
 
@@ -52,6 +54,22 @@ def outcome(fault: str, sandbox, expected: set[str], letters: DeadLetterStore) -
     }
     RESULTS.append(row)
     return row
+
+
+def unmapped_warehouse_synced(sandbox, processes, redis_client, count: int) -> tuple[dict, set[str], DeadLetterStore]:
+    """`count` recent stockouts, one of them in a warehouse the mapping does not know yet (WH-NEW9),
+    synced by a worker: every other one saved, that one a dead letter. (poison, the eligible ids, letters)"""
+    stockouts = recent(sandbox, count)
+    poison = dict(next(s for s in stockouts if s["status"] in ("95", "110")))
+    poison["warehouse_no"] = "WH-NEW9"
+    sandbox.add_stockouts([poison])
+    expected = eligible(stockouts)
+    processes.worker(concurrency=2)
+    poll_once(runtime(), publish_stockout)
+    letters = DeadLetterStore(redis_client, "t")
+    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), message="sync",
+               progress=pipeline(sandbox, redis_client))
+    return poison, expected, letters
 
 
 def dead_lettered(sandbox, processes, redis_client, stockout: dict) -> tuple[DeadLetterStore, DeadLetter]:

@@ -14,16 +14,11 @@ from pathlib import Path
 import pytest
 
 from ops.processes import wait_until
-from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
 from shared.redis_conn import free_port
-from shared.runtime import runtime
 from tests.cli import command
 from tests.integration.conftest import reset_service_caches
 from tests.integration.console_kit import PASSWORDS, SECRET_KEY, write_users
-from tests.integration.faults import eligible, recent, saved
-from tests.progress import pipeline
+from tests.integration.faults import saved, unmapped_warehouse_synced
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,16 +115,7 @@ def test_operator_fixes_a_mapping_and_requeues_from_the_browser_viewer_cannot(
     from playwright.sync_api import expect
 
     expect.set_options(timeout=WAIT_MS)
-    stockouts = recent(sandbox, 8)
-    poison = dict(next(s for s in stockouts if s["status"] in ("95", "110")))
-    poison["warehouse_no"] = "WH-NEW9"  # a warehouse the mapping does not know yet
-    sandbox.add_stockouts([poison])
-    expected = eligible(stockouts)
-    processes.worker(concurrency=2)
-    poll_once(runtime(), publish_stockout)
-    letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), message="sync",
-               progress=pipeline(sandbox, redis_client))
+    poison, expected, letters = unmapped_warehouse_synced(sandbox, processes, redis_client, 8)
     sid, order_no = poison["stockout_id"], poison["order_no"]
 
     viewer = operator = None

@@ -17,7 +17,14 @@ from shared.personal import redact
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches
-from tests.integration.faults import dead_lettered, eligible, recent, saved, wait_for_attempts
+from tests.integration.faults import (
+    dead_lettered,
+    eligible,
+    recent,
+    saved,
+    unmapped_warehouse_synced,
+    wait_for_attempts,
+)
 from tests.progress import pipeline
 
 pytestmark = pytest.mark.integration
@@ -32,16 +39,7 @@ def test_poison_is_dead_lettered_at_once_then_fixed_mapping_and_requeue_saves_it
     monkeypatch.setenv("MAPPING_FILE", str(mapping))
     reset_service_caches()
 
-    stockouts = recent(sandbox, 20)
-    poison = dict(next(s for s in stockouts if s["status"] in ("95", "110")))
-    poison["warehouse_no"] = "WH-NEW9"  # a warehouse the mapping does not know yet
-    sandbox.add_stockouts([poison])
-    expected = eligible(stockouts)
-    processes.worker(concurrency=2)
-    poll_once(runtime(), publish_stockout)
-    letters = DeadLetterStore(redis_client, "t")
-    wait_until(lambda: set(saved(sandbox)) == expected - {poison["stockout_id"]} and letters.ids(), message="sync",
-               progress=pipeline(sandbox, redis_client))
+    poison, _, letters = unmapped_warehouse_synced(sandbox, processes, redis_client, 20)
 
     letter = letters.get(poison["stockout_id"])
     assert letter.attempts == 1, "a permanent error is not retried"
