@@ -51,7 +51,7 @@ def _alerts(watch: Watch, now: float) -> set[tuple[str, str]]:
     return {(a.kind, a.status) for a in watch.round(now)}
 
 
-def test_status_the_gauges_and_the_alerts_judge_one_state_alike(redis_client):
+def test_status_the_gauges_and_the_alerts_judge_one_state_alike(service, redis_client):
     settings = Settings(redis_prefix="t", status_max_lag_s=900, alert_interval_s=1)
     hook = Receiver(answer={"ok": True})
     try:
