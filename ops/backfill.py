@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ops.render import seconds
-from producer import heartbeat
 from producer.jobs import Job, JobStore, bounded, too_long
+from shared.snapshot import Snapshot
 from shared.stats import saved as saved_count
 from shared.timeutil import now_beijing, parse_given
 from shared.wdt.paging import ONE_SECOND
@@ -60,8 +60,8 @@ def start_backfill(rt: Runtime, planned: BackfillRange) -> Job:
 
 def beat_walks(rt: Runtime) -> tuple[bool, str]:
     """Whether a live beat walks a job now (a poll within two intervals), and that in words."""
-    age = heartbeat.age_s(rt.redis, rt.settings.redis_prefix)
-    alive = heartbeat.alive(age, rt.settings.poll_interval_s)
+    snap = Snapshot.read(rt.redis, rt.settings.redis_prefix)  # the judgement `status` makes of the heartbeat
+    age, alive = snap.beat_age_s, snap.beat_alive(rt.settings.poll_interval_s)
     last = "never here" if age is None else f"{seconds(age)} ago"
     return alive, ("the producer (beat) walks it now" if alive else
                    f"no live beat (its last poll: {last}): the job waits until `stockout-sync beat` runs")

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import redis
 from pydantic import BaseModel, Field
 
-from producer import heartbeat
 from producer.alerts import told
 from producer.jobs import Job, JobStore, eta_s
 from shared import clock, epoch
-from shared.backlog import backlog, queue_lengths
-from shared.celery_app import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
+from shared.backlog import backlog
+from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
 from shared.deadletters import DeadLetter, DeadLetterStore
 from shared.keys import Keys
 from shared.mapping_cache import MappingProblem
@@ -26,15 +25,13 @@ from shared.ratelimit import RateLimiter
 from shared.reconcile_reports import last_report
 from shared.redis_durability import Durability
 from shared.redis_durability import inspect as inspect_redis
-from shared.snapshot import Snapshot
+from shared.snapshot import HEARTBEAT_ALIVE_INTERVALS, Snapshot
 from shared.stats import saved as saved_count
 from shared.timeutil import format_wire, now_beijing
 
 if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
     from shared.runtime import Runtime
 
-# kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
-QUEUES = (STOCKOUT_QUEUE, BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE)
 Role = Literal["worker", "beat"]
 
 
@@ -194,10 +191,6 @@ def _cursor(status: Status, snap: Snapshot) -> None:
         status.last_poll_age_s = round(snap.at - started, 1)
 
 
-def queue_depths(r: redis.Redis, prefix: str) -> dict[str, int]:
-    return queue_lengths(r, prefix, QUEUES)
-
-
 def _dead_letters(status: Status, rt: Runtime) -> None:
 
     letters = list(DeadLetterStore(rt.redis, rt.settings.redis_prefix).summaries())
@@ -298,7 +291,7 @@ def problems(status: Status) -> list[str]:
             found.append(f"no beat/producer is consuming the {PRODUCER_QUEUE} queue: nothing polls WDT")
     if status.beat_heartbeat_age_s is not None and not status.beat_alive:
         found.append(f"beat's last poll ran {status.beat_heartbeat_age_s:.0f} s ago (more than "
-                     f"{heartbeat.ALIVE_INTERVALS} × POLL_INTERVAL_S={status.poll_interval_s:g}): no live beat, "
+                     f"{HEARTBEAT_ALIVE_INTERVALS} × POLL_INTERVAL_S={status.poll_interval_s:g}): no live beat, "
                      "so nothing polls and backfill jobs wait")
     if status.lag_s is None:
         found.append("no poll has completed yet: the cursor is not set")
