@@ -69,7 +69,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # The image's pinned dependencies (Dockerfile): after any change to pyproject's dependencies, then
-# commit requirements.lock. tests/unit/test_image.py fails while the two disagree.
+# commit requirements.lock. tests/repo/test_image.py fails while the two disagree.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
 		--generate-hashes -o requirements.lock

@@ -49,7 +49,7 @@ def machine(redis_url: str) -> dict:
         redis_version = client.info("server")["redis_version"]
     finally:
         client.close()
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     defaults = Settings(_env_file=None)
     return {

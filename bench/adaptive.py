@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from bench.common import Context, Row, run_producer, service_env
 from bench.pipeline import drain, fill, generate
-from shared.timeutil import now_beijing
+from shared.core.timeutil import now_beijing
 
 ACHIEVED = 0.85
 REFUSED = 0.05

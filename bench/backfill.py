@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from bench.common import Context, PrivateRedis, Processes, Row, service_env, wait_until
 from bench.feed import VirtualFeed, serve_feed
-from shared.timeutil import format_wire, now_beijing
+from shared.core.timeutil import format_wire, now_beijing
 
 SMALL, LARGE = 10_000, 100_000
 PEAK_TARGET_MB = 64
@@ -110,9 +110,9 @@ def run(ctx: Context) -> list[Row]:
 def _run(ctx: Context, n: int, name: str, *, latency: bool = False) -> dict:
     """One job of `n` stockouts; `latency`: the sandbox answers as a real gateway does, and the run
     lasts LATENCY_RUN_S instead of until the job is walked."""
-    from producer.jobs import JobStore
+    from producer.backfill.jobs import JobStore
     from sandbox import Sandbox, SandboxConfig
-    from shared.celery_app import BACKFILL_QUEUE
+    from shared.redis.keys import BACKFILL_QUEUE
 
     server = PrivateRedis(ctx.workdir)
     now = now_beijing().replace(microsecond=0)

@@ -17,8 +17,8 @@ from pathlib import Path
 import redis
 
 from ops.processes import delete_prefix, start_beat, start_worker, stop, wait_for_consumer, wait_until
-from shared.redis_conn import free_port, resolve_redis_url
-from shared.timeutil import format_wire
+from shared.core.timeutil import format_wire
+from shared.redis.conn import free_port, resolve_redis_url
 
 ROOT = Path(__file__).resolve().parents[1]
 

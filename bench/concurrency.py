@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.common import Context, Row, service_env
 from bench.pipeline import drain, fill, generate
-from shared.settings import Settings
+from shared.core.settings import Settings
 
 TARGET = 0.85
 LATENCY_S = 0.2

@@ -26,7 +26,7 @@ def run(ctx: Context) -> list[Row]:
     from ops.processes import wait_until
     from sandbox import Sandbox, SandboxConfig
     from sandbox.data import generate_stockouts
-    from shared.redis_conn import free_port
+    from shared.redis.conn import free_port
 
     prefix = ctx.prefix("f11")
     sb = Sandbox(SandboxConfig()).start()
@@ -86,8 +86,8 @@ def run(ctx: Context) -> list[Row]:
 
 def _done_marks(ctx: Context, prefix: str, n: int) -> str:
     """`n` done marks as workers write them (buckets of the state store), and the saved counter."""
-    from shared.keys import Keys
-    from shared.state import StateStore, done_mark
+    from shared.redis.keys import Keys
+    from shared.redis.state import StateStore, done_mark
 
     client = ctx.client()
     store = StateStore(client, prefix, 60 * 86400)

@@ -102,9 +102,9 @@ class Pinger:
 def _fill(ctx: Context, prefix: str, n: int) -> float:
     """`n` letters as workers write them (record, index, queue copy), realistic stockouts inside."""
     from sandbox.data import generate_stockouts
-    from shared.celery_app import DEAD_LETTER_QUEUE
-    from shared.deadletters import DeadLetter, DeadLetterStore
-    from shared.messages import queue_entry
+    from shared.deadletters.store import DeadLetter, DeadLetterStore
+    from shared.queue.publisher import queue_entry
+    from shared.redis.keys import DEAD_LETTER_QUEUE
 
     started = time.monotonic()
     client = ctx.client()

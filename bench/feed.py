@@ -18,7 +18,7 @@ from sandbox import Sandbox
 from sandbox.data import generate_stockouts
 from sandbox.faults import Reply
 from sandbox.wdt import WDT_PATH, WdtApi, failure
-from shared.timeutil import format_wire, to_beijing
+from shared.core.timeutil import format_wire, to_beijing
 
 _ID, _NO, _MOD = "@@sid@@", "@@no@@", "@@mod@@"
 FIRST_ID = 50_000_001

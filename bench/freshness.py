@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 from bench.common import Context, Processes, Row, service_env, wait_until
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.core.timeutil import format_wire, now_beijing, parse_wire
 
 POLL_INTERVAL_S = 2.0
 ARRIVAL_EVERY_S = 0.2

@@ -13,7 +13,7 @@ from math import ceil
 
 from bench.common import Context, Row, service_env
 from bench.feed import VirtualFeed, serve_feed
-from shared.timeutil import now_beijing
+from shared.core.timeutil import now_beijing
 
 PER_HOUR = 10_000
 POLLS = 60  # an hour of polls after the first hour
@@ -23,9 +23,9 @@ TARGET = 1.5
 def run(ctx: Context) -> list[Row]:
     from producer.poll import poll_once
     from sandbox import Sandbox, SandboxConfig
-    from shared import metrics
+    from shared.core import metrics
+    from shared.core.settings import Settings
     from shared.runtime import Runtime
-    from shared.settings import Settings
 
     start = now_beijing().replace(microsecond=0) - timedelta(hours=4)
     feed = VirtualFeed(PER_HOUR * 3, start, per_second=Fraction(PER_HOUR, 3600))
@@ -86,6 +86,6 @@ def _discard(raw: dict, key: str) -> None:
 
 
 def _wire(value) -> str:
-    from shared.timeutil import format_wire
+    from shared.core.timeutil import format_wire
 
     return format_wire(value)

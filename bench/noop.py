@@ -12,8 +12,9 @@ import sys
 from celery import Celery
 from celery.utils import uuid
 
-from shared.celery_app import STOCKOUT_QUEUE, create_app
-from shared.settings import Settings, get_settings
+from shared.core.settings import Settings, get_settings
+from shared.queue.app import create_app
+from shared.redis.keys import STOCKOUT_QUEUE
 
 NOOP_TASK = "bench.noop"
 
@@ -46,7 +47,7 @@ def publish(app: Celery, items: list[dict], batch: int = 100) -> None:
 def main(argv: list[str]) -> None:
     if argv[:1] != ["worker"]:
         raise SystemExit("usage: python -m bench.noop worker [--pool=P] [--concurrency=N]")
-    from shared.logs import configure_logging
+    from shared.core.logs import configure_logging
 
     s = get_settings()
     configure_logging(s)

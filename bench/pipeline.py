@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from bench.common import Context, Processes, Sampler, run_producer, tree_rss_mb, wait_until
-from shared.timeutil import now_beijing
+from shared.core.timeutil import now_beijing
 
 # Times of the generated stockouts: well inside the window the producer reads
 SPAN = (timedelta(hours=3), timedelta(hours=1))
@@ -68,7 +68,7 @@ def noop_drain(ctx: Context, env: dict[str, str], name: str, items: list[dict], 
                **worker_options) -> Drain:
     """The same, for no-op tasks carrying the same stockouts, on the same broker and worker settings."""
     from bench.noop import make_app, publish
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
     app = make_app(settings)

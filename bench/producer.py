@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from bench.common import Context, Row, run_producer, service_env
 from bench.feed import VirtualFeed, serve_feed
-from shared.timeutil import now_beijing
+from shared.core.timeutil import now_beijing
 
 RATE_TARGET = 3000
 RSS_TARGET = 1.2

@@ -14,9 +14,9 @@ import time
 
 def main(since: str, until: str) -> None:
     from producer.poll import backfill
-    from shared.messages import publish_stockout
+    from shared.core.timeutil import parse_wire
+    from shared.queue.publisher import publish_stockout
     from shared.runtime import runtime
-    from shared.timeutil import parse_wire
 
     rt = runtime()
     waited = [0.0]

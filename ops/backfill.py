@@ -6,17 +6,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from ops.render import seconds
-from producer.jobs import Job, JobStore, bounded, too_long
-from shared.snapshot import Snapshot
-from shared.stats import saved as saved_count
-from shared.timeutil import now_beijing, parse_given
+from producer.backfill.jobs import Job, JobStore, bounded, too_long
+from shared.core.timeutil import now_beijing, parse_given
+from shared.observe.snapshot import Snapshot
+from shared.redis.stats import saved as saved_count
+from shared.runtime import Runtime
 from shared.wdt.paging import ONE_SECOND
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -33,12 +33,12 @@ from ops.processes import (
     wait_until,
 )
 from sandbox import Sandbox, SandboxConfig
-from shared.celery_app import POLL_TASK, PRODUCER_QUEUE, STOCKOUT_QUEUE, create_app
-from shared.deadletters import DeadLetterStore, fix_key
-from shared.keys import Keys
-from shared.redis_conn import resolve_redis_url
-from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing
+from shared.core.settings import Settings
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetterStore, fix_key
+from shared.queue.app import POLL_TASK, create_app
+from shared.redis.conn import resolve_redis_url
+from shared.redis.keys import PRODUCER_QUEUE, STOCKOUT_QUEUE, Keys
 
 # Package data (pyproject: tool.setuptools.package-data), so the demo runs from an installed wheel too;
 # a wheel installs as plain files, so the resource is a real path the worker processes can open.

@@ -92,12 +92,12 @@ def list_every_queue() -> None:
 
 def mark_requeued() -> None:
     """A failure that `dlq requeue` sent back leaves the Failed list: its state becomes REQUEUED and
-    its result says when. Told by the requeue's event (shared/flower_events.py) while Flower runs, and
+    its result says when. Told by the requeue's event (shared/queue/events.py) while Flower runs, and
     caught up from the letters' history when it starts (a requeue while it was down); Flower's
     database keeps the state across restarts."""
     from flower.events import Events, EventsState
 
-    from shared.flower_events import REQUEUED_EVENT
+    from shared.queue.events import REQUEUED_EVENT
 
     handle = EventsState.event
 
@@ -123,7 +123,7 @@ def mark_requeued() -> None:
 def _requeued(state: Any, task: Any, at: str) -> None:
     from celery import states
 
-    from shared.flower_events import REQUEUED_STATE
+    from shared.queue.events import REQUEUED_STATE
 
     if task is not None and task.state == states.FAILURE:
         task.state = REQUEUED_STATE
@@ -135,11 +135,11 @@ def _catch_up(state: Any) -> None:
     """The failures Flower holds whose letter was requeued since (the letter's history says so)."""
     from celery import states
 
-    from shared.celery_app import SYNC_TASK
-    from shared.deadletters import DeadLetterStore
-    from shared.messages import labelled_stockout_id
-    from shared.runtime import redis_client
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
+    from shared.deadletters.store import DeadLetterStore
+    from shared.queue.app import SYNC_TASK
+    from shared.queue.publisher import labelled_stockout_id
+    from shared.redis.conn import redis_client
 
     failed = [t for t in list(state.tasks.values()) if t.state == states.FAILURE and t.name == SYNC_TASK]
     if not failed:

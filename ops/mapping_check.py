@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from producer.poll import read_slice
 from producer.window import slices_for
-from shared.mapping import Mapping
-from shared.state import order_no_of, stockout_key
-from shared.timeutil import format_wire
+from shared.core.timeutil import format_wire
+from shared.mapping.model import Mapping
+from shared.redis.state import order_no_of, stockout_key
 from worker.transform import TransformError, to_bip, validate_stockout
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def check_range(rt: Runtime, since: datetime, until: datetime, *,
                 on_slice: Callable[[int, int, CheckReport], None] | None = None) -> CheckReport:
     """Read [since, until] from WDT as the producer does (slices, pages, the shared limiter, the
     producer's retries) and dry-run every stockout; nothing is published, saved or marked."""
-    from shared import metrics  # loads the metrics module: only once the command runs
+    from shared.core import metrics  # loads the metrics module: only once the command runs
 
     started = time.monotonic()
     mapping = rt.mapping

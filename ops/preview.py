@@ -2,15 +2,13 @@
 of it, or why it cannot be mapped (`stockout-sync preview` and the console's Mapping page)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-from shared.errors import StockoutSyncError
+from shared.core.errors import StockoutSyncError
+from shared.runtime import Runtime
 from worker.transform import preview as make_preview
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
 
 
 class Preview(BaseModel):
@@ -25,7 +23,7 @@ def preview(rt: Runtime, stockout_no: str) -> Preview:
     """Looked up as `trace` does: from the times a dead letter knows, then in windows back to
     WDT_LOOKUP_HORIZON_DAYS. Raises StockoutSyncError when WDT cannot be asked."""
     from ops.trace import letter_times
-    from shared import metrics
+    from shared.core import metrics
 
     with metrics.wdt_purpose("preview"):
         found = rt.wdt.find_by_no(stockout_no, near=letter_times(rt, stockout_no))

@@ -12,8 +12,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
-from shared.keys import Keys
-from shared.redis_conn import connect
+from shared.redis.conn import connect
+from shared.redis.keys import Keys
 
 T = TypeVar("T")
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.status import BackfillView, Status
 from producer.poll import PollSummary
-
-if TYPE_CHECKING:  # annotations only: producer.reconcile loads shared.metrics, which must come after the exporter
-    from ops.status import BackfillView, Status
-    from producer.reconcile import Report
-    from shared.deadletters import HistoryEntry
+from producer.reconcile.run import Report
+from shared.deadletters.store import HistoryEntry
 
 # Piped output (a file, grep, a log collector) is not wrapped: rich would fold it at 80 columns when the
 # stream is not a terminal, splitting a line ("12 of\nthem unmappable") or a table row in two.

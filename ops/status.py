@@ -8,29 +8,28 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
 
-from producer.alerts import told
-from producer.jobs import Job, JobStore, eta_s
-from shared import clock, epoch
-from shared.backlog import backlog
-from shared.celery_app import PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.keys import Keys
-from shared.mapping_cache import MappingProblem
-from shared.ratelimit import RateLimiter
-from shared.reconcile_reports import last_report
-from shared.redis_durability import Durability
-from shared.redis_durability import inspect as inspect_redis
-from shared.snapshot import HEARTBEAT_ALIVE_INTERVALS, Snapshot
-from shared.stats import saved as saved_count
-from shared.timeutil import format_wire, now_beijing
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
+from producer.alerts.watch import told
+from producer.backfill.jobs import Job, JobStore, eta_s
+from producer.reconcile.reports import last_report
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.mapping.cache import MappingProblem
+from shared.observe import clock
+from shared.observe.snapshot import HEARTBEAT_ALIVE_INTERVALS, Snapshot
+from shared.queue.app import get_app
+from shared.queue.depth import backlog
+from shared.redis import epoch
+from shared.redis.durability import Durability
+from shared.redis.durability import inspect as inspect_redis
+from shared.redis.keys import PRODUCER_QUEUE, STOCKOUT_QUEUE, Keys
+from shared.redis.ratelimit import RateLimiter
+from shared.redis.stats import saved as saved_count
+from shared.runtime import Runtime
 
 Role = Literal["worker", "beat"]
 
@@ -101,15 +100,15 @@ class Status(BaseModel):
     backlog: int = 0  # stockout messages in Redis (both queues + unacked): what backpressure goes by
     high_water: int = 0
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
-    last_reconcile: dict | None = None  # the newest daily reconcile report (shared.reconcile_reports)
+    last_reconcile: dict | None = None  # the newest daily reconcile report (producer.reconcile.reports)
     mapping_problem: MappingProblem | None = None  # the file does not validate; the last good one is used
     redis: Durability | None = None  # maxmemory-policy and persistence, as the server tells them
     clocks: list[clock.Reading] = Field(default_factory=list)  # each process's clock against Redis TIME
-    alerts_told: list[dict[str, Any]] = Field(default_factory=list)  # producer.alerts.told: what, when, firing
+    alerts_told: list[dict[str, Any]] = Field(default_factory=list)  # producer.alerts.watch.told: what, when, firing
     beat_heartbeat_age_s: float | None = None  # since beat's last poll ran (producer/heartbeat.py); None: never
     beat_alive: bool = False  # a poll within two POLL_INTERVAL_S
     poll_interval_s: float = 0.0
-    state_epoch: str = ""  # the epoch of the Redis state (shared/epoch.py); empty = none
+    state_epoch: str = ""  # the epoch of the Redis state (shared/redis/epoch.py); empty = none
     problems: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # worth knowing, not worth exit 1
 
@@ -203,7 +202,7 @@ def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        key = letter.group  # what to fix (shared.deadletters.fix_key), with how many letters it mends
+        key = letter.group  # what to fix (shared.deadletters.store.fix_key), with how many letters it mends
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
     return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]

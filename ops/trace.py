@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.backlog import PRIORITY_SUFFIXES, STOCKOUT_QUEUES  # kombu's Redis priority queues, as `status` counts them
 from shared.bip.models import define1_of
-from shared.celery_app import BACKFILL_QUEUE, get_app
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.errors import StockoutSyncError
-from shared.keys import Keys
-from shared.state import parse_done, stockout_key
-from shared.timeutil import format_wire, now_beijing, parse_wire
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
+from shared.core.errors import StockoutSyncError
+from shared.core.timeutil import format_wire, now_beijing, parse_wire
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.queue.app import get_app
+from shared.queue.depth import (  # kombu's Redis priority queues, as `status` counts them
+    PRIORITY_SUFFIXES,
+    STOCKOUT_QUEUES,
+)
+from shared.redis.keys import BACKFILL_QUEUE, Keys
+from shared.redis.state import parse_done, stockout_key
+from shared.runtime import Runtime
 
 SCAN_CHUNK = 1000  # queue entries one script call looks at: each call stays well under a millisecond
 SCAN_LIMIT = 200_000  # entries a trace reads at most, per queue

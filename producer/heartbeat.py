@@ -1,12 +1,12 @@
 """Beat's heartbeat: every poll beat schedules writes when it ran, so `status` and `backfill` tell a
-live beat from none (`shared.snapshot.Snapshot.beat_alive` judges it)."""
+live beat from none (`shared.observe.snapshot.Snapshot.beat_alive` judges it)."""
 from __future__ import annotations
 
 import time
 
 import redis
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 
 def key(prefix: str) -> str:

@@ -1,6 +1,6 @@
 """One poll: read the new slices of the window, publish one message per new stockout, move the cursor
 only past a slice published whole; check the lookback's counts when due (docs/design.md, "The poll and
-the cursor"). Backfill jobs run in a task of their own (producer/backfill.py), never inside a poll."""
+the cursor"). Backfill jobs run in a task of their own (producer/backfill/walk.py), never inside a poll."""
 from __future__ import annotations
 
 import contextlib
@@ -11,22 +11,24 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from producer.backfill.jobs import JobStore, parse_time
 from producer.counts import PageCounts
-from producer.jobs import JobStore, parse_time
 from producer.window import Segment, Window, runs, slices_for
-from shared import breaker, clock, epoch, metrics
-from shared.backlog import backlog, live_backlog
-from shared.errors import StockoutSyncError
-from shared.retry import call_with_retries, in_process_policy
-from shared.state import StateStore, stockout_key
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from shared.core import metrics
+from shared.core.errors import StockoutSyncError
+from shared.core.retry import call_with_retries, in_process_policy
+from shared.core.timeutil import format_wire, now_beijing, parse_wire
+from shared.observe import clock
+from shared.queue.depth import backlog, live_backlog
+from shared.redis import breaker, epoch
+from shared.redis.state import StateStore, stockout_key
 from shared.wdt.paging import WdtPage
 
 if TYPE_CHECKING:
-    from shared.mapping import Mapping
-    from shared.messages import Publisher
+    from shared.core.settings import Settings
+    from shared.mapping.model import Mapping
+    from shared.queue.publisher import Publisher
     from shared.runtime import Runtime
-    from shared.settings import Settings
     from shared.wdt.client import WdtClient
 
 log = logging.getLogger("stockout_sync.producer")
@@ -279,7 +281,7 @@ def _idle_before(store: StateStore) -> int:
 
 def state_problem(rt: Runtime) -> str:
     """Why the Redis state cannot be trusted ("" when it can), checked before anything is published;
-    the epoch is created on the first poll and beat's copy kept (shared/epoch.py)."""
+    the epoch is created on the first poll and beat's copy kept (shared/redis/epoch.py)."""
     s = rt.settings
     cursor = rt.store.cursor()
     copy = epoch.StateCopy(s.state_copy_file) if s.state_copy_file else None
@@ -341,7 +343,7 @@ def check_lookback(window: Window, probe_count: Callable[[datetime, datetime], i
 
 def backfill(rt: Runtime, publish: Publish, since: datetime, until: datetime) -> PollSummary:
     """Walk a past range in this process, at once and without backpressure: the producer's own speed
-    (bench figure 4). Operators use backfill jobs (`producer.backfill.backfill_once`) instead."""
+    (bench figure 4). Operators use backfill jobs (`producer.backfill.walk.backfill_once`) instead."""
     started = time.monotonic()
     summary = PollSummary(
         started_at=format_wire(now_beijing()), window_start=format_wire(since), window_end=format_wire(until)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from producer.reconcile import BipRow, Reconcile, Report
-from shared import breaker, epoch, metrics
-from shared.timeutil import format_wire, now_beijing, parse_wire
+from producer.reconcile.run import BipRow, Reconcile, Report
+from shared.core import metrics
+from shared.core.timeutil import format_wire, now_beijing, parse_wire
+from shared.redis import breaker, epoch
 
 if TYPE_CHECKING:
     from shared.runtime import Runtime

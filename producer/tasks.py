@@ -1,13 +1,14 @@
-"""The beat's tasks: thin, the work is in producer.poll, producer.backfill and producer.reconcile."""
+"""The beat's tasks: thin, the work is in producer.poll, producer.backfill.walk and producer.reconcile.run."""
 from __future__ import annotations
 
 from producer import heartbeat
-from producer.backfill import backfill_once
+from producer.backfill.walk import backfill_once
 from producer.poll import OnQueue, poll_once
-from producer.reconcile import run_daily
+from producer.reconcile.run import run_daily
 from producer.recover import recover_by_itself
-from shared.celery_app import BACKFILL_QUEUE, BACKFILL_TASK, POLL_TASK, RECONCILE_TASK, app
-from shared.messages import publish_stockout
+from shared.queue.app import BACKFILL_TASK, POLL_TASK, RECONCILE_TASK, app
+from shared.queue.publisher import publish_stockout
+from shared.redis.keys import BACKFILL_QUEUE
 from shared.runtime import runtime
 
 # A backfill run ends (between slices) before the next one is due, so runs follow each other rather
@@ -36,7 +37,7 @@ def backfill() -> dict:
 
 @app.task(name=RECONCILE_TASK, acks_late=False)
 def reconcile_daily() -> dict:
-    # The whole report goes to Redis (shared.reconcile_reports); Flower gets the headline.
+    # The whole report goes to Redis (producer.reconcile.reports); Flower gets the headline.
     report = run_daily(runtime())
     return {"since": report.since, "until": report.until, "mismatches": report.mismatches,
             "unverifiable": report.checks.unverifiable(), "exit_code": report.exit_code}

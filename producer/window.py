@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 import redis
 
-from shared.keys import Keys
-from shared.settings import Settings
-from shared.state import StateStore
-from shared.timeutil import format_wire, parse_wire
+from shared.core.settings import Settings
+from shared.core.timeutil import format_wire, parse_wire
+from shared.redis.keys import Keys
+from shared.redis.state import StateStore
 from shared.wdt.paging import ONE_SECOND, slice_range
 
 Span = tuple[datetime, datetime]

@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from shared.bip.sign import self_app_signature
-from shared.timeutil import format_wire, now_beijing
+from shared.core.timeutil import format_wire, now_beijing
 
 from .config import SandboxConfig
 from .data import MASTER, MATERIALS

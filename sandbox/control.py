@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import requests
 
-from shared.timeutil import format_wire
+from shared.core.timeutil import format_wire
 
 from .bip import DISCOVERY_PATH
 from .config import SandboxConfig

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from shared.timeutil import ZERO_DATETIME, format_wire, now_beijing, to_beijing
+from shared.core.timeutil import ZERO_DATETIME, format_wire, now_beijing, to_beijing
 
 # ---------------------------------------------------------------------------------------------
 # field tables (seed/000_581db12e35288249.txt), in the seed's order

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, ValidationError, validate_call
 
-from shared.timeutil import parse_wire
-from shared.validation import describe
+from shared.core.timeutil import parse_wire
+from shared.core.validation import describe
 
 from .bip import BipApi
 from .config import SandboxConfig

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.timeutil import BEIJING, WIRE_FORMAT, format_wire, now_beijing
+from shared.core.timeutil import BEIJING, WIRE_FORMAT, format_wire, now_beijing
 from shared.wdt.sign import top_md5_sign
 
 from .config import SandboxConfig

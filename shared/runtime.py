@@ -9,20 +9,18 @@ from functools import cached_property
 from pathlib import Path
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from shared import metrics
 from shared.bip.client import BipClient
-from shared.breaker import Breaker
-from shared.clock import ClockWatch
-from shared.epoch import StateGuard
-from shared.keys import Keys
-from shared.mapping import Mapping
-from shared.mapping_cache import MappingProblem, mapping_cache
-from shared.redis_conn import connect
-from shared.settings import Settings, get_settings
-from shared.state import StateStore
+from shared.core import metrics
+from shared.core.settings import Settings, get_settings
+from shared.mapping.cache import MappingProblem, mapping_cache
+from shared.mapping.model import Mapping
+from shared.observe.clock import ClockWatch
+from shared.redis.breaker import Breaker
+from shared.redis.conn import redis_client
+from shared.redis.epoch import StateGuard
+from shared.redis.keys import Keys
+from shared.redis.state import StateStore
 from shared.wdt.client import WdtClient
 
 log = logging.getLogger("stockout_sync.mapping")
@@ -64,7 +62,7 @@ class Runtime:
 
     @cached_property
     def state_guard(self) -> StateGuard:
-        """The worker's check that the Redis state is the one it started with (shared/epoch.py)."""
+        """The worker's check that the Redis state is the one it started with (shared/redis/epoch.py)."""
         s = self.settings
         return StateGuard(self.redis, s.redis_prefix, probe_interval_s=s.breaker_probe_interval_s,
                           observer=metrics.BREAKER_OBSERVER)
@@ -104,23 +102,6 @@ def report_mapping_problem(r: redis.Redis, prefix: str, problem: MappingProblem 
     log.error("%s", problem.line())
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """Our own Redis connection. It rides out a Redis restart of a few seconds by retrying (the
-    commands we send are idempotent: SET, GET, scripts that compare before they write) rather than
-    failing the stockout's attempt; the budget stays well under the task's soft time limit."""
-    return connect(
-        settings.redis_url,
-        settings.redis_ca_certs,
-        **settings.sentinel_options(),
-        socket_connect_timeout=settings.http_connect_timeout_s,
-        socket_timeout=30,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=REDIS_RETRIES),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
-
-
-REDIS_RETRIES = 12  # about 8 s of waiting at most
 _runtime: Runtime | None = None
 _pid: int | None = None
 _guard = threading.Lock()

@@ -17,7 +17,7 @@ import fakeredis
 import pytest
 import redis
 
-from shared.redis_conn import EmbeddedRedis, reachable, resolve_redis_url
+from shared.redis.conn import EmbeddedRedis, reachable, resolve_redis_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/13"

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 
 def pipeline(sandbox: Any, client: redis.Redis | None = None, prefix: str = "t") -> Callable[[], Hashable]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import redis as redis_lib
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 TTL_S = 7 * 86400  # longer than any run of retries; a stockout that stops failing leaves no key
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from shared import metrics
-from shared.state import order_no_of, stockout_key
+from shared.core import metrics
+from shared.redis.state import order_no_of, stockout_key
 
 log = logging.getLogger("stockout_sync.worker")
 

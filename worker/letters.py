@@ -4,11 +4,11 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from shared.deadletters import DeadLetter, Stage
-from shared.errors import MappingError, StockoutSyncError
-from shared.mapping import Mapping
-from shared.state import order_no_of
-from shared.timeutil import format_wire, now_beijing
+from shared.core.errors import MappingError, StockoutSyncError
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetter, Stage
+from shared.mapping.model import Mapping
+from shared.redis.state import order_no_of
 from worker.transform import locate_rejection
 
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 from shared.bip import lookup
 from shared.bip.idempotency import our_keys
 from shared.bip.models import OthOutRecord, SaveResult
-from shared.epoch import Epoch, StatePaused
+from shared.redis.epoch import Epoch, StatePaused
+from shared.redis.state import order_no_of, stockout_key
 from shared.runtime import Runtime
-from shared.state import order_no_of, stockout_key
 from shared.wdt.models import Stockout
 from worker.transform import to_bip, validate_stockout
 

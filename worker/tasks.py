@@ -13,19 +13,20 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from shared import breaker, metrics
 from shared.bip.lookup import Unproven
-from shared.breaker import DEAD_LETTER_SCOPE, Opened
-from shared.celery_app import SYNC_TASK, app
-from shared.deadletters import DeadLetterStore
-from shared.epoch import StatePaused
-from shared.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
-from shared.flower_events import DEAD_LETTERED_EVENT, dlq_hint
-from shared.mapping import MappingFileError
-from shared.messages import message_label, publish_dead_letter
+from shared.core import metrics
+from shared.core.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
+from shared.core.settings import Settings
+from shared.deadletters.store import DeadLetterStore
+from shared.mapping.model import MappingFileError
+from shared.queue.app import SYNC_TASK, app
+from shared.queue.events import DEAD_LETTERED_EVENT, dlq_hint
+from shared.queue.publisher import message_label, publish_dead_letter
+from shared.redis import breaker
+from shared.redis.breaker import DEAD_LETTER_SCOPE, Opened
+from shared.redis.epoch import StatePaused
+from shared.redis.state import order_no_of, stockout_key
 from shared.runtime import Runtime, runtime
-from shared.settings import Settings
-from shared.state import order_no_of, stockout_key
 from worker import attempts
 from worker.events import task_event
 from worker.letters import make_letter, stage_of

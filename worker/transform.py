@@ -15,8 +15,10 @@ from pydantic_core import ErrorDetails
 
 from shared.bip.idempotency import resubmit_key
 from shared.bip.models import OthOutRecord, OthOutRecordLine
-from shared.errors import MappingError
-from shared.mapping import (
+from shared.core.errors import MappingError
+from shared.core.timeutil import beijing_date
+from shared.core.validation import describe, message_of
+from shared.mapping.model import (
     DEFAULT_MEMO,
     IDENTIFIER_FIELDS,
     LINE_FIELDS,
@@ -28,8 +30,6 @@ from shared.mapping import (
     Mapping,
     render_field,
 )
-from shared.timeutil import beijing_date
-from shared.validation import describe, message_of
 from shared.wdt.models import Stockout, StockoutDetail, bounded
 
 # BIP's text limits are not published. Identifiers longer than this are refused, never cut: a cut

@@ -8,9 +8,9 @@ from rich.markup import escape
 
 from ops.cli.app import main
 from ops.render import console, fail
-from producer.alerts import probe_alert
-from shared.alerts import sender_from_settings
-from shared.settings import get_settings
+from producer.alerts.channels import sender_from_settings
+from producer.alerts.watch import probe_alert
+from shared.core.settings import get_settings
 
 
 @main.group()

@@ -10,12 +10,12 @@ import click
 from pydantic import SecretStr, ValidationError
 
 from ops.render import fail
-from shared import metrics_exporter
-from shared.errors import AuthenticationError, StockoutSyncError
-from shared.logs import configure_logging
-from shared.mapping_cache import mapping_cache
-from shared.settings import Settings, explain, get_settings, masked_url
-from shared.timeutil import parse_given
+from shared.core.errors import AuthenticationError, StockoutSyncError
+from shared.core.logs import configure_logging
+from shared.core.settings import Settings, explain, get_settings, masked_url
+from shared.core.timeutil import parse_given
+from shared.mapping.cache import mapping_cache
+from shared.observe import exporter
 
 
 def check_mapping() -> None:
@@ -53,7 +53,7 @@ def json_lines_only() -> list[str]:
 def start_metrics(port: int | None, role: str = "") -> None:
 
     try:
-        metrics_exporter.start(get_settings(), port, role=role)
+        exporter.start(get_settings(), port, role=role)
     except OSError as err:  # the port is taken: say which, rather than run without metrics
         fail(f"metrics port {port or get_settings().metrics_port}: {err}")
 
@@ -113,7 +113,7 @@ def redis_problem(settings: Settings) -> str | None:
     """Why Redis at REDIS_URL cannot be used right now, in words; None when it answers a PING."""
     import redis
 
-    from shared.redis_conn import connect
+    from shared.redis.conn import connect
 
     try:
         client = connect(settings.redis_url, settings.redis_ca_certs, master=settings.redis_sentinel_master,
@@ -138,9 +138,9 @@ def check_redis(role: str) -> None:
 
     import redis
 
-    from shared import clock
-    from shared.redis_conn import connect
-    from shared.redis_durability import inspect
+    from shared.observe import clock
+    from shared.redis.conn import connect
+    from shared.redis.durability import inspect
 
     settings = get_settings()
     client = connect(settings.redis_url, settings.redis_ca_certs, master=settings.redis_sentinel_master,

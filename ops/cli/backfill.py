@@ -16,10 +16,10 @@ from ops.cli.app import check_mapping, main, require
 from ops.console.audit import record_cli_change
 from ops.render import backfill_line, console, err_console, fail, print_backfills, seconds
 from ops.status import backfill_views
-from producer.jobs import JobStore, job_dict, job_json
+from producer.backfill.jobs import JobStore, job_dict, job_json
+from shared.core.settings import get_settings
+from shared.core.timeutil import format_wire
 from shared.runtime import Runtime, runtime
-from shared.settings import get_settings
-from shared.timeutil import format_wire
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -12,7 +12,7 @@ from ops.cli.app import main, require
 from ops.console.auth import UsersFileError, hash_password, load_users
 from ops.render import console as out
 from ops.render import err_console, fail
-from shared.settings import get_settings
+from shared.core.settings import get_settings
 
 MIN_SECRET_KEY = 32
 

@@ -9,9 +9,9 @@ from rich.table import Table
 
 from ops.cli.app import main, require
 from ops.render import console, err_console, fail, print_history
-from shared.deadletters import DeadLetterStore
-from shared.flower_events import announce_requeued
-from shared.messages import publish_stockout
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.events import announce_requeued
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 
 SHOWN_IDS = 50  # ids printed after a requeue; a requeue of thousands prints the count

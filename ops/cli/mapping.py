@@ -13,13 +13,13 @@ from ops.cli.app import api_failure, main, parse_time, require
 from ops.cli.dlq import ascii_safe
 from ops.mapping_check import check_range
 from ops.render import console, err_console, fail
-from shared.errors import StockoutSyncError
-from shared.mapping import Fixed, Mapping, MappingFileError
-from shared.mapping_cache import mapping_cache
+from shared.core.errors import StockoutSyncError
+from shared.core.settings import get_settings
+from shared.mapping.cache import mapping_cache
+from shared.mapping.model import Fixed, Mapping, MappingFileError
 from shared.runtime import runtime
-from shared.settings import get_settings
 
-if TYPE_CHECKING:  # annotations only: ops.mapping_check loads the pipeline, which loads shared.metrics
+if TYPE_CHECKING:  # annotations only: ops.mapping_check loads the pipeline, which loads shared.core.metrics
     from ops.mapping_check import CheckReport
 
 EXAMPLES_SHOWN = 3  # order numbers printed per group; --json has up to mapping_check.EXAMPLES

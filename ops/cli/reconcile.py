@@ -16,9 +16,9 @@ from rich.progress import (
 
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import err_console, fail, print_reconcile, print_requeue
-from producer.reconcile import Reconcile
-from shared.errors import StockoutSyncError
-from shared.messages import publish_stockout
+from producer.reconcile.run import Reconcile
+from shared.core.errors import StockoutSyncError
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 
 EXIT_HELP = """\b

@@ -7,10 +7,10 @@ from rich.markup import escape
 from ops.cli.app import api_failure, check_mapping, main, parse_time, require
 from ops.render import console, err_console, fail
 from producer.recover import recover as run_recover
-from shared.errors import StockoutSyncError
-from shared.messages import publish_stockout
+from shared.core.errors import StockoutSyncError
+from shared.core.timeutil import now_beijing
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 
 
 @main.command()

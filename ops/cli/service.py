@@ -11,11 +11,12 @@ import click
 from ops.cli.app import check_mapping, check_redis, json_lines_only, main, require, start_metrics
 from ops.demo import run_demo
 from ops.render import console, fail
-from producer.alerts import install as install_alerts
+from producer.alerts.watch import install as install_alerts
 from sandbox import SandboxConfig
 from sandbox.server import serve
-from shared.celery_app import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, get_app
-from shared.settings import get_settings
+from shared.core.settings import get_settings
+from shared.queue.app import get_app
+from shared.redis.keys import BACKFILL_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE
 
 
 @main.command()
@@ -127,7 +128,7 @@ def flower(port: int, address: str, db: str, persistent: bool, insecure: bool) -
     list_every_queue()
     mark_requeued()
     # Flower knows brokers by their URL scheme and only reads events and queue lengths, so it runs
-    # on kombu's own Redis transport; the hardened one (shared/broker.py) matters to consumers.
+    # on kombu's own Redis transport; the hardened one (shared/queue/broker.py) matters to consumers.
     get_app().conf.broker_transport = None
     # The credentials stay in the environment, where Flower reads them, never on the command line.
     get_app().start(argv)

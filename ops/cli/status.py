@@ -10,7 +10,7 @@ from rich.markup import escape
 from ops import status as report_status
 from ops.cli.app import main
 from ops.render import console, err_console, fail, print_status
-from shared.redis_conn import reachable
+from shared.redis.conn import reachable
 from shared.runtime import runtime
 
 

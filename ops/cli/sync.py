@@ -11,8 +11,8 @@ from ops.cli.app import api_failure, check_mapping, main, require
 from ops.preview import preview as make_preview
 from ops.render import console, err_console, fail
 from producer.poll import poll_once
-from shared.errors import StockoutSyncError
-from shared.messages import publish_stockout
+from shared.core.errors import StockoutSyncError
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 
 

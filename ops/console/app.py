@@ -2,8 +2,6 @@
 session, the login guard and the security headers of ops/console/web.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -11,9 +9,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from ops.console.auth import User
 from ops.console.pages import routes
 from ops.console.web import SESSION_MAX_AGE_S, Console, RequireLogin, SecurityHeaders
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
+from shared.runtime import Runtime
 
 
 def create_app(rt: Runtime, users: dict[str, User], *, secret_key: str, refresh_s: float = 5.0,

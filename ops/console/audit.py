@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 from pydantic import BaseModel, Field
 
-from shared.keys import Keys
-from shared.timeutil import format_wire, now_beijing
+from shared.core.timeutil import format_wire, now_beijing
+from shared.redis.keys import Keys
 
 AUDIT_KEPT = 10_000
 SHOWN_IDS = 20  # ids kept in an entry; the count says how many there were

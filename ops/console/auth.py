@@ -12,7 +12,7 @@ from typing import Literal
 
 import redis
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 Role = Literal["viewer", "operator"]
 ROLES: tuple[Role, ...] = ("viewer", "operator")

@@ -12,7 +12,7 @@ from itertools import islice
 from pydantic import BaseModel, Field
 
 from ops.console.audit import AuditTrail
-from shared.timeutil import format_wire, now_beijing
+from shared.core.timeutil import format_wire, now_beijing
 
 KEPT = 50  # finished operations remembered for their pages
 BATCH = 200

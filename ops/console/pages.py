@@ -22,12 +22,12 @@ from ops.console.web import HERE, change, console_of, problem, render
 from ops.preview import preview
 from ops.status import backfill_views, dead_letter_groups
 from ops.trace import trace
-from producer.jobs import JobStore
-from shared.deadletters import DeadLetter, DeadLetterStore, redact
-from shared.errors import StockoutSyncError
-from shared.reconcile_reports import REPORTS_KEPT, recent_reports
-from shared.snapshot import Snapshot
-from shared.timeutil import format_wire, parse_given
+from producer.backfill.jobs import JobStore
+from producer.reconcile.reports import REPORTS_KEPT, recent_reports
+from shared.core.errors import StockoutSyncError
+from shared.core.timeutil import format_wire, parse_given
+from shared.deadletters.store import DeadLetter, DeadLetterStore, redact
+from shared.observe.snapshot import Snapshot
 
 PER_PAGE = 50
 FILTERS = ("group", "reason", "code", "warehouse", "day")
@@ -204,8 +204,8 @@ async def dlq_change(request: Request, form: FormData, action: str) -> Response:
                       examples=targets[:20], hidden=hidden, post_to=f"/deadletters/{action}")
     user = request.state.user
     if action == "requeue":
-        from shared.flower_events import announce_requeued  # Flower marks the failures resolved, as for the CLI
-        from shared.messages import publish_stockout
+        from shared.queue.events import announce_requeued  # Flower marks the failures resolved, as for the CLI
+        from shared.queue.publisher import publish_stockout
 
         op = console.operations.start(
             "dlq.requeue", user.name, user.role, f"{words} through {mapping_words(mapping)}", len(targets),
@@ -391,8 +391,8 @@ async def reconcile_requeue(request: Request, form: FormData) -> Response:
 
     def work() -> Iterator[list[str]]:
         # what the CLI's `reconcile --requeue-missing` does: acting only on what this run proves again
-        from producer.reconcile import Reconcile
-        from shared.messages import publish_stockout
+        from producer.reconcile.run import Reconcile
+        from shared.queue.publisher import publish_stockout
 
         job = Reconcile(console.rt, keep_raw=True)
         fresh = job.run(parse_given(since, "since"), parse_given(until, "until"))

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
@@ -21,10 +21,8 @@ from ops.console.auth import User, csrf_ok, new_csrf_token
 from ops.console.bulk import Operations
 from ops.console.letters import LetterIndex
 from ops.status import Status, gather
-from shared.deadletters import DeadLetterStore
-
-if TYPE_CHECKING:  # for the annotations only: the runtime loads shared.metrics, which must come after the exporter
-    from shared.runtime import Runtime
+from shared.deadletters.store import DeadLetterStore
+from shared.runtime import Runtime
 
 HERE = Path(__file__).parent
 SESSION_MAX_AGE_S = 8 * 3600

@@ -11,23 +11,17 @@ from typing import Any
 import redis as redis_lib
 import requests
 
-from shared import metrics
 from shared.bip import errors as codes
 from shared.bip import lookup
 from shared.bip.errors import API, code_of, message_of
 from shared.bip.models import DEFINE1, OthOutRecord, SaveResult, define1_of
 from shared.bip.paging import LIST_PATH, BipListPaginator
 from shared.bip.token import GatewayResolver, TokenProvider
-from shared.errors import (
-    APIConnectionError,
-    InvalidRequestError,
-    Kind,
-    RateLimitError,
-    StockoutSyncError,
-)
-from shared.http import make_session, request_json
-from shared.ratelimit import RateLimiter
-from shared.settings import Settings
+from shared.core import metrics
+from shared.core.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
+from shared.core.http import make_session, request_json
+from shared.core.settings import Settings
+from shared.redis.ratelimit import RateLimiter
 
 log = logging.getLogger("stockout_sync.bip")
 
@@ -98,7 +92,8 @@ class BipClient:
         query = dict(params or {})
         query["access_token"] = token
         try:
-            reply = request_json(self.session, method, url, api=API, params=query, json=json)
+            reply = request_json(self.session, method, url, api=API, failure_code=codes.failure_code,
+                                 params=query, json=json)
         except RateLimitError as exc:  # HTTP 429: the same wait as BIP's own rate codes
             if self.limiter is not None:
                 exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import Kind, StockoutSyncError, make_error
+from shared.core.errors import Kind, StockoutSyncError, make_error
 
 API = "bip"
 
@@ -50,6 +50,12 @@ def code_of(body: Any) -> str:
         value = body.get("code")
         return "" if value is None else str(value).strip()
     return ""
+
+
+def failure_code(body: Any) -> str:
+    """The code of a reply that is not a success ("" for one), for the calls' metric."""
+    code = code_of(body)
+    return "" if not code or kind_of(code) is Kind.SUCCESS else code
 
 
 def message_of(body: Any) -> str:

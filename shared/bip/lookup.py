@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.bip.models import DEFINE1, define1_of
-from shared.errors import APIConnectionError, InvalidRequestError, Kind, StockoutSyncError
+from shared.core.errors import APIConnectionError, InvalidRequestError, Kind, StockoutSyncError
 
 if TYPE_CHECKING:
     from shared.bip.client import BipClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import APIConnectionError
+from shared.core.errors import APIConnectionError
 
 LIST_PATH = "/yonbip/scm/othoutrecord/list"
 

@@ -17,11 +17,11 @@ import requests
 from shared.bip import errors as codes
 from shared.bip.errors import API, code_of
 from shared.bip.sign import self_app_signature
-from shared.errors import APIConnectionError, Kind, StockoutSyncError, make_error
-from shared.http import request_json
-from shared.keys import Keys
-from shared.lock import OwnedLock
-from shared.settings import Settings
+from shared.core.errors import APIConnectionError, Kind, StockoutSyncError, make_error
+from shared.core.http import request_json
+from shared.core.settings import Settings
+from shared.redis.keys import Keys
+from shared.redis.lock import OwnedLock
 
 log = logging.getLogger("stockout_sync.bip")
 
@@ -86,7 +86,8 @@ class GatewayResolver:
                         return self._override(Endpoints(obj["gateway_url"], obj["token_url"]))
                 except (ValueError, KeyError, TypeError, AttributeError):
                     pass  # unreadable cache: discover again
-        reply = request_json(self.session, "GET", s.bip_discovery_url, api=API, params={"tenantId": s.bip_tenant_id})
+        reply = request_json(self.session, "GET", s.bip_discovery_url, api=API, failure_code=codes.failure_code,
+                             params={"tenantId": s.bip_tenant_id})
         data = reply.data if isinstance(reply.data, dict) else {}
         inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}
         gateway, token_url = inner.get("gatewayUrl"), inner.get("tokenUrl")
@@ -243,7 +244,7 @@ class TokenProvider:
         }
         url = self.endpoints().token_url + TOKEN_PATH
         self.requests_made += 1
-        reply = request_json(self.session, "GET", url, api=API, params=params)
+        reply = request_json(self.session, "GET", url, api=API, failure_code=codes.failure_code, params=params)
         data = reply.data if isinstance(reply.data, dict) else {}
         code = code_of(data)
         inner: dict[str, Any] = data["data"] if isinstance(data.get("data"), dict) else {}

@@ -12,12 +12,12 @@ from typing import Any
 import redis as redis_lib
 import requests
 
-from shared import metrics
-from shared.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
-from shared.http import make_session, request_json
-from shared.ratelimit import RateLimiter
-from shared.settings import Settings
-from shared.timeutil import format_wire, now_beijing, parse_wire, to_beijing
+from shared.core import metrics
+from shared.core.errors import APIConnectionError, InvalidRequestError, Kind, RateLimitError, StockoutSyncError
+from shared.core.http import make_session, request_json
+from shared.core.settings import Settings
+from shared.core.timeutil import format_wire, now_beijing, parse_wire, to_beijing
+from shared.redis.ratelimit import RateLimiter
 from shared.wdt import errors as codes
 from shared.wdt.lookup import Lookup, needs_window, plan
 from shared.wdt.paging import MAX_WINDOW, WdtPage, WdtPaginator, slice_range
@@ -98,7 +98,8 @@ class WdtClient:
             self.limiter.acquire()
         params = self.signed_params(business)
         try:
-            reply = request_json(self.session, "POST", self.url, api=API, data=params, numbers_as_text=True)
+            reply = request_json(self.session, "POST", self.url, api=API, failure_code=codes.code_of, data=params,
+                                 numbers_as_text=True)
         except RateLimitError as exc:  # HTTP 429: the same wait as WDT's own 1012
             if self.limiter is not None:
                 exc.retry_after = max(exc.retry_after or 0.0, self.limiter.refused())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from shared.errors import Kind, StockoutSyncError, make_error
+from shared.core.errors import Kind, StockoutSyncError, make_error
 
 API = "wdt"
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.errors import InvalidRequestError, StockoutSyncError
-from shared.timeutil import format_wire, to_beijing
+from shared.core.errors import InvalidRequestError, StockoutSyncError
+from shared.core.timeutil import format_wire, to_beijing
 from shared.wdt.paging import MAX_WINDOW, ONE_SECOND
 
 Window = tuple[datetime, datetime] | None  # None: asked without start_time/end_time

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from shared.timeutil import format_wire, parse_wire
+from shared.core.timeutil import format_wire, parse_wire
 
 # A number as WDT writes one: ASCII digits with at most one point (and a minus), nothing else. The
 # shape is checked on the text before Decimal ever sees it: `1e999999999` would otherwise become a

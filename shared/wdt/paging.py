@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.errors import APIConnectionError
-from shared.timeutil import to_beijing
+from shared.core.errors import APIConnectionError
+from shared.core.timeutil import to_beijing
 
 MAX_WINDOW = timedelta(days=30)
 ONE_SECOND = timedelta(seconds=1)

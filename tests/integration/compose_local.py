@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from shared.redis_conn import free_port
+from shared.redis.conn import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -23,8 +23,8 @@ def sandbox():
 def reset_service_caches() -> None:
     """Make this process read the environment again: settings, Celery config, per-process runtime."""
     import shared.runtime
-    from shared.celery_app import app, celery_config
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
+    from shared.queue.app import app, celery_config
 
     get_settings.cache_clear()
     app.conf.update(celery_config(get_settings()))
@@ -59,7 +59,7 @@ def live_from_now(monkeypatch, processes, env: dict[str, str]) -> dict[str, str]
     """`env` for this process and the processes a test starts, the live cursor starting a minute ago."""
     from datetime import timedelta
 
-    from shared.timeutil import format_wire, now_beijing
+    from shared.core.timeutil import format_wire, now_beijing
 
     extra = {**env, "INITIAL_SINCE": format_wire(now_beijing() - timedelta(minutes=1))}
     use_env(monkeypatch, extra)

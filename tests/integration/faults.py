@@ -14,11 +14,11 @@ import redis
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.messages import publish_stockout
-from shared.redis_conn import connect, free_port
+from shared.core.timeutil import now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis.conn import connect, free_port
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.progress import pipeline
 
 # Each fault test appends its row here; it travels on the test's report (tests/integration/conftest.py)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from shared.redis_conn import free_port
+from shared.redis.conn import free_port
 
 MASTER_NAME = "mymaster"
 DOWN_AFTER_MS = 1000

@@ -15,12 +15,12 @@ from urllib.parse import quote_plus
 import pytest
 
 from ops.processes import wait_until
-from producer.alerts import AlertLoop, Watch, probe_alert
-from shared.alerts import Channel, Sender
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.redis_conn import free_port
-from shared.settings import Settings
-from shared.timeutil import BEIJING, format_wire, now_beijing
+from producer.alerts.channels import Channel, Sender
+from producer.alerts.watch import AlertLoop, Watch, probe_alert
+from shared.core.settings import Settings
+from shared.core.timeutil import BEIJING, format_wire, now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.redis.conn import free_port
 from tests.integration.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -342,7 +342,7 @@ def test_alert_test_command_prints_each_channels_answer(receiver):
 
 
 def test_the_no_worker_check_asks_the_real_workers(processes):
-    from producer.alerts import consuming_queues
+    from producer.alerts.watch import consuming_queues
 
     assert "stockouts" not in (consuming_queues(timeout_s=1.0) or [])
     processes.worker(concurrency=1)

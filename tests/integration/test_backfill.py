@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import stop, wait_until
-from producer.jobs import JobStore
-from shared.timeutil import now_beijing
+from producer.backfill.jobs import JobStore
+from shared.core.timeutil import now_beijing
 from tests.integration.conftest import live_from_now
 from tests.integration.faults import eligible, saved
 from tests.progress import pipeline, polls

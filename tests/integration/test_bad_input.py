@@ -12,11 +12,11 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.celery_app import SYNC_TASK, app
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.app import SYNC_TASK, app
+from shared.queue.publisher import publish_stockout
+from shared.redis.state import stockout_key
 from shared.runtime import runtime
-from shared.state import stockout_key
 from tests.integration.faults import eligible, outcome, recent, saved
 from tests.progress import pipeline
 
@@ -126,7 +126,7 @@ def test_messages_that_are_not_json_are_refused_without_running_anything(sandbox
                progress=pipeline(sandbox, redis_client))
     assert not marker.exists(), "a pickled message was deserialised and ran code"
     assert app.conf.accept_content == ["json"]
-    # quarantined undecoded (shared/poison.py), each with its reason
+    # quarantined undecoded (shared/queue/poison.py), each with its reason
     letters = wait_until(lambda: len(DeadLetterStore(redis_client, "t").all()) == 3
                          and DeadLetterStore(redis_client, "t").all(), 10, message="three malformed letters")
     reasons = sorted(letter.reason for letter in letters)

@@ -1,5 +1,5 @@
 """A message kombu popped but could not record as unacked (Redis went away between the two commands)
-goes back on its queue instead of vanishing (shared/broker.py)."""
+goes back on its queue instead of vanishing (shared/queue/broker.py)."""
 from __future__ import annotations
 
 import kombu
@@ -7,7 +7,7 @@ import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
-from shared.broker import TRANSPORT
+from shared.queue.broker import TRANSPORT
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from producer.jobs import JobStore
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.timeutil import format_wire, now_beijing
+from producer.backfill.jobs import JobStore
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
 from tests.cli import cli
 from worker.transform import resubmit_key
 
@@ -50,10 +50,10 @@ def test_backfill_records_a_job_that_a_poll_walks_and_show_list_cancel_report_it
     assert job["state"] == "running" and job["cursor"] == ""
     assert redis_client.llen("t:stockouts.backfill") == 0, "recording a job publishes nothing by itself"
     # the producer walks it (the beat's backfill task; here one run by hand)
-    from producer.backfill import backfill_once
+    from producer.backfill.walk import backfill_once
     from producer.poll import OnQueue
-    from shared.celery_app import BACKFILL_QUEUE
-    from shared.messages import publish_stockout
+    from shared.queue.publisher import publish_stockout
+    from shared.redis.keys import BACKFILL_QUEUE
     from shared.runtime import runtime
 
     backfill_once(runtime(), OnQueue(publish_stockout, BACKFILL_QUEUE), budget_s=30)

@@ -13,10 +13,10 @@ import pytest
 from shared.bip.client import BipClient
 from shared.bip.lookup import ForeignRecordError
 from shared.bip.models import OthOutRecord
-from shared.errors import APIConnectionError, AuthenticationError, InvalidRequestError, RateLimitError
-from shared.http import TimeoutSession, make_session
-from shared.settings import Settings
-from shared.timeutil import now_beijing
+from shared.core.errors import APIConnectionError, AuthenticationError, InvalidRequestError, RateLimitError
+from shared.core.http import TimeoutSession, make_session
+from shared.core.settings import Settings
+from shared.core.timeutil import now_beijing
 from shared.wdt.client import WdtClient
 
 pytestmark = pytest.mark.integration

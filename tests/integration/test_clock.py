@@ -12,9 +12,9 @@ import pytest
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
-from shared.clock import readings
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from shared.deadletters.store import DeadLetterStore
+from shared.observe.clock import readings
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.faults import eligible, outcome, recent, saved

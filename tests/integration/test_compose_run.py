@@ -17,7 +17,7 @@ import requests
 
 from ops.processes import wait_until
 from sandbox import Sandbox, SandboxConfig, SandboxControl
-from shared.timeutil import now_beijing
+from shared.core.timeutil import now_beijing
 from tests.integration.compose_local import ROOT, ComposeError, LocalCompose, read_env_file
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 from ops.console.audit import AuditTrail
 from ops.console.auth import LOGIN_MAX_FAILURES
 from ops.processes import wait_until
-from producer.jobs import JobStore
-from shared.celery_app import STOCKOUT_QUEUE
-from shared.deadletters import DeadLetterStore
-from shared.mapping_cache import mapping_cache
-from shared.settings import get_settings
+from producer.backfill.jobs import JobStore
+from shared.core.settings import get_settings
+from shared.deadletters.store import DeadLetterStore
+from shared.mapping.cache import mapping_cache
+from shared.redis.keys import STOCKOUT_QUEUE
 from tests.cli import cli
 from tests.integration.console_kit import csrf_of, letter, login, make_app, write_users
 
@@ -87,7 +87,7 @@ def test_every_route_but_login_refuses_without_a_session(app):
 def test_pages_and_their_json_answer_a_viewer(app, store, rt):
     import time
 
-    from shared.keys import Keys
+    from shared.redis.keys import Keys
 
     store.put(letter("9001"))
     keys = Keys("t")
@@ -309,7 +309,7 @@ def test_backfill_start_with_the_clis_guard_rails_and_cancel(app, rt):
 
 
 def test_reconcile_reports_are_listed_and_shown(app, rt):
-    from shared.reconcile_reports import push_report
+    from producer.reconcile.reports import push_report
 
     push_report(rt.redis, "t", {"since": "2026-11-28 00:00:00", "until": "2026-11-29 00:00:00", "mismatches": 1,
                                 "finished_at": "2026-11-29 03:00:05", "missing_total": 1,
@@ -330,8 +330,8 @@ def test_reconcile_reports_are_listed_and_shown(app, rt):
 def test_preview_and_trace_ask_the_sandbox_as_the_cli_does_and_no_page_shows_a_secret(sandbox, service, tmp_path):
     from datetime import timedelta
 
+    from shared.core.timeutil import now_beijing
     from shared.runtime import Runtime
-    from shared.timeutil import now_beijing
     from worker.transform import resubmit_key
 
     now = now_beijing()
@@ -367,9 +367,9 @@ def test_preview_and_trace_ask_the_sandbox_as_the_cli_does_and_no_page_shows_a_s
 def test_requeue_the_proven_missing_checks_the_range_again_and_publishes_only_those(sandbox, service, tmp_path):
     from datetime import timedelta
 
-    from shared.reconcile_reports import push_report
+    from producer.reconcile.reports import push_report
+    from shared.core.timeutil import format_wire, now_beijing
     from shared.runtime import Runtime
-    from shared.timeutil import format_wire, now_beijing
 
     now = now_beijing()
     since, until = now - timedelta(hours=2), now - timedelta(minutes=1)
@@ -443,7 +443,7 @@ def test_audit_command_prints_the_trail(rt, redis_url):
 
 
 def _range():
-    from shared.timeutil import parse_wire
+    from shared.core.timeutil import parse_wire
 
     return parse_wire("2026-11-01"), parse_wire("2026-11-02")
 
@@ -456,7 +456,7 @@ def test_the_demo_opens_the_console_on_its_own_state_until_ctrl_c(redis_url, tmp
 
     import requests
 
-    from shared.redis_conn import free_port
+    from shared.redis.conn import free_port
     from tests.cli import command
 
     port = free_port()

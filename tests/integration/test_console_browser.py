@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ops.processes import wait_until
-from shared.redis_conn import free_port
+from shared.redis.conn import free_port
 from tests.cli import command
 from tests.integration.conftest import reset_service_caches
 from tests.integration.console_kit import PASSWORDS, SECRET_KEY, write_users

@@ -11,9 +11,9 @@ import redis
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.messages import publish_dead_letter, publish_stockout
-from shared.personal import redact
+from shared.core.personal import redact
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.queue.publisher import publish_dead_letter, publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches

@@ -14,10 +14,10 @@ import redis
 
 from ops.processes import stop, wait_until
 from shared.bip.idempotency import resubmit_key
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, eligible, outcome, recent, saved

@@ -13,11 +13,11 @@ import redis
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.redis_conn import connect
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis.conn import connect
 from shared.runtime import runtime
-from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import eligible, outcome, recent, saved

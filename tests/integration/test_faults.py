@@ -13,14 +13,14 @@ import redis
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
-from shared.celery_app import celery_config
-from shared.deadletters import DeadLetterStore
-from shared.errors import StockoutSyncError
-from shared.keys import Keys
-from shared.messages import publish_stockout, queue_entry
-from shared.redis_conn import reachable
+from shared.core.errors import StockoutSyncError
+from shared.core.settings import Settings
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.app import celery_config
+from shared.queue.publisher import publish_stockout, queue_entry
+from shared.redis.conn import reachable
+from shared.redis.keys import Keys
 from shared.runtime import runtime
-from shared.settings import Settings
 from tests.cli import command
 from tests.integration.conftest import Processes, use_env
 from tests.integration.faults import RedisServer, children, eligible, outcome, recent, saved

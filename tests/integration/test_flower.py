@@ -13,11 +13,11 @@ import requests
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.redis_conn import free_port
+from shared.core.timeutil import now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis.conn import free_port
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.cli import cli, command
 
 pytestmark = pytest.mark.integration

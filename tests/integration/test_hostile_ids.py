@@ -10,11 +10,11 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared import breaker
-from shared.breaker import DEAD_LETTER_SCOPE
-from shared.deadletters import DeadLetterStore
-from shared.keys import Keys
-from shared.messages import publish_stockout
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis import breaker
+from shared.redis.breaker import DEAD_LETTER_SCOPE
+from shared.redis.keys import Keys
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.faults import eligible, recent, saved

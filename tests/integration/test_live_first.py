@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import wait_until
-from producer.backfill import backfill_once
-from producer.jobs import JobStore
-from shared import breaker
+from producer.backfill.jobs import JobStore
+from producer.backfill.walk import backfill_once
+from shared.core.timeutil import now_beijing
+from shared.redis import breaker
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.integration.conftest import live_from_now
 from tests.integration.faults import eligible, saved
 from tests.progress import pipeline

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ops.processes import wait_until
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.snapshot import Snapshot
+from shared.deadletters.store import DeadLetterStore
+from shared.observe.snapshot import Snapshot
+from shared.queue.publisher import publish_stockout
 from tests.integration.faults import eligible, outcome, recent, saved
 
 pytestmark = pytest.mark.integration

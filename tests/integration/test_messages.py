@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from shared.celery_app import STOCKOUT_QUEUE, SYNC_TASK, app
-from shared.messages import Publisher, publish_stockout
+from shared.queue.app import SYNC_TASK, app
+from shared.queue.publisher import Publisher, publish_stockout
+from shared.redis.keys import STOCKOUT_QUEUE
 
 pytestmark = pytest.mark.integration
 

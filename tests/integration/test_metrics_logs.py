@@ -10,10 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
-from shared import breaker
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.redis_conn import free_port
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis import breaker
+from shared.redis.conn import free_port
 from shared.runtime import runtime
 from tests.integration.faults import recent
 from tests.progress import pipeline

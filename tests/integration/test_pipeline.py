@@ -8,10 +8,10 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from shared.core.timeutil import now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
 from tests.integration.faults import eligible, saved
 from tests.progress import pipeline

@@ -13,10 +13,10 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.celery_app import POLL_TASK, SYNC_TASK
-from shared.deadletters import DeadLetterStore
-from shared.messages import _Page, publish_stockout
-from shared.poison import malformed_letter
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.app import POLL_TASK, SYNC_TASK
+from shared.queue.poison import malformed_letter
+from shared.queue.publisher import _Page, publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.conftest import use_env
@@ -140,7 +140,7 @@ def test_the_producer_queue_quarantines_too(sandbox, processes, redis_client):
 
 def test_dlq_commands_show_refuse_and_purge_malformed_letters(service, redis_client):
     """list and show name the reason and the bytes; requeue refuses; purge removes."""
-    from shared.poison import quarantine
+    from shared.queue.poison import quarantine
 
     store = DeadLetterStore(redis_client, "t")
     letter = quarantine(store, b"\xff{\"x\": \x1b[31m", "not UTF-8 text (byte 0)", queue="stockouts")

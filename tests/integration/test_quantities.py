@@ -10,8 +10,8 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 from tests.integration.faults import outcome, recent, saved
 from tests.progress import pipeline

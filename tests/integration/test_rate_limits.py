@@ -12,12 +12,12 @@ import pytest
 
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
-from shared import breaker
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.ratelimit import RateLimiter
+from shared.core.timeutil import now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis import breaker
+from shared.redis.ratelimit import RateLimiter
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.integration.conftest import reset_service_caches
 from tests.integration.faults import eligible, outcome, saved
 

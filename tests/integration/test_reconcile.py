@@ -13,14 +13,14 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from producer.reconcile import previous_beijing_day, run_daily
+from producer.reconcile.reports import recent_reports
+from producer.reconcile.run import previous_beijing_day, run_daily
 from shared.bip.idempotency import resubmit_key
-from shared.deadletters import DeadLetterStore
-from shared.keys import Keys
-from shared.messages import publish_stockout
-from shared.reconcile_reports import recent_reports
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis.keys import Keys
 from shared.runtime import runtime
-from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from tests.integration.faults import saved
 from tests.progress import pipeline

@@ -15,7 +15,7 @@ from sandbox import Sandbox, SandboxConfig, SandboxControl
 from sandbox.control import ROUTES, Controls
 from sandbox.data import BAD_KINDS, BIP_WAREHOUSES, MATERIALS
 from shared.bip.sign import self_app_signature
-from shared.timeutil import BEIJING, format_wire, now_beijing
+from shared.core.timeutil import BEIJING, format_wire, now_beijing
 from shared.wdt.sign import top_md5_sign
 
 pytestmark = pytest.mark.integration

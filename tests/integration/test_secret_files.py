@@ -10,7 +10,7 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.messages import publish_stockout
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 from tests.integration.faults import eligible, recent, saved
 from tests.progress import pipeline

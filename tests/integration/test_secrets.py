@@ -15,9 +15,9 @@ from ops.demo import sandbox_env
 from ops.processes import stop, wait_until
 from producer.poll import poll_once
 from sandbox import Sandbox, SandboxConfig
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
-from shared.redis_conn import connect, free_port
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
+from shared.redis.conn import connect, free_port
 from shared.runtime import runtime
 from tests.cli import cli, command
 from tests.integration.conftest import Processes, use_env

@@ -9,16 +9,16 @@ from datetime import timedelta
 import pytest
 
 from ops.status import gather
-from producer.alerts import Watch
-from shared import breaker
-from shared.alerts import Channel, Sender
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.keys import Keys
+from producer.alerts.channels import Channel, Sender
+from producer.alerts.watch import Watch
+from shared.core.settings import Settings
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.observe.gauges import PipelineCollector
+from shared.observe.snapshot import Snapshot
+from shared.redis import breaker
+from shared.redis.keys import Keys
 from shared.runtime import runtime
-from shared.settings import Settings
-from shared.snapshot import Snapshot
-from shared.state_metrics import PipelineCollector
-from shared.timeutil import format_wire, now_beijing
 from tests.integration.receivers import Receiver
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.redis_conn import free_port
+from shared.redis.conn import free_port
 
 pytestmark = pytest.mark.integration
 

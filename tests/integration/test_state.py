@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from shared.state import StateStore, parse_done, stockout_key
-from shared.timeutil import BEIJING
+from shared.core.timeutil import BEIJING
+from shared.redis.state import StateStore, parse_done, stockout_key
 
 
 def make(redis_client, ttl=3600):
@@ -78,7 +78,7 @@ def test_lock_is_exclusive_but_the_same_task_may_take_it_back(redis_client):
 
 
 def test_finish_counts_a_stockout_once(redis_client):
-    from shared.stats import saved
+    from shared.redis.stats import saved
 
     store = make(redis_client)
     assert store.claim("8", "task-a", 5).acquired

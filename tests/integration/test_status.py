@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 
 from ops.processes import wait_until
-from producer.jobs import JobStore
-from shared.celery_app import BACKFILL_QUEUE
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.messages import publish_dead_letter, publish_stockout
-from shared.ratelimit import RateLimiter
+from producer.backfill.jobs import JobStore
+from shared.core.timeutil import now_beijing
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.queue.publisher import publish_dead_letter, publish_stockout
+from shared.redis.keys import BACKFILL_QUEUE
+from shared.redis.ratelimit import RateLimiter
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.cli import cli, cli_all
 from tests.progress import pipeline
 

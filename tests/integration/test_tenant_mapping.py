@@ -13,11 +13,11 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import backfill
-from producer.reconcile import Reconcile
-from shared.deadletters import DeadLetterStore
-from shared.messages import publish_stockout
+from producer.reconcile.run import Reconcile
+from shared.core.timeutil import format_wire, now_beijing
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import format_wire, now_beijing
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches
 from tests.integration.faults import eligible, saved

@@ -9,9 +9,9 @@ import pytest
 
 from ops.processes import wait_until
 from producer.poll import poll_once
-from shared.messages import publish_stockout
+from shared.core.timeutil import now_beijing
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
-from shared.timeutil import now_beijing
 from tests.cli import cli
 from tests.integration.faults import dead_lettered, wait_for_attempts
 from tests.progress import pipeline

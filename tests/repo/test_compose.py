@@ -51,7 +51,7 @@ def test_redis_persists_and_requires_a_password_kept_off_its_command_line(compos
 
 
 def test_workers_get_longer_than_a_task_to_finish_on_shutdown(compose):
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     limit = Settings(_env_file=None).task_time_limit_s
     for name in ("worker", "demo-worker"):

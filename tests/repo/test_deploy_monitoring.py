@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from shared.metrics import make_all
-from shared.settings import Settings
-from shared.state_metrics import PipelineCollector, breaker_family, process_family
+from shared.core.metrics import make_all
+from shared.core.settings import Settings
+from shared.observe.gauges import PipelineCollector, breaker_family, process_family
 from tests.prerequisites import prerequisite
 
 ROOT = Path(__file__).resolve().parents[2]

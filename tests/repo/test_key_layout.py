@@ -1,11 +1,11 @@
-"""Every Redis key is spelled in shared/keys.py and nowhere else, and docs/redis-keys.md is its table."""
+"""Every Redis key is spelled in shared/redis/keys.py and nowhere else, and docs/redis-keys.md is its table."""
 from __future__ import annotations
 
 import inspect
 import re
 from pathlib import Path
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXED = [name for name, value in inspect.getmembers(Keys, lambda v: isinstance(v, property))]
@@ -17,12 +17,12 @@ def test_every_key_of_the_service_is_spelled_in_keys_py_only():
     found = []
     for package in ("shared", "producer", "worker", "ops", "sandbox"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            if path == ROOT / "shared" / "keys.py":
+            if path == ROOT / "shared" / "redis" / "keys.py":
                 continue
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if spelled.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-    assert not found, "keys built outside shared/keys.py:\n" + "\n".join(found)
+    assert not found, "keys built outside shared/redis/keys.py:\n" + "\n".join(found)
 
 
 def test_the_documented_key_table_is_the_layout_keys_builds():

@@ -17,7 +17,7 @@ PROJECT = ("shared", "producer", "worker", "ops", "sandbox", "bench", "tests")
 # Function-level imports of our own modules in shared/, producer/ and worker/ hide a dependency (or a
 # cycle) from the module's head. The only ones allowed, each with its reason:
 # (file, function, module) pairs allowed to import inside a function. None today: the metrics
-# exporter's import of shared.metrics went with the monkeypatching it served (the rate limiter now
+# exporter's import of shared.core.metrics went with the monkeypatching it served (the rate limiter now
 # reports to an observer).
 ALLOWED_LOCAL_IMPORTS: set[tuple[str, str, str]] = set()
 
@@ -86,13 +86,51 @@ def test_the_scan_sees_the_imports_it_judges():
     # a test that reads nothing would pass whatever the code does
     assert len(sources("shared")) >= 20 and len(sources("producer", "worker")) >= 5
     modules = {i.module for i in all_imports("worker")}
-    assert {"shared.state", "worker.transform"} <= modules
-    assert {"shared.errors", "shared.ratelimit"} <= {i.module for i in all_imports("shared")}
+    assert {"shared.redis.state", "worker.transform"} <= modules
+    assert {"shared.core.errors", "shared.redis.ratelimit"} <= {i.module for i in all_imports("shared")}
 
 
 def test_shared_imports_only_shared():
     wrong = [str(i) for i in all_imports("shared") if i.top != "shared"]
     assert wrong == [], "shared/ is the ground layer:\n" + "\n".join(wrong)
+
+
+# The ground's rooms, lowest first (docs/design.md, "Layers"): a room imports only rooms of a lower
+# level; rooms of one level never import each other. `runtime` (shared/runtime.py) stands on them all.
+GROUND_LEVELS: tuple[tuple[str, ...], ...] = (
+    ("core",),
+    ("redis", "mapping"),
+    ("deadletters", "wdt", "bip"),
+    ("queue",),
+    ("observe",),
+    ("runtime",),
+)
+LEVEL_OF = {room: n for n, rooms in enumerate(GROUND_LEVELS) for room in rooms}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_of_the_ground_is_in_a_room():
+    loose = [p.relative_to(ROOT).as_posix() for p in (ROOT / "shared").glob("*.py")
+             if p.name not in ("__init__.py", "runtime.py")]
+    rooms = {p.name for p in (ROOT / "shared").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert loose == [], f"a module of shared/ belongs in one of its rooms {sorted(LEVEL_OF)}: {loose}"
+    assert rooms == set(LEVEL_OF) - {"runtime"}, "a room was added or removed: place it in GROUND_LEVELS"
+
+
+def test_the_ground_keeps_its_inner_order():
+    wrong = []
+    for i in all_imports("shared"):
+        mine, theirs = _room(_module_of(ROOT / i.path)), _room(i.module)
+        if not theirs or theirs == mine:
+            continue
+        if LEVEL_OF[theirs] >= LEVEL_OF[mine]:
+            wrong.append(f"{i} ({mine} is on level {LEVEL_OF[mine]}, {theirs} on {LEVEL_OF[theirs]})")
+    assert wrong == [], "a room imports only rooms below it:\n" + "\n".join(wrong)
+    assert len(all_imports("shared")) > 100  # the rule judged real imports
 
 
 @pytest.mark.parametrize(("package", "other"), [("producer", "worker"), ("worker", "producer")])
@@ -173,7 +211,7 @@ def test_the_cycle_walk_finds_a_cycle():
         ("from ..errors import X", [("shared.errors", None)]),
         ("import json\ndef f():\n    from ops import render", [("ops", "f")]),
         ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sandbox", [("sandbox", None)]),
-        ("class C:\n    def m(self):\n        import shared.state", [("shared.state", "m")]),
+        ("class C:\n    def m(self):\n        import shared.redis.state", [("shared.redis.state", "m")]),
     ],
 )
 def test_the_scan_reads_every_form_of_import(source, expected):
@@ -184,11 +222,11 @@ def test_the_scan_reads_every_form_of_import(source, expected):
 def test_loading_every_module_makes_no_counter_before_a_process_starts_its_metrics_exporter():
     # prometheus_client's multiprocess mode must be set up before a counter is made; instruments are
     # made on first use, so `worker` and `beat` may load anything first (no import order is a rule)
-    probe = ("import importlib, pkgutil, ops.cli, producer, worker, shared\n"
-             "for pkg in (ops.cli, producer, worker, shared):\n"
-             "    for m in pkgutil.iter_modules(pkg.__path__):\n"
-             "        if m.name != '__main__': importlib.import_module(pkg.__name__ + '.' + m.name)\n"
-             "from shared import metrics\n"
+    probe = ("import importlib, pkgutil, ops, producer, worker, shared\n"
+             "for pkg in (ops, producer, worker, shared):\n"
+             "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+             "        if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+             "from shared.core import metrics\n"
              "print(len(metrics._declared), metrics.made() or 'none')")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     declared, made = done.stdout.split()

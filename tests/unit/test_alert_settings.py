@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.alerts import channels_from_settings
-from shared.logs import Scrubber
-from shared.settings import Settings
-from shared.settings import explain as settings_error
+from producer.alerts.channels import channels_from_settings
+from shared.core.logs import Scrubber
+from shared.core.settings import Settings
+from shared.core.settings import explain as settings_error
 
 DING = "https://oapi.dingtalk.com/robot/send?access_token=0f3c9a7e5b1d2c4e6a8b"
 FEISHU = "https://open.feishu.cn/open-apis/bot/v2/hook/6f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"

@@ -16,7 +16,7 @@ from shared.bip.client import BipClient
 from shared.bip.lookup import ForeignRecordError
 from shared.bip.models import OthOutRecord, SaveResult
 from shared.bip.token import GatewayResolver, TokenProvider
-from shared.errors import (
+from shared.core.errors import (
     Action,
     APIConnectionError,
     AuthenticationError,
@@ -25,8 +25,8 @@ from shared.errors import (
     TokenExpiredError,
     resolve,
 )
-from shared.http import make_session
-from shared.settings import Settings
+from shared.core.http import make_session
+from shared.core.settings import Settings
 from tests.unit.fake_http import FakeAdapter
 
 SECRET = "bip-very-secret"

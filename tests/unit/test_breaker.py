@@ -5,8 +5,9 @@ import time
 import uuid
 
 from ops.processes import wait_until
-from shared import breaker, metrics
-from shared.keys import Keys
+from shared.core import metrics
+from shared.redis import breaker
+from shared.redis.keys import Keys
 
 P = f"tb{uuid.uuid4().hex[:8]}"
 

@@ -8,11 +8,11 @@ import time
 import fakeredis
 import pytest
 
-from producer.alerts import Watch
-from shared import clock
-from shared.alerts import Reply
-from shared.keys import Keys
-from shared.settings import Settings
+from producer.alerts.channels import Reply
+from producer.alerts.watch import Watch
+from shared.core.settings import Settings
+from shared.observe import clock
+from shared.redis.keys import Keys
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_a_worker_measures_at_most_every_check_interval_and_names_the_token_wind
 
 
 def test_an_apis_http_date_is_a_second_opinion_on_whose_clock_is_wrong():
-    from shared import http
+    from shared.core import http
 
     now = time.time()
     http._note_server_clock("wdt", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 900)), now, now)

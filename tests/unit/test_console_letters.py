@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ops.console.letters as letters_module
 from ops.console.letters import LetterIndex
-from shared.deadletters import DeadLetter, DeadLetterStore
+from shared.deadletters.store import DeadLetter, DeadLetterStore
 
 
 def letter(sid: str, message: str = "boom") -> DeadLetter:

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from shared.deadletters import DeadLetter, DeadLetterStore
-from shared.mapping import MEMO_FIELDS
-from shared.personal import PERSONAL_FIELDS
+from shared.core.personal import PERSONAL_FIELDS
+from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.mapping.model import MEMO_FIELDS
 
 RECEIVER = {"receiver_name": "张三", "receiver_mobile": "13800000000", "receiver_telno": "021-1234567",
             "receiver_address": "上海市浦东新区xx路1号", "receiver_zip": "200000"}
@@ -128,7 +128,7 @@ def test_iter_all_reads_in_batches_oldest_first(store):
 def test_the_settings_name_their_variable_and_reach_every_store(redis_client, monkeypatch):
     from pydantic import ValidationError
 
-    from shared.settings import Settings, get_settings
+    from shared.core.settings import Settings, get_settings
 
     with pytest.raises(ValidationError, match="dlq_ttl_days"):
         Settings(_env_file=None, dlq_ttl_days=0)
@@ -148,9 +148,9 @@ def test_fix_key_groups_letters_by_what_the_operator_fixes():
     """Real transform failures (the demo mapping) and BIP refusals: one key per fix, whatever the stockout."""
     from ops.demo import DEMO_MAPPING
     from sandbox.data import generate_stockouts
-    from shared.deadletters import fix_key
-    from shared.errors import InvalidRequestError
-    from shared.mapping import load_mapping
+    from shared.core.errors import InvalidRequestError
+    from shared.deadletters.store import fix_key
+    from shared.mapping.model import load_mapping
     from worker.letters import make_letter
     from worker.transform import preview
 

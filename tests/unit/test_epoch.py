@@ -1,13 +1,13 @@
 """The state's epoch and its checks, the account in the key, and the setting that keeps the
-visibility timeout under BIP's key memory (shared/epoch.py, shared/bip/idempotency.py)."""
+visibility timeout under BIP's key memory (shared/redis/epoch.py, shared/bip/idempotency.py)."""
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from shared import breaker, epoch
 from shared.bip.idempotency import our_keys, resubmit_key
-from shared.settings import Settings
+from shared.core.settings import Settings
+from shared.redis import breaker, epoch
 
 P = "u"
 

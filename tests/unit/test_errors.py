@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from shared.bip import errors as bip
-from shared.errors import (
+from shared.core.errors import (
     Action,
     APIConnectionError,
     AuthenticationError,

@@ -1,4 +1,4 @@
-"""One owner of the Redis key layout: every key comes from `shared.keys.Keys`, no outside value can
+"""One owner of the Redis key layout: every key comes from `shared.redis.keys.Keys`, no outside value can
 name one of our own keys, and the documented table is the class's."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.deadletters import DeadLetter, DeadLetterStore, _upgraded
-from shared.keys import Keys, part
+from shared.deadletters.store import DeadLetter, DeadLetterStore, _upgraded
+from shared.redis.keys import Keys, part
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = ["index", "entries", "orders", "parked", "layout", "a:b*c", "rec:1", "requeuing:1", "lease:7",

@@ -2,8 +2,9 @@
 `stockouts` before `stockouts.backfill` and hold one message a process (the locks: integration)."""
 from __future__ import annotations
 
-from shared.celery_app import BACKFILL_TASK, POLL_TASK, PRODUCER_QUEUE, celery_config
-from shared.settings import Settings
+from shared.core.settings import Settings
+from shared.queue.app import BACKFILL_TASK, POLL_TASK, celery_config
+from shared.redis.keys import PRODUCER_QUEUE
 
 
 def test_beat_schedules_the_poll_and_the_backfill_task_apart():

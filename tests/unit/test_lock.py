@@ -1,7 +1,7 @@
 """The one owned lock: only its holder renews or frees it, and a loop may keep it or take it when free."""
 from __future__ import annotations
 
-from shared.lock import OwnedLock
+from shared.redis.lock import OwnedLock
 
 
 def test_only_the_holder_renews_or_releases(redis_client):

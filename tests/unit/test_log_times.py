@@ -10,8 +10,8 @@ from datetime import datetime
 
 import pytest
 
-from shared.logs import JsonFormatter, TextFormatter
-from shared.timeutil import BEIJING
+from shared.core.logs import JsonFormatter, TextFormatter
+from shared.core.timeutil import BEIJING
 
 # 2026-01-15 01:30:00.250 UTC = 09:30:00.250 in Beijing
 CREATED = datetime(2026, 1, 15, 9, 30, 0, 250000, tzinfo=BEIJING).timestamp()

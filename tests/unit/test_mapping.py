@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.mapping import Mapping, MappingFileError, load_mapping, parse_mapping
+from shared.mapping.model import Mapping, MappingFileError, load_mapping, parse_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "ops" / "demo_data" / "mapping.toml"

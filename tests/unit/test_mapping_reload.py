@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.keys import Keys
-from shared.mapping import MappingFileError
-from shared.mapping_cache import MappingCache
+from shared.mapping.cache import MappingCache
+from shared.mapping.model import MappingFileError
+from shared.redis.keys import Keys
 from shared.runtime import report_mapping_problem
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings, explain
+from shared.core.settings import Settings, explain
 
 
 @pytest.mark.invariant(4)

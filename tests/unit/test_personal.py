@@ -2,8 +2,8 @@
 de-duplication key when the publisher drops that data."""
 from __future__ import annotations
 
-from shared.personal import redact
-from shared.state import stockout_key
+from shared.core.personal import redact
+from shared.redis.state import stockout_key
 
 
 def test_every_receiver_field_goes_and_nothing_else():

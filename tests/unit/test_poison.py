@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from shared.celery_app import get_app
-from shared.messages import _Page
-from shared.poison import malformed_letter, what_is_wrong
+from shared.queue.app import get_app
+from shared.queue.poison import malformed_letter, what_is_wrong
+from shared.queue.publisher import _Page
 from tests.integration.test_poison import KINDS, MAX_BYTES
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 
 from producer.poll import PollSummary, publish_page
-from shared.state import StateStore
+from shared.redis.state import StateStore
 
 
 class Filters:

@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
-from shared.errors import Action, resolve
-from shared.http import _int_or_text
+from shared.core.errors import Action, resolve
+from shared.core.http import _int_or_text
 from shared.wdt.models import MAX_NUMBER_CHARS
 from tests.unit.test_transform import demo, wdt_stockout  # noqa: F401  (the fixture)
 from worker.transform import TransformError, preview

@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis
 
-from shared.errors import RateLimitError
-from shared.ratelimit import Adaptive, RateLimiter
+from shared.core.errors import RateLimitError
+from shared.redis.ratelimit import Adaptive, RateLimiter
 
 RATE = 20.0
 P = f"tx{uuid.uuid4().hex[:8]}"  # this run's own keys

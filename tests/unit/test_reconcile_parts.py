@@ -9,13 +9,13 @@ import pytest
 from celery.schedules import crontab
 from pydantic import ValidationError
 
-from producer.reconcile import STORED_ROWS, Check, Missing, Report, Unknown, previous_beijing_day, stored_form
-from shared.celery_app import RECONCILE_TASK, celery_config
-from shared.keys import Keys
-from shared.reconcile_reports import REPORTS_KEPT, last_report, push_report, recent_reports
-from shared.settings import Settings
-from shared.state import Done, done_mark, mark_generation, parse_done, queued_mark
-from shared.timeutil import BEIJING
+from producer.reconcile.reports import REPORTS_KEPT, last_report, push_report, recent_reports
+from producer.reconcile.run import STORED_ROWS, Check, Missing, Report, Unknown, previous_beijing_day, stored_form
+from shared.core.settings import Settings
+from shared.core.timeutil import BEIJING
+from shared.queue.app import RECONCILE_TASK, celery_config
+from shared.redis.keys import Keys
+from shared.redis.state import Done, done_mark, mark_generation, parse_done, queued_mark
 
 
 def test_done_marks_carry_the_generation_and_read_back():

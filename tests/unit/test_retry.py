@@ -1,5 +1,5 @@
-"""The one retry loop (`shared.retry.call_with_retries`), the one table of foreign exceptions
-(`shared.errors.foreign`) and retryability as a property of the error kind."""
+"""The one retry loop (`shared.core.retry.call_with_retries`), the one table of foreign exceptions
+(`shared.core.errors.foreign`) and retryability as a property of the error kind."""
 from __future__ import annotations
 
 import billiard.exceptions
@@ -8,8 +8,8 @@ import pytest
 import redis
 import requests
 
-from shared import retry
-from shared.errors import (
+from shared.core import retry
+from shared.core.errors import (
     RETRYABLE,
     APIConnectionError,
     AuthenticationError,

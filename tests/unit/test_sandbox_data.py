@@ -32,7 +32,7 @@ from sandbox.data import (
     WDT_WAREHOUSES,
     generate_stockouts,
 )
-from shared.timeutil import BEIJING, ZERO_DATETIME, parse_wire
+from shared.core.timeutil import BEIJING, ZERO_DATETIME, parse_wire
 from shared.wdt.models import Stockout
 
 START = datetime(2026, 11, 28, 8, 0, 0, tzinfo=BEIJING)

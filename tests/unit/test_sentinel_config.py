@@ -7,10 +7,11 @@ import pytest
 from kombu.transport import redis as kombu_redis
 from pydantic import ValidationError
 
-from shared import broker
-from shared.celery_app import celery_config
-from shared.redis_conn import connect, parse_sentinel_url
-from shared.settings import Settings
+from shared.core.redis_url import parse_sentinel_url
+from shared.core.settings import Settings
+from shared.queue import broker
+from shared.queue.app import celery_config
+from shared.redis.conn import connect
 
 URL = "sentinel://:p%40ss@h1:26379;sentinel://h2:26380;sentinel://h3/2"
 

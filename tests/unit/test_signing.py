@@ -12,8 +12,8 @@ import requests
 from shared.bip import token as token_mod
 from shared.bip.sign import self_app_signature
 from shared.bip.token import TokenProvider
-from shared.settings import Settings
-from shared.timeutil import BEIJING
+from shared.core.settings import Settings
+from shared.core.timeutil import BEIJING
 from shared.wdt.client import WdtClient
 from shared.wdt.sign import top_md5_sign
 from tests.unit.fake_http import FakeAdapter

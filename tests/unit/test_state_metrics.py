@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from shared.settings import Settings
-from shared.state_metrics import PipelineCollector
+from shared.core.settings import Settings
+from shared.observe.gauges import PipelineCollector
 
 
 def letters(collector) -> dict[str, float]:

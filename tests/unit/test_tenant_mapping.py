@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.mapping import (
+from shared.mapping.model import (
     LINE_FIELDS,
     MEMO_FIELDS,
     RESERVED_FIELDS,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import redis
 
-from shared.redis_conn import EmbeddedRedis
+from shared.redis.conn import EmbeddedRedis
 from tests.conftest import ROOT, for_this_worker
 
 PROBE = "def test_probe(redis_client):\n    redis_client.set('t:probe', 1)\n"

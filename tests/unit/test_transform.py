@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import Action, MappingError, resolve
-from shared.mapping import load_mapping, parse_mapping
+from shared.core.errors import Action, MappingError, resolve
+from shared.mapping.model import load_mapping, parse_mapping
 from shared.wdt.models import Stockout
 from worker.transform import TransformError, preview, resubmit_key, to_bip, validate_stockout
 

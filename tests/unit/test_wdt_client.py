@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import pytest
 import requests
 
-from shared.errors import (
+from shared.core.errors import (
     Action,
     APIConnectionError,
     AuthenticationError,
@@ -17,9 +17,9 @@ from shared.errors import (
     RateLimitError,
     resolve,
 )
-from shared.http import make_session
-from shared.settings import Settings
-from shared.timeutil import BEIJING
+from shared.core.http import make_session
+from shared.core.settings import Settings
+from shared.core.timeutil import BEIJING
 from shared.wdt.client import WdtClient
 from shared.wdt.paging import PaginationError, WdtPage, WdtPaginator, slice_range
 from shared.wdt.sign import top_md5_sign
@@ -526,7 +526,7 @@ def test_session_pools_without_automatic_retries():
 
 
 def test_a_refused_connection_is_retryable_and_names_no_query():
-    from shared.http import request_json
+    from shared.core.http import request_json
 
     session = make_session(make_settings(http_connect_timeout_s=0.5))
     with pytest.raises(APIConnectionError) as info:

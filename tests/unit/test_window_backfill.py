@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from producer.backfill import Gate, SliceRead, advance
-from producer.jobs import Job, JobStore, eta_s
+from producer.backfill.jobs import Job, JobStore, eta_s
+from producer.backfill.walk import Gate, SliceRead, advance
 from producer.poll import PollSummary, check_lookback
 from producer.window import Segment, Window, runs
-from shared.settings import Settings
-from shared.state import StateStore
-from shared.timeutil import BEIJING, format_wire
+from shared.core.settings import Settings
+from shared.core.timeutil import BEIJING, format_wire
+from shared.redis.state import StateStore
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=BEIJING)
 
@@ -167,7 +167,7 @@ def test_eta_from_the_drain_rate():
 
 
 def test_a_failing_slice_keeps_the_cursor_and_ends_the_walk_for_this_poll(fake_redis):
-    from shared.errors import APIConnectionError
+    from shared.core.errors import APIConnectionError
 
     store = JobStore(fake_redis, "t")
     job = store.create(T0, T0 + timedelta(hours=1), slice_s=600, synced=0)

@@ -1,0 +1,1 @@
+"""Beat's alert watcher and the chat robots it posts to."""

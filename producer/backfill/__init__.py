@@ -1,0 +1,1 @@
+"""Backfill jobs: their records and the walk over a past range."""

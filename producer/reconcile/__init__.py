@@ -1,0 +1,1 @@
+"""The daily reconcile: the run and the reports it keeps."""
