@@ -15,7 +15,6 @@ from shared.core.timeutil import format_wire, now_beijing, parse_wire
 from shared.deadletters.store import DeadLetter, DeadLetterStore
 from shared.queue.app import get_app
 from shared.queue.depth import (  # kombu's Redis priority queues, as `status` counts them
-    PRIORITY_SUFFIXES,
     STOCKOUT_QUEUES,
 )
 from shared.redis.keys import BACKFILL_QUEUE, Keys
@@ -248,8 +247,7 @@ def _tasks(rt: Runtime, t: Trace, scan_limit: int, order_no: str | None) -> None
     find = r.register_script(_FIND)
     for queue in STOCKOUT_QUEUES:
         t.scanned[queue] = 0
-        for suffix in PRIORITY_SUFFIXES:
-            key = k.queue(queue, suffix)
+        for key in k.queue_lists(queue):
             length = min(int(r.llen(key)), scan_limit)
             for start in range(0, length, SCAN_CHUNK):
                 for entry in find(keys=[key], args=[start, min(start + SCAN_CHUNK, length) - 1, needle]):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from shared.core.timeutil import BEIJING, parse_wire
 from shared.mapping.cache import MappingProblem
 from shared.observe import clock
-from shared.queue.depth import PRIORITY_SUFFIXES, STOCKOUT_QUEUES
+from shared.queue.depth import STOCKOUT_QUEUES, ask_lengths, lengths_of
 from shared.redis import breaker
 from shared.redis.breaker import Opened
 from shared.redis.keys import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, PRODUCER_QUEUE, STOCKOUT_QUEUE, Keys
@@ -45,9 +45,7 @@ class Snapshot(BaseModel):
         k = Keys(prefix)
         pipe = r.pipeline(transaction=False)
         pipe.time()
-        for queue in QUEUES:
-            for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(k.queue(queue, suffix))
+        ask_lengths(pipe, k, QUEUES)
         for command, key in ((pipe.hlen, k.unacked), (pipe.get, k.cursor), (pipe.get, k.poll_last),
                              (pipe.get, k.last_saved_at), (pipe.get, k.saved), (pipe.hgetall, k.breaker),
                              (pipe.zcard, k.dlq_index), (pipe.get, k.mapping_invalid),
@@ -56,10 +54,9 @@ class Snapshot(BaseModel):
         pipe.zrange(k.dlq_index, -1, -1, withscores=True)
         values = pipe.execute()
         (seconds, micros), values = values[0], values[1:]
-        n = len(PRIORITY_SUFFIXES)
-        queues = {queue: int(sum(values[i * n:(i + 1) * n])) for i, queue in enumerate(QUEUES)}
+        queues, values = lengths_of(values, QUEUES)
         (unacked, cursor, last_poll, last_saved, saved, breaker_hash, letters, mapping, heartbeat, epoch, clocks,
-         newest) = values[len(QUEUES) * n:]
+         newest) = values
         now = seconds + micros / 1e6
         return cls(
             at=now, queues=queues, unacked=int(unacked), cursor=_time(cursor), last_poll=_object(last_poll),

@@ -15,6 +15,8 @@ STOCKOUT_QUEUE = "stockouts"
 BACKFILL_QUEUE = "stockouts.backfill"
 PRODUCER_QUEUE = "producer"
 DEAD_LETTER_QUEUE = "dead_letter"
+# kombu keeps a queue as one list plus one per priority step (`<queue>\x06\x16<p>`)
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 # What an id may look like to stand in a key as it is: what real WDT ids are (digits) and every id of
 # ours, bounded. `~` is outside the set, so an encoded part never equals a plain one.
@@ -44,6 +46,10 @@ class Keys:
     def queue(self, name: str, suffix: str = "") -> str:
         """A kombu queue list (`suffix`: one of its priority sub-lists)."""
         return f"{self.p}:{name}{suffix}"
+
+    def queue_lists(self, name: str) -> tuple[str, ...]:
+        """Every list a kombu queue keeps its messages in: the queue's own and its priority sub-lists."""
+        return tuple(self.queue(name, suffix) for suffix in PRIORITY_SUFFIXES)
 
     @property
     def unacked(self) -> str:
