@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shared.bip.models import DEFINE1, define1_of
 from shared.core.errors import APIConnectionError, InvalidRequestError, Kind, StockoutSyncError
 
-if TYPE_CHECKING:
-    from shared.bip.client import BipClient
+
+class Reads(Protocol):
+    """What a look-up needs of BIP: BipClient's two reads (named here, not imported: the client calls
+    the look-up before each save whose key BIP may have forgotten)."""
+
+    def detail(self, record_id: str) -> dict[str, Any] | None: ...
+
+    def list_page(self, page_index: int, page_size: int, **query: Any) -> tuple[list[dict[str, Any]], int | None]: ...
+
 
 PAGE = 100
 MAX_UNLABELLED = 5  # list rows without define1 checked one by one by detail; more and the list is no help
@@ -61,7 +68,7 @@ def _text(row: dict[str, Any], name: str) -> str:
     return "" if value is None else str(value)
 
 
-def prove(bip: BipClient, stockout_id: str, code: str | None, keys: Collection[str]) -> Found | Foreign | None:
+def prove(bip: Reads, stockout_id: str, code: str | None, keys: Collection[str]) -> Found | Foreign | None:
     """Our record (Found), the record holding our code (Foreign), or None: proven absent.
 
     By define1 (the list filtered on it, each row checked by its detail), and when the record is
@@ -85,7 +92,7 @@ def prove(bip: BipClient, stockout_id: str, code: str | None, keys: Collection[s
     raise Unproven(f"BIP could not prove stockout {stockout_id} absent: {why}", api="bip")
 
 
-def _by_define1(bip: BipClient, sid: str, keys: Collection[str]) -> Found | str:
+def _by_define1(bip: Reads, sid: str, keys: Collection[str]) -> Found | str:
     rows, _ = bip.list_page(1, PAGE, simpleVOs=[{"field": DEFINE1, "op": "eq", "value1": sid}])
     labelled = [r for r in rows if define1_of(r)]
     if any(define1_of(r) != sid for r in labelled):
@@ -107,7 +114,7 @@ def _by_define1(bip: BipClient, sid: str, keys: Collection[str]) -> Found | str:
     return "absent"
 
 
-def by_code(bip: BipClient, sid: str, code: str, keys: Collection[str]) -> Found | Foreign | str:
+def by_code(bip: Reads, sid: str, code: str, keys: Collection[str]) -> Found | Foreign | str:
     rows, _ = bip.list_page(1, PAGE, code=code)
     # a list may match a code loosely (SO-1 finds SO-10); one that shows codes not even holding ours ignored it
     if any(code not in _text(r, "code") for r in rows):

@@ -52,7 +52,14 @@ def _resolve(node: ast.ImportFrom, path: Path) -> list[str]:
         base = ".".join([*package, *([node.module] if node.module else [])])
     if node.module is None:  # `from . import x`: x is a module of the package
         return [f"{base}.{alias.name}" for alias in node.names]
-    return [base]
+    # `from shared.bip import lookup` imports the module shared.bip.lookup, not only the package
+    modules = [f"{base}.{alias.name}" for alias in node.names if _is_module(f"{base}.{alias.name}")]
+    return modules or [base]
+
+
+def _is_module(dotted: str) -> bool:
+    where = ROOT.joinpath(*dotted.split("."))
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
 
 
 def imports_of(path: Path, text: str | None = None) -> list[Import]:
@@ -209,7 +216,7 @@ def test_the_cycle_walk_finds_a_cycle():
         ("from producer.poll import x", [("producer.poll", None)]),
         ("from . import paging", [("shared.wdt.paging", None)]),
         ("from ..errors import X", [("shared.errors", None)]),
-        ("import json\ndef f():\n    from ops import render", [("ops", "f")]),
+        ("import json\ndef f():\n    from ops import render", [("ops.render", "f")]),
         ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sandbox", [("sandbox", None)]),
         ("class C:\n    def m(self):\n        import shared.redis.state", [("shared.redis.state", "m")]),
     ],
