@@ -1,6 +1,8 @@
 """The console in a real browser (Debian's chromium driven by Playwright) against the real pipeline:
 a sandbox, a worker process, `stockout-sync console` as a process. Skipped without chromium unless
-REQUIRE_BROWSER=1 (CI). Writes docs/console-overview.png and docs/console-deadletters.png."""
+REQUIRE_BROWSER=1 (CI). With UPDATE_SCREENSHOTS=1 it writes docs/console-overview.png and
+docs/console-deadletters.png (README shows them); otherwise its pictures go to its temporary folder, so
+a test run leaves the checkout as it found it."""
 from __future__ import annotations
 
 import os
@@ -110,9 +112,11 @@ def screenshots_of_every_page(page, url: str, where: Path) -> None:
 
 
 def test_operator_fixes_a_mapping_and_requeues_from_the_browser_viewer_cannot(
-    browser, sandbox, processes, mapping, console_url, redis_client
+    browser, sandbox, processes, mapping, console_url, redis_client, tmp_path
 ):
     from playwright.sync_api import expect
+
+    shots = DOCS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
     expect.set_options(timeout=WAIT_MS)
     poison, expected, letters = unmapped_warehouse_synced(sandbox, processes, redis_client, 8)
@@ -137,7 +141,7 @@ def test_operator_fixes_a_mapping_and_requeues_from_the_browser_viewer_cannot(
         expect(operator.locator("#reason")).to_contain_text("WH-NEW9")
         operator.goto(f"{console_url}/deadletters")
         expect(operator.get_by_role("link", name=sid)).to_be_visible()
-        operator.screenshot(path=str(DOCS / "console-deadletters.png"), full_page=True)
+        operator.screenshot(path=str(shots / "console-deadletters.png"), full_page=True)
 
         # the operator fixes the mapping file; the Mapping page shows the new one in force
         def in_force() -> str:
@@ -164,7 +168,7 @@ def test_operator_fixes_a_mapping_and_requeues_from_the_browser_viewer_cannot(
         expect(overview.locator("#dead-letters a")).to_have_text("0")
         expect(overview.locator("#synced")).to_have_text(str(len(expected)))
         assert saved_before == str(len(expected) - 1) and saved(sandbox)[sid] == 1
-        overview.screenshot(path=str(DOCS / "console-overview.png"), full_page=True)
+        overview.screenshot(path=str(shots / "console-overview.png"), full_page=True)
         overview.close()
 
         # trace it
