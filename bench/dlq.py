@@ -102,7 +102,8 @@ class Pinger:
 def _fill(ctx: Context, prefix: str, n: int) -> float:
     """`n` letters as workers write them (record, index, queue copy), realistic stockouts inside."""
     from sandbox.data import generate_stockouts
-    from shared.deadletters.store import DeadLetter, DeadLetterStore
+    from shared.deadletters.model import DeadLetter
+    from shared.deadletters.store import DeadLetterStore
     from shared.queue.publisher import queue_entry
     from shared.redis.keys import DEAD_LETTER_QUEUE
 

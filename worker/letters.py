@@ -6,7 +6,7 @@ from typing import Any
 
 from shared.core.errors import MappingError, StockoutSyncError
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, Stage
+from shared.deadletters.model import DeadLetter, Stage
 from shared.mapping.model import Mapping
 from shared.redis.state import order_no_of
 from worker.transform import locate_rejection

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.core.settings import Settings
-from shared.deadletters.store import Stage
+from shared.deadletters.model import Stage
 from shared.observe.snapshot import QUEUES, Snapshot
 from shared.redis import breaker
 from shared.redis.conn import connect

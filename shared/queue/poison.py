@@ -18,7 +18,8 @@ from typing import Any
 
 from shared.core import metrics
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 
 log = logging.getLogger("stockout_sync.broker")
 

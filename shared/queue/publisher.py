@@ -25,7 +25,8 @@ from shared.core.personal import redact
 from shared.core.retry import call_with_retries
 from shared.core.settings import get_settings
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import SYNC_TASK, get_app
 from shared.redis.conn import connect
 from shared.redis.keys import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, Keys

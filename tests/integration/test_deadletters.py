@@ -12,7 +12,8 @@ import redis
 from ops.processes import wait_until
 from producer.poll import poll_once
 from shared.core.personal import redact
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.publisher import publish_dead_letter, publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli

@@ -10,7 +10,8 @@ import pytest
 from ops.processes import wait_until
 from producer.backfill.jobs import JobStore
 from shared.core.timeutil import now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.publisher import publish_dead_letter, publish_stockout
 from shared.redis.keys import BACKFILL_QUEUE
 from shared.redis.ratelimit import RateLimiter

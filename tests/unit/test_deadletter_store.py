@@ -6,7 +6,8 @@ import time
 import pytest
 
 from shared.core.personal import PERSONAL_FIELDS
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.mapping.model import MEMO_FIELDS
 
 RECEIVER = {"receiver_name": "张三", "receiver_mobile": "13800000000", "receiver_telno": "021-1234567",
@@ -149,7 +150,7 @@ def test_fix_key_groups_letters_by_what_the_operator_fixes():
     from ops.demo import DEMO_MAPPING
     from sandbox.data import generate_stockouts
     from shared.core.errors import InvalidRequestError
-    from shared.deadletters.store import fix_key
+    from shared.deadletters.model import fix_key
     from shared.mapping.model import load_mapping
     from worker.letters import make_letter
     from worker.transform import preview
