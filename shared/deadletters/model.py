@@ -1,14 +1,29 @@
-"""The dead letter: what failed, where and why, the stockout kept whole, its history; the group an
-operator fixes (`fix_key`) and how a letter's story goes on (`merge`). Why: docs/design.md, "Dead letters"."""
+"""The dead letter: what failed, where and why, the stockout kept whole, its history; the one way a
+letter is made (`DeadLetter.new`), the group an operator fixes (`fix_key`) and how a letter's story goes
+on (`merge`). Why: docs/design.md, "Dead letters"."""
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.core.errors import MappingError, StockoutSyncError
+from shared.core.timeutil import format_wire, now_beijing
+from shared.redis.state import order_no_of
+
 Stage = Literal["fetch", "transform", "save", "internal", "receive", "publish"]
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
+
+
+def stage_of(error: BaseException) -> Stage:
+    """The stage of a failure in the worker, from the error alone (what its log lines and metrics say too)."""
+    if isinstance(error, MappingError):
+        return "transform"
+    if isinstance(error, StockoutSyncError):
+        return "save" if error.api == "bip" else "fetch"
+    return "internal"
 
 
 class HistoryEntry(BaseModel):
@@ -55,6 +70,43 @@ class DeadLetter(BaseModel):
     kind: Literal["stockout", "malformed"] = "stockout"
     queue: str = ""
     raw: str = ""
+
+    @classmethod
+    def new(cls, stockout_id: str, error: BaseException, *, stage: Stage, stockout: Any = None, attempts: int = 1,
+            where: str = "", task_id: str = "", message_id: str = "", mapping_fingerprint: str = "",
+            kind: Literal["stockout", "malformed"] = "stockout", queue: str = "", raw: str = "") -> DeadLetter:
+        """The letter of this failure, however it came (the worker, the poison check, the publisher's size
+        check): the error's class and words (a remote code and message too), the time, this host, the
+        order number of the stockout. `where` says where in the stockout the fix goes ("(in the
+        stockout: …)" after the message, which `fix_key` leaves out). The store redacts the stockout and
+        adds up the attempts of a stockout that failed before (`DeadLetterStore.put`)."""
+        now = format_wire(now_beijing())
+        fields = error.to_dict() if isinstance(error, StockoutSyncError) else {}
+        message = str(error) or type(error).__name__
+        if where:
+            message = f"{message} (in the stockout: {where})"
+        return cls(
+            stockout_id=stockout_id,
+            order_no=order_no_of(stockout),
+            stage=stage,
+            error_class=type(error).__name__,
+            message=message,
+            api=fields.get("api", ""),
+            code=fields.get("code", ""),
+            api_message=fields.get("api_message", ""),
+            http_status=fields.get("http_status"),
+            attempts=attempts,
+            first_failed_at=now,
+            last_failed_at=now,
+            task_id=task_id,
+            message_id=message_id,
+            worker_host=socket.gethostname(),
+            mapping_fingerprint=mapping_fingerprint,
+            stockout=stockout if isinstance(stockout, dict) else ({} if stockout is None else {"_raw": stockout}),
+            kind=kind,
+            queue=queue,
+            raw=raw,
+        )
 
     @property
     def malformed(self) -> bool:

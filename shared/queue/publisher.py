@@ -7,7 +7,6 @@ import base64
 import functools
 import logging
 import re
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,13 +23,11 @@ from shared.core.errors import RetryPolicy, foreign
 from shared.core.personal import redact
 from shared.core.retry import call_with_retries
 from shared.core.settings import get_settings
-from shared.core.timeutil import format_wire, now_beijing
 from shared.deadletters.model import DeadLetter
 from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import SYNC_TASK, get_app
 from shared.redis.conn import connect
 from shared.redis.keys import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, Keys
-from shared.redis.state import order_no_of
 
 log = logging.getLogger("stockout_sync.messages")
 
@@ -52,6 +49,10 @@ def labelled_stockout_id(label: str) -> str:
     """The stockout id a `message_label` names ("" when it names none)."""
     found = _LABELLED_ID.search(label or "")
     return found.group(1) if found else ""
+
+
+class MessageTooLarge(Exception):
+    """A stockout whose message would be over MAX_MESSAGE_BYTES: the error its dead letter is made of."""
 
 
 class Publisher:
@@ -113,7 +114,9 @@ class Publisher:
             return
         store = DeadLetterStore(self._broker(), _prefix())
         for raw, key, size in page.too_large:
-            letter = too_large_letter(raw, key, size, page.max_bytes or 0)
+            error = MessageTooLarge(f"its message is {size} bytes, over MAX_MESSAGE_BYTES={page.max_bytes}: raise "
+                                    f"MAX_MESSAGE_BYTES (producer and workers alike), then `dlq requeue {key}`")
+            letter = DeadLetter.new(key, error, stage="publish", stockout=raw)
             self.retrying(functools.partial(store.put, letter))
             log.error("stockout %s not published: %s; kept as a dead letter", key, letter.message,
                       extra={"stage": "publish", "outcome": "dead_letter", "stockout_id": key})
@@ -239,22 +242,6 @@ def _json(value: Any) -> bytes:
 
 
 publish_stockout = Publisher()
-
-
-def too_large_letter(raw: dict, key: str, size: int, max_bytes: int) -> DeadLetter:
-    now = format_wire(now_beijing())
-    return DeadLetter(
-        stockout_id=key,
-        order_no=order_no_of(raw),
-        stage="publish",
-        error_class="MessageTooLarge",
-        message=f"its message is {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}: raise MAX_MESSAGE_BYTES "
-                f"(producer and workers alike), then `dlq requeue {key}`",
-        first_failed_at=now,
-        last_failed_at=now,
-        worker_host=socket.gethostname(),
-        stockout=raw,
-    )
 
 
 def queue_entry(raw: dict, key: str, task_id: str, queue: str = STOCKOUT_QUEUE) -> bytes:
