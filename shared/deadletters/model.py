@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.core.errors import MappingError, StockoutSyncError
 from shared.core.timeutil import format_wire, now_beijing
 from shared.redis.state import order_no_of
 
-Stage = Literal["fetch", "transform", "save", "internal", "receive", "publish"]
+# Where a stockout failed. In the worker: `transform` (the mapping), `save` (BIP), `state` (our Redis:
+# done marks, locks, attempts, the token's cache) or `internal` (anything else: a bug, a time limit).
+# Before a worker: `receive`, a queue entry no worker can run (shared/queue/poison.py), and `publish`,
+# a message too large to send (shared/queue/publisher.py).
+Stage = Literal["transform", "save", "state", "internal", "receive", "publish"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+# Versions before `state` wrote `fetch` for every failure of the worker neither the mapping's nor BIP's,
+# though the worker never fetches: a letter stored so reads as the stage `stage_of` gives it now.
+LEGACY_STAGE = "fetch"
+_STAGE_OF_API: dict[str, Stage] = {"bip": "save", "redis": "state", "mapping": "transform"}
 HISTORY_MAX = 50  # a letter requeued and failing forever keeps its first failure and the latest ones
 
 
@@ -22,8 +31,17 @@ def stage_of(error: BaseException) -> Stage:
     if isinstance(error, MappingError):
         return "transform"
     if isinstance(error, StockoutSyncError):
-        return "save" if error.api == "bip" else "fetch"
+        return _STAGE_OF_API.get(error.api, "internal")
     return "internal"
+
+
+def stored_stage(record: Any) -> Stage:
+    """The stage of a stored letter (its JSON as a dict) as `DeadLetter` reads it; one no version wrote
+    counts as `internal` (the gauges read records without the model)."""
+    stage = record.get("stage") if isinstance(record, dict) else None
+    if stage == LEGACY_STAGE:
+        return _STAGE_OF_API.get(str(record.get("api") or ""), "internal")
+    return next((s for s in STAGES if s == stage), "internal")
 
 
 class HistoryEntry(BaseModel):
@@ -31,7 +49,8 @@ class HistoryEntry(BaseModel):
 
     at: str
     event: Literal["dead_lettered", "requeued"] = "dead_lettered"
-    stage: Stage | None = None
+    # a line of history stays as it was written, an older version's `fetch` too (it names no api to go by)
+    stage: Stage | Literal["fetch"] | None = None
     error_class: str = ""
     code: str = ""
     message: str = ""
@@ -70,6 +89,13 @@ class DeadLetter(BaseModel):
     kind: Literal["stockout", "malformed"] = "stockout"
     queue: str = ""
     raw: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_stage(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("stage") == LEGACY_STAGE:
+            return {**data, "stage": stored_stage(data)}
+        return data
 
     @classmethod
     def new(cls, stockout_id: str, error: BaseException, *, stage: Stage, stockout: Any = None, attempts: int = 1,
