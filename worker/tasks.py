@@ -30,7 +30,7 @@ from shared.deadletters.store import DeadLetterStore
 from shared.mapping.model import Mapping, MappingFileError
 from shared.queue.app import SYNC_TASK, app
 from shared.queue.events import DEAD_LETTERED_EVENT, dlq_hint
-from shared.queue.publisher import message_label, publish_dead_letter
+from shared.queue.publisher import message_label, publish_stockout
 from shared.redis import breaker
 from shared.redis.breaker import DEAD_LETTER_SCOPE, Opened
 from shared.redis.epoch import StatePaused
@@ -256,7 +256,7 @@ def dead_letter(rt: Runtime, stockout: dict, sid: str, error: BaseException, *, 
                             mapping_fingerprint=fingerprint)
     # Record first, then the queue copy: a crash between them leaves a record `requeue` can act on.
     DeadLetterStore(rt.redis, rt.settings.redis_prefix).put(letter)
-    publish_dead_letter(stockout, sid, message_id)
+    publish_stockout.dead_letter_copy(letter)
 
 
 def rejected_at(error: BaseException, stockout: dict, mapping: Mapping | None) -> str:

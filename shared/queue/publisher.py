@@ -1,4 +1,4 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy, built here
+"""Messages on the queues: one `stockouts` message per stockout, and a dead letter's copy, built here
 and pushed straight to the queue's list (a page in one LPUSH).
 Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
@@ -120,6 +120,15 @@ class Publisher:
             self.retrying(functools.partial(store.put, letter))
             log.error("stockout %s not published: %s; kept as a dead letter", key, letter.message,
                       extra={"stage": "publish", "outcome": "dead_letter", "stockout_id": key})
+
+    def dead_letter_copy(self, letter: DeadLetter) -> None:
+        """The letter's copy on the dead_letter queue: its stockout's message (the receiver's data dropped
+        unless the letters keep it) under the letter's message id. Always built here, never by kombu: the
+        store keeps the exact bytes, so `dlq requeue` and `purge` remove the copy by value instead of
+        searching the queue for it."""
+        store = DeadLetterStore(self._broker(), _prefix())
+        entry = queue_entry(store.clean(letter.stockout), letter.stockout_id, letter.message_id, DEAD_LETTER_QUEUE)
+        self.retrying(lambda: store.push_copy(letter.stockout_id, entry))
 
     def _broker(self) -> redis.Redis:
         url = get_app().conf.broker_url
@@ -249,13 +258,3 @@ def queue_entry(raw: dict, key: str, task_id: str, queue: str = STOCKOUT_QUEUE) 
     page = _Page(queue)
     page.add(raw, key, task_id)
     return page.entries[0]
-
-
-def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
-    """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
-    it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
-    `purge` remove the copy by value instead of searching the queue for it."""
-    store = DeadLetterStore(publish_stockout._broker(), _prefix())
-    entry = queue_entry(store.clean(raw), key, task_id, DEAD_LETTER_QUEUE)
-    publish_stockout.retrying(lambda: store.push_copy(key, entry))
-    return task_id
