@@ -102,7 +102,9 @@ class Pinger:
 def _fill(ctx: Context, prefix: str, n: int) -> float:
     """`n` letters as workers write them (record, index, queue copy), realistic stockouts inside."""
     from sandbox.data import generate_stockouts
-    from shared.deadletters.store import DeadLetter, DeadLetterStore
+    from shared.core.errors import APIConnectionError
+    from shared.deadletters.model import DeadLetter, stage_of
+    from shared.deadletters.store import DeadLetterStore
     from shared.queue.publisher import queue_entry
     from shared.redis.keys import DEAD_LETTER_QUEUE
 
@@ -110,13 +112,12 @@ def _fill(ctx: Context, prefix: str, n: int) -> float:
     client = ctx.client()
     store = DeadLetterStore(client, prefix, ttl_s=30 * 86400, keep_personal_data=False)
     batch = generate_stockouts(n, first_id=7_000_000, seed=7)
+    failure = APIConnectionError("bip POST /yonbip/scm/othoutrecord/single/save: HTTP 502", api="bip", http_status=502)
     for raw in batch.stockouts:
         sid = raw["stockout_id"]
         message_id = f"dlq-{uuid.uuid4()}"
-        store.put(DeadLetter(stockout_id=sid, order_no=raw["order_no"], stage="save", error_class="APIConnectionError",
-                             message="bip POST /yonbip/scm/othoutrecord/single/save: HTTP 502", http_status=502,
-                             attempts=6, first_failed_at="2026-11-29 10:00:00", last_failed_at="2026-11-29 10:05:00",
-                             message_id=message_id, stockout=raw))
+        letter = DeadLetter.new(sid, failure, stage=stage_of(failure), stockout=raw, attempts=6, message_id=message_id)
+        store.put(letter)
         store.push_copy(sid, queue_entry(store.clean(raw), sid, message_id, DEAD_LETTER_QUEUE))
     client.close()
     return time.monotonic() - started

@@ -35,7 +35,8 @@ from ops.processes import (
 from sandbox import Sandbox, SandboxConfig
 from shared.core.settings import Settings
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetterStore, fix_key
+from shared.deadletters.model import fix_key
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import POLL_TASK, create_app
 from shared.redis.conn import resolve_redis_url
 from shared.redis.keys import PRODUCER_QUEUE, STOCKOUT_QUEUE, Keys

@@ -13,7 +13,7 @@ from rich.table import Table
 from ops.status import BackfillView, Status
 from producer.poll import PollSummary
 from producer.reconcile.run import Report
-from shared.deadletters.store import HistoryEntry
+from shared.deadletters.model import HistoryEntry
 
 # Piped output (a file, grep, a log collector) is not wrapped: rich would fold it at 80 columns when the
 # stream is not a terminal, splitting a line ("12 of\nthem unmappable") or a table row in two.

@@ -17,7 +17,8 @@ from producer.alerts.watch import told
 from producer.backfill.jobs import Job, JobStore, eta_s
 from producer.reconcile.reports import last_report
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.mapping.cache import MappingProblem
 from shared.observe import clock
 from shared.observe.snapshot import HEARTBEAT_ALIVE_INTERVALS, Snapshot
@@ -202,7 +203,7 @@ def dead_letter_groups(letters: Iterable[DeadLetter]) -> list[DeadLetterGroup]:
     groups: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for letter in letters:
-        key = letter.group  # what to fix (shared.deadletters.store.fix_key), with how many letters it mends
+        key = letter.group  # what to fix (shared.deadletters.model.fix_key), with how many letters it mends
         groups[key] += 1
         examples.setdefault(key, f"{letter.stockout_id} ({letter.order_no or '?'}): {letter.message}"[:200])
     return [DeadLetterGroup(reason=k, count=n, example=examples[k]) for k, n in groups.most_common()]

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 from shared.bip.models import define1_of
 from shared.core.errors import StockoutSyncError
 from shared.core.timeutil import format_wire, now_beijing, parse_wire
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import get_app
 from shared.queue.depth import (  # kombu's Redis priority queues, as `status` counts them
     STOCKOUT_QUEUES,

@@ -15,13 +15,22 @@ from celery.exceptions import Reject
 
 from shared.bip.lookup import Unproven
 from shared.core import metrics
-from shared.core.errors import Action, ConfigurationError, MappingError, RetryPolicy, foreign, resolve
+from shared.core.errors import (
+    Action,
+    ConfigurationError,
+    MappingError,
+    RetryPolicy,
+    StockoutSyncError,
+    foreign,
+    resolve,
+)
 from shared.core.settings import Settings
+from shared.deadletters.model import DeadLetter, stage_of
 from shared.deadletters.store import DeadLetterStore
-from shared.mapping.model import MappingFileError
+from shared.mapping.model import Mapping, MappingFileError
 from shared.queue.app import SYNC_TASK, app
 from shared.queue.events import DEAD_LETTERED_EVENT, dlq_hint
-from shared.queue.publisher import message_label, publish_dead_letter
+from shared.queue.publisher import message_label, publish_stockout
 from shared.redis import breaker
 from shared.redis.breaker import DEAD_LETTER_SCOPE, Opened
 from shared.redis.epoch import StatePaused
@@ -29,8 +38,8 @@ from shared.redis.state import order_no_of, stockout_key
 from shared.runtime import Runtime, runtime
 from worker import attempts
 from worker.events import task_event
-from worker.letters import make_letter, stage_of
 from worker.sync import Deferred, sync_one
+from worker.transform import locate_rejection
 
 log = logging.getLogger("stockout_sync.worker")
 MAPPING_WAIT_S = 5.0  # the cache looks at the file every second; an operator's fix takes longer
@@ -242,10 +251,16 @@ def dead_letter(rt: Runtime, stockout: dict, sid: str, error: BaseException, *, 
     except Exception:  # a broken mapping file must not stop the letter from being written
         mapping, fingerprint = None, ""
     message_id = f"dlq-{uuid.uuid4()}"
-    letter = make_letter(
-        stockout, sid, error, attempts=attempts, task_id=task_id, message_id=message_id,
-        mapping_fingerprint=fingerprint, mapping=mapping,
-    )
+    letter = DeadLetter.new(sid, error, stage=stage_of(error), stockout=stockout, attempts=attempts,
+                            where=rejected_at(error, stockout, mapping), task_id=task_id, message_id=message_id,
+                            mapping_fingerprint=fingerprint)
     # Record first, then the queue copy: a crash between them leaves a record `requeue` can act on.
     DeadLetterStore(rt.redis, rt.settings.redis_prefix).put(letter)
-    publish_dead_letter(stockout, sid, message_id)
+    publish_stockout.dead_letter_copy(letter)
+
+
+def rejected_at(error: BaseException, stockout: dict, mapping: Mapping | None) -> str:
+    """Where in the stockout the values BIP's refusal names came from ("" for any other failure)."""
+    if mapping is None or not isinstance(error, StockoutSyncError) or error.api != "bip" or not error.api_message:
+        return ""
+    return locate_rejection(error.api_message, stockout, mapping)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 
 # A letter written again gets a new score: its failure time, by the writing host's clock. Each read looks
 # at the scores since the previous read less SKEW_S (hosts whose clocks lag); a full read with scores

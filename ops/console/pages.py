@@ -25,8 +25,10 @@ from ops.trace import trace
 from producer.backfill.jobs import JobStore
 from producer.reconcile.reports import REPORTS_KEPT, recent_reports
 from shared.core.errors import StockoutSyncError
+from shared.core.personal import redact
 from shared.core.timeutil import format_wire, parse_given
-from shared.deadletters.store import DeadLetter, DeadLetterStore, redact
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.observe.snapshot import Snapshot
 
 PER_PAGE = 50

@@ -22,7 +22,7 @@ from celery.signals import worker_ready, worker_shutdown
 from producer.alerts.channels import Alert, Reply, Sender, channels_from_settings, sender_from_settings
 from shared.core.settings import Settings
 from shared.core.timeutil import BEIJING, format_wire
-from shared.deadletters.store import DeadLetter
+from shared.deadletters.model import DeadLetter
 from shared.observe import clock
 from shared.observe.snapshot import Snapshot
 from shared.queue.app import get_app

@@ -13,13 +13,13 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, get_args
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.core.settings import Settings
-from shared.deadletters.store import Stage
+from shared.deadletters.model import STAGES, stored_stage
 from shared.observe.snapshot import QUEUES, Snapshot
 from shared.redis import breaker
 from shared.redis.conn import connect
@@ -33,7 +33,6 @@ _P = "stockout_sync"
 # kombu's Redis transport keeps a message with priority p > 0 on a list of its own, `<queue>\x06\x16<p>`
 BREAKER_STATES = ("closed", "half_open", "open")
 DLQ_RECOUNT_S = 30.0
-STAGES: tuple[str, ...] = get_args(Stage)  # malformed letters (receive) and too large ones (publish) too
 
 
 class PipelineCollector(Collector):
@@ -113,7 +112,7 @@ class PipelineCollector(Collector):
             if self._dlq[0] == shape:
                 return counts
             added = self._stages(self.r.zrangebyscore(self.k.dlq_index, f"({last_newest!r}", "+inf"))
-            merged = {stage: counts.get(stage, 0) + added.get(stage, 0) for stage in STAGES}
+            merged: dict[str, int] = {stage: counts.get(stage, 0) + added.get(stage, 0) for stage in STAGES}
             if sum(merged.values()) == total:
                 self._dlq = (shape, counted_at, merged)
                 return merged
@@ -187,7 +186,7 @@ def _text(value: Any) -> str:
 
 def _stage(value: Any) -> str:
     try:
-        stage = json.loads(value).get("stage") if value else None
-    except (ValueError, AttributeError):
-        stage = None
-    return stage if stage in STAGES else "internal"
+        record = json.loads(value) if value else None
+    except ValueError:
+        record = None
+    return stored_stage(record)

@@ -10,15 +10,14 @@ import hashlib
 import inspect
 import json
 import logging
-import socket
 import typing
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from shared.core import metrics
-from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 
 log = logging.getLogger("stockout_sync.broker")
 
@@ -157,29 +156,21 @@ def escaped(entry: bytes) -> str:
     return entry.decode("utf-8", errors="backslashreplace")
 
 
-def malformed_letter(entry: bytes, problem: str, *, queue: str, seen: int = 1) -> DeadLetter:
-    now = format_wire(now_beijing())
-    return DeadLetter(
-        # The same bytes are the same letter: a producer pushing one bad entry a thousand times
-        # leaves one letter seen a thousand times, not a thousand letters.
-        stockout_id=f"malformed-{hashlib.sha256(entry).hexdigest()[:20]}",
-        stage="receive",
-        kind="malformed",
-        error_class="MalformedMessage",
-        message=problem,
-        attempts=seen,
-        first_failed_at=now,
-        last_failed_at=now,
-        worker_host=socket.gethostname(),
-        queue=queue,
-        raw=escaped(entry),
-    )
+class MalformedMessage(Exception):
+    """What the check found wrong with a queue entry: the error its dead letter is made of."""
+
+
+def malformed_id(entry: bytes) -> str:
+    # The same bytes are the same letter: a producer pushing one bad entry a thousand times leaves
+    # one letter seen a thousand times, not a thousand letters.
+    return f"malformed-{hashlib.sha256(entry).hexdigest()[:20]}"
 
 
 def quarantine(store: DeadLetterStore, entry: bytes, problem: str, *, queue: str) -> DeadLetter:
     """Keep the entry as a dead letter (no copy on the dead_letter queue: it is no task to run)."""
     # the store adds the attempts up: the same bytes again are the same letter seen once more
-    letter = store.put(malformed_letter(entry, problem, queue=queue))
+    letter = store.put(DeadLetter.new(malformed_id(entry), MalformedMessage(problem), stage="receive", kind="malformed",
+                                      queue=queue, raw=escaped(entry)))
     metrics.MALFORMED.labels(queue).inc()
     log.error("%s on queue %s: %s; quarantined as dead letter %s", MALFORMED, queue, problem, letter.stockout_id)
     return letter

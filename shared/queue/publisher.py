@@ -1,4 +1,4 @@
-"""Messages on the queues: one `stockouts` message per stockout, and its dead-letter copy, built here
+"""Messages on the queues: one `stockouts` message per stockout, and a dead letter's copy, built here
 and pushed straight to the queue's list (a page in one LPUSH).
 Why: docs/design.md, "Publishing messages"."""
 from __future__ import annotations
@@ -7,7 +7,6 @@ import base64
 import functools
 import logging
 import re
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,12 +23,11 @@ from shared.core.errors import RetryPolicy, foreign
 from shared.core.personal import redact
 from shared.core.retry import call_with_retries
 from shared.core.settings import get_settings
-from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import SYNC_TASK, get_app
 from shared.redis.conn import connect
 from shared.redis.keys import DEAD_LETTER_QUEUE, STOCKOUT_QUEUE, Keys
-from shared.redis.state import order_no_of
 
 log = logging.getLogger("stockout_sync.messages")
 
@@ -51,6 +49,10 @@ def labelled_stockout_id(label: str) -> str:
     """The stockout id a `message_label` names ("" when it names none)."""
     found = _LABELLED_ID.search(label or "")
     return found.group(1) if found else ""
+
+
+class MessageTooLarge(Exception):
+    """A stockout whose message would be over MAX_MESSAGE_BYTES: the error its dead letter is made of."""
 
 
 class Publisher:
@@ -112,10 +114,21 @@ class Publisher:
             return
         store = DeadLetterStore(self._broker(), _prefix())
         for raw, key, size in page.too_large:
-            letter = too_large_letter(raw, key, size, page.max_bytes or 0)
+            error = MessageTooLarge(f"its message is {size} bytes, over MAX_MESSAGE_BYTES={page.max_bytes}: raise "
+                                    f"MAX_MESSAGE_BYTES (producer and workers alike), then `dlq requeue {key}`")
+            letter = DeadLetter.new(key, error, stage="publish", stockout=raw)
             self.retrying(functools.partial(store.put, letter))
             log.error("stockout %s not published: %s; kept as a dead letter", key, letter.message,
                       extra={"stage": "publish", "outcome": "dead_letter", "stockout_id": key})
+
+    def dead_letter_copy(self, letter: DeadLetter) -> None:
+        """The letter's copy on the dead_letter queue: its stockout's message (the receiver's data dropped
+        unless the letters keep it) under the letter's message id. Always built here, never by kombu: the
+        store keeps the exact bytes, so `dlq requeue` and `purge` remove the copy by value instead of
+        searching the queue for it."""
+        store = DeadLetterStore(self._broker(), _prefix())
+        entry = queue_entry(store.clean(letter.stockout), letter.stockout_id, letter.message_id, DEAD_LETTER_QUEUE)
+        self.retrying(lambda: store.push_copy(letter.stockout_id, entry))
 
     def _broker(self) -> redis.Redis:
         url = get_app().conf.broker_url
@@ -240,34 +253,8 @@ def _json(value: Any) -> bytes:
 publish_stockout = Publisher()
 
 
-def too_large_letter(raw: dict, key: str, size: int, max_bytes: int) -> DeadLetter:
-    now = format_wire(now_beijing())
-    return DeadLetter(
-        stockout_id=key,
-        order_no=order_no_of(raw),
-        stage="publish",
-        error_class="MessageTooLarge",
-        message=f"its message is {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}: raise MAX_MESSAGE_BYTES "
-                f"(producer and workers alike), then `dlq requeue {key}`",
-        first_failed_at=now,
-        last_failed_at=now,
-        worker_host=socket.gethostname(),
-        stockout=raw,
-    )
-
-
 def queue_entry(raw: dict, key: str, task_id: str, queue: str = STOCKOUT_QUEUE) -> bytes:
     """The Redis entry of one stockout's message on `queue`, as kombu's transport writes it."""
     page = _Page(queue)
     page.add(raw, key, task_id)
     return page.entries[0]
-
-
-def publish_dead_letter(raw: dict, key: str, task_id: str) -> str:
-    """The letter's copy on the dead_letter queue (its receiver data dropped unless the letters keep
-    it). Always built here, never by kombu: the store keeps the exact bytes, so `dlq requeue` and
-    `purge` remove the copy by value instead of searching the queue for it."""
-    store = DeadLetterStore(publish_stockout._broker(), _prefix())
-    entry = queue_entry(store.clean(raw), key, task_id, DEAD_LETTER_QUEUE)
-    publish_stockout.retrying(lambda: store.push_copy(key, entry))
-    return task_id

@@ -7,7 +7,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from ops.console.auth import hash_password, load_users
-from shared.deadletters.store import DeadLetter
+from shared.deadletters.model import DeadLetter
 
 PASSWORDS = {"vera": "viewer-password-1", "otto": "operator-password-1"}
 SECRET_KEY = "k" * 40

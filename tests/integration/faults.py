@@ -15,7 +15,8 @@ import redis
 from ops.processes import wait_until
 from producer.poll import poll_once
 from shared.core.timeutil import now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.publisher import publish_stockout
 from shared.redis.conn import connect, free_port
 from shared.runtime import runtime

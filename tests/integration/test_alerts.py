@@ -19,7 +19,8 @@ from producer.alerts.channels import Channel, Sender
 from producer.alerts.watch import AlertLoop, Watch, probe_alert
 from shared.core.settings import Settings
 from shared.core.timeutil import BEIJING, format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.redis.conn import free_port
 from tests.integration.receivers import Receiver
 

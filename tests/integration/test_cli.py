@@ -10,7 +10,8 @@ import pytest
 
 from producer.backfill.jobs import JobStore
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from tests.cli import cli
 from worker.transform import resubmit_key
 

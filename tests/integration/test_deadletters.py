@@ -12,8 +12,9 @@ import redis
 from ops.processes import wait_until
 from producer.poll import poll_once
 from shared.core.personal import redact
-from shared.deadletters.store import DeadLetter, DeadLetterStore
-from shared.queue.publisher import publish_dead_letter, publish_stockout
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
 from tests.integration.conftest import reset_service_caches
@@ -118,7 +119,7 @@ def _letters(redis_client, n):
         letter = DeadLetter(stockout_id=raw["stockout_id"], stage="transform", error_class="MappingError",
                             message="m", first_failed_at="x", last_failed_at="x", message_id=f"dlq-{i}", stockout=raw)
         store.put(letter)
-        publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
+        publish_stockout.dead_letter_copy(letter)
     return store
 
 

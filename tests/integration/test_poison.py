@@ -15,7 +15,7 @@ from ops.processes import wait_until
 from producer.poll import poll_once
 from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import POLL_TASK, SYNC_TASK
-from shared.queue.poison import malformed_letter
+from shared.queue.poison import malformed_id
 from shared.queue.publisher import _Page, publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
@@ -106,7 +106,7 @@ def test_malformed_entries_are_dead_letters_and_the_worker_saves_every_good_stoc
         redis_client.lpush("t:stockouts", *entries[start:start + 50])
 
     letters = DeadLetterStore(redis_client, "t")
-    expected = {malformed_letter(entry, "", queue="stockouts").stockout_id: kind for kind, entry in bad}
+    expected = {malformed_id(entry): kind for kind, entry in bad}
     wanted = {s["stockout_id"] for s in stockouts}
     wait_until(lambda: wanted <= set(saved(sandbox)) and set(expected) <= set(letters.ids()), 90,
                message="every good stockout saved and every malformed entry dead-lettered")
@@ -132,7 +132,7 @@ def test_the_producer_queue_quarantines_too(sandbox, processes, redis_client):
     bad = [kind[1](1000 + n) for n, kind in enumerate(KINDS[:6])]
     redis_client.lpush("t:producer", *bad)
     letters = DeadLetterStore(redis_client, "t")
-    expected = {malformed_letter(entry, "", queue="producer").stockout_id for entry in bad}
+    expected = {malformed_id(entry) for entry in bad}
     wait_until(lambda: expected <= set(letters.ids()), 30, message="the producer's malformed entries dead-lettered")
     assert all(letter.queue == "producer" for letter in letters.all())
     assert beat.poll() is None, "a malformed entry stopped beat's consumer"

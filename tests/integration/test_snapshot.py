@@ -13,7 +13,8 @@ from producer.alerts.channels import Channel, Sender
 from producer.alerts.watch import Watch
 from shared.core.settings import Settings
 from shared.core.timeutil import format_wire, now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.observe.gauges import PipelineCollector
 from shared.observe.snapshot import Snapshot
 from shared.redis import breaker

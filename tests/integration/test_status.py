@@ -10,8 +10,9 @@ import pytest
 from ops.processes import wait_until
 from producer.backfill.jobs import JobStore
 from shared.core.timeutil import now_beijing
-from shared.deadletters.store import DeadLetter, DeadLetterStore
-from shared.queue.publisher import publish_dead_letter, publish_stockout
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
+from shared.queue.publisher import publish_stockout
 from shared.redis.keys import BACKFILL_QUEUE
 from shared.redis.ratelimit import RateLimiter
 from shared.runtime import runtime
@@ -80,10 +81,11 @@ def test_lag_dead_letters_and_no_worker_need_attention(service, redis_client):
             ("transform", "TransformError", "", "", "details_list is empty: a stockout without lines cannot be…"),
             ("save", "InvalidRequestError", "bip", "999", "物料[SKU-X]不存在")]):
         raw = {"stockout_id": f"80{i}", "order_no": f"CK80{i}"}
-        letters.put(DeadLetter(stockout_id=raw["stockout_id"], order_no=raw["order_no"], stage=stage, error_class=error,
-                               api=api, code=code, api_message=said if api else "", message=said,
-                               first_failed_at="x", last_failed_at="x", message_id=f"dlq-{i}", stockout=raw))
-        publish_dead_letter(raw, raw["stockout_id"], f"dlq-{i}")
+        letter = DeadLetter(stockout_id=raw["stockout_id"], order_no=raw["order_no"], stage=stage, error_class=error,
+                            api=api, code=code, api_message=said if api else "", message=said,
+                            first_failed_at="x", last_failed_at="x", message_id=f"dlq-{i}", stockout=raw)
+        letters.put(letter)
+        publish_stockout.dead_letter_copy(letter)
     for i in range(4):
         publish_stockout({"stockout_id": f"70{i}"}, f"70{i}")
     publish_stockout({"stockout_id": "600"}, "600", queue=BACKFILL_QUEUE)

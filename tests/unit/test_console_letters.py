@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ops.console.letters as letters_module
 from ops.console.letters import LetterIndex
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 
 
 def letter(sid: str, message: str = "boom") -> DeadLetter:

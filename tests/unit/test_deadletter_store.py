@@ -6,7 +6,8 @@ import time
 import pytest
 
 from shared.core.personal import PERSONAL_FIELDS
-from shared.deadletters.store import DeadLetter, DeadLetterStore
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore
 from shared.mapping.model import MEMO_FIELDS
 
 RECEIVER = {"receiver_name": "张三", "receiver_mobile": "13800000000", "receiver_telno": "021-1234567",
@@ -149,9 +150,9 @@ def test_fix_key_groups_letters_by_what_the_operator_fixes():
     from ops.demo import DEMO_MAPPING
     from sandbox.data import generate_stockouts
     from shared.core.errors import InvalidRequestError
-    from shared.deadletters.store import fix_key
+    from shared.deadletters.model import fix_key, stage_of
     from shared.mapping.model import load_mapping
-    from worker.letters import make_letter
+    from worker.tasks import rejected_at
     from worker.transform import preview
 
     mapping = load_mapping(DEMO_MAPPING)
@@ -162,8 +163,8 @@ def test_fix_key_groups_letters_by_what_the_operator_fixes():
             with pytest.raises(Exception) as caught:
                 preview(raw, mapping)
             error = caught.value
-        return make_letter(raw, raw["stockout_id"], error, attempts=1, task_id="t", message_id="m",
-                           mapping_fingerprint="f", mapping=mapping)
+        return DeadLetter.new(raw["stockout_id"], error, stage=stage_of(error), stockout=raw, task_id="t",
+                              message_id="m", mapping_fingerprint="f", where=rejected_at(error, raw, mapping))
 
     ghost_wh = [failed({**s, "warehouse_no": "WH-GHOST"}) for s in good[:2]]
     other_wh = failed({**good[2], "warehouse_no": "WH-OTHER"})

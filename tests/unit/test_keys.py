@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.deadletters.store import DeadLetter, DeadLetterStore, _upgraded
+from shared.deadletters.model import DeadLetter
+from shared.deadletters.store import DeadLetterStore, _upgraded
 from shared.redis.keys import Keys, part
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from shared.deadletters.store import DeadLetterStore
 from shared.queue.app import get_app
-from shared.queue.poison import malformed_letter, what_is_wrong
+from shared.queue.poison import quarantine, what_is_wrong
 from shared.queue.publisher import _Page
 from tests.integration.test_poison import KINDS, MAX_BYTES
 
@@ -41,7 +42,9 @@ def test_a_reply_to_a_broadcast_is_no_task_and_passes():
     assert what_is_wrong(b"[1]", max_bytes=MAX_BYTES, tasks=None) == "a JSON array, not an object"
 
 
-def test_a_letter_keeps_the_bytes_escaped_and_is_the_same_for_the_same_bytes():
-    letter = malformed_letter(b"\xff\x00ok", "not UTF-8 text (byte 0)", queue="stockouts")
+def test_a_letter_keeps_the_bytes_escaped_and_is_the_same_for_the_same_bytes(redis_client):
+    store = DeadLetterStore(redis_client, "t", ttl_s=3600, keep_personal_data=False)
+    letter = quarantine(store, b"\xff\x00ok", "not UTF-8 text (byte 0)", queue="stockouts")
     assert letter.raw == "\\xff\x00ok" and letter.reason == "malformed message: not UTF-8 text (byte 0)"
-    assert letter.stockout_id == malformed_letter(b"\xff\x00ok", "x", queue="producer").stockout_id
+    again = quarantine(store, b"\xff\x00ok", "x", queue="producer")
+    assert again.stockout_id == letter.stockout_id and again.attempts == 2 and store.ids() == [letter.stockout_id]
