@@ -50,8 +50,12 @@ def test_worker_and_beat_export_what_they_did(sandbox, processes, redis_client):
         dead = total(samples, "stockout_sync_dead_lettered_total")
         return samples if saved == len(good) and dead == 3 else None
 
-    samples = wait_until(worker_done, interval=0.5, message="the worker's counters to show every stockout",
-                         progress=pipeline(sandbox, redis_client))
+    wait_until(worker_done, interval=0.5, message="the worker's counters to show every stockout",
+               progress=pipeline(sandbox, redis_client))
+    # A scrape reads the children's files one after another, not at one instant: the one that showed
+    # the last counter may have read the latency histogram just before that call's observation.
+    # Everything counted by then was written before this second scrape began.
+    samples = scrape(worker_port)
     assert len(sandbox.records()) == len(good)
     assert total(samples, "stockout_sync_saved_total", outcome="saved") == len(good)
     # two refused by the transform, one by BIP's validation (unknown material, code 999)
