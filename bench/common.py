@@ -126,8 +126,7 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            stop(proc)
+        stop(*self.procs)
         self.procs.clear()
 
 

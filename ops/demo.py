@@ -130,8 +130,7 @@ def run_demo(*, stockouts: int, bad: int, console: Console, keep: bool = False, 
             open_console(env, workdir, console_port, console)
         return code
     finally:
-        for proc in procs:
-            stop(proc)
+        stop(*procs)
         if not (keep and embedded is None):
             delete_prefix(url, prefix)
         sb.stop()

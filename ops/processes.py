@@ -50,18 +50,27 @@ def start_beat(env: dict[str, str], *, schedule_file: Path, log_path: Path | Non
     return start(["beat", f"--schedule-file={schedule_file}"], env, log_path)
 
 
-def stop(proc: subprocess.Popen, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
-    """Ask the whole process group to stop; kill it if it will not."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
-        pass
+def stop(*procs: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Ask each process group to stop, all at once (a warm shutdown takes a while; they take it
+    side by side), then kill what has not stopped by the timeout."""
+    asked = []
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+                asked.append(proc)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for proc in asked:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
 
 
 def wait_for_consumer(redis_url: str, prefix: str, queue: str, *, timeout: float = 120.0,

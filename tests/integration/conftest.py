@@ -98,8 +98,7 @@ class Processes:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logdir.glob("*.log")))
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            stop(proc)
+        stop(*self.procs)
 
 
 @pytest.fixture

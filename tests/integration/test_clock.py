@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -17,24 +16,11 @@ from shared.observe.clock import readings
 from shared.queue.publisher import publish_stockout
 from shared.runtime import runtime
 from tests.cli import cli
+from tests.integration.faketime import needs_faketime, shifted
 from tests.integration.faults import eligible, outcome, recent, saved
-from tests.prerequisites import prerequisite
 from tests.progress import pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
-LIBFAKETIME = next((str(p) for p in [ROOT / ".venv" / "lib" / "libfaketime.so.1",
-                                     *Path("/usr/lib").glob("*/faketime/libfaketime.so.1")] if p.exists()), None)
 pytestmark = pytest.mark.integration
-needs_faketime = prerequisite(LIBFAKETIME is not None, "libfaketime not found (`make test` fetches it with apt)")
-
-
-SITE = Path(__file__).resolve().parent / "faketime_site"  # its sitecustomize mends time.sleep under libfaketime
-
-
-def shifted(offset: str) -> dict[str, str]:
-    """A process whose clock reads `offset` (e.g. -15m) from the real one; its monotonic clock is real."""
-    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            "PYTHONPATH": str(SITE)}
 
 
 def status(env) -> tuple[int, dict]:

@@ -22,6 +22,7 @@ from shared.queue.publisher import publish_stockout
 from shared.redis.keys import Keys
 from shared.runtime import runtime
 from tests.cli import cli
+from tests.integration.faketime import needs_faketime, shifted
 from tests.integration.faults import saved
 from tests.progress import pipeline
 
@@ -227,19 +228,22 @@ def test_a_message_without_the_generation_still_recreates_under_the_marked_one(s
 
 
 @pytest.mark.slow
+@needs_faketime
 def test_beat_runs_the_daily_reconcile_at_its_time(sandbox, processes, redis_client, tmp_path):
-    """The real beat process, RECONCILE_DAILY_AT set to the coming minute: a report lands in Redis."""
+    """The real beat process, RECONCILE_DAILY_AT set to the coming minute: a report lands in Redis.
+    Beat's clock (libfaketime) reads 15 s before that minute, so the test waits seconds, not a minute."""
     from ops.processes import start_beat
 
     now = now_beijing()
-    at = (now + timedelta(seconds=80 if now.second > 40 else 60)).strftime("%H:%M")
-    proc = start_beat({**processes.env, "RECONCILE_DAILY_AT": at}, schedule_file=tmp_path / "beat.schedule",
-                      log_path=tmp_path / "beat.log")
+    at = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    ahead = (at - now).total_seconds() - 15  # beat's clock: 15 s before `at` (between 15 s behind and 45 s ahead)
+    env = {**processes.env, "RECONCILE_DAILY_AT": at.strftime("%H:%M"), **shifted(f"{round(ahead):+d}")}
+    proc = start_beat(env, schedule_file=tmp_path / "beat.schedule", log_path=tmp_path / "beat.log")
     processes.procs.append(proc)
-    wait_until(lambda: redis_client.llen(Keys("t").reconcile_reports), 150, interval=1,
-               message=f"a daily report at {at}")
+    wait_until(lambda: redis_client.llen(Keys("t").reconcile_reports), 60, interval=0.5,
+               message=f"a daily report at {at:%H:%M}")
     (report,) = recent_reports(redis_client, "t")
-    assert (report["since"], report["until"]) == tuple(format_wire(t) for t in previous_beijing_day())
+    assert (report["since"], report["until"]) == tuple(format_wire(t) for t in previous_beijing_day(at))
     assert report["checks"]["missing"]["state"] == "verified" and report["finished_at"]
 
 
