@@ -53,23 +53,17 @@ def start_beat(env: dict[str, str], *, schedule_file: Path, log_path: Path | Non
 def stop(*procs: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
     """Ask each process group to stop, all at once (a warm shutdown takes a while; they take it
     side by side), then kill what has not stopped by the timeout."""
-    asked = []
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-                asked.append(proc)
-            except ProcessLookupError:
-                pass
+    asked = [proc for proc in procs if proc.poll() is None]
+    for proc in asked:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
     deadline = time.monotonic() + timeout
     for proc in asked:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=5)
 
 

@@ -12,10 +12,10 @@ import hashlib
 import hmac
 import logging
 import socket
+import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
@@ -183,7 +183,13 @@ class Sender:
     timeout_s: float = 5.0
     budget_s: float = 60.0
     backoff_s: float = 1.0
-    sleep: Callable[[float], None] = time.sleep
+    # Set when the process stops: a retry waiting on a dead robot gives up at once. The pool's threads
+    # are joined at exit, so without it a beat asked to stop would wait out the whole budget (60 s),
+    # past any orchestrator's grace period.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     def send(self, alert: Alert) -> list[Reply]:
         if not self.channels:
@@ -202,16 +208,17 @@ class Sender:
                     answer = channel.send(alert, session, max(0.5, min(self.timeout_s, left)))
                 except ChannelError as err:
                     left = deadline - time.monotonic()
-                    if left <= wait:
-                        metrics.observe_alert(alert.kind, channel.name, delivered=False)
-                        log.error("alert %s (%s) not delivered to %s after %d attempt(s): %s",
-                                  alert.kind, alert.status, channel.name, attempt, err)
-                        return Reply(channel.name, False, attempt, str(err))
-                    log.warning("alert %s to %s failed (attempt %d: %s); again in %.1f s",
-                                alert.kind, channel.name, attempt, err, wait)
-                    self.sleep(wait)
-                    wait = min(wait * 2, 30.0)
-                    continue
+                    if left > wait and not self.stopping.is_set():
+                        log.warning("alert %s to %s failed (attempt %d: %s); again in %.1f s",
+                                    alert.kind, channel.name, attempt, err, wait)
+                        if not self.stopping.wait(wait):
+                            wait = min(wait * 2, 30.0)
+                            continue
+                    why = "the process is stopping" if self.stopping.is_set() else f"{attempt} attempt(s)"
+                    metrics.observe_alert(alert.kind, channel.name, delivered=False)
+                    log.error("alert %s (%s) not delivered to %s after %s: %s",
+                              alert.kind, alert.status, channel.name, why, err)
+                    return Reply(channel.name, False, attempt, str(err))
                 metrics.observe_alert(alert.kind, channel.name, delivered=True)
                 log.info("alert %s (%s) delivered to %s: %s", alert.kind, alert.status, channel.name, answer)
                 return Reply(channel.name, True, attempt, answer)

@@ -446,6 +446,7 @@ class AlertLoop(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+        self.watch.sender.stop()
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
             self._lock.release(self.token)
 
