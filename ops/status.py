@@ -22,8 +22,8 @@ from shared.deadletters.store import DeadLetterStore
 from shared.mapping.cache import MappingProblem
 from shared.observe import clock
 from shared.observe.snapshot import HEARTBEAT_ALIVE_INTERVALS, Snapshot
-from shared.queue.app import get_app
 from shared.queue.depth import backlog
+from shared.queue.nodes import Node, nodes
 from shared.redis import epoch
 from shared.redis.durability import Durability
 from shared.redis.durability import inspect as inspect_redis
@@ -33,11 +33,6 @@ from shared.redis.stats import saved as saved_count
 from shared.runtime import Runtime
 
 Role = Literal["worker", "beat"]
-
-
-class Worker(BaseModel):
-    hostname: str
-    queues: list[str]
 
 
 class DeadLetterGroup(BaseModel):
@@ -97,7 +92,7 @@ class Status(BaseModel):
     bip_token: TokenState
     rate_limits: list[LimiterState] = Field(default_factory=list)
     breaker: BreakerState = Field(default_factory=BreakerState)
-    workers: list[Worker] | None = None  # None: the broadcast itself failed
+    workers: list[Node] | None = None  # None: the broadcast itself failed
     backlog: int = 0  # stockout messages in Redis (both queues + unacked): what backpressure goes by
     high_water: int = 0
     backfills: list[BackfillView] = Field(default_factory=list)  # jobs not finished
@@ -131,7 +126,7 @@ def gather(rt: Runtime, *, timeout_s: float = 1.0) -> Status:
     status.last_reconcile = last_report(r, p)
     status.mapping_problem = snap.mapping_problem
     status.alerts_told = told(r, p)[:10]
-    status.workers = workers(timeout_s)
+    status.workers = nodes(timeout_s)
     _beat(status, snap, rt.settings.poll_interval_s)
     status.state_epoch = snap.epoch
     status.problems = problems(status)
@@ -264,22 +259,6 @@ def breaker_state(snap: Snapshot) -> BreakerState:
                         scopes=[{"api": o.api, "state": o.state, "cause": o.cause, "since": o.since} for o in found])
 
 
-def workers(timeout_s: float) -> list[Worker] | None:
-    """Every Celery process that answers within the timeout, with the queues it consumes."""
-
-    try:
-        replies = get_app().control.inspect(timeout=timeout_s).active_queues()
-    except Exception:  # broker unreachable: reported as "cannot tell", not as "no workers"
-        return None
-    return sorted(
-        (
-            Worker(hostname=host, queues=sorted(q.get("name", "") for q in queues or []))
-            for host, queues in (replies or {}).items()
-        ),
-        key=lambda w: w.hostname,
-    )
-
-
 def problems(status: Status) -> list[str]:
     found = []
     if status.workers is None:
@@ -318,10 +297,13 @@ def health(rt: Runtime, role: Role, *, timeout_s: float = 2.0, hostname: str | N
     hostname = hostname or socket.gethostname()
     queue = STOCKOUT_QUEUE if role == "worker" else PRODUCER_QUEUE
     found = []
-    answered = workers(timeout_s)
+    def ours(node: Node) -> bool:
+        return node.hostname.endswith(f"@{hostname}") and queue in node.queues
+
+    answered = nodes(timeout_s, until=ours)  # healthy as soon as this host's process answers
     if answered is None:
         found.append("the broker could not be reached")
-    elif not any(w.hostname.endswith(f"@{hostname}") and queue in w.queues for w in answered):
+    elif not any(ours(n) for n in answered):
         found.append(f"no process on {hostname} is consuming the {queue} queue")
     if role == "beat":
         now = now_beijing()

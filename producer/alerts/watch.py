@@ -25,7 +25,7 @@ from shared.core.timeutil import BEIJING, format_wire
 from shared.deadletters.model import DeadLetter
 from shared.observe import clock
 from shared.observe.snapshot import Snapshot
-from shared.queue.app import get_app
+from shared.queue.nodes import consumed_queues
 from shared.redis.conn import redis_client
 from shared.redis.keys import STOCKOUT_QUEUE, Keys
 from shared.redis.lock import OwnedLock
@@ -402,22 +402,10 @@ def _letter(value: Any) -> DeadLetter | None:
 
 
 # -- the sender thread of the beat process ------------------------------------------------------------
-def consuming_queues(timeout_s: float = 2.0) -> list[str] | None:
-    """Every queue some worker consumes (one broadcast), or None when the broker could not be asked."""
-    app = get_app()
-    try:
-        # a connection of its own: this runs in the alert thread, beside the worker's consumer
-        with app.connection_for_write() as conn:
-            replies = app.control.inspect(timeout=timeout_s, connection=conn).active_queues()
-    except Exception:
-        return None
-    return sorted({q.get("name", "") for queues in (replies or {}).values() for q in queues or []})
-
-
 class AlertLoop(threading.Thread):
     """Rounds every ALERT_CHECK_INTERVAL_S while this process holds the alerts lock."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, *, workers: Workers = consuming_queues) -> None:
+    def __init__(self, r: redis.Redis, settings: Settings, *, workers: Workers = consumed_queues) -> None:
         super().__init__(name="alerts", daemon=True)
         self.watch = Watch(r, settings, sender_from_settings(settings), workers, may_send=self.holds_lock)
         self.interval_s = settings.alert_check_interval_s

@@ -348,8 +348,8 @@ def test_alert_test_command_prints_each_channels_answer(receiver):
 
 
 def test_the_no_worker_check_asks_the_real_workers(processes):
-    from producer.alerts.watch import consuming_queues
+    from shared.queue.nodes import consumed_queues
 
-    assert "stockouts" not in (consuming_queues(timeout_s=1.0) or [])
+    assert "stockouts" not in (consumed_queues(timeout_s=1.0) or [])
     processes.worker(concurrency=1)
-    assert "stockouts" in wait_until(lambda: consuming_queues(timeout_s=1.0), 20, message="a worker answering")
+    assert "stockouts" in wait_until(lambda: consumed_queues(timeout_s=1.0), 20, message="a worker answering")
