@@ -69,7 +69,10 @@ class Runtime:
 
     @property
     def mapping(self) -> Mapping:
-        mapping = self.mappings.get()
+        return self.current_mapping()
+
+    def current_mapping(self, *, fresh: bool = False) -> Mapping:
+        mapping = self.mappings.get(fresh=fresh)
         if self.mappings.problem != self._reported:
             self._reported = self.mappings.problem
             report_mapping_problem(self.redis, self.settings.redis_prefix, self._reported, self.mappings.path)

@@ -165,8 +165,14 @@ def redelivered(task: Task) -> bool:
 def waits_for_mapping(error: BaseException, rt: Runtime) -> bool:
     """While the mapping file does not validate, a stockout the last good mapping cannot express may
     need just what the new file adds: it waits for the fix rather than become a dead letter. (No mapping
-    at all, MappingFileError, pauses the whole `mapping` scope instead: see classify.)"""
-    return isinstance(error, MappingError) and rt.mappings.problem is not None
+    at all, MappingFileError, pauses the whole `mapping` scope instead: see classify.)
+
+    The file is looked at again first: the cache looks once a second, and a stockout run in the second
+    after the file was saved broken would otherwise be judged as if nothing had changed."""
+    if not isinstance(error, MappingError):
+        return False
+    rt.current_mapping(fresh=True)
+    return rt.mappings.problem is not None
 
 
 def act(task: Task, rt: Runtime, stockout: dict, sid: str, error: BaseException, about: dict[str, Any]) -> NoReturn:

@@ -57,10 +57,11 @@ class MappingCache:
         re-reads a changed file within `check_every_s`, so that is when it came into force."""
         return _wall(self._mapping_mtime) if self._mapping is not None else ""
 
-    def get(self) -> Mapping:
+    def get(self, *, fresh: bool = False) -> Mapping:
+        """`fresh`: look at the file now, not at most once every `check_every_s`."""
         now = time.monotonic()
         with self._lock:
-            if self._mapping is None or now - self._checked >= self.check_every_s:
+            if self._mapping is None or fresh or now - self._checked >= self.check_every_s:
                 self._checked = now
                 mtime = self.path.stat().st_mtime if self.path.exists() else None
                 if self._mapping is None or mtime != self._mtime:

@@ -72,3 +72,27 @@ def test_the_problem_is_recorded_and_logged_once_per_change(tmp_path, fake_redis
         report_mapping_problem(fake_redis, "t", cache.problem, path)
     assert fake_redis.get(Keys("t").mapping_invalid) is None
     assert sum("valid again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_stockout_the_mapping_cannot_express_looks_at_the_file_again_before_it_is_judged(tmp_path, fake_redis):
+    """The cache looks at the file once a second (here: once an hour). A stockout that fails in that
+    second after the file was saved broken waits for the fix, as it would a second later."""
+    from shared.core.errors import MappingError
+    from shared.core.settings import get_settings
+    from shared.runtime import Runtime
+    from worker.tasks import waits_for_mapping
+
+    path = tmp_path / "mapping.toml"
+    _write(path, GOOD, 1_000_000)
+    rt = Runtime(get_settings().model_copy(update={"mapping_file": path}))
+    rt.mappings = MappingCache(path, check_every_s=3600)
+    rt.redis = fake_redis  # where the problem is recorded for status
+    rt.mapping  # noqa: B018 - the first look
+    unknown = MappingError("warehouse_no 'WH-NEW' is not in the mapping")
+    assert not waits_for_mapping(unknown, rt), "a valid file: the stockout is refused"
+
+    _write(path, GOOD.replace("[header]", "[headr]"), 1_000_010)
+    assert rt.mapping and rt.mappings.problem is None, "not looked at again within the hour"
+    assert waits_for_mapping(unknown, rt), "looked at again: broken, so the stockout waits for the fix"
+    assert fake_redis.exists(Keys(rt.settings.redis_prefix).mapping_invalid), "and recorded for status"
+    assert not waits_for_mapping(RuntimeError("not a mapping error"), rt)
