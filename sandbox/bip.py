@@ -342,6 +342,12 @@ class BipApi:
             self.key_memory_s = seconds
         return seconds
 
+    def forget_keys(self) -> int:
+        with self._lock:
+            forgotten = len(self._keys)
+            self._keys.clear()
+        return forgotten  # bip_keys_forgotten counts saves that found their key expired, not these
+
     def add_record(self, code: str, define1: str | None = None, vouchdate: str | None = None) -> dict[str, Any]:
         """A record typed in BIP by hand (or by another system): its own code, no resubmitCheckKey,
         `define1` only if given."""

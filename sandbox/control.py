@@ -34,6 +34,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "duplicate_record": ("POST", "records/duplicate"),
     "add_record": ("POST", "records/add"),
     "set_key_memory": ("POST", "key-memory"),
+    "forget_keys": ("POST", "key-memory/forget"),
     "revoke_tokens": ("POST", "revoke"),
     "set_bip_list": ("POST", "bip-list"),
     "set_wdt_lookup": ("POST", "wdt-lookup"),
@@ -131,6 +132,11 @@ class Controls(ABC):
     def set_key_memory(self, seconds: float | None) -> None:
         """BIP forgets a resubmitCheckKey `seconds` after its save and then saves it again (None: never)."""
         self._control("set_key_memory", {"seconds": seconds})
+
+    def forget_keys(self) -> int:
+        """BIP forgets every resubmitCheckKey it holds now, as it does about an hour after each save: the
+        next save under one of them is stored again. Returns how many were forgotten."""
+        return cast(int, self._control("forget_keys", {})["forgotten"])
 
     def revoke_tokens(self) -> None:
         self._control("revoke_tokens", {})

@@ -193,6 +193,9 @@ class Sandbox(Controls):
     def _do_set_key_memory(self, seconds: float | None = None) -> dict[str, float | None]:
         return {"seconds": self.bip.set_key_memory(seconds)}
 
+    def _do_forget_keys(self) -> dict[str, int]:
+        return {"forgotten": self.bip.forget_keys()}
+
     def _do_revoke_tokens(self) -> dict[str, bool]:
         self.bip.revoke()
         return {"ok": True}

@@ -445,6 +445,17 @@ def test_a_forgetful_gateway_saves_a_key_again_after_its_memory(sb, http):
         control.set_key_memory(-1)
 
 
+def test_forget_keys_makes_bip_store_the_next_save_under_a_key_again(sb, http):
+    token = get_token(sb, http)
+    first = save(sb, http, token, record())
+    assert save(sb, http, token, record()) == first
+    assert sb.forget_keys() == 1 and sb.forget_keys() == 0
+    again = save(sb, http, token, record())
+    assert again["code"] == "200" and again["data"]["id"] != first["data"]["id"]
+    assert save(sb, http, token, record()) == again, "the new save is remembered in its turn"
+    assert len(sb.records()) == 2
+
+
 def test_a_record_typed_in_by_hand_holds_its_code(http):
     with Sandbox(SandboxConfig(numbering="manual")) as sb:
         token = get_token(sb, http)
