@@ -29,6 +29,17 @@ PUT_BACK_WAIT_S = 60.0
 
 
 class _PutsBackWhatItCouldNotRecord(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        # A channel closed after its transport was detached from its connection (seen when a Sentinel
+        # failover breaks the consumer's connection under load) cannot make a Redis client: kombu raises
+        # AttributeError, which neither kombu nor Celery catches, and the worker exits ("Unrecoverable
+        # error"). The messages stay in the unacked hash, which the redelivery sweep puts back.
+        transport = self.channel.connection
+        if transport is None or transport.client is None:
+            log.warning("the broker connection is gone: unacknowledged messages are left to the redelivery sweep")
+            return
+        super().restore_unacked(client)
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         try:
             super().append(message, delivery_tag)

@@ -47,3 +47,21 @@ def test_a_message_popped_as_redis_goes_away_is_put_back(redis_url, monkeypatch)
         assert received == [{"n": 1}]
         assert client.llen("t:putback") == 0 and client.hlen("t:unacked") == 0
     client.close()
+
+
+def test_a_channel_closed_after_its_connection_went_leaves_its_messages_to_the_sweep(redis_url):
+    """Closing a channel restores its unacked messages; once the transport has lost its connection
+    (a failover under load), kombu cannot make a client for that and raised AttributeError, which stopped
+    the worker. The message stays in the unacked hash, where the redelivery sweep finds it."""
+    client = redis.Redis.from_url(redis_url)
+    conn = kombu.Connection(redis_url, transport=TRANSPORT, transport_options={"global_keyprefix": "t:"})
+    queue = kombu.Queue("sweep", kombu.Exchange("sweep"), routing_key="sweep")
+    with conn.Producer() as producer:
+        producer.publish({"n": 1}, exchange="", routing_key="sweep", declare=[queue], serializer="json")
+    channel = conn.default_channel
+    taken = queue(channel).get(no_ack=False)
+    assert taken is not None and client.hlen("t:unacked") == 1
+    conn._do_close_transport()  # the transport detached from its connection, as kombu's close does
+    channel.close()  # raised AttributeError ('NoneType' object has no attribute 'hostname') before
+    assert client.hlen("t:unacked") == 1 and client.llen("t:sweep") == 0, "left for the sweep, not lost"
+    client.close()
