@@ -114,7 +114,10 @@ def test_every_state_by_number_against_a_gateway_that_wants_a_window(sandbox, pr
     letters.purge([purged["stockout_id"]])  # deliberately: nothing may advise sending it again
     sandbox.set_faults()
     publish_stockout(saved, saved["stockout_id"])
-    wait_until(lambda: runtime().store.done(saved["stockout_id"]), message="saved", progress=pipeline(sandbox))
+    # saved and acknowledged: stopping the worker between the two (SIGTERM to its process group ends a
+    # pool process at once) would leave the message unacked, and the trace would find it there
+    wait_until(lambda: runtime().store.done(saved["stockout_id"]) and not redis_client.hlen("t:unacked"),
+               message="saved and acknowledged", progress=pipeline(sandbox))
     processes.stop_all()
     publish_stockout(queued_, queued_["stockout_id"], queue="stockouts.backfill")
 
