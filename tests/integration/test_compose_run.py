@@ -178,6 +178,10 @@ def test_ha_profile_runs_and_the_sync_goes_on_after_the_master_dies(tmp_path):
                        message="stockouts saved through the Sentinels' master")
             compose.wait_healthy("redis-replica", 60)
             assert_all_healthy(compose)
+            # The Sentinels learn of the replica from the master's INFO (every 10 s): killed before they
+            # all know it as a good replica, the master has no one to fail over to (no-good-slave)
+            wait_until(lambda: sentinels_know_a_good_replica(compose, password), 60,
+                       message="every Sentinel knowing the replica")
 
             master = compose.replicas["redis"][0]
             master.proc.kill()  # SIGKILL: the Sentinels (down after 5 s) promote redis-replica
@@ -192,6 +196,22 @@ def test_ha_profile_runs_and_the_sync_goes_on_after_the_master_dies(tmp_path):
                 compose.wait_healthy(name, 60)
         finally:
             compose.stop()
+
+
+def sentinels_know_a_good_replica(compose: LocalCompose, password: str) -> bool:
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        host, port = compose.address(name, 26379).rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port), password=password, decode_responses=True,
+                         socket_timeout=2) as sentinel:
+            try:
+                replicas = sentinel.sentinel_slaves("mymaster")  # redis-py parses each into a dict
+            except redis.RedisError:
+                return False
+        good = [r for r in replicas if r.get("is_slave") and not (r.get("is_sdown") or r.get("is_disconnected"))
+                and r.get("master-link-status") == "ok"]
+        if not good:
+            return False
+    return True
 
 
 def compose_env(directory: Path) -> dict[str, str]:
