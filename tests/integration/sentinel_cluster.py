@@ -17,6 +17,17 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 
 
+def ready_to_fail_over(sentinel: redis.Redis, master: str = MASTER_NAME) -> bool:
+    """Whether this Sentinel (a decode_responses client) could fail `master` over now: it knows the other
+    two Sentinels, and a replica it takes for a good one (flagged a replica only, its link up). Sentinels
+    learn of replicas from the master's INFO every 10 s; a master killed before that has no one to fail
+    over to (-failover-abort-no-good-slave)."""
+    if int(sentinel.sentinel_master(master)["num-other-sentinels"]) < 2:
+        return False
+    return any(r.get("is_slave") and not (r.get("is_sdown") or r.get("is_disconnected"))
+               and r.get("master-link-status") == "ok" for r in sentinel.sentinel_slaves(master))
+
+
 class SentinelCluster:
     def __init__(self, directory: Path, password: str) -> None:
         self.dir = directory
@@ -66,11 +77,7 @@ class SentinelCluster:
         replica = self._client(self.replica_port, password=self.password)
         if replica.info("replication").get("master_link_status") != "up":
             return False
-        for port in self.sentinel_ports:
-            info = self._client(port, decode_responses=True).sentinel_master(MASTER_NAME)
-            if int(info["num-other-sentinels"]) < 2 or int(info["num-slaves"]) < 1:
-                return False
-        return True
+        return all(ready_to_fail_over(self._client(port, decode_responses=True)) for port in self.sentinel_ports)
 
     def master_port_now(self) -> int:
         """The master the Sentinels name now."""

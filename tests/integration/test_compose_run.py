@@ -19,6 +19,7 @@ from ops.processes import wait_until
 from sandbox import Sandbox, SandboxConfig, SandboxControl
 from shared.core.timeutil import now_beijing
 from tests.integration.compose_local import ROOT, ComposeError, LocalCompose, read_env_file
+from tests.integration.sentinel_cluster import ready_to_fail_over
 
 pytestmark = pytest.mark.integration
 
@@ -178,8 +179,7 @@ def test_ha_profile_runs_and_the_sync_goes_on_after_the_master_dies(tmp_path):
                        message="stockouts saved through the Sentinels' master")
             compose.wait_healthy("redis-replica", 60)
             assert_all_healthy(compose)
-            # The Sentinels learn of the replica from the master's INFO (every 10 s): killed before they
-            # all know it as a good replica, the master has no one to fail over to (no-good-slave)
+            # killed before every Sentinel knows the replica, the master has no one to fail over to
             wait_until(lambda: sentinels_know_a_good_replica(compose, password), 60,
                        message="every Sentinel knowing the replica")
 
@@ -204,13 +204,10 @@ def sentinels_know_a_good_replica(compose: LocalCompose, password: str) -> bool:
         with redis.Redis(host=host, port=int(port), password=password, decode_responses=True,
                          socket_timeout=2) as sentinel:
             try:
-                replicas = sentinel.sentinel_slaves("mymaster")  # redis-py parses each into a dict
+                if not ready_to_fail_over(sentinel):
+                    return False
             except redis.RedisError:
                 return False
-        good = [r for r in replicas if r.get("is_slave") and not (r.get("is_sdown") or r.get("is_disconnected"))
-                and r.get("master-link-status") == "ok"]
-        if not good:
-            return False
     return True
 
 
